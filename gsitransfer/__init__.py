@@ -1,0 +1,79 @@
+"""gsitransfer: an AccessGrid-compatible file transfer server on Twisted.
+
+The core (``TransferServer``, the handler contract, manifests, transfer keys,
+errors, ``IdToken``) imports no web or TLS code; ``HTTPTransferServer`` and
+``GSIHTTPTransferServer`` are loaded from ``gsitransfer.web`` on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .core import ManifestOutcome, TransferServer, UploadTicket
+from .errors import (
+    ChecksumMismatch,
+    DownloadFailed,
+    FileNotFound,
+    InsufficientStorage,
+    LengthMismatch,
+    LengthRequired,
+    ManifestError,
+    ManifestTooLarge,
+    NotAuthorized,
+    TransferError,
+    UploadConflict,
+    UploadFailed,
+)
+from .handler import DownloadTarget, IListingHandler, ITransferHandler
+from .identity import ANONYMOUS, IdToken
+from .manifest import FileEntry, Manifest, ManifestLimits, parse_manifest
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "HTTPTransferServer": "gsitransfer.web.servers",
+    "GSIHTTPTransferServer": "gsitransfer.web.servers",
+    "DirectoryStore": "gsitransfer.store",
+    "SQLiteTransferTable": "gsitransfer.transfers_db",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'gsitransfer' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module_name), name)
+
+
+__all__ = [
+    "TransferServer",
+    "HTTPTransferServer",
+    "GSIHTTPTransferServer",
+    "DirectoryStore",
+    "SQLiteTransferTable",
+    "ManifestOutcome",
+    "UploadTicket",
+    "ITransferHandler",
+    "IListingHandler",
+    "DownloadTarget",
+    "IdToken",
+    "ANONYMOUS",
+    "Manifest",
+    "FileEntry",
+    "ManifestLimits",
+    "parse_manifest",
+    "TransferError",
+    "FileNotFound",
+    "NotAuthorized",
+    "UploadFailed",
+    "DownloadFailed",
+    "ManifestError",
+    "ManifestTooLarge",
+    "UploadConflict",
+    "LengthRequired",
+    "LengthMismatch",
+    "ChecksumMismatch",
+    "InsufficientStorage",
+]

@@ -1,0 +1,469 @@
+"""TransferServer: the protocol-neutral core (the seed's ``TransferServer``).
+
+It owns the prefix registry, manifest registration, transfer keys and the
+per-file upload state machine, and it calls the handler callbacks. It does no
+I/O of its own: the transport layer (``gsitransfer.web``) parses requests,
+moves bytes and maps the errors raised here to statuses.
+
+The upload state machine, per file of a transfer::
+
+    pending --begin--> receiving --complete--> stored
+       ^                   |
+       +------fail---------+        (checksum mismatch, dropped connection,
+                                     refused by GetUploadFilename, disk full)
+
+Rules:
+
+* only the transfer's owner (same DN, ``None`` for anonymous) may upload,
+  query or cancel it;
+* ``begin`` on a file that is receiving or stored is a conflict (409);
+* a file is ``stored`` only after its bytes are verified and in place, and
+  ``CompleteUpload`` is called only then;
+* when a key expires or is cancelled, ``CancelPendingUpload`` is called for
+  every file that is not stored, and the key is forgotten.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import quote
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .errors import (
+    ChecksumMismatch,
+    FileNotFound,
+    LengthMismatch,
+    LengthRequired,
+    ManifestError,
+    NotAuthorized,
+    TransferError,
+    UploadConflict,
+)
+from .handler import DownloadTarget, as_download_target
+from .identity import IdToken
+from .keys import (
+    FileState,
+    MemoryTransferTable,
+    TransferRecord,
+    TransferTable,
+    mint_transfer_key,
+)
+from .manifest import FileEntry, Manifest, ManifestLimits, parse_manifest
+
+DEFAULT_MANIFEST_TTL = 24 * 3600.0
+
+_log = Logger()
+
+# (state now, event) -> state after; anything else is a conflict
+_TRANSITIONS: dict[tuple[FileState, str], FileState] = {
+    (FileState.PENDING, "begin"): FileState.RECEIVING,
+    (FileState.RECEIVING, "fail"): FileState.PENDING,
+    (FileState.RECEIVING, "complete"): FileState.STORED,
+}
+
+
+def next_state(state: FileState, event: str) -> FileState:
+    """Apply ``event`` to a file in ``state``, or raise UploadConflict."""
+    try:
+        return _TRANSITIONS[(state, event)]
+    except KeyError:
+        if state is FileState.STORED:
+            raise UploadConflict("file is already stored") from None
+        if state is FileState.RECEIVING:
+            raise UploadConflict("file is already being uploaded") from None
+        raise UploadConflict(f"cannot {event} a {state.value} file") from None
+
+
+@dataclass(frozen=True)
+class ManifestOutcome:
+    """What a posted manifest came to: a key, or the handler's refusal."""
+
+    transfer_key: str | None
+    error_reason: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        """True when every file was accepted and a key was issued."""
+        return self.transfer_key is not None
+
+    def to_text(self) -> str:
+        """The seed's ``key: value`` response body."""
+        if self.accepted:
+            return f"return_code: 0\ntransfer_key: {self.transfer_key}\n"
+        return f"return_code: 1\nerror_reason: {self.error_reason}\n"
+
+
+@dataclass(frozen=True)
+class UploadTicket:
+    """A file whose body may now be received: where it goes and for whom."""
+
+    prefix: str
+    transfer_key: str
+    file_num: int
+    entry: FileEntry
+    id_token: IdToken
+    final_path: str
+
+    @property
+    def file_info(self) -> dict[str, Any]:
+        """The ``file_info`` dict handed to the handler for this file."""
+        return _upload_file_info(self.transfer_key, self.entry)
+
+
+def _upload_file_info(key: str, entry: FileEntry) -> dict[str, Any]:
+    info = entry.file_info()
+    info.update(transfer_key=key, file_num=entry.num)
+    return info
+
+
+def call_handler(handler: object, callback: str, *args: Any) -> defer.Deferred[Any]:
+    """Call a handler callback that may return a value, a Deferred or a coroutine.
+
+    Callbacks a handler does not define count as doing nothing (returning None).
+    """
+    method = getattr(handler, callback, None)
+    if method is None:
+        return defer.succeed(None)
+    return defer.maybeDeferred(method, *args)
+
+
+class TransferServer:
+    """The seed's protocol-neutral TransferServer; subclassed per protocol."""
+
+    #: scheme of the descriptors this server hands out; set by subclasses
+    scheme = "http"
+
+    def __init__(
+        self,
+        *,
+        transfers: TransferTable | None = None,
+        manifest_ttl: float = DEFAULT_MANIFEST_TTL,
+        manifest_limits: ManifestLimits = ManifestLimits(),
+        clock: Callable[[], float] = time.time,
+        public_url: str | None = None,
+    ) -> None:
+        self._handlers: dict[str, object] = {}
+        self.transfers: TransferTable = transfers if transfers is not None else MemoryTransferTable()
+        self.manifest_ttl = manifest_ttl
+        self.manifest_limits = manifest_limits
+        self.clock = clock
+        self.public_url = public_url.rstrip("/") if public_url else None
+
+    # -- the seed's API -------------------------------------------------------
+
+    def RegisterPrefix(self, prefix: str, handler: object) -> None:
+        """Seed ``RegisterPrefix``: gate files under ``/<prefix>/`` through ``handler``."""
+        if not prefix or "/" in prefix or prefix in (".", ".."):
+            raise ValueError(f"invalid prefix {prefix!r}: one non-empty path segment")
+        self._handlers[prefix] = handler
+
+    def UnregisterPrefix(self, prefix: str) -> None:
+        """Seed ``UnregisterPrefix``: stop serving ``prefix``."""
+        self._handlers.pop(prefix, None)
+
+    def LookupPrefix(self, prefix: str) -> object | None:
+        """Seed ``LookupPrefix``: the handler registered for ``prefix``, or None."""
+        return self._handlers.get(prefix)
+
+    def prefixes(self) -> list[str]:
+        """The registered prefixes, sorted."""
+        return sorted(self._handlers)
+
+    def RegisterManifest(
+        self, manifest: Manifest | str | bytes, id_token: IdToken, prefix: str = ""
+    ) -> str:
+        """Seed ``RegisterManifest``: store the manifest under a new key bound to ``id_token``."""
+        if isinstance(manifest, str):
+            manifest = manifest.encode("utf-8")
+        if isinstance(manifest, bytes):
+            manifest = parse_manifest(manifest, self.manifest_limits)
+        now = self.clock()
+        key = mint_transfer_key()
+        self.transfers.add(
+            TransferRecord(
+                key=key,
+                prefix=prefix,
+                owner_dn=id_token.dn,
+                manifest=manifest,
+                created=now,
+                expires=now + self.manifest_ttl,
+            )
+        )
+        return key
+
+    def LookupUploadInformation(self, transfer_key: str, file_num: int | str) -> dict[str, Any]:
+        """Seed ``LookupUploadInformation``: the ``file_info`` of one file of a live transfer."""
+        record = self._live_record(transfer_key)
+        return _upload_file_info(record.key, self._entry(record, file_num))
+
+    def GetUploadDescriptor(self, prefix: str) -> str:
+        """Seed ``GetUploadDescriptor``: the URL clients upload to for ``prefix``."""
+        return f"{self.base_url()}/{quote(prefix, safe='')}"
+
+    def GetDownloadDescriptor(self, prefix: str, path: str) -> str:
+        """Seed ``GetDownloadDescriptor``: the URL of one file, its path percent-encoded."""
+        return f"{self.GetUploadDescriptor(prefix)}/{quote(path.lstrip('/'), safe='/')}"
+
+    def base_url(self) -> str:
+        """``scheme://host:port`` of this server; protocol subclasses know it once listening."""
+        if self.public_url is None:
+            raise RuntimeError("the server has no public URL yet: listen() first or pass public_url")
+        return self.public_url
+
+    # -- manifests ------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def post_manifest(self, prefix: str, body: bytes, id_token: IdToken) -> Any:
+        """Parse a posted manifest, ask the handler about each file, register it.
+
+        Fires with a :class:`ManifestOutcome`; fails with ManifestError for a
+        bad manifest and FileNotFound for an unknown prefix.
+        """
+        handler = self._handler(prefix)
+        manifest = parse_manifest(body, self.manifest_limits)
+        for entry in manifest.files:
+            reason = yield self._ask_can_upload(handler, id_token, entry)
+            if reason is not None:
+                return ManifestOutcome(None, reason)
+        key = self.RegisterManifest(manifest, id_token, prefix)
+        added: list[str] = []
+        try:
+            for entry in manifest.files:
+                yield call_handler(handler, "AddPendingUpload", id_token, entry.name)
+                added.append(entry.name)
+        except BaseException:
+            self.transfers.remove(key)
+            for name in added:
+                yield self._cancel_quietly(handler, id_token, name)
+            raise
+        return ManifestOutcome(key)
+
+    @defer.inlineCallbacks
+    def _ask_can_upload(self, handler: object, id_token: IdToken, entry: FileEntry) -> Any:
+        """None when the handler accepts the file, else the refusal reason."""
+        refusal = f"Upload error for file {entry.name}"
+        try:
+            allowed = yield call_handler(handler, "CanUpload", id_token, entry.file_info())
+        except TransferError as error:
+            return f"{refusal}: {error.reason}"
+        if getattr(handler, "CanUpload", None) is None:
+            return None
+        return None if allowed else refusal
+
+    # -- uploads --------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def begin_upload(
+        self,
+        prefix: str,
+        transfer_key: str,
+        file_num: str | int,
+        id_token: IdToken,
+        content_length: int | None,
+    ) -> Any:
+        """Decide, from a file upload's headers alone, whether its body may come.
+
+        Fires with an :class:`UploadTicket` (the file is now receiving) or
+        fails with FileNotFound, NotAuthorized, UploadConflict,
+        LengthRequired or LengthMismatch.
+        """
+        handler = self._handler(prefix)
+        record = self._live_record(transfer_key)
+        if record.prefix != prefix:
+            raise FileNotFound(f"no transfer {transfer_key} under /{prefix}/")
+        entry = self._entry(record, file_num)
+        if id_token.dn != record.owner_dn:
+            raise NotAuthorized("this transfer belongs to another identity")
+        state = self.transfers.states(record.key).get(entry.num, FileState.PENDING)
+        receiving = next_state(state, "begin")
+        if content_length is None:
+            raise LengthRequired("Content-Length is required for a file upload")
+        if content_length != entry.size:
+            raise LengthMismatch(
+                f"Content-Length {content_length} differs from the manifest size {entry.size}"
+            )
+        self.transfers.set_state(record.key, entry.num, receiving)
+        try:
+            final_path = yield call_handler(
+                handler, "GetUploadFilename", id_token, _upload_file_info(record.key, entry)
+            )
+            if final_path is None:
+                raise NotAuthorized(f"the handler refused file {entry.name}")
+        except BaseException:
+            self.transfers.set_state(record.key, entry.num, FileState.PENDING)
+            raise
+        return UploadTicket(prefix, record.key, entry.num, entry, id_token, str(final_path))
+
+    def fail_upload(self, ticket: UploadTicket) -> None:
+        """The body did not make it (or failed verification): the file is pending again."""
+        state = self.transfers.states(ticket.transfer_key).get(ticket.file_num)
+        if state is FileState.RECEIVING:
+            self.transfers.set_state(ticket.transfer_key, ticket.file_num, next_state(state, "fail"))
+
+    def verify_upload(self, ticket: UploadTicket, md5_hexdigest: str, received: int) -> None:
+        """Raise ChecksumMismatch (and fail the upload) unless the bytes are the manifest's."""
+        if received != ticket.entry.size:
+            self.fail_upload(ticket)
+            raise LengthMismatch(f"received {received} bytes, expected {ticket.entry.size}")
+        if md5_hexdigest != ticket.entry.checksum:
+            self.fail_upload(ticket)
+            raise ChecksumMismatch(
+                f"checksum mismatch for {ticket.entry.name}: "
+                f"received {md5_hexdigest}, manifest says {ticket.entry.checksum}"
+            )
+
+    @defer.inlineCallbacks
+    def complete_upload(self, ticket: UploadTicket) -> Any:
+        """The file is verified and in place: mark it stored and call CompleteUpload.
+
+        If CompleteUpload fails, the file goes back to pending and the failure
+        propagates (the transport removes the file).
+        """
+        handler = self._handler(ticket.prefix)
+        state = self.transfers.states(ticket.transfer_key).get(ticket.file_num, FileState.PENDING)
+        stored = next_state(state, "complete")
+        try:
+            yield call_handler(handler, "CompleteUpload", ticket.id_token, ticket.file_info)
+        except BaseException:
+            self.fail_upload(ticket)
+            raise
+        self.transfers.set_state(ticket.transfer_key, ticket.file_num, stored)
+        return None
+
+    # -- downloads and listing ------------------------------------------------
+
+    @defer.inlineCallbacks
+    def resolve_download(self, prefix: str, url_path: str, id_token: IdToken) -> Any:
+        """Ask the handler where ``url_path`` lives; fires with a DownloadTarget."""
+        handler = self._handler(prefix)
+        if getattr(handler, "GetDownloadFilename", None) is None:
+            raise FileNotFound("this prefix serves no downloads")
+        answer = yield call_handler(handler, "GetDownloadFilename", id_token, url_path)
+        if answer is None:
+            raise FileNotFound(f"no file {url_path}")
+        target: DownloadTarget = as_download_target(answer)
+        return target
+
+    def list_files(self, prefix: str, id_token: IdToken) -> defer.Deferred[Any]:
+        """The handler's listing of ``prefix``; FileNotFound when it cannot list."""
+        handler = self._handler(prefix)
+        if getattr(handler, "ListFiles", None) is None:
+            return defer.fail(FileNotFound("this prefix cannot be listed"))
+        return call_handler(handler, "ListFiles", id_token)
+
+    # -- transfer state, cancel, expiry ----------------------------------------
+
+    def transfer_status(self, prefix: str, transfer_key: str, id_token: IdToken) -> dict[str, Any]:
+        """The state of each file of a transfer, for its owner."""
+        record = self._owned_record(prefix, transfer_key, id_token)
+        states = self.transfers.states(record.key)
+        return {
+            "transfer_key": record.key,
+            "prefix": record.prefix,
+            "owner": record.owner_dn,
+            "created": record.created,
+            "expires": record.expires,
+            "complete": all(s is FileState.STORED for s in states.values()),
+            "files": [
+                {
+                    "file_num": entry.num,
+                    "name": entry.name,
+                    "size": entry.size,
+                    "checksum": entry.checksum,
+                    "state": states.get(entry.num, FileState.PENDING).value,
+                    "url": self._download_url(record.prefix, entry.name),
+                }
+                for entry in record.manifest.files
+            ],
+        }
+
+    def cancel_transfer(self, prefix: str, transfer_key: str, id_token: IdToken) -> defer.Deferred[Any]:
+        """Cancel a transfer for its owner: pending files are given up, the key forgotten."""
+        try:
+            record = self._owned_record(prefix, transfer_key, id_token)
+        except TransferError:
+            return defer.fail()
+        return self._end_transfer(record)
+
+    @defer.inlineCallbacks
+    def expire_transfers(self) -> Any:
+        """Forget every expired key, calling CancelPendingUpload for its unstored files.
+
+        Fires with the number of transfers expired.
+        """
+        expired = self.transfers.expired(self.clock())
+        for record in expired:
+            yield self._end_transfer(record)
+        return len(expired)
+
+    @defer.inlineCallbacks
+    def _end_transfer(self, record: TransferRecord) -> Any:
+        states = self.transfers.states(record.key)
+        self.transfers.remove(record.key)
+        handler = self.LookupPrefix(record.prefix)
+        if handler is None:
+            return None
+        owner = IdToken(dn=record.owner_dn)
+        for entry in record.manifest.files:
+            if states.get(entry.num) is not FileState.STORED:
+                yield self._cancel_quietly(handler, owner, entry.name)
+        return None
+
+    @defer.inlineCallbacks
+    def _cancel_quietly(self, handler: object, id_token: IdToken, name: str) -> Any:
+        try:
+            yield call_handler(handler, "CancelPendingUpload", id_token, name)
+        except Exception:
+            _log.failure("CancelPendingUpload failed for {name}", name=name)
+
+    # -- lookups ----------------------------------------------------------------
+
+    def _handler(self, prefix: str) -> object:
+        handler = self._handlers.get(prefix)
+        if handler is None:
+            raise FileNotFound(f"no such prefix /{prefix}/")
+        return handler
+
+    def _live_record(self, transfer_key: str) -> TransferRecord:
+        record = self.transfers.get(transfer_key)
+        if record is None or record.expired(self.clock()):
+            raise FileNotFound("unknown or expired transfer key")
+        return record
+
+    def _owned_record(self, prefix: str, transfer_key: str, id_token: IdToken) -> TransferRecord:
+        record = self._live_record(transfer_key)
+        if record.prefix != prefix:
+            raise FileNotFound("unknown or expired transfer key")
+        if id_token.dn != record.owner_dn:
+            raise NotAuthorized("this transfer belongs to another identity")
+        return record
+
+    @staticmethod
+    def _entry(record: TransferRecord, file_num: int | str) -> FileEntry:
+        text = str(file_num)
+        if not text.isdigit() or not text.isascii():
+            raise FileNotFound(f"no file number {text!r} in this transfer")
+        num = int(text)
+        if num >= record.manifest.num_files:
+            raise FileNotFound(f"no file number {num} in this transfer")
+        return record.manifest.files[num]
+
+    def _download_url(self, prefix: str, name: str) -> str | None:
+        try:
+            return self.GetDownloadDescriptor(prefix, name)
+        except RuntimeError:
+            return None
+
+
+__all__ = [
+    "TransferServer",
+    "ManifestOutcome",
+    "UploadTicket",
+    "ManifestError",
+    "call_handler",
+    "next_state",
+]

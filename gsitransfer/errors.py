@@ -1,0 +1,114 @@
+"""Every exception gsitransfer raises or accepts from a handler.
+
+The hierarchy (the seed's names are the public contract)::
+
+    TransferError                    base of everything below; ``reason`` is plain text
+    ├── FileNotFound                 unknown prefix, transfer key, file number or file
+    ├── NotAuthorized                the identity may not do this (handler or grid-mapfile)
+    ├── UploadFailed                 an upload could not be accepted or completed
+    │   ├── ManifestError            the manifest breaks a rule (unparsable, unsafe name, ...)
+    │   │   └── ManifestTooLarge     the manifest body is over the size limit
+    │   ├── UploadConflict           the file is already stored or arriving elsewhere
+    │   ├── LengthRequired           no Content-Length was sent for a file body
+    │   ├── LengthMismatch           Content-Length differs from the manifest's size
+    │   ├── ChecksumMismatch         the received bytes do not have the manifest's MD5
+    │   └── InsufficientStorage      not enough free space for the file
+    └── DownloadFailed               a download could not be served
+
+The core raises these; the web layer maps each to an HTTP status in one table
+(``gsitransfer.web.status``). Nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+
+class TransferError(Exception):
+    """Base of every gsitransfer error; ``reason`` is a one-line plain-text message."""
+
+    default_reason = "transfer error"
+
+    def __init__(self, reason: str | None = None) -> None:
+        self.reason = reason if reason else self.default_reason
+        super().__init__(self.reason)
+
+
+class FileNotFound(TransferError):
+    """The prefix, transfer key, file number or file does not exist (or expired)."""
+
+    default_reason = "not found"
+
+
+class NotAuthorized(TransferError):
+    """The identity is not allowed to do this."""
+
+    default_reason = "not authorized"
+
+
+class UploadFailed(TransferError):
+    """An upload could not be accepted or completed."""
+
+    default_reason = "upload failed"
+
+
+class ManifestError(UploadFailed):
+    """A manifest that cannot be parsed or breaks a rule."""
+
+    default_reason = "bad manifest"
+
+
+class ManifestTooLarge(ManifestError):
+    """The manifest body is larger than the configured limit."""
+
+    default_reason = "manifest too large"
+
+
+class UploadConflict(UploadFailed):
+    """The file is already stored, or is arriving on another connection."""
+
+    default_reason = "file already stored or being uploaded"
+
+
+class LengthRequired(UploadFailed):
+    """A file body was sent without a Content-Length."""
+
+    default_reason = "Content-Length is required"
+
+
+class LengthMismatch(UploadFailed):
+    """The announced body length differs from the manifest's size."""
+
+    default_reason = "Content-Length differs from the manifest size"
+
+
+class ChecksumMismatch(UploadFailed):
+    """The received bytes do not have the MD5 announced in the manifest."""
+
+    default_reason = "checksum mismatch"
+
+
+class InsufficientStorage(UploadFailed):
+    """There is not enough free space to store the file."""
+
+    default_reason = "not enough free space"
+
+
+class DownloadFailed(TransferError):
+    """A download could not be served."""
+
+    default_reason = "download failed"
+
+
+__all__ = [
+    "TransferError",
+    "FileNotFound",
+    "NotAuthorized",
+    "UploadFailed",
+    "ManifestError",
+    "ManifestTooLarge",
+    "UploadConflict",
+    "LengthRequired",
+    "LengthMismatch",
+    "ChecksumMismatch",
+    "InsufficientStorage",
+    "DownloadFailed",
+]

@@ -1,0 +1,144 @@
+"""Where an arriving file body goes: a temporary file beside its final name.
+
+A :class:`FileSink` is opened for one upload. Bytes are written as they arrive
+and hashed on the way (MD5); nothing is buffered whole. ``commit`` makes the
+data durable (fsync) and renames it to the final name, then syncs the
+directory; ``discard`` removes the temporary file. The temporary name is
+``.gsitransfer-<random>.part`` in the destination directory, so a crash leaves
+at worst such a file, which the store removes at start-up; a partial file
+never appears under a final name.
+
+This is the only module that writes upload data; it knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+
+from .errors import InsufficientStorage, UploadFailed
+
+TEMP_PREFIX = ".gsitransfer-"
+TEMP_SUFFIX = ".part"
+
+#: space kept free on the filesystem beyond the file itself
+FREE_SPACE_MARGIN = 16 * 1024 * 1024
+
+
+def is_temporary_name(name: str) -> bool:
+    """True for names this module uses for files in flight."""
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
+def check_free_space(directory: str, size: int) -> None:
+    """Raise InsufficientStorage when ``directory``'s filesystem cannot take ``size`` bytes."""
+    try:
+        stat = os.statvfs(directory)
+    except OSError as error:
+        raise UploadFailed(f"destination directory unavailable: {error.strerror}") from None
+    available = stat.f_bavail * stat.f_frsize
+    if available < size + FREE_SPACE_MARGIN:
+        raise InsufficientStorage(
+            f"not enough free space: {size} bytes needed, {available} available"
+        )
+
+
+class FileSink:
+    """One upload's body on its way to ``final_path``."""
+
+    def __init__(self, final_path: str, expected_size: int) -> None:
+        self.final_path = final_path
+        self.expected_size = expected_size
+        directory = os.path.dirname(final_path) or "."
+        check_free_space(directory, expected_size)
+        self.temp_path = os.path.join(
+            directory, f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        )
+        try:
+            self._fd: int | None = os.open(
+                self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
+            )
+        except OSError as error:
+            raise UploadFailed(f"cannot create file: {error.strerror}") from None
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self.received = 0
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` to the temporary file and the running MD5."""
+        assert self._fd is not None, "write after close"
+        self._md5.update(data)
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as error:
+            self.discard()
+            if error.errno in (28, 122):  # ENOSPC, EDQUOT
+                raise InsufficientStorage("disk full while writing") from None
+            raise UploadFailed(f"write failed: {error.strerror}") from None
+        self.received += len(data)
+
+    def hexdigest(self) -> str:
+        """MD5 of everything written so far, 32 lowercase hex."""
+        return self._md5.hexdigest()
+
+    def commit(self) -> None:
+        """fsync, rename to the final name, fsync the directory."""
+        assert self._fd is not None, "commit after close"
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+            os.close(fd)
+            os.rename(self.temp_path, self.final_path)
+            sync_directory(os.path.dirname(self.final_path) or ".")
+        except OSError as error:
+            self._remove_temp()
+            if error.errno in (28, 122):
+                raise InsufficientStorage("disk full while storing") from None
+            raise UploadFailed(f"cannot store file: {error.strerror}") from None
+
+    def discard(self) -> None:
+        """Close and remove the temporary file (idempotent)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._remove_temp()
+
+    def _remove_temp(self) -> None:
+        try:
+            os.unlink(self.temp_path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            pass
+
+
+def sync_directory(directory: str) -> None:
+    """fsync a directory so a rename in it is durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Remove files left in flight by a previous run; return their names."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        if is_temporary_name(name):
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed

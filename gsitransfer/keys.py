@@ -1,0 +1,119 @@
+"""Transfer keys: minting, binding to the uploader, expiry, and the table that keeps them.
+
+A transfer key names one accepted manifest. Rules:
+
+* a key carries 192 random bits, URL-safe base64 (32 characters);
+* a key is bound to the prefix it was posted to and to the uploader's DN
+  (``None`` for anonymous), fixed at minting;
+* a key expires ``ttl`` seconds after minting; an expired key is unknown;
+* each file of the transfer is in one :class:`FileState`.
+
+:class:`TransferTable` is the storage contract; :class:`MemoryTransferTable`
+is the in-process implementation. ``gsitransfer.transfers_db`` keeps the same
+contract in SQLite so keys survive a restart. No I/O here; the clock is
+injected by the caller.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Iterable, Protocol
+
+from .manifest import Manifest
+
+_KEY_BYTES = 24
+_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{32}\Z")
+
+
+class FileState(str, enum.Enum):
+    """Where one file of a transfer stands."""
+
+    PENDING = "pending"
+    RECEIVING = "receiving"
+    STORED = "stored"
+
+
+def mint_transfer_key() -> str:
+    """A new unguessable transfer key (192 random bits, URL-safe)."""
+    return secrets.token_urlsafe(_KEY_BYTES)
+
+
+def looks_like_transfer_key(text: str) -> bool:
+    """True when ``text`` has the shape of a key this module mints."""
+    return bool(_KEY_PATTERN.match(text))
+
+
+@dataclass(frozen=True)
+class TransferRecord:
+    """One registered manifest and who may use it."""
+
+    key: str
+    prefix: str
+    owner_dn: str | None
+    manifest: Manifest
+    created: float
+    expires: float
+
+    def expired(self, now: float) -> bool:
+        """True once the key's lifetime is over."""
+        return now >= self.expires
+
+
+class TransferTable(Protocol):
+    """Storage for transfer records and the state of each of their files."""
+
+    def add(self, record: TransferRecord) -> None:
+        """Store a new record with every file pending."""
+
+    def get(self, key: str) -> TransferRecord | None:
+        """The record, expired or not, or None."""
+
+    def states(self, key: str) -> dict[int, FileState]:
+        """The state of each file of the transfer."""
+
+    def set_state(self, key: str, num: int, state: FileState) -> None:
+        """Record a file's new state."""
+
+    def remove(self, key: str) -> None:
+        """Forget the transfer."""
+
+    def expired(self, now: float) -> list[TransferRecord]:
+        """Records whose key has expired."""
+
+    def records(self) -> Iterable[TransferRecord]:
+        """Every record."""
+
+
+class MemoryTransferTable:
+    """A TransferTable in a dict: for tests and for servers that need no restart."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, TransferRecord] = {}
+        self._states: dict[str, dict[int, FileState]] = {}
+
+    def add(self, record: TransferRecord) -> None:
+        self._records[record.key] = record
+        self._states[record.key] = {e.num: FileState.PENDING for e in record.manifest.files}
+
+    def get(self, key: str) -> TransferRecord | None:
+        return self._records.get(key)
+
+    def states(self, key: str) -> dict[int, FileState]:
+        return dict(self._states.get(key, {}))
+
+    def set_state(self, key: str, num: int, state: FileState) -> None:
+        if key in self._states:
+            self._states[key][num] = state
+
+    def remove(self, key: str) -> None:
+        self._records.pop(key, None)
+        self._states.pop(key, None)
+
+    def expired(self, now: float) -> list[TransferRecord]:
+        return [record for record in self._records.values() if record.expired(now)]
+
+    def records(self) -> Iterable[TransferRecord]:
+        return list(self._records.values())

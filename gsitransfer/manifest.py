@@ -1,0 +1,225 @@
+"""Manifests: bytes in, a frozen :class:`Manifest` out, or :class:`ManifestError`.
+
+A manifest is the INI document an AccessGrid client posts before its files,
+as Python's ConfigParser writes it (no interpolation: ``%`` is literal)::
+
+    [manifest]
+    num_files = 2
+
+    [0]
+    name = results.csv
+    size = 1048576
+    checksum = 0d5f0d6a4bb0f6e1a3b6b1b0c7e0c1d2
+
+Rules (each broken rule is one ManifestError with a plain-text reason):
+
+* the body is at most ``limits.max_bytes`` and valid UTF-8;
+* it parses as INI with unique sections and keys;
+* ``[manifest]`` has ``num_files``, a decimal integer in 1..``limits.max_files``;
+* sections ``0 .. num_files-1`` all exist, and no other section does;
+* each has ``name``, ``size`` (decimal integer >= 0) and ``checksum``
+  (32 hex digits; stored lowercase);
+* every name is one safe path component (see :func:`check_name`) and names
+  are unique within the manifest.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+from .errors import ManifestError, ManifestTooLarge
+
+_DECIMAL = re.compile(r"[0-9]{1,20}\Z")
+_MD5 = re.compile(r"[0-9a-fA-F]{32}\Z")
+#: names beginning with this are kept for the server's own files
+RESERVED_PREFIX = ".gsitransfer"
+MAX_NAME_BYTES = 255
+_REQUIRED_KEYS = ("name", "size", "checksum")
+
+
+@dataclass(frozen=True)
+class ManifestLimits:
+    """Bounds on what one manifest may ask for."""
+
+    max_bytes: int = 1024 * 1024
+    max_files: int = 10_000
+    #: largest single file, in bytes (None: no limit)
+    max_file_size: int | None = None
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a manifest."""
+
+    num: int
+    name: str
+    size: int
+    checksum: str
+    #: other keys the client put in the section, passed through as strings
+    extra: tuple[tuple[str, str], ...] = field(default=())
+
+    def file_info(self) -> dict[str, object]:
+        """The seed's ``file_info`` dict for this file."""
+        info: dict[str, object] = dict(self.extra)
+        info.update(name=self.name, size=self.size, checksum=self.checksum)
+        return info
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest: its files, in order."""
+
+    files: tuple[FileEntry, ...]
+
+    @property
+    def num_files(self) -> int:
+        """How many files the manifest announces."""
+        return len(self.files)
+
+    @property
+    def total_size(self) -> int:
+        """Sum of the announced sizes."""
+        return sum(entry.size for entry in self.files)
+
+    def to_ini(self) -> str:
+        """Serialise as ConfigParser writes it (parse_manifest reads it back)."""
+        parser = _new_parser()
+        parser["manifest"] = {"num_files": str(self.num_files)}
+        for entry in self.files:
+            section = dict(entry.extra)
+            section.update(name=entry.name, size=str(entry.size), checksum=entry.checksum)
+            parser[str(entry.num)] = section
+        lines: list[str] = []
+        for section_name in parser.sections():
+            lines.append(f"[{section_name}]")
+            for key, value in parser[section_name].items():
+                lines.append(f"{key} = {value}")
+            lines.append("")
+        return "\n".join(lines)
+
+    @classmethod
+    def of(cls, *entries: tuple[str, int, str]) -> "Manifest":
+        """Build from ``(name, size, md5)`` triples, validating like the parser."""
+        files = tuple(
+            FileEntry(num, check_name(name), _check_size(size, name), _check_md5(md5, name))
+            for num, (name, size, md5) in enumerate(entries)
+        )
+        _check_unique(files)
+        return cls(files)
+
+
+def parse_manifest(body: bytes, limits: ManifestLimits = ManifestLimits()) -> Manifest:
+    """Parse and validate a posted manifest body."""
+    if len(body) > limits.max_bytes:
+        raise ManifestTooLarge(f"manifest is larger than {limits.max_bytes} bytes")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ManifestError("manifest is not valid UTF-8") from None
+    parser = _new_parser()
+    try:
+        parser.read_string(text)
+    except configparser.Error as error:
+        raise ManifestError(f"manifest is not a valid INI document: {_first_line(error)}") from None
+    if not parser.has_section("manifest"):
+        raise ManifestError("manifest has no [manifest] section")
+    num_files = _read_int(parser, "manifest", "num_files")
+    if num_files < 1:
+        raise ManifestError("num_files must be at least 1")
+    if num_files > limits.max_files:
+        raise ManifestError(f"too many files: {num_files} (at most {limits.max_files})")
+    expected = {"manifest", *(str(n) for n in range(num_files))}
+    for section_name in parser.sections():
+        if section_name not in expected:
+            raise ManifestError(f"unexpected section [{section_name}]")
+    files = tuple(_read_entry(parser, num, limits) for num in range(num_files))
+    _check_unique(files)
+    return Manifest(files)
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is one safe path component, else raise ManifestError."""
+    if not isinstance(name, str) or name == "":
+        raise ManifestError("file name is empty")
+    if name in (".", ".."):
+        raise ManifestError(f"unsafe file name {name!r}")
+    if "/" in name or "\\" in name:
+        raise ManifestError(f"unsafe file name {name!r}: contains a path separator")
+    if any(unicodedata.category(char) == "Cc" for char in name):
+        raise ManifestError(f"unsafe file name {name!r}: contains a control character")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise ManifestError(f"file name is longer than {MAX_NAME_BYTES} bytes")
+    if any(0xD800 <= ord(char) <= 0xDFFF for char in name):
+        raise ManifestError(f"unsafe file name {name!r}: contains a surrogate")
+    if name.startswith(RESERVED_PREFIX):
+        raise ManifestError(f"file name {name!r} is reserved")
+    return name
+
+
+def _new_parser() -> configparser.ConfigParser:
+    return configparser.ConfigParser(
+        interpolation=None, strict=True, default_section="\x00no-defaults"
+    )
+
+
+def _read_entry(parser: configparser.ConfigParser, num: int, limits: ManifestLimits) -> FileEntry:
+    section_name = str(num)
+    if not parser.has_section(section_name):
+        raise ManifestError(f"manifest has no section [{section_name}]")
+    section = parser[section_name]
+    for key in _REQUIRED_KEYS:
+        if key not in section:
+            raise ManifestError(f"section [{section_name}] has no {key}")
+    name = check_name(section["name"])
+    size = _check_size(section["size"], name)
+    if limits.max_file_size is not None and size > limits.max_file_size:
+        raise ManifestError(f"file {name!r} is larger than {limits.max_file_size} bytes")
+    checksum = _check_md5(section["checksum"], name)
+    extra = tuple(
+        (key, value) for key, value in section.items() if key not in _REQUIRED_KEYS
+    )
+    return FileEntry(num=num, name=name, size=size, checksum=checksum, extra=extra)
+
+
+def _read_int(parser: configparser.ConfigParser, section: str, key: str) -> int:
+    if not parser.has_option(section, key):
+        raise ManifestError(f"section [{section}] has no {key}")
+    value = parser.get(section, key)
+    if not _DECIMAL.match(value):
+        raise ManifestError(f"{key} in [{section}] is not a number: {value!r}")
+    return int(value)
+
+
+def _check_size(size: object, name: str) -> int:
+    if isinstance(size, int) and not isinstance(size, bool):
+        if size < 0:
+            raise ManifestError(f"size of {name!r} is negative")
+        return size
+    if isinstance(size, str) and _DECIMAL.match(size):
+        return int(size)
+    raise ManifestError(f"size of {name!r} is not a number: {size!r}")
+
+
+def _check_md5(checksum: str, name: str) -> str:
+    if not isinstance(checksum, str) or not _MD5.match(checksum):
+        raise ManifestError(f"checksum of {name!r} is not an MD5 (32 hex digits)")
+    return checksum.lower()
+
+
+def _check_unique(files: tuple[FileEntry, ...]) -> None:
+    seen: set[str] = set()
+    for entry in files:
+        folded = unicodedata.normalize("NFC", entry.name)
+        if folded in seen:
+            raise ManifestError(f"file name {entry.name!r} appears twice")
+        seen.add(folded)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

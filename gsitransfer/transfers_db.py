@@ -1,0 +1,146 @@
+"""The transfer table in SQLite, so transfer keys survive a restart.
+
+Implements :class:`gsitransfer.keys.TransferTable`. One file holds every key
+of a server: the manifest (as INI), the owner DN, the prefix, the times, and
+each file's state. A file that was ``receiving`` when the server stopped is
+``pending`` again when the table is opened: its body never completed.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Iterable
+
+from .keys import FileState, TransferRecord
+from .manifest import ManifestLimits, parse_manifest
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS transfers (
+    key TEXT PRIMARY KEY,
+    prefix TEXT NOT NULL,
+    owner_dn TEXT,
+    manifest TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS transfer_files (
+    key TEXT NOT NULL REFERENCES transfers(key) ON DELETE CASCADE,
+    num INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (key, num)
+);
+CREATE INDEX IF NOT EXISTS transfers_expires ON transfers(expires);
+"""
+
+#: manifests were validated when posted; reading them back needs no tight limit
+_STORED_LIMITS = ManifestLimits(max_bytes=1 << 30, max_files=1 << 30)
+
+
+class TransferDBError(ValueError):
+    """The transfer database cannot be opened (one line, names the path)."""
+
+
+class SQLiteTransferTable:
+    """A TransferTable kept in an SQLite file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "UPDATE transfer_files SET state = ? WHERE state = ?",
+                (FileState.PENDING.value, FileState.RECEIVING.value),
+            )
+        except (OSError, sqlite3.Error) as error:
+            raise TransferDBError(f"cannot open transfer database {path}: {error}") from None
+        self._cache: dict[str, TransferRecord] = {}
+
+    def add(self, record: TransferRecord) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT INTO transfers VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.key,
+                    record.prefix,
+                    record.owner_dn,
+                    record.manifest.to_ini(),
+                    record.created,
+                    record.expires,
+                ),
+            )
+            self._db.executemany(
+                "INSERT INTO transfer_files VALUES (?, ?, ?)",
+                [(record.key, e.num, FileState.PENDING.value) for e in record.manifest.files],
+            )
+        self._cache[record.key] = record
+
+    def get(self, key: str) -> TransferRecord | None:
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        row = self._db.execute(
+            "SELECT key, prefix, owner_dn, manifest, created, expires FROM transfers WHERE key = ?",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        record = _record_from_row(row)
+        self._cache[key] = record
+        return record
+
+    def states(self, key: str) -> dict[int, FileState]:
+        rows = self._db.execute(
+            "SELECT num, state FROM transfer_files WHERE key = ?", (key,)
+        ).fetchall()
+        return {num: FileState(state) for num, state in rows}
+
+    def set_state(self, key: str, num: int, state: FileState) -> None:
+        self._db.execute(
+            "UPDATE transfer_files SET state = ? WHERE key = ? AND num = ?",
+            (state.value, key, num),
+        )
+
+    def remove(self, key: str) -> None:
+        self._cache.pop(key, None)
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM transfer_files WHERE key = ?", (key,))
+            self._db.execute("DELETE FROM transfers WHERE key = ?", (key,))
+
+    def expired(self, now: float) -> list[TransferRecord]:
+        rows = self._db.execute(
+            "SELECT key, prefix, owner_dn, manifest, created, expires FROM transfers "
+            "WHERE expires <= ?",
+            (now,),
+        ).fetchall()
+        return [_record_from_row(row) for row in rows]
+
+    def records(self) -> Iterable[TransferRecord]:
+        rows = self._db.execute(
+            "SELECT key, prefix, owner_dn, manifest, created, expires FROM transfers"
+        ).fetchall()
+        return [_record_from_row(row) for row in rows]
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+
+def _record_from_row(row: tuple[str, str, str | None, str, float, float]) -> TransferRecord:
+    key, prefix, owner_dn, manifest_text, created, expires = row
+    return TransferRecord(
+        key=key,
+        prefix=prefix,
+        owner_dn=owner_dn,
+        manifest=parse_manifest(manifest_text.encode("utf-8"), _STORED_LIMITS),
+        created=created,
+        expires=expires,
+    )

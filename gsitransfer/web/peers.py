@@ -1,0 +1,152 @@
+"""Who is asking: the identity of a request, per kind of listener.
+
+* :class:`TrustedProxyIdentity` (plain HTTP): anonymous, except that the
+  ``X-Client-DN`` header is believed from peers listed as trusted
+  TLS-terminating proxies; from anyone else it is ignored.
+* :class:`CertificateIdentity` (mutual TLS): the verified client chain, via
+  ``gsitransfer.tls.peer``. Headers are never consulted.
+* :class:`GridMapAuthorizer` wraps either: with a grid-mapfile, a DN that is
+  not in it is refused (403) before any handler callback, and the token
+  carries the first mapped account as ``username``.
+
+Each source's ``identify(request)`` returns an :class:`IdToken` or raises
+``NotAuthorized``; it is called once per request, when its headers are in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import Any, Callable, Iterable, Protocol
+
+from twisted.logger import Logger
+
+from ..errors import NotAuthorized
+from ..identity import ANONYMOUS, IdToken
+
+_log = Logger()
+
+CLIENT_DN_HEADER = b"x-client-dn"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class IdentitySource(Protocol):
+    def identify(self, request: Any) -> IdToken:
+        """The identity of ``request``'s client; raise NotAuthorized to refuse it."""
+
+
+def peer_host(request: Any) -> str | None:
+    """The client's IP address as text, or None for a non-IP transport."""
+    transport = request.channel.transport
+    peer = transport.getPeer()
+    return getattr(peer, "host", None)
+
+
+def parse_networks(addresses: Iterable[str]) -> tuple[Network, ...]:
+    """Parse ``--trusted-proxy`` values (addresses or CIDR networks); ValueError names the bad one."""
+    networks = []
+    for text in addresses:
+        try:
+            networks.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"not an IP address or network: {text!r}") from None
+    return tuple(networks)
+
+
+class TrustedProxyIdentity:
+    """Plain HTTP: anonymous, or the ``X-Client-DN`` of a trusted proxy's request."""
+
+    def __init__(self, trusted_proxies: Iterable[str] = ()) -> None:
+        self.trusted = parse_networks(trusted_proxies)
+
+    def is_trusted(self, host: str | None) -> bool:
+        """True when ``host`` is one of the trusted TLS-terminating proxies."""
+        if host is None or not self.trusted:
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.trusted)
+
+    def identify(self, request: Any) -> IdToken:
+        values = request.requestHeaders.getRawHeaders(CLIENT_DN_HEADER)
+        if not values or not self.is_trusted(peer_host(request)):
+            return ANONYMOUS
+        if len(values) > 1:
+            raise NotAuthorized("more than one X-Client-DN header")
+        try:
+            dn = values[0].decode("ascii")
+        except UnicodeDecodeError:
+            raise NotAuthorized("X-Client-DN is not ASCII (use \\xHH escapes)") from None
+        if not dn.startswith("/"):
+            raise NotAuthorized("X-Client-DN is not a one-line DN (/C=../CN=..)")
+        return IdToken(dn=dn)
+
+
+class CertificateIdentity:
+    """Mutual TLS: the identity of the verified client certificate chain."""
+
+    def identify(self, request: Any) -> IdToken:
+        from ..tls.peer import identity_from_connection
+
+        transport = request.channel.transport
+        handle = getattr(transport, "getHandle", None)
+        connection = handle() if handle is not None else None
+        if connection is None:
+            raise NotAuthorized("no TLS connection")
+        try:
+            return identity_from_connection(connection)
+        except Exception as error:  # a chain we cannot read is no identity
+            _log.warn("cannot read the client chain: {error}", error=error)
+            raise NotAuthorized("no verified client certificate") from None
+
+
+class GridMapAuthorizer:
+    """Refuse DNs missing from the grid-mapfile; map the others to an account.
+
+    The file is re-read when ``reload()`` is called (on SIGHUP and
+    periodically) and only if it changed; a file that fails to parse on
+    reload keeps the previous map and logs one line.
+    """
+
+    def __init__(self, source: IdentitySource, path: str, loader: Callable[[str], Any]) -> None:
+        self.source = source
+        self.path = path
+        self._loader = loader
+        self._stamp: tuple[float, int] | None = None
+        self._map = loader(path)
+        self._stamp = self._file_stamp()
+
+    def _file_stamp(self) -> tuple[float, int] | None:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return (stat.st_mtime, stat.st_size)
+
+    def reload(self) -> bool:
+        """Re-read the grid-mapfile if it changed; True when a new map is in force."""
+        stamp = self._file_stamp()
+        if stamp == self._stamp:
+            return False
+        try:
+            new_map = self._loader(self.path)
+        except Exception as error:
+            _log.error("grid-mapfile not reloaded, keeping the old one: {error}", error=error)
+            return False
+        self._map, self._stamp = new_map, stamp
+        _log.info("grid-mapfile {path} reloaded", path=self.path)
+        return True
+
+    def identify(self, request: Any) -> IdToken:
+        token = self.source.identify(request)
+        if token.dn is None:
+            raise NotAuthorized("an identity is required (grid-mapfile in force)")
+        accounts = self._map.lookup(token.dn)
+        if not accounts:
+            raise NotAuthorized(f"{token.dn} is not in the grid-mapfile")
+        return token.with_username(accounts[0])

@@ -1,0 +1,189 @@
+"""A twisted.web Request that decides what to do with a body from its headers.
+
+twisted.web's own Request spools every body to memory or a temporary file
+and only then renders. :class:`TransferRequest` instead acts in ``gotLength``
+(called once all headers are in, before any body byte is read):
+
+* the identity is established (``site.identity.identify``); a refusal is 403;
+* the request is routed (:func:`routes.classify`); a bad path or method is
+  answered at once;
+* a file upload is handed to an :class:`UploadReceiver`, which asks the core
+  (and the handler) whether the body may come, with the connection paused
+  meanwhile, and then streams the body to disk; ``Expect: 100-continue`` is
+  answered only once the upload is accepted;
+* any other body (a manifest, or a stray body on GET) is held in memory up to
+  a small limit; a larger one is refused with 413 from its Content-Length, or
+  as soon as it passes the limit.
+
+A refusal sent while a body is still arriving closes the connection after
+the response (the rest of the body is never read).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from twisted.web import server
+from twisted.web.http import datetimeToString
+
+from ..errors import TransferError
+from ..identity import IdToken
+from .routes import ManifestRoute, Refusal, Route, UploadRoute, classify
+from .status import status_for, write_error
+from .upload import UploadReceiver
+
+#: largest body accepted on a request that is neither a manifest nor a file
+SMALL_BODY_LIMIT = 64 * 1024
+
+
+def path_segments(path: bytes) -> list[bytes]:
+    """Percent-decoded segments of a request path, as twisted.web's ``postpath``."""
+    from urllib.parse import unquote_to_bytes
+
+    return [unquote_to_bytes(part) for part in path.split(b"?", 1)[0][1:].split(b"/")]
+
+
+class TransferRequest(server.Request):
+    """A Request that routes and refuses from its headers and streams uploads."""
+
+    _parsePOSTFormSubmission = False
+
+    route: Route | None = None
+    id_token: IdToken | None = None
+    upload_receiver: UploadReceiver | None = None
+    _length: int | None = 0
+    _body_limit: int | None = None
+    _body_seen = 0
+    _body_received = False
+    _pending_refusal: tuple[int, str, tuple[bytes, ...]] | None = None
+    _answered = False
+
+    # -- called by the channel ------------------------------------------------
+
+    def gotLength(self, length: int | None) -> None:
+        """All headers are in: identify, route and choose where the body goes."""
+        self._length = length
+        self.content = io.BytesIO()
+        self._prime_request_line()
+        site = self.channel.site
+        try:
+            self.id_token = site.identity.identify(self)
+        except TransferError as error:
+            self.refuse(status_for(error), error.reason)
+            return
+        self.route = classify(self.method, path_segments(self.uri))
+        if isinstance(self.route, Refusal):
+            self.refuse(self.route.status, self.route.reason, self.route.allow)
+        elif isinstance(self.route, UploadRoute):
+            expects_continue = self._take_over_expect()
+            self.upload_receiver = UploadReceiver(
+                self, site.transfer_server, self.route, length, expects_continue
+            )
+            self.upload_receiver.start()
+        else:
+            limit = (
+                site.transfer_server.manifest_limits.max_bytes
+                if isinstance(self.route, ManifestRoute)
+                else SMALL_BODY_LIMIT
+            )
+            self._body_limit = limit
+            if length is not None and length > limit:
+                self.refuse(413, f"request body is larger than {limit} bytes")
+
+    def handleContentChunk(self, data: bytes) -> None:
+        """A piece of body: to the upload, or to the bounded in-memory buffer."""
+        if self._answered:
+            return
+        if self.upload_receiver is not None:
+            self.upload_receiver.data_received(data)
+            return
+        self._body_seen += len(data)
+        if self._body_limit is not None and self._body_seen > self._body_limit:
+            self.refuse(413, f"request body is larger than {self._body_limit} bytes")
+            return
+        self.content.write(data)
+
+    def process(self) -> None:
+        """The whole body is in: answer a pending refusal, or render as usual."""
+        self._body_received = True
+        if self._answered:
+            return
+        if self._pending_refusal is not None:
+            self._set_default_headers()
+            status, reason, allow = self._pending_refusal
+            self._answered = True
+            write_error(self, status, reason, allow)
+            return
+        super().process()
+
+    def connectionLost(self, reason: Any) -> None:
+        """The client went away: an upload in progress is abandoned."""
+        if self.upload_receiver is not None:
+            self.upload_receiver.connection_lost()
+        super().connectionLost(reason)
+
+    # -- refusals ---------------------------------------------------------------
+
+    def refuse(self, status: int, reason: str, allow: tuple[bytes, ...] = ()) -> None:
+        """Answer with an error now, whether or not the body has arrived.
+
+        Before the body, the connection is closed after the response and the
+        body is never read. With no body at all (Content-Length 0) the answer
+        waits for ``process``, which the channel calls next.
+        """
+        if self._answered or self._disconnected:
+            return
+        if self._body_received:
+            self._answered = True
+            write_error(self, status, reason, allow)
+            return
+        if self._length == 0:
+            self._pending_refusal = (status, reason, allow)
+            return
+        self._answered = True
+        self.requestHeaders.removeHeader(b"expect")
+        channel = self.channel
+        channel.persistent = False
+        # keep the channel from parsing the unread body as a new request
+        channel._handlingRequest = True
+        self._set_default_headers()
+        self.setHeader(b"connection", b"close")
+        write_error(self, status, reason, allow)
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _prime_request_line(self) -> None:
+        """Make method, URI and version available before the body (twisted sets them after)."""
+        channel = self.channel
+        self.method = getattr(channel, "_command", self.method)
+        self.uri = getattr(channel, "_path", self.uri)
+        self.clientproto = getattr(channel, "_version", self.clientproto)
+        self.path = self.uri.split(b"?", 1)[0]
+
+    def _take_over_expect(self) -> bool:
+        """Remove ``Expect: 100-continue`` so the channel does not answer it; True if present."""
+        values = self.requestHeaders.getRawHeaders(b"expect") or []
+        if not values:
+            return False
+        self.requestHeaders.removeHeader(b"expect")
+        return values[0].lower() == b"100-continue" and self.clientproto == b"HTTP/1.1"
+
+    def send_continue(self) -> None:
+        """Tell the client to send the body (``100 Continue``)."""
+        if not self._disconnected and not self._answered:
+            self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def pause_body(self) -> None:
+        """Stop reading the body from the network."""
+        self.channel.transport.pauseProducing()
+
+    def resume_body(self) -> None:
+        """Read the body again."""
+        if not self._disconnected and not self._answered:
+            self.channel.transport.resumeProducing()
+
+    def _set_default_headers(self) -> None:
+        self.site = self.channel.site
+        self.setHeader(b"server", b"gsitransfer")
+        self.setHeader(b"date", datetimeToString())

@@ -1,0 +1,178 @@
+"""The two servers users build: ``HTTPTransferServer`` and ``GSIHTTPTransferServer``.
+
+Each is a :class:`TransferServer` (the core) that knows how to make a
+twisted.web Site over itself and listen on Twisted endpoints::
+
+    server = HTTPTransferServer(transfers=SQLiteTransferTable("transfers.db"))
+    server.RegisterPrefix("data", DirectoryStore("/srv/data"))
+    server.listen("tcp:8080:interface=127.0.0.1")
+    reactor.run()
+
+The HTTP variant's identity is anonymous unless a trusted proxy says
+otherwise (``X-Client-DN``); the GSI variant speaks mutual TLS and takes the
+identity from the client certificate chain.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.web import server as web_server
+
+from ..core import TransferServer
+from .peers import CertificateIdentity, GridMapAuthorizer, IdentitySource, TrustedProxyIdentity
+from .request import TransferRequest
+from .resources import TransferRoot
+
+_log = Logger()
+
+#: seconds a connection may stay silent (headers, body or between requests)
+DEFAULT_IDLE_TIMEOUT = 300
+
+
+class TransferSite(web_server.Site):
+    """A Site whose requests route and stream as ``TransferRequest`` does."""
+
+    requestFactory = TransferRequest
+    displayTracebacks = False
+    noisy = False
+
+    def __init__(
+        self,
+        transfer_server: TransferServer,
+        identity: IdentitySource,
+        timeout: float = DEFAULT_IDLE_TIMEOUT,
+    ) -> None:
+        super().__init__(TransferRoot(transfer_server), timeout=timeout)
+        self.transfer_server = transfer_server
+        self.identity = identity
+
+
+class HTTPTransferServer(TransferServer):
+    """The seed's HTTPTransferServer: plain HTTP, anonymous or behind a trusted proxy."""
+
+    scheme = "http"
+
+    def __init__(
+        self,
+        *,
+        trusted_proxies: Iterable[str] = (),
+        gridmap: str | None = None,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        **core_options: Any,
+    ) -> None:
+        super().__init__(**core_options)
+        self.idle_timeout = idle_timeout
+        self.identity: IdentitySource = self._base_identity(tuple(trusted_proxies))
+        self.gridmap: GridMapAuthorizer | None = None
+        if gridmap is not None:
+            from ..gridmap import load_gridmap
+
+            self.gridmap = GridMapAuthorizer(self.identity, gridmap, load_gridmap)
+            self.identity = self.gridmap
+        self.ports: list[IListeningPort] = []
+        self._sweeper: LoopingCall | None = None
+
+    def _base_identity(self, trusted_proxies: tuple[str, ...]) -> IdentitySource:
+        return TrustedProxyIdentity(trusted_proxies)
+
+    def site(self) -> TransferSite:
+        """A twisted.web Site serving this server (one per listener is fine)."""
+        return TransferSite(self, self.identity, timeout=self.idle_timeout)
+
+    def protocol_factory(self) -> Any:
+        """The protocol factory to listen with (the Site; TLS-wrapped in the GSI variant)."""
+        return self.site()
+
+    def listen(self, endpoint: str | IStreamServerEndpoint, reactor: Any = None) -> defer.Deferred[IListeningPort]:
+        """Listen on a Twisted endpoint (object or string such as ``tcp:8080``)."""
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        if isinstance(endpoint, str):
+            endpoint = serverFromString(reactor, endpoint)
+        listening = endpoint.listen(self.protocol_factory())
+        listening.addCallback(self._listening)
+        return listening
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        self.ports.append(port)
+        if self.public_url is None:
+            address = port.getHost()
+            host = getattr(address, "host", "localhost")
+            if host in ("0.0.0.0", "::", ""):
+                host = "localhost"
+            if ":" in host:
+                host = f"[{host}]"
+            self.public_url = f"{self.scheme}://{host}:{address.port}"
+        return port
+
+    def maintain(self, reactor: Any = None, interval: float = 60.0) -> LoopingCall:
+        """Expire transfer keys (and reload trust) every ``interval`` seconds, starting now."""
+        sweeper = LoopingCall(self.maintenance)
+        if reactor is not None:
+            sweeper.clock = reactor
+        sweeper.start(interval, now=True).addErrback(
+            lambda failure: _log.failure("maintenance stopped", failure)
+        )
+        self._sweeper = sweeper
+        return sweeper
+
+    @defer.inlineCallbacks
+    def maintenance(self) -> Any:
+        """One round of housekeeping: expire keys, re-read the grid-mapfile."""
+        try:
+            expired = yield self.expire_transfers()
+            if expired:
+                _log.info("{n} transfer key(s) expired", n=expired)
+        except Exception:
+            _log.failure("expiring transfer keys failed")
+        self.reload()
+
+    def reload(self) -> None:
+        """Re-read configuration files (grid-mapfile; TLS trust in the GSI variant)."""
+        if self.gridmap is not None:
+            self.gridmap.reload()
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        """Stop listening and housekeeping."""
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        ports, self.ports = self.ports, []
+        for port in ports:
+            yield port.stopListening()
+
+
+class GSIHTTPTransferServer(HTTPTransferServer):
+    """The seed's GSIHTTPTransferServer: mutual TLS, identity from the client certificate.
+
+    ``tls`` is a server TLS configuration from ``gsitransfer.tls`` (certificate,
+    key, trusted CAs and CRLs) providing ``IOpenSSLServerConnectionCreator``.
+    """
+
+    scheme = "https"
+
+    def __init__(self, tls: Any, **options: Any) -> None:
+        if options.get("trusted_proxies"):
+            raise ValueError("trusted proxies do not apply to a mutual-TLS server")
+        self.tls = tls
+        super().__init__(**options)
+
+    def _base_identity(self, trusted_proxies: tuple[str, ...]) -> IdentitySource:
+        return CertificateIdentity()
+
+    def protocol_factory(self) -> Any:
+        return TLSMemoryBIOFactory(self.tls, False, self.site())
+
+    def reload(self) -> None:
+        """Re-read CAs, CRLs and the grid-mapfile; new connections see the new trust."""
+        super().reload()
+        self.tls.reload()
