@@ -112,6 +112,13 @@ class HTTPTransferServer(TransferServer):
             if ":" in host:
                 host = f"[{host}]"
             self.public_url = f"{self.scheme}://{host}:{address.port}"
+        address = port.getHost()
+        _log.info(
+            "gsitransfer listening: {scheme}://{host}:{port}",
+            scheme=self.scheme,
+            host=getattr(address, "host", "?"),
+            port=getattr(address, "port", "?"),
+        )
         return port
 
     def maintain(self, reactor: Any = None, interval: float = 60.0) -> LoopingCall:

@@ -1,0 +1,96 @@
+"""A real gsitransfer server in a child process (``twistd -n accessgrid-transfer``).
+
+Tests talk to it over real sockets on 127.0.0.1. The server listens on port 0
+and the test reads the real port from the log line ``gsitransfer listening:``.
+Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+_LISTENING = re.compile(r"gsitransfer listening: (https?)://([^ ]+):(\d+)")
+
+
+class ServerProcess:
+    """One twistd process; ``url(scheme)`` once it listens."""
+
+    def __init__(self, workdir: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.args = args
+        self.env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        self.env.update(env or {})
+        self.log_path = workdir / f"server-{time.monotonic_ns()}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.urls: dict[str, str] = {}
+
+    def start(self, timeout: float = 20.0) -> "ServerProcess":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-c",
+            "import sys; from twisted.scripts.twistd import run; "
+            "sys.argv = ['twistd', '-n', '--pidfile=', '--logfile=-'] + sys.argv[1:]; run()",
+            "accessgrid-transfer", *self.args,
+        ]
+        self.log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            command, cwd=self.workdir, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + timeout
+        wanted = {"http" if a == "--http" else "https" for a in self.args if a in ("--http", "--https")}
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace")
+            for scheme, host, port in _LISTENING.findall(text):
+                self.urls[scheme] = f"{scheme}://{host}:{port}"
+            if wanted <= set(self.urls):
+                return self
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited ({self.process.returncode}):\n{text}")
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server did not start:\n{self.log_path.read_text(errors='replace')}")
+
+    def url(self, scheme: str = "http") -> str:
+        return self.urls[scheme]
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as a crash."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if hasattr(self, "log"):
+            self.log.close()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

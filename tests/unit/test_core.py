@@ -1,0 +1,343 @@
+"""TransferServer, the protocol-neutral core: seed API, manifests, the upload state machine, expiry.
+
+No reactor: handlers here answer synchronously (or with Deferreds fired by the
+test), so every Deferred is inspected directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from gsitransfer import (
+    ChecksumMismatch,
+    FileNotFound,
+    IdToken,
+    LengthMismatch,
+    LengthRequired,
+    ManifestError,
+    NotAuthorized,
+    TransferServer,
+    UploadConflict,
+)
+from gsitransfer.core import next_state
+from gsitransfer.keys import FileState
+from gsitransfer.manifest import Manifest
+
+MD5_A = "a" * 32
+ALICE = IdToken(dn="/C=US/O=Grid Test/CN=Alice")
+BOB = IdToken(dn="/C=US/O=Grid Test/CN=Bob")
+MANIFEST = Manifest.of(("a.txt", 3, MD5_A), ("b.txt", 0, "d41d8cd98f00b204e9800998ecf8427e")).to_ini().encode()
+
+
+def result_of(deferred: defer.Deferred[Any]) -> Any:
+    results: list[Any] = []
+    deferred.addBoth(results.append)
+    assert results, "Deferred has not fired"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingHandler:
+    """Accepts everything except names in ``refuse``; records every callback."""
+
+    def __init__(self, refuse: dict[str, str | None] | None = None) -> None:
+        self.refuse = refuse or {}
+        self.calls: list[tuple[str, Any, Any]] = []
+
+    def CanUpload(self, id_token: IdToken, file_info: dict[str, Any]) -> bool:
+        self.calls.append(("CanUpload", id_token.dn, file_info["name"]))
+        reason = self.refuse.get(file_info["name"], "")
+        if reason is None:
+            return False
+        if reason:
+            raise NotAuthorized(reason)
+        return True
+
+    def AddPendingUpload(self, id_token: IdToken, name: str) -> None:
+        self.calls.append(("AddPendingUpload", id_token.dn, name))
+
+    def GetUploadFilename(self, id_token: IdToken, file_info: dict[str, Any]) -> str:
+        self.calls.append(("GetUploadFilename", id_token.dn, file_info["name"]))
+        return "/srv/" + file_info["name"]
+
+    def CompleteUpload(self, id_token: IdToken, file_info: dict[str, Any]) -> None:
+        self.calls.append(("CompleteUpload", id_token.dn, file_info["name"]))
+
+    def CancelPendingUpload(self, id_token: IdToken, name: str) -> None:
+        self.calls.append(("CancelPendingUpload", id_token.dn, name))
+
+    def GetDownloadFilename(self, id_token: IdToken, url_path: str) -> str:
+        self.calls.append(("GetDownloadFilename", id_token.dn, url_path))
+        if url_path == "missing":
+            raise FileNotFound("no such file")
+        return "/srv/" + url_path
+
+    def names(self, callback: str) -> list[str]:
+        return [name for kind, _, name in self.calls if kind == callback]
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def handler() -> RecordingHandler:
+    return RecordingHandler()
+
+
+@pytest.fixture
+def server(clock: Clock, handler: RecordingHandler) -> TransferServer:
+    s = TransferServer(clock=clock, manifest_ttl=60, public_url="https://host:8443/")
+    s.RegisterPrefix("data", handler)
+    return s
+
+
+def post(server: TransferServer, token: IdToken = ALICE, body: bytes = MANIFEST) -> str:
+    outcome = result_of(server.post_manifest("data", body, token))
+    assert outcome.accepted, outcome.error_reason
+    return outcome.transfer_key
+
+
+def test_prefix_registry(server, handler):
+    """RegisterPrefix/LookupPrefix: the handler, or None for an unknown prefix."""
+    assert server.LookupPrefix("data") is handler
+    assert server.LookupPrefix("other") is None
+    with pytest.raises(ValueError):
+        server.RegisterPrefix("a/b", handler)
+
+
+def test_descriptors(server):
+    """GetUploadDescriptor/GetDownloadDescriptor give URLs with the path percent-encoded."""
+    assert server.GetUploadDescriptor("data") == "https://host:8443/data"
+    assert server.GetDownloadDescriptor("data", "dir/a b%.txt") == "https://host:8443/data/dir/a%20b%25.txt"
+
+
+def test_register_and_lookup(server, clock):
+    """RegisterManifest binds a key; LookupUploadInformation answers until it expires."""
+    key = server.RegisterManifest(MANIFEST, ALICE, "data")
+    info = server.LookupUploadInformation(key, 0)
+    assert (info["name"], info["size"], info["checksum"]) == ("a.txt", 3, MD5_A)
+    assert server.LookupUploadInformation(key, "1")["name"] == "b.txt"
+    for bad in (2, "x", "-1", "0x1"):
+        with pytest.raises(FileNotFound):
+            server.LookupUploadInformation(key, bad)
+    with pytest.raises(FileNotFound):
+        server.LookupUploadInformation("nope", 0)
+    clock.now += 60
+    with pytest.raises(FileNotFound):
+        server.LookupUploadInformation(key, 0)
+
+
+def test_manifest_accepted_calls_handler_in_order(server, handler):
+    """CanUpload for every file, then AddPendingUpload for every file."""
+    post(server)
+    assert [c[0] for c in handler.calls] == ["CanUpload", "CanUpload", "AddPendingUpload", "AddPendingUpload"]
+
+
+def test_manifest_refused_registers_nothing(clock):
+    """A refused file gives return_code 1 with the seed's reason and no key."""
+    handler = RecordingHandler(refuse={"b.txt": "exists already"})
+    server = TransferServer(clock=clock)
+    server.RegisterPrefix("data", handler)
+    outcome = result_of(server.post_manifest("data", MANIFEST, ALICE))
+    assert not outcome.accepted
+    assert outcome.to_text() == "return_code: 1\nerror_reason: Upload error for file b.txt: exists already\n"
+    assert handler.names("AddPendingUpload") == []
+    assert list(server.transfers.records()) == []
+
+
+def test_manifest_refused_by_false_has_no_reason(clock):
+    """CanUpload returning False gives the bare seed reason."""
+    server = TransferServer(clock=clock)
+    server.RegisterPrefix("data", RecordingHandler(refuse={"a.txt": None}))
+    outcome = result_of(server.post_manifest("data", MANIFEST, ALICE))
+    assert outcome.error_reason == "Upload error for file a.txt"
+
+
+def test_bad_manifest_and_prefix(server):
+    """A broken manifest is ManifestError; an unknown prefix is FileNotFound."""
+    with pytest.raises(ManifestError):
+        result_of(server.post_manifest("data", b"[manifest]\n", ALICE))
+    with pytest.raises(FileNotFound):
+        result_of(server.post_manifest("nope", MANIFEST, ALICE))
+
+
+def test_upload_state_machine_happy_path(server, handler):
+    """begin -> verify -> complete stores the file and calls CompleteUpload once."""
+    key = post(server)
+    ticket = result_of(server.begin_upload("data", key, "0", ALICE, 3))
+    assert ticket.final_path == "/srv/a.txt"
+    assert server.transfers.states(key)[0] is FileState.RECEIVING
+    server.verify_upload(ticket, MD5_A, 3)
+    result_of(server.complete_upload(ticket))
+    assert server.transfers.states(key)[0] is FileState.STORED
+    assert handler.names("CompleteUpload") == ["a.txt"]
+
+
+@pytest.mark.parametrize(
+    "prefix, key, num, token, length, error",
+    [
+        ("nope", None, "0", ALICE, 3, FileNotFound),
+        ("data", "x" * 32, "0", ALICE, 3, FileNotFound),
+        ("data", None, "5", ALICE, 3, FileNotFound),
+        ("data", None, "0", BOB, 3, NotAuthorized),
+        ("data", None, "0", IdToken(dn=None), 3, NotAuthorized),
+        ("data", None, "0", ALICE, None, LengthRequired),
+        ("data", None, "0", ALICE, 4, LengthMismatch),
+    ],
+)
+def test_begin_upload_refusals(server, handler, prefix, key, num, token, length, error):
+    """Every header-level refusal, and none of them asks GetUploadFilename."""
+    real_key = post(server)
+    with pytest.raises(error):
+        result_of(server.begin_upload(prefix, key or real_key, num, token, length))
+    assert handler.names("GetUploadFilename") == []
+    assert server.transfers.states(real_key)[0] is FileState.PENDING
+
+
+def test_conflicts(server):
+    """A file arriving or stored cannot be begun again (409)."""
+    key = post(server)
+    ticket = result_of(server.begin_upload("data", key, 0, ALICE, 3))
+    with pytest.raises(UploadConflict, match="being uploaded"):
+        result_of(server.begin_upload("data", key, 0, ALICE, 3))
+    server.verify_upload(ticket, MD5_A, 3)
+    result_of(server.complete_upload(ticket))
+    with pytest.raises(UploadConflict, match="already stored"):
+        result_of(server.begin_upload("data", key, 0, ALICE, 3))
+
+
+def test_checksum_mismatch_leaves_file_pending(server, handler):
+    """A mismatch fails the upload; the file may be uploaded again."""
+    key = post(server)
+    ticket = result_of(server.begin_upload("data", key, 0, ALICE, 3))
+    with pytest.raises(ChecksumMismatch):
+        server.verify_upload(ticket, "b" * 32, 3)
+    assert server.transfers.states(key)[0] is FileState.PENDING
+    assert handler.names("CompleteUpload") == []
+    result_of(server.begin_upload("data", key, 0, ALICE, 3))
+
+
+def test_get_upload_filename_none_refuses(server, handler):
+    """GetUploadFilename returning None is NotAuthorized and releases the file."""
+    key = post(server)
+    handler.GetUploadFilename = lambda token, info: None  # type: ignore[method-assign]
+    with pytest.raises(NotAuthorized):
+        result_of(server.begin_upload("data", key, 0, ALICE, 3))
+    assert server.transfers.states(key)[0] is FileState.PENDING
+
+
+def test_async_handler_is_awaited(server, handler):
+    """A Deferred from GetUploadFilename keeps the file receiving until it fires."""
+    key = post(server)
+    pending: defer.Deferred[str] = defer.Deferred()
+    handler.GetUploadFilename = lambda token, info: pending  # type: ignore[method-assign]
+    decision = server.begin_upload("data", key, 0, ALICE, 3)
+    assert not decision.called
+    assert server.transfers.states(key)[0] is FileState.RECEIVING
+    pending.callback("/elsewhere/a.txt")
+    assert result_of(decision).final_path == "/elsewhere/a.txt"
+
+
+def test_coroutine_handler(server):
+    """Handler callbacks may be coroutines."""
+
+    class Async:
+        async def CanUpload(self, token, info):
+            return True
+
+        async def GetDownloadFilename(self, token, path):
+            return "/x/" + path
+
+    server.RegisterPrefix("co", Async())
+    outcome = result_of(server.post_manifest("co", MANIFEST, ALICE))
+    assert outcome.accepted
+    assert result_of(server.resolve_download("co", "f", ALICE)).path == "/x/f"
+
+
+def test_complete_upload_failure_returns_to_pending(server, handler):
+    """If CompleteUpload raises, the file is pending again and the error propagates."""
+    key = post(server)
+    ticket = result_of(server.begin_upload("data", key, 0, ALICE, 3))
+
+    def broken(token, info):
+        raise RuntimeError("db down")
+
+    handler.CompleteUpload = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        result_of(server.complete_upload(ticket))
+    assert server.transfers.states(key)[0] is FileState.PENDING
+
+
+def test_expiry_cancels_pending_files(server, handler, clock):
+    """An expired key calls CancelPendingUpload for its unstored files, then is gone."""
+    key = post(server)
+    ticket = result_of(server.begin_upload("data", key, 1, ALICE, 0))
+    server.verify_upload(ticket, "d41d8cd98f00b204e9800998ecf8427e", 0)
+    result_of(server.complete_upload(ticket))
+    assert result_of(server.expire_transfers()) == 0
+    clock.now += 61
+    assert result_of(server.expire_transfers()) == 1
+    assert handler.names("CancelPendingUpload") == ["a.txt"]
+    assert server.transfers.get(key) is None
+
+
+def test_status_and_cancel_are_for_the_owner(server, handler):
+    """Only the uploader reads or cancels a transfer; cancel releases pending files."""
+    key = post(server)
+    status = server.transfer_status("data", key, ALICE)
+    assert [f["state"] for f in status["files"]] == ["pending", "pending"]
+    assert status["files"][0]["url"] == "https://host:8443/data/a.txt"
+    with pytest.raises(NotAuthorized):
+        server.transfer_status("data", key, BOB)
+    with pytest.raises(NotAuthorized):
+        result_of(server.cancel_transfer("data", key, BOB))
+    result_of(server.cancel_transfer("data", key, ALICE))
+    assert handler.names("CancelPendingUpload") == ["a.txt", "b.txt"]
+    with pytest.raises(FileNotFound):
+        server.transfer_status("data", key, ALICE)
+
+
+def test_downloads_ask_the_handler(server, handler):
+    """resolve_download passes the decoded path and the handler's errors through."""
+    assert result_of(server.resolve_download("data", "dir/f.txt", ALICE)).path == "/srv/dir/f.txt"
+    with pytest.raises(FileNotFound):
+        result_of(server.resolve_download("data", "missing", ALICE))
+
+
+def test_state_machine_table():
+    """Only pending->receiving->stored and receiving->pending are legal."""
+    assert next_state(FileState.PENDING, "begin") is FileState.RECEIVING
+    assert next_state(FileState.RECEIVING, "fail") is FileState.PENDING
+    assert next_state(FileState.RECEIVING, "complete") is FileState.STORED
+    for state, event in [(FileState.STORED, "begin"), (FileState.PENDING, "complete"), (FileState.STORED, "fail")]:
+        with pytest.raises(UploadConflict):
+            next_state(state, event)
+
+
+def test_core_imports_no_web_or_tls():
+    """The core modules import neither twisted.web nor OpenSSL."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import gsitransfer.core, gsitransfer.manifest, gsitransfer.keys, "
+        "gsitransfer.handler, gsitransfer.identity, gsitransfer.errors; "
+        "bad = [m for m in sys.modules if m.startswith(('twisted.web', 'OpenSSL', 'gsitransfer.web', 'gsitransfer.tls'))]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
