@@ -171,7 +171,9 @@ def build_servers(options: Options) -> list[Any]:
     handlers: list[tuple[str, Any]] = []
     for prefix, directory in options["stores"]:
         try:
-            handlers.append((prefix, DirectoryStore(directory)))
+            handlers.append(
+                (prefix, DirectoryStore(directory, pending_ttl=options["manifest-ttl"]))
+            )
         except StoreError as error:
             raise ConfigError(str(error)) from None
     for prefix, target in options["handlers"]:

@@ -93,7 +93,7 @@ class TransferRequest(server.Request):
 
     def handleContentChunk(self, data: bytes) -> None:
         """A piece of body: to the upload, or to the bounded in-memory buffer."""
-        if self._answered:
+        if self._answered or self._pending_refusal is not None:
             return
         if self.upload_receiver is not None:
             self.upload_receiver.data_received(data)
@@ -126,23 +126,32 @@ class TransferRequest(server.Request):
     # -- refusals ---------------------------------------------------------------
 
     def refuse(self, status: int, reason: str, allow: tuple[bytes, ...] = ()) -> None:
-        """Answer with an error now, whether or not the body has arrived.
+        """Answer with an error, whether or not the body has arrived.
 
-        Before the body, the connection is closed after the response and the
-        body is never read. With no body at all (Content-Length 0) the answer
-        waits for ``process``, which the channel calls next.
+        After the body, the answer goes out now. Before it, reading stops and
+        the answer goes out on the next turn of the reactor (never from inside
+        the channel's body parser), then the connection is closed: the rest of
+        the body is never read. If the body completes meanwhile (or there is
+        none), ``process`` answers instead and the connection may stay open.
         """
-        if self._answered or self._disconnected:
+        if self._answered or self._disconnected or self._pending_refusal is not None:
             return
         if self._body_received:
             self._answered = True
             write_error(self, status, reason, allow)
             return
-        if self._length == 0:
-            self._pending_refusal = (status, reason, allow)
-            return
-        self._answered = True
+        self._pending_refusal = (status, reason, allow)
         self.requestHeaders.removeHeader(b"expect")
+        if self._length != 0:
+            self.channel.transport.pauseProducing()
+            self.channel.callLater(0, self._refuse_before_body)
+
+    def _refuse_before_body(self) -> None:
+        if self._answered or self._disconnected or self._body_received:
+            return
+        assert self._pending_refusal is not None
+        status, reason, allow = self._pending_refusal
+        self._answered = True
         channel = self.channel
         channel.persistent = False
         # keep the channel from parsing the unread body as a new request

@@ -78,3 +78,25 @@ class BrokenStore(DirectoryStore):
 
 def broken() -> BrokenStore:
     return BrokenStore(os.environ["GSITRANSFER_TEST_STORE"])
+
+
+class PermissiveStore(DirectoryStore):
+    """Accepts any manifest (no free-space check at the manifest), to reach 507 at upload."""
+
+    def CanUpload(self, id_token: IdToken, file_info: dict[str, Any]) -> bool:
+        return True
+
+
+def permissive() -> PermissiveStore:
+    return PermissiveStore(os.environ["GSITRANSFER_TEST_STORE"] + "-permissive")
+
+
+class NoUploadFilenameStore(DirectoryStore):
+    """GetUploadFilename refuses every file (returns None)."""
+
+    def GetUploadFilename(self, id_token: IdToken, file_info: dict[str, Any]) -> None:
+        return None
+
+
+def no_filename() -> NoUploadFilenameStore:
+    return NoUploadFilenameStore(os.environ["GSITRANSFER_TEST_STORE"] + "-nofilename")

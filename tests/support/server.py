@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-_LISTENING = re.compile(r"gsitransfer listening: (https?)://([^ ]+):(\d+)")
+_LISTENING = re.compile(r"gsitransfer listening: (https?)://(\[[0-9a-f:]+\]|[^\s:/\[]+):(\d+)")
 
 
 class ServerProcess:

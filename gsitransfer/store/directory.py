@@ -1,0 +1,403 @@
+"""The directory-backed default handler (``--store PREFIX=DIRECTORY``).
+
+:class:`DirectoryStore` owns one directory: the files live directly in it and
+their metadata in :class:`~gsitransfer.store.metadata.StoreMetadata`
+(``.gsitransfer-store.sqlite`` there). It decides which names may be
+uploaded and which paths may be downloaded; the bytes themselves are moved
+by the transport (through :mod:`gsitransfer.filesink`).
+
+Rules:
+
+* every name starting with ``.gsitransfer`` (the database, its ``-wal`` and
+  ``-shm``, files in flight) is invisible: never downloaded, listed or
+  uploaded;
+* a download path never resolves outside the directory, symlinks included,
+  and only regular files are served; a file still ``pending`` is not served;
+* a name that exists on disk, or is pending for a live upload, is refused at
+  the manifest;
+* a file is served with its MD5 only while its size and mtime are those it
+  was stored with (a file placed or replaced by hand is served without one);
+* every callback is synchronous and does a bounded amount of work (a few
+  system calls and single SQLite statements); only ``ListFiles`` and
+  ``recover`` look at the whole directory.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import stat
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ..errors import FileNotFound, NotAuthorized
+from ..filesink import FREE_SPACE_MARGIN, remove_stale_temporaries
+from ..handler import DownloadTarget, IListingHandler, ITransferHandler
+from ..identity import IdToken
+from .metadata import DB_NAME, FileRecord, FileState, StoreError, StoreMetadata
+
+#: names starting with this belong to the server and are invisible to clients
+HIDDEN_PREFIX = ".gsitransfer"
+
+DEFAULT_PENDING_TTL = 24 * 3600.0
+
+_log = Logger()
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What :meth:`DirectoryStore.recover` cleaned up."""
+
+    #: temporary files left in flight by a previous run, removed
+    removed_temporaries: tuple[str, ...] = ()
+    #: pending rows older than the pending TTL, forgotten
+    expired_pending: tuple[str, ...] = ()
+    #: expired pending rows whose file was already in place, recorded as stored
+    promoted_pending: tuple[str, ...] = ()
+    #: stored rows whose file had vanished from the directory, forgotten
+    vanished_stored: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return any(
+            (
+                self.removed_temporaries,
+                self.expired_pending,
+                self.promoted_pending,
+                self.vanished_stored,
+            )
+        )
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(HIDDEN_PREFIX)
+
+
+def _unsafe_upload_name(name: object) -> str | None:
+    """Why ``name`` cannot be a file of the store, or None when it can."""
+    if not isinstance(name, str) or not name:
+        return "an empty file name"
+    if name in (".", ".."):
+        return f"the file name {name!r}"
+    if "/" in name or "\\" in name:
+        return "a path separator in the file name"
+    if "\0" in name:
+        return "a NUL character in the file name"
+    if _is_hidden(name):
+        return f"a file name starting with {HIDDEN_PREFIX!r}"
+    return None
+
+
+def _unsafe_segment(segment: str) -> bool:
+    return (
+        segment in ("", ".", "..")
+        or "\0" in segment
+        or "\\" in segment
+        or _is_hidden(segment)
+    )
+
+
+def _listable(name: str) -> bool:
+    """True for a directory entry a client could also download by that name."""
+    if _unsafe_segment(name):
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes on disk (surrogate escapes)
+        return False
+    return True
+
+
+def _iso8601(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _file_num(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@implementer(ITransferHandler, IListingHandler)
+class DirectoryStore:
+    """A handler that keeps uploaded files in ``root`` and serves them back."""
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        pending_ttl: float = DEFAULT_PENDING_TTL,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if pending_ttl <= 0:
+            raise ValueError("pending_ttl must be positive")
+        self.root = os.path.abspath(root)
+        self.pending_ttl = pending_ttl
+        self.clock = clock
+        _make_directory(self.root)
+        self._real_root = os.path.realpath(self.root)
+        self.metadata = StoreMetadata(os.path.join(self.root, DB_NAME))
+        self.recover()
+
+    def close(self) -> None:
+        """Close the metadata database."""
+        self.metadata.close()
+
+    # -- downloads ----------------------------------------------------------------
+
+    def GetDownloadFilename(self, id_token: IdToken, url_path: str) -> DownloadTarget:
+        """Seed ``GetDownloadFilename``: the file behind ``url_path``, with its MD5 when known.
+
+        Raises FileNotFound for an unsafe or hidden path, anything outside the
+        store (symlinks resolved), anything not a regular file, and a file
+        still being uploaded.
+        """
+        if not url_path or any(_unsafe_segment(s) for s in url_path.split("/")):
+            raise FileNotFound(f"no file {url_path!r}")
+        real_path, status, relative = self._resolve(url_path)
+        record = self.metadata.get(relative)
+        if record is not None and record.state is FileState.PENDING:
+            raise FileNotFound(f"no file {url_path!r} (it is still being uploaded)")
+        return DownloadTarget(real_path, _checksum(record, status))
+
+    def _resolve(self, relative: str) -> tuple[str, os.stat_result, str]:
+        """Real path, stat and real path relative to the store of a regular file in it."""
+        missing = FileNotFound(f"no file {relative!r}")
+        real_path = os.path.realpath(os.path.join(self._real_root, relative))
+        inside = os.path.relpath(real_path, self._real_root)
+        if (
+            os.path.isabs(inside)
+            or inside == os.curdir
+            or inside == os.pardir
+            or inside.startswith(os.pardir + os.sep)
+            or any(_is_hidden(segment) for segment in inside.split(os.sep))
+        ):
+            raise missing
+        try:
+            status = os.stat(real_path)
+        except (OSError, ValueError):
+            raise missing from None
+        if not stat.S_ISREG(status.st_mode):
+            raise missing
+        return real_path, status, inside
+
+    # -- uploads ------------------------------------------------------------------
+
+    def CanUpload(self, id_token: IdToken, file_info: Mapping[str, Any]) -> bool:
+        """Seed ``CanUpload``: True for a new, safe name that fits on the disk.
+
+        Raises NotAuthorized with the reason otherwise: unsafe or hidden name,
+        a file of that name exists, it is being uploaded (pending row younger
+        than ``pending_ttl``), or it is larger than the free space.
+        """
+        name = file_info.get("name")
+        unsafe = _unsafe_upload_name(name)
+        if unsafe is not None:
+            raise NotAuthorized(f"refused: {unsafe}")
+        assert isinstance(name, str)
+        if os.path.lexists(os.path.join(self.root, name)):
+            raise NotAuthorized(f"a file named {name} already exists")
+        record = self.metadata.get(name)
+        if record is not None:
+            if record.state is FileState.STORED:
+                # stored, but the file has been removed since: the row is stale
+                self.metadata.delete_stored(name)
+            elif self.clock() - record.created < self.pending_ttl:
+                raise NotAuthorized(f"a file named {name} is already being uploaded")
+        self._check_free_space(name, int(file_info.get("size", 0)))
+        return True
+
+    def _check_free_space(self, name: str, size: int) -> None:
+        try:
+            fs = os.statvfs(self.root)
+        except OSError as error:
+            raise NotAuthorized(f"the store is unavailable: {error.strerror}") from None
+        available = max(0, fs.f_bavail * fs.f_frsize - FREE_SPACE_MARGIN)
+        if size > available:
+            raise NotAuthorized(
+                f"{name} is too large: {size} bytes, {available} bytes free on the server"
+            )
+
+    def AddPendingUpload(self, id_token: IdToken, filename: str) -> None:
+        """Seed ``AddPendingUpload``: record ``filename`` as pending for ``id_token``'s DN."""
+        self.metadata.add_pending(filename, id_token.dn, self.clock())
+
+    def GetUploadFilename(self, id_token: IdToken, file_info: Mapping[str, Any]) -> str | None:
+        """Seed ``GetUploadFilename``: the final path if the name is pending for this DN, else None.
+
+        The first call ties the pending row to the transfer key in
+        ``file_info``; another transfer key gets None for that name.
+        """
+        name = file_info.get("name")
+        if _unsafe_upload_name(name) is not None:
+            return None
+        assert isinstance(name, str)
+        key = file_info.get("transfer_key")
+        bound = self.metadata.bind_pending(
+            name,
+            id_token.dn,
+            None if key is None else str(key),
+            _file_num(file_info.get("file_num")),
+        )
+        return os.path.join(self.root, name) if bound else None
+
+    def CompleteUpload(self, id_token: IdToken, file_info: Mapping[str, Any]) -> None:
+        """Seed ``CompleteUpload``: the file is in place; record it as stored with its MD5."""
+        name = str(file_info["name"])
+        try:
+            mtime_ns: int | None = os.stat(os.path.join(self.root, name)).st_mtime_ns
+        except OSError:
+            mtime_ns = None
+        checksum = file_info.get("checksum")
+        key = file_info.get("transfer_key")
+        self.metadata.mark_stored(
+            name,
+            id_token.dn,
+            size=int(file_info["size"]),
+            md5=None if checksum is None else str(checksum).lower(),
+            mtime_ns=mtime_ns,
+            now=self.clock(),
+            transfer_key=None if key is None else str(key),
+            file_num=_file_num(file_info.get("file_num")),
+        )
+
+    def CancelPendingUpload(self, id_token: IdToken, filename: str) -> None:
+        """Seed ``CancelPendingUpload``: forget ``filename``'s pending row (never a stored one)."""
+        self.metadata.cancel_pending(filename, id_token.dn)
+
+    # -- listing ------------------------------------------------------------------
+
+    def ListFiles(self, id_token: IdToken) -> list[dict[str, Any]]:
+        """The files that can be downloaded from the top of the store, sorted by name.
+
+        Each is ``{name, size, checksum, owner, modified, uploaded}``; times are
+        ISO 8601 UTC, ``checksum``/``owner``/``uploaded`` None when unknown.
+        """
+        records = self.metadata.records()
+        listing: list[dict[str, Any]] = []
+        with os.scandir(self.root) as entries:
+            names = sorted(entry.name for entry in entries if _listable(entry.name))
+        for name in names:
+            try:
+                _, status, relative = self._resolve(name)
+            except FileNotFound:
+                continue
+            record = records.get(relative)
+            if record is not None and record.state is FileState.PENDING:
+                continue
+            listing.append(
+                {
+                    "name": name,
+                    "size": status.st_size,
+                    "checksum": _checksum(record, status),
+                    "owner": None if record is None else record.owner_dn,
+                    "modified": _iso8601(status.st_mtime),
+                    "uploaded": None if record is None else _iso8601(record.completed),
+                }
+            )
+        return listing
+
+    # -- start-up -----------------------------------------------------------------
+
+    def recover(self) -> RecoveryReport:
+        """Clean up after a previous run (called by the constructor).
+
+        Removes temporary files left in flight; forgets pending rows older than
+        ``pending_ttl`` (one whose file is already in place under its final
+        name — a crash between the rename and ``CompleteUpload`` — is recorded
+        as stored, without a checksum); forgets stored rows whose file is gone.
+        """
+        removed = remove_stale_temporaries(self.root)
+        cutoff = self.clock() - self.pending_ttl
+        expired: list[str] = []
+        promoted: list[FileRecord] = []
+        for record in self.metadata.pending():
+            if record.created >= cutoff:
+                continue
+            if self._regular_file_status(record.name) is not None:
+                promoted.append(record)
+            else:
+                expired.append(record.name)
+        vanished = [
+            name
+            for name in self.metadata.stored()
+            if not os.path.lexists(os.path.join(self.root, name))
+        ]
+        self.metadata.delete(expired + vanished)
+        for record in promoted:
+            self._promote(record)
+        report = RecoveryReport(
+            removed_temporaries=tuple(sorted(removed)),
+            expired_pending=tuple(expired),
+            promoted_pending=tuple(r.name for r in promoted),
+            vanished_stored=tuple(sorted(vanished)),
+        )
+        if report:
+            _log.info(
+                "store {root}: removed {temps} temporary file(s), expired {expired} pending "
+                "upload(s), kept {promoted} finished but unrecorded file(s), forgot {vanished} "
+                "vanished file(s)",
+                root=self.root,
+                temps=len(report.removed_temporaries),
+                expired=len(report.expired_pending),
+                promoted=len(report.promoted_pending),
+                vanished=len(report.vanished_stored),
+            )
+        return report
+
+    def _regular_file_status(self, name: str) -> os.stat_result | None:
+        try:
+            status = os.lstat(os.path.join(self.root, name))
+        except OSError:
+            return None
+        return status if stat.S_ISREG(status.st_mode) else None
+
+    def _promote(self, record: FileRecord) -> None:
+        status = self._regular_file_status(record.name)
+        if status is None:
+            return
+        self.metadata.mark_stored(
+            record.name,
+            record.owner_dn,
+            size=status.st_size,
+            md5=None,
+            mtime_ns=status.st_mtime_ns,
+            now=status.st_mtime,
+            transfer_key=record.transfer_key,
+            file_num=record.file_num,
+        )
+
+
+def _checksum(record: FileRecord | None, status: os.stat_result) -> str | None:
+    """The stored MD5, if the file on disk is still the one that was stored."""
+    if record is None or record.state is not FileState.STORED or record.md5 is None:
+        return None
+    if record.size != status.st_size:
+        return None
+    if record.mtime_ns is not None and record.mtime_ns != status.st_mtime_ns:
+        return None
+    return record.md5
+
+
+def _make_directory(root: str) -> None:
+    """Create the store directory (mode 0755) or check the existing one."""
+    if not os.path.exists(root):
+        try:
+            os.makedirs(root, mode=0o755, exist_ok=True)
+            os.chmod(root, 0o755)
+        except OSError as error:
+            raise StoreError(f"cannot create store directory {root}: {error.strerror}") from None
+    if not os.path.isdir(root):
+        raise StoreError(f"store path {root} is not a directory")
+    if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
+        raise StoreError(f"store directory {root} is not readable and writable")
+
+
+__all__ = ["DirectoryStore", "RecoveryReport", "StoreError", "HIDDEN_PREFIX", "DEFAULT_PENDING_TTL"]

@@ -1,0 +1,228 @@
+"""The directory store's metadata: one SQLite table, one row per file.
+
+This module owns the file ``<root>/.gsitransfer-store.sqlite`` and nothing
+else: it never looks at the files themselves (that is
+:mod:`gsitransfer.store.directory`'s job). Each method is one SQL statement
+(or one short transaction), so it can run on the reactor thread.
+
+A row records, per file name (primary key)::
+
+    owner_dn      DN of the uploader, NULL for anonymous
+    state         'pending' (announced by a manifest) or 'stored' (complete)
+    created       when the pending row was written (store clock, epoch seconds)
+    completed     when the file was stored (NULL while pending)
+    size, md5     what was stored (NULL while pending)
+    mtime_ns      the file's mtime when it was stored; a file whose mtime or
+                  size differs since has been replaced and its md5 is stale
+    transfer_key, file_num   the transfer uploading (or that uploaded) it, once known
+
+The schema's version is ``PRAGMA user_version``. The journal is WAL with
+``synchronous=NORMAL``: a crash may lose the last metadata commits but never
+corrupts the database, and the file data is fsync'd on its own by
+:mod:`gsitransfer.filesink`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+#: the database's file name inside the store directory
+DB_NAME = ".gsitransfer-store.sqlite"
+
+SCHEMA_VERSION = 1
+
+_SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS files (
+    name TEXT PRIMARY KEY,
+    owner_dn TEXT,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'stored')),
+    created REAL NOT NULL,
+    completed REAL,
+    size INTEGER,
+    md5 TEXT,
+    mtime_ns INTEGER,
+    transfer_key TEXT,
+    file_num INTEGER
+);
+CREATE INDEX IF NOT EXISTS files_state_created ON files (state, created);
+"""
+
+_COLUMNS = "name, owner_dn, state, created, completed, size, md5, mtime_ns, transfer_key, file_num"
+
+
+class StoreError(ValueError):
+    """The store cannot be opened; the message is one line naming the path."""
+
+
+class FileState(str, Enum):
+    """Where a file of the store is in its life."""
+
+    PENDING = "pending"
+    STORED = "stored"
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One row of the metadata table."""
+
+    name: str
+    owner_dn: str | None
+    state: FileState
+    created: float
+    completed: float | None = None
+    size: int | None = None
+    md5: str | None = None
+    mtime_ns: int | None = None
+    transfer_key: str | None = None
+    file_num: int | None = None
+
+
+def _record(row: tuple[Any, ...]) -> FileRecord:
+    name, owner, state, created, completed, size, md5, mtime_ns, key, num = row
+    return FileRecord(
+        name=str(name),
+        owner_dn=None if owner is None else str(owner),
+        state=FileState(state),
+        created=float(created),
+        completed=None if completed is None else float(completed),
+        size=None if size is None else int(size),
+        md5=None if md5 is None else str(md5),
+        mtime_ns=None if mtime_ns is None else int(mtime_ns),
+        transfer_key=None if key is None else str(key),
+        file_num=None if num is None else int(num),
+    )
+
+
+class StoreMetadata:
+    """The metadata table of one store directory."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot open store database {path}: {error}") from None
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.Error as error:
+            self._db.close()
+            raise StoreError(f"cannot open store database {path}: {error}") from None
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"schema version {version} is newer than this gsitransfer ({SCHEMA_VERSION})"
+            )
+        if version < SCHEMA_VERSION:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                for statement in _SCHEMA_V1.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        """Close the database (idempotent)."""
+        self._db.close()
+
+    # -- reads ------------------------------------------------------------------
+
+    def get(self, name: str) -> FileRecord | None:
+        """The row for ``name``, or None."""
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM files WHERE name = ?", (name,)).fetchone()
+        return None if row is None else _record(row)
+
+    def records(self) -> dict[str, FileRecord]:
+        """Every row, by name."""
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM files")
+        return {record.name: record for record in map(_record, rows)}
+
+    def stored(self) -> dict[str, FileRecord]:
+        """Every stored row, by name."""
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM files WHERE state = 'stored'")
+        return {record.name: record for record in map(_record, rows)}
+
+    def pending(self) -> list[FileRecord]:
+        """Every pending row, oldest first."""
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM files WHERE state = 'pending' ORDER BY created"
+        )
+        return [_record(row) for row in rows]
+
+    # -- writes -----------------------------------------------------------------
+
+    def add_pending(self, name: str, owner_dn: str | None, now: float) -> None:
+        """Insert (or replace) a pending row for ``name`` owned by ``owner_dn``."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO files (name, owner_dn, state, created) "
+            "VALUES (?, ?, 'pending', ?)",
+            (name, owner_dn, now),
+        )
+
+    def bind_pending(
+        self, name: str, owner_dn: str | None, transfer_key: str | None, file_num: int | None
+    ) -> bool:
+        """Tie ``name``'s pending row to the transfer uploading it.
+
+        True when ``name`` is pending for ``owner_dn`` and not already tied to
+        another transfer key; the row then records the key and file number.
+        """
+        cursor = self._db.execute(
+            "UPDATE files SET transfer_key = coalesce(?, transfer_key), "
+            "file_num = coalesce(?, file_num) "
+            "WHERE name = ? AND state = 'pending' AND owner_dn IS ? "
+            "AND (transfer_key IS NULL OR ? IS NULL OR transfer_key = ?)",
+            (transfer_key, file_num, name, owner_dn, transfer_key, transfer_key),
+        )
+        return cursor.rowcount == 1
+
+    def mark_stored(
+        self,
+        name: str,
+        owner_dn: str | None,
+        *,
+        size: int,
+        md5: str | None,
+        mtime_ns: int | None,
+        now: float,
+        transfer_key: str | None = None,
+        file_num: int | None = None,
+    ) -> None:
+        """Record ``name`` as stored (whatever its row said before, if anything)."""
+        self._db.execute(
+            "INSERT INTO files (name, owner_dn, state, created, completed, size, md5, "
+            "mtime_ns, transfer_key, file_num) VALUES (?, ?, 'stored', ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET owner_dn = excluded.owner_dn, state = 'stored', "
+            "completed = excluded.completed, size = excluded.size, md5 = excluded.md5, "
+            "mtime_ns = excluded.mtime_ns, "
+            "transfer_key = coalesce(excluded.transfer_key, files.transfer_key), "
+            "file_num = coalesce(excluded.file_num, files.file_num)",
+            (name, owner_dn, now, now, size, md5, mtime_ns, transfer_key, file_num),
+        )
+
+    def cancel_pending(self, name: str, owner_dn: str | None) -> bool:
+        """Delete ``name``'s pending row if ``owner_dn`` owns it; True if one was deleted."""
+        cursor = self._db.execute(
+            "DELETE FROM files WHERE name = ? AND state = 'pending' AND owner_dn IS ?",
+            (name, owner_dn),
+        )
+        return cursor.rowcount == 1
+
+    def delete(self, names: list[str]) -> None:
+        """Delete the rows for ``names`` (any state)."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("DELETE FROM files WHERE name = ?", [(n,) for n in names])
+
+    def delete_stored(self, name: str) -> None:
+        """Delete ``name``'s row if it is stored (its file is known to be gone)."""
+        self._db.execute("DELETE FROM files WHERE name = ? AND state = 'stored'", (name,))
+
+
+__all__ = ["DB_NAME", "SCHEMA_VERSION", "FileRecord", "FileState", "StoreError", "StoreMetadata"]
