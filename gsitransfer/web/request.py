@@ -44,6 +44,10 @@ def path_segments(path: bytes) -> list[bytes]:
     return [unquote_to_bytes(part) for part in path.split(b"?", 1)[0][1:].split(b"/")]
 
 
+def _discard(data: bytes) -> None:
+    """Swallow bytes that arrive after a refusal sent before the body."""
+
+
 class TransferRequest(server.Request):
     """A Request that routes and refuses from its headers and streams uploads."""
 
@@ -154,8 +158,8 @@ class TransferRequest(server.Request):
         self._answered = True
         channel = self.channel
         channel.persistent = False
-        # keep the channel from parsing the unread body as a new request
-        channel._handlingRequest = True
+        # the unread body must never be parsed as a request: drop what still comes
+        channel.dataReceived = _discard
         self._set_default_headers()
         self.setHeader(b"connection", b"close")
         write_error(self, status, reason, allow)
