@@ -305,7 +305,14 @@ class TransferServer:
             self.transfers.set_state(ticket.transfer_key, ticket.file_num, next_state(state, "fail"))
 
     def verify_upload(self, ticket: UploadTicket, md5_hexdigest: str, received: int) -> None:
-        """Raise ChecksumMismatch (and fail the upload) unless the bytes are the manifest's."""
+        """Raise unless the bytes are the manifest's and the file may still be stored.
+
+        ChecksumMismatch or LengthMismatch fail the upload (pending again);
+        FileNotFound means the transfer was cancelled meanwhile.
+        """
+        states = self.transfers.states(ticket.transfer_key)
+        if states.get(ticket.file_num) is not FileState.RECEIVING:
+            raise FileNotFound("the transfer was cancelled while the file was arriving")
         if received != ticket.entry.size:
             self.fail_upload(ticket)
             raise LengthMismatch(f"received {received} bytes, expected {ticket.entry.size}")
@@ -382,9 +389,14 @@ class TransferServer:
         }
 
     def cancel_transfer(self, prefix: str, transfer_key: str, id_token: IdToken) -> defer.Deferred[Any]:
-        """Cancel a transfer for its owner: pending files are given up, the key forgotten."""
+        """Cancel a transfer for its owner: pending files are given up, the key forgotten.
+
+        Refused (UploadConflict) while one of its files is arriving.
+        """
         try:
             record = self._owned_record(prefix, transfer_key, id_token)
+            if self._receiving(record):
+                raise UploadConflict("a file of this transfer is arriving: cancel after it ends")
         except TransferError:
             return defer.fail()
         return self._end_transfer(record)
@@ -393,12 +405,17 @@ class TransferServer:
     def expire_transfers(self) -> Any:
         """Forget every expired key, calling CancelPendingUpload for its unstored files.
 
-        Fires with the number of transfers expired.
+        A transfer with a file still arriving is left for a later sweep: that
+        body was accepted while the key lived and may still be stored. Fires
+        with the number of transfers expired.
         """
-        expired = self.transfers.expired(self.clock())
+        expired = [r for r in self.transfers.expired(self.clock()) if not self._receiving(r)]
         for record in expired:
             yield self._end_transfer(record)
         return len(expired)
+
+    def _receiving(self, record: TransferRecord) -> bool:
+        return FileState.RECEIVING in self.transfers.states(record.key).values()
 
     @defer.inlineCallbacks
     def _end_transfer(self, record: TransferRecord) -> Any:

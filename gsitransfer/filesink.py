@@ -2,8 +2,8 @@
 
 A :class:`FileSink` is opened for one upload. Bytes are written as they arrive
 and hashed on the way (MD5); nothing is buffered whole. ``commit`` makes the
-data durable (fsync) and renames it to the final name, then syncs the
-directory; ``discard`` removes the temporary file. The temporary name is
+data durable (fsync) and moves it to the final name (never replacing a file
+already there), then syncs the directory; ``discard`` removes the temporary file. The temporary name is
 ``.gsitransfer-<random>.part`` in the destination directory, so a crash leaves
 at worst such a file, which the store removes at start-up; a partial file
 never appears under a final name.
@@ -13,11 +13,12 @@ This is the only module that writes upload data; it knows nothing of HTTP.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
 
-from .errors import InsufficientStorage, UploadFailed
+from .errors import InsufficientStorage, UploadConflict, UploadFailed
 
 TEMP_PREFIX = ".gsitransfer-"
 TEMP_SUFFIX = ".part"
@@ -63,6 +64,8 @@ class FileSink:
             raise UploadFailed(f"cannot create file: {error.strerror}") from None
         self._md5 = hashlib.md5(usedforsecurity=False)
         self.received = 0
+        #: (device, inode, size, mtime) of the file under the final name once committed
+        self.committed_identity: tuple[int, int, int, int] | None = None
 
     def write(self, data: bytes) -> None:
         """Append ``data`` to the temporary file and the running MD5."""
@@ -85,19 +88,56 @@ class FileSink:
         return self._md5.hexdigest()
 
     def commit(self) -> None:
-        """fsync, rename to the final name, fsync the directory."""
+        """fsync, move to the final name without replacing anything there, fsync the directory.
+
+        The move is a hard link then an unlink of the temporary name, so a
+        file that appeared under the final name meanwhile is never
+        overwritten (UploadConflict). Filesystems without hard links fall back
+        to a rename after an existence check.
+        """
         assert self._fd is not None, "commit after close"
         fd, self._fd = self._fd, None
         try:
             os.fsync(fd)
             os.close(fd)
-            os.rename(self.temp_path, self.final_path)
+            self._place()
+            self.committed_identity = _identity(os.stat(self.final_path))
             sync_directory(os.path.dirname(self.final_path) or ".")
+        except FileExistsError:
+            self._remove_temp()
+            raise UploadConflict(
+                f"a file named {os.path.basename(self.final_path)} appeared meanwhile"
+            ) from None
         except OSError as error:
             self._remove_temp()
             if error.errno in (28, 122):
                 raise InsufficientStorage("disk full while storing") from None
             raise UploadFailed(f"cannot store file: {error.strerror}") from None
+
+    def _place(self) -> None:
+        try:
+            os.link(self.temp_path, self.final_path)
+        except FileExistsError:
+            raise
+        except OSError as error:
+            if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+            if os.path.lexists(self.final_path):
+                raise FileExistsError(self.final_path) from None
+            os.rename(self.temp_path, self.final_path)
+            return
+        os.unlink(self.temp_path)
+
+    def uncommit(self) -> None:
+        """Remove the committed file, if the final name is still this upload's file."""
+        if self.committed_identity is None:
+            return
+        try:
+            if _identity(os.stat(self.final_path)) == self.committed_identity:
+                os.unlink(self.final_path)
+        except OSError:
+            pass
+        self.committed_identity = None
 
     def discard(self) -> None:
         """Close and remove the temporary file (idempotent)."""
@@ -116,6 +156,10 @@ class FileSink:
             pass
         except OSError:
             pass
+
+
+def _identity(file_stat: os.stat_result) -> tuple[int, int, int, int]:
+    return (file_stat.st_dev, file_stat.st_ino, file_stat.st_size, file_stat.st_mtime_ns)
 
 
 def sync_directory(directory: str) -> None:

@@ -18,7 +18,6 @@ held (at most one read's worth: the connection is paused).
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -176,12 +175,9 @@ class UploadReceiver:
         write_text(self.request, 200, "\n".join(lines) + "\n")
 
     def _completion_failed(self, failure: Failure) -> None:
-        """CompleteUpload failed: the file must not stay under its final name."""
-        assert self.ticket is not None
-        try:
-            os.unlink(self.ticket.final_path)
-        except OSError:
-            pass
+        """CompleteUpload failed: this upload's file must not stay under its final name."""
+        assert self.sink is not None
+        self.sink.uncommit()
         self._respond_failure(failure)
 
     def _respond_failure(self, failure: Failure) -> None:

@@ -341,3 +341,26 @@ def test_core_imports_no_web_or_tls():
         "print(bad); sys.exit(1 if bad else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_receiving_transfer_outlives_expiry_and_refuses_cancel(server, handler, clock):
+    """A file arriving when the key expires may still be stored; cancel waits for it (409)."""
+    key = post(server)
+    ticket = result_of(server.begin_upload("data", key, 0, ALICE, 3))
+    with pytest.raises(UploadConflict):
+        result_of(server.cancel_transfer("data", key, ALICE))
+    clock.now += 61
+    assert result_of(server.expire_transfers()) == 0
+    server.verify_upload(ticket, MD5_A, 3)
+    result_of(server.complete_upload(ticket))
+    assert result_of(server.expire_transfers()) == 1
+    assert handler.names("CancelPendingUpload") == ["b.txt"]
+
+
+def test_verify_refuses_a_cancelled_transfer(server):
+    """A body that completes after its transfer was forgotten is not stored."""
+    key = post(server)
+    ticket = result_of(server.begin_upload("data", key, 0, ALICE, 3))
+    server.transfers.remove(key)
+    with pytest.raises(FileNotFound):
+        server.verify_upload(ticket, MD5_A, 3)

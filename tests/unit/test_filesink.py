@@ -1,0 +1,69 @@
+"""FileSink: bodies to a temporary file beside the final name, MD5 on the way, durable moves."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from gsitransfer.errors import InsufficientStorage, UploadConflict
+from gsitransfer.filesink import FileSink, is_temporary_name, remove_stale_temporaries
+
+
+def test_commit_moves_into_place(tmp_path):
+    """Written bytes appear under the final name only at commit, with their MD5."""
+    sink = FileSink(str(tmp_path / "f"), 6)
+    sink.write(b"abc")
+    sink.write(b"def")
+    assert not (tmp_path / "f").exists()
+    assert [p.name for p in tmp_path.iterdir() if is_temporary_name(p.name)]
+    assert sink.hexdigest() == hashlib.md5(b"abcdef").hexdigest()
+    sink.commit()
+    assert (tmp_path / "f").read_bytes() == b"abcdef"
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_commit_never_replaces(tmp_path):
+    """A file that appeared under the final name is kept; the upload is a conflict."""
+    (tmp_path / "f").write_bytes(b"theirs")
+    sink = FileSink(str(tmp_path / "f"), 4)
+    sink.write(b"mine")
+    with pytest.raises(UploadConflict):
+        sink.commit()
+    assert (tmp_path / "f").read_bytes() == b"theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_uncommit_removes_only_its_own_file(tmp_path):
+    """uncommit removes the committed file, but not one that replaced it."""
+    sink = FileSink(str(tmp_path / "f"), 1)
+    sink.write(b"x")
+    sink.commit()
+    (tmp_path / "f").unlink()
+    (tmp_path / "f").write_bytes(b"other")
+    sink.uncommit()
+    assert (tmp_path / "f").read_bytes() == b"other"
+    second = FileSink(str(tmp_path / "g"), 1)
+    second.write(b"y")
+    second.commit()
+    second.uncommit()
+    assert not (tmp_path / "g").exists()
+
+
+def test_discard_and_stale_cleanup(tmp_path):
+    """discard removes the temporary; stale temporaries are swept at start-up."""
+    sink = FileSink(str(tmp_path / "f"), 3)
+    sink.write(b"abc")
+    sink.discard()
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / ".gsitransfer-0123456789abcdef.part").write_bytes(b"left by a crash")
+    (tmp_path / "keep.part").write_bytes(b"not ours")
+    assert remove_stale_temporaries(str(tmp_path)) == [".gsitransfer-0123456789abcdef.part"]
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.part"]
+
+
+def test_no_space_is_refused_up_front(tmp_path):
+    """A size beyond the free space is InsufficientStorage before any file is made."""
+    with pytest.raises(InsufficientStorage):
+        FileSink(str(tmp_path / "f"), 10**18)
+    assert list(tmp_path.iterdir()) == []
