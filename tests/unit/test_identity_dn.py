@@ -229,6 +229,14 @@ def test_independent_proxy_is_its_own_identity(alice: Issued, keys: KeyPool) -> 
     assert below.dn == independent.dn
 
 
+def test_independent_proxy_of_a_limited_proxy_is_still_limited(alice: Issued, keys: KeyPool) -> None:
+    """limited_proxy is set when any proxy of the chain is limited, even above the identity."""
+    limited = make_proxy(alice, keys.key("proxy"), policy=POLICY_LIMITED)
+    independent = make_proxy(limited, keys.key("proxy2"), policy=POLICY_INDEPENDENT)
+    token = identity_from_chain(chain_of(independent))
+    assert (token.dn, token.limited_proxy) == (independent.dn, True)
+
+
 def test_identity_from_an_empty_chain_is_a_value_error() -> None:
     """No certificate, no identity."""
     with pytest.raises(ValueError):

@@ -1,0 +1,491 @@
+"""The server side of GSI-style mutual TLS: the pyOpenSSL context and its trust.
+
+What this module owns:
+
+* reading the host certificate and key (they must match and be in their
+  validity period) and the trusted CAs: a Globus-style directory (only files
+  named ``<8 hex>.<digits>`` are read as certificates and ``<8 hex>.r<digits>``
+  as CRLs, loaded explicitly into the store) and/or a PEM bundle file;
+* the verification rules: TLS 1.2 or newer, a client certificate required,
+  RFC 3820 proxies allowed, CRLs of every chain member checked when any CRL is
+  present (``crl_policy``, see :class:`TrustConfig`), a chain-depth limit, no
+  session resumption (every connection is verified against the current trust);
+* :class:`ServerTLS`, an ``IOpenSSLServerConnectionCreator`` for
+  ``TLSMemoryBIOFactory(creator, False, factory)``, whose :meth:`ServerTLS.reload`
+  swaps in a context freshly built from disk for new connections;
+* logging a refused handshake once per connection, with the reason and the
+  subject DN of the certificate that failed.
+
+Any start-up problem raises :class:`TLSConfigError` with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gsitransfer.identity import format_dn
+
+log = Logger(namespace="gsitransfer.tls")
+
+#: accepted values of ``TrustConfig.crl_policy``
+CRL_POLICIES = ("if-present", "strict")
+
+_CA_CERT_FILE = re.compile(r"^[0-9a-f]{8}\.[0-9]+$")
+_CA_CRL_FILE = re.compile(r"^[0-9a-f]{8}\.r[0-9]+$")
+
+X509_V_ERR_UNABLE_TO_GET_CRL = 3
+
+#: OpenSSL's texts for the verification errors a client certificate commonly meets
+_VERIFY_ERRORS = {
+    2: "unable to get issuer certificate",
+    3: "unable to get certificate CRL",
+    4: "unable to decrypt certificate's signature",
+    7: "certificate signature failure",
+    8: "CRL signature failure",
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    11: "CRL is not yet valid",
+    12: "CRL has expired",
+    18: "self-signed certificate",
+    19: "self-signed certificate in certificate chain",
+    20: "unable to get local issuer certificate",
+    21: "unable to verify the first certificate",
+    22: "certificate chain too long",
+    23: "certificate revoked",
+    24: "issuer certificate doesn't have a public key",
+    25: "path length constraint exceeded",
+    26: "unsupported certificate purpose",
+    27: "certificate not trusted",
+    28: "certificate rejected",
+    32: "key usage does not include certificate signing",
+    33: "unable to get CRL issuer certificate",
+    34: "unhandled critical extension",
+    35: "key usage does not include CRL signing",
+    37: "invalid non-CA certificate (has CA markings)",
+    38: "proxy path length constraint exceeded",
+    39: "key usage does not include digital signature",
+    40: "proxy certificates not allowed",
+    41: "invalid or inconsistent certificate extension",
+    72: "proxy subject name violation",
+    79: "invalid CA certificate",
+}
+
+#: TLS alert descriptions (RFC 8446 section 6) the server may send when refusing
+_ALERTS = {
+    10: "unexpected message", 20: "bad record MAC", 40: "handshake failure",
+    42: "bad certificate", 43: "unsupported certificate", 44: "certificate revoked",
+    45: "certificate expired", 46: "certificate unknown", 47: "illegal parameter",
+    48: "unknown CA", 49: "access denied", 50: "decode error", 51: "decrypt error",
+    70: "protocol version", 71: "insufficient security", 80: "internal error",
+    86: "inappropriate fallback", 109: "missing extension", 110: "unsupported extension",
+    112: "unrecognized name", 116: "certificate required", 120: "no application protocol",
+}
+
+
+class TLSConfigError(ValueError):
+    """The TLS configuration cannot be used; the message is one line naming the file."""
+
+
+def verify_error_text(code: int) -> str:
+    """OpenSSL's text for a certificate verification error code."""
+    return _VERIFY_ERRORS.get(code, f"certificate verify error {code}")
+
+
+# ---------------------------------------------------------------------------
+# Configuration and what is read from disk
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    """Where the trusted CAs come from and how revocation is enforced.
+
+    ``crl_policy``:
+
+    * ``"if-present"`` (default): when any CRL is found, every certificate of
+      the chain is checked against its CA's CRL; a CA that has no CRL is
+      accepted (its certificates cannot be checked);
+    * ``"strict"``: CRL checking is always on and every CA must have a CRL:
+      a chain through a CA without one is refused.
+
+    A CRL past its nextUpdate is an error in both modes (OpenSSL's "CRL has
+    expired"), as with Globus: keep the CRLs fresh (fetch-crl).
+    """
+
+    ca_dir: str | None = None
+    ca_file: str | None = None
+    crl_policy: str = "if-present"
+    #: the longest chain accepted (leaf, proxies and CAs) is depth + 2 certificates
+    verify_depth: int = 10
+
+    def __post_init__(self) -> None:
+        if self.crl_policy not in CRL_POLICIES:
+            raise TLSConfigError(
+                f"unknown CRL policy {self.crl_policy!r} (choose one of: {', '.join(CRL_POLICIES)})"
+            )
+        if self.verify_depth < 1:
+            raise TLSConfigError(f"verify depth must be at least 1, not {self.verify_depth}")
+
+
+@dataclass(frozen=True)
+class TrustMaterial:
+    """The CA certificates and CRLs read for one context."""
+
+    cas: tuple[x509.Certificate, ...]
+    crls: tuple[x509.CertificateRevocationList, ...]
+
+    def cas_without_crl(self) -> list[str]:
+        """One-line DNs of the CAs that have no CRL here."""
+        issuers = {crl.issuer for crl in self.crls}
+        return [format_dn(ca.subject) for ca in self.cas if ca.subject not in issuers]
+
+    def summary(self) -> str:
+        """``3 CA certificates, 2 CRLs``."""
+        return f"{len(self.cas)} CA certificate{'s' * (len(self.cas) != 1)}, " \
+               f"{len(self.crls)} CRL{'s' * (len(self.crls) != 1)}"
+
+
+def _read(path: str | os.PathLike[str], what: str) -> bytes:
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
+    except OSError as error:
+        raise TLSConfigError(f"{what} {os.fspath(path)}: {error.strerror or error}") from None
+
+
+def _pem_certificates(data: bytes, path: str | os.PathLike[str], what: str) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certs = []
+    if not certs:
+        raise TLSConfigError(f"{what} {os.fspath(path)}: no PEM certificate could be read")
+    return certs
+
+
+def _crl(data: bytes, path: Path) -> x509.CertificateRevocationList:
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except ValueError:
+        raise TLSConfigError(f"CRL {path}: not a CRL (PEM or DER)") from None
+
+
+def load_ca_directory(directory: str) -> TrustMaterial:
+    """CA certificates (``<hash>.N``) and CRLs (``<hash>.rN``) of a Globus trusted directory."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as error:
+        raise TLSConfigError(f"CA directory {directory}: {error.strerror or error}") from None
+    base = Path(directory)
+    cas = [cert for name in names if _CA_CERT_FILE.match(name)
+           for cert in _pem_certificates(_read(base / name, "CA certificate"), base / name, "CA certificate")]
+    if not cas:
+        raise TLSConfigError(f"CA directory {directory}: no CA certificates (<hash>.0 files) in it")
+    crls = [_crl(_read(base / name, "CRL"), base / name) for name in names if _CA_CRL_FILE.match(name)]
+    return TrustMaterial(tuple(cas), tuple(crls))
+
+
+def load_trust(config: TrustConfig) -> TrustMaterial:
+    """Everything the config points at; at least one CA certificate."""
+    if not config.ca_dir and not config.ca_file:
+        raise TLSConfigError("no trusted CA: give a CA directory (--ca-dir) or a CA file (--ca-file)")
+    cas: list[x509.Certificate] = []
+    crls: list[x509.CertificateRevocationList] = []
+    if config.ca_dir:
+        material = load_ca_directory(config.ca_dir)
+        cas += material.cas
+        crls += material.crls
+    if config.ca_file:
+        cas += _pem_certificates(_read(config.ca_file, "CA file"), config.ca_file, "CA file")
+    return TrustMaterial(tuple(_unique(cas)), tuple(crls))
+
+
+def _unique(certs: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    seen: set[bytes] = set()
+    out = []
+    for cert in certs:
+        fingerprint = cert.fingerprint(hashes.SHA256())
+        if fingerprint not in seen:
+            seen.add(fingerprint)
+            out.append(cert)
+    return out
+
+
+@dataclass(frozen=True)
+class HostCredential:
+    """The server's certificate (with any chain after it) and its private key."""
+
+    chain: tuple[x509.Certificate, ...]
+    key: PrivateKeyTypes
+
+
+def load_host_credential(
+    cert_file: str, key_file: str, now: datetime.datetime | None = None
+) -> HostCredential:
+    """Read the host certificate and key; they must match and the certificate be valid ``now``."""
+    chain = _pem_certificates(_read(cert_file, "server certificate"), cert_file, "server certificate")
+    data = _read(key_file, "server key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise TLSConfigError(f"server key {key_file}: encrypted keys are not supported") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise TLSConfigError(f"server key {key_file}: not a PEM private key") from None
+    if key.public_key() != chain[0].public_key():
+        raise TLSConfigError(f"server key {key_file} does not match the certificate {cert_file}")
+    _check_validity(chain[0], cert_file, now or datetime.datetime.now(datetime.timezone.utc))
+    return HostCredential(tuple(chain), key)
+
+
+def _check_validity(cert: x509.Certificate, path: str, now: datetime.datetime) -> None:
+    if cert.not_valid_after_utc < now:
+        raise TLSConfigError(f"server certificate {path} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC")
+    if cert.not_valid_before_utc > now:
+        raise TLSConfigError(
+            f"server certificate {path} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
+        )
+
+
+# ---------------------------------------------------------------------------
+# The context
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifyFailure:
+    """The first certificate verification failure of a connection."""
+
+    depth: int
+    code: int
+    reason: str
+    subject: str
+
+
+@dataclass
+class _Handshake:
+    """Per-connection bookkeeping for the refusal log line.
+
+    It holds the TLS protocol only weakly: the protocol holds the connection,
+    which is this record's weak key, and must stay collectable.
+    """
+
+    protocol: Callable[[], object]
+    failure: VerifyFailure | None = None
+    #: the server has sent its CertificateRequest
+    asked_certificate: bool = False
+    logged: bool = False
+
+    def peer(self) -> str:
+        transport = getattr(self.protocol(), "transport", None)
+        address = transport.getPeer() if transport is not None else None
+        host, port = getattr(address, "host", None), getattr(address, "port", None)
+        return f"{host}:{port}" if host is not None else "unknown peer"
+
+
+def build_context(
+    credential: HostCredential,
+    trust: TrustMaterial,
+    config: TrustConfig,
+    verify_callback: Callable[[SSL.Connection, crypto.X509, int, int, int], bool],
+    info_callback: Callable[[SSL.Connection, int, int], None],
+) -> SSL.Context:
+    """A server context requiring a client certificate verified against ``trust``."""
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_options(
+        SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_TICKET
+        | getattr(SSL, "OP_NO_RENEGOTIATION", 0)
+    )
+    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    context.set_session_id(b"gsitransfer")
+    context.use_certificate(credential.chain[0])
+    for extra in credential.chain[1:]:
+        context.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+    context.use_privatekey(credential.key)  # type: ignore[arg-type]
+    context.check_privatekey()
+    store = context.get_cert_store()
+    assert store is not None
+    for ca in trust.cas:
+        store.add_cert(crypto.X509.from_cryptography(ca))
+    for crl in trust.crls:
+        store.add_crl(crl)
+    flags = crypto.X509StoreFlags.ALLOW_PROXY_CERTS
+    if trust.crls or config.crl_policy == "strict":
+        flags |= crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL
+    store.set_flags(flags)
+    context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify_callback)
+    context.set_verify_depth(config.verify_depth)
+    context.set_info_callback(info_callback)
+    return context
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """Creates the server side of each TLS connection, with reloadable trust.
+
+    Use it as ``TLSMemoryBIOFactory(ServerTLS(...), False, factory)``. The
+    constructor reads everything and raises :class:`TLSConfigError` on any
+    problem; :meth:`reload` re-reads host credential, CAs and CRLs for new
+    connections when any of those files changed (cheap enough to call on a
+    timer) and keeps the current context if that fails.
+    """
+
+    def __init__(
+        self, cert_file: str, key_file: str, trust: TrustConfig,
+        *, clock: Callable[[], datetime.datetime] | None = None,
+    ) -> None:
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.trust = trust
+        self._clock = clock or (lambda: datetime.datetime.now(datetime.timezone.utc))
+        self._handshakes: weakref.WeakKeyDictionary[SSL.Connection, _Handshake] = weakref.WeakKeyDictionary()
+        self._stamp = self._files_stamp()
+        self._context, self.material = self._build()
+
+    @property
+    def context(self) -> SSL.Context:
+        """The context new connections get."""
+        return self._context
+
+    def _build(self) -> tuple[SSL.Context, TrustMaterial]:
+        credential = load_host_credential(self.cert_file, self.key_file, self._clock())
+        material = load_trust(self.trust)
+        if self.trust.crl_policy == "strict":
+            for dn in material.cas_without_crl():
+                log.warn("CRL policy strict: CA {ca} has no CRL, the certificates it issued are refused", ca=dn)
+        try:
+            context = build_context(credential, material, self.trust, self._verify, self._info)
+        except (SSL.Error, crypto.Error) as error:
+            raise TLSConfigError(f"server certificate {self.cert_file}: OpenSSL refused it ({error})") from None
+        return context, material
+
+    def reload(self, force: bool = False) -> bool:
+        """Rebuild the context from disk for new connections if a file changed (or ``force``).
+
+        Returns True when a new context is in force. When the rebuild fails the
+        current context stays, one line is logged, and the same files are not
+        tried again until one of them changes.
+        """
+        stamp = self._files_stamp()
+        if stamp == self._stamp and not force:
+            return False
+        self._stamp = stamp
+        try:
+            self._context, self.material = self._build()
+        except TLSConfigError as error:
+            log.error("TLS reload failed, keeping the previous trust: {error}", error=str(error))
+            return False
+        log.info("TLS trust reloaded: {summary}", summary=self.material.summary())
+        return True
+
+    def _files_stamp(self) -> tuple[tuple[str, int, int, int, int], ...]:
+        """(path, mtime, ctime, size, inode) of every file a build reads; missing files count too."""
+        paths = [self.cert_file, self.key_file, self.trust.ca_file or ""]
+        if self.trust.ca_dir:
+            try:
+                names = sorted(os.listdir(self.trust.ca_dir))
+            except OSError:
+                names = []
+            paths += [os.path.join(self.trust.ca_dir, name) for name in names
+                      if _CA_CERT_FILE.match(name) or _CA_CRL_FILE.match(name)]
+        return tuple(_file_stamp(path) for path in paths if path)
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        """A new server-side connection on the current context."""
+        connection = SSL.Connection(self._context, None)
+        self._handshakes[connection] = _Handshake(_weak(tlsProtocol))
+        return connection
+
+    # -- callbacks (never raise: pyOpenSSL would re-raise out of the handshake) --
+
+    def _verify(self, connection: SSL.Connection, cert: crypto.X509, code: int, depth: int, ok: int) -> bool:
+        if ok:
+            return True
+        if code == X509_V_ERR_UNABLE_TO_GET_CRL and self.trust.crl_policy == "if-present":
+            return True
+        state = self._handshakes.get(connection)
+        if state is not None and state.failure is None:
+            state.failure = VerifyFailure(depth, code, verify_error_text(code), _subject(cert))
+        return False
+
+    def _info(self, connection: SSL.Connection, where: int, value: int) -> None:
+        state = self._handshakes.get(connection)
+        if state is None or state.logged:
+            return
+        if where & SSL.SSL_CB_LOOP and not state.asked_certificate:
+            state.asked_certificate = b"certificate request" in connection.get_state_string()
+        if not where & SSL.SSL_CB_WRITE_ALERT or value >> 8 != 2:  # only fatal alerts we send
+            return
+        state.logged = True
+        alert = _ALERTS.get(value & 0xFF, f"alert {value & 0xFF}")
+        if state.failure is None and state.asked_certificate and connection.get_peer_certificate() is None:
+            alert = f"no client certificate ({alert})"
+        _log_refusal(state, alert)
+
+
+def _file_stamp(path: str) -> tuple[str, int, int, int, int]:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return (path, -1, -1, -1, -1)
+    return (path, status.st_mtime_ns, status.st_ctime_ns, status.st_size, status.st_ino)
+
+
+def _weak(value: object) -> Callable[[], object]:
+    try:
+        return weakref.ref(value)
+    except TypeError:  # not weak-referenceable: keep no reference at all
+        return lambda: None
+
+
+def _subject(cert: crypto.X509) -> str:
+    try:
+        return format_dn(cert.to_cryptography().subject)
+    except Exception:  # a certificate cryptography cannot parse
+        return "(unparsable subject)"
+
+
+def _log_refusal(state: _Handshake, alert: str) -> None:
+    failure = state.failure
+    if failure is None:
+        log.warn("TLS handshake refused from {peer}: {alert}", peer=state.peer(), alert=alert)
+        return
+    log.warn(
+        "TLS client certificate refused from {peer}: {reason} (verify error {code} at depth {depth}, "
+        "subject {subject})",
+        peer=state.peer(), reason=failure.reason, code=failure.code, depth=failure.depth,
+        subject=failure.subject,
+    )
+
+
+__all__ = [
+    "CRL_POLICIES",
+    "HostCredential",
+    "ServerTLS",
+    "TLSConfigError",
+    "TrustConfig",
+    "TrustMaterial",
+    "VerifyFailure",
+    "build_context",
+    "load_ca_directory",
+    "load_host_credential",
+    "load_trust",
+    "verify_error_text",
+]
