@@ -276,7 +276,7 @@ class TransferService(service.MultiService):
         _log.info("reloading trust and grid-mapfile")
         for server in self.servers:
             try:
-                server.reload()
+                server.reload(force=True)
             except Exception:
                 _log.failure("reload failed")
 

@@ -429,6 +429,10 @@ class ServerTLS:
         state = self._handshakes.get(connection)
         if state is None or state.logged:
             return
+        if where & SSL.SSL_CB_HANDSHAKE_DONE:
+            # accepted: alerts after this (a client closing without close_notify) are no refusal
+            state.logged = True
+            return
         if where & SSL.SSL_CB_LOOP and not state.asked_certificate:
             state.asked_certificate = b"certificate request" in connection.get_state_string()
         if not where & SSL.SSL_CB_WRITE_ALERT or value >> 8 != 2:  # only fatal alerts we send

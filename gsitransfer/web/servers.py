@@ -143,8 +143,11 @@ class HTTPTransferServer(TransferServer):
             _log.failure("expiring transfer keys failed")
         self.reload()
 
-    def reload(self) -> None:
-        """Re-read configuration files (grid-mapfile; TLS trust in the GSI variant)."""
+    def reload(self, force: bool = False) -> None:
+        """Re-read changed configuration files (grid-mapfile; TLS trust in the GSI variant).
+
+        ``force`` rebuilds the TLS context even if no file looks changed (SIGHUP).
+        """
         if self.gridmap is not None:
             self.gridmap.reload()
 
@@ -179,7 +182,7 @@ class GSIHTTPTransferServer(HTTPTransferServer):
     def protocol_factory(self) -> Any:
         return TLSMemoryBIOFactory(self.tls, False, self.site())
 
-    def reload(self) -> None:
+    def reload(self, force: bool = False) -> None:
         """Re-read CAs, CRLs and the grid-mapfile; new connections see the new trust."""
-        super().reload()
-        self.tls.reload()
+        super().reload(force)
+        self.tls.reload(force=force)

@@ -7,6 +7,7 @@ import hashlib
 import http.client
 import io
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -49,10 +50,15 @@ def request(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 15.0,
+    tls: ssl.SSLContext | None = None,
 ) -> Response:
-    """One request on a fresh connection."""
+    """One request on a fresh connection (HTTPS with ``tls``, a client context)."""
     parts = urlsplit(base)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    connection: http.client.HTTPConnection
+    if tls is not None:
+        connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=tls)
+    else:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
         connection.request(method, path, body=body, headers=headers or {})
         answer = connection.getresponse()
@@ -61,9 +67,24 @@ def request(
         connection.close()
 
 
-def post_manifest(base: str, prefix: str, files: list[tuple[str, bytes]], headers: dict[str, str] | None = None) -> str:
+def client_tls(ca_file: str, cert: str | None = None, key: str | None = None) -> ssl.SSLContext:
+    """A client TLS context trusting ``ca_file``, presenting ``cert`` (a proxy file is cert and key)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=str(ca_file))
+    if cert is not None:
+        context.load_cert_chain(str(cert), str(key or cert))
+    return context
+
+
+def post_manifest(
+    base: str,
+    prefix: str,
+    files: list[tuple[str, bytes]],
+    headers: dict[str, str] | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> str:
     """Post a manifest and return the transfer key (asserting it was accepted)."""
-    answer = request(base, "POST", f"/{prefix}/manifest", manifest_for(files), headers)
+    answer = request(base, "POST", f"/{prefix}/manifest", manifest_for(files), headers, tls=tls)
     fields = answer.fields()
     assert answer.status == 200 and fields.get("return_code") == "0", answer.text
     return fields["transfer_key"]
