@@ -244,14 +244,14 @@ class TransferServer:
 
     @defer.inlineCallbacks
     def _ask_can_upload(self, handler: object, id_token: IdToken, entry: FileEntry) -> Any:
-        """None when the handler accepts the file, else the refusal reason."""
+        """None when the handler accepts the file (or has no CanUpload), else the refusal reason."""
+        if getattr(handler, "CanUpload", None) is None:
+            return None
         refusal = f"Upload error for file {entry.name}"
         try:
             allowed = yield call_handler(handler, "CanUpload", id_token, entry.file_info())
         except TransferError as error:
             return f"{refusal}: {error.reason}"
-        if getattr(handler, "CanUpload", None) is None:
-            return None
         return None if allowed else refusal
 
     # -- uploads --------------------------------------------------------------
@@ -363,6 +363,11 @@ class TransferServer:
         return call_handler(handler, "ListFiles", id_token)
 
     # -- transfer state, cancel, expiry ----------------------------------------
+
+    def is_live_transfer(self, transfer_key: str) -> bool:
+        """True when ``transfer_key`` names a transfer that has not expired."""
+        record = self.transfers.get(transfer_key)
+        return record is not None and not record.expired(self.clock())
 
     def transfer_status(self, prefix: str, transfer_key: str, id_token: IdToken) -> dict[str, Any]:
         """The state of each file of a transfer, for its owner."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.web import server
 from twisted.web.http import datetimeToString
@@ -39,8 +40,6 @@ SMALL_BODY_LIMIT = 64 * 1024
 
 def path_segments(path: bytes) -> list[bytes]:
     """Percent-decoded segments of a request path, as twisted.web's ``postpath``."""
-    from urllib.parse import unquote_to_bytes
-
     return [unquote_to_bytes(part) for part in path.split(b"?", 1)[0][1:].split(b"/")]
 
 

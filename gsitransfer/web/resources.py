@@ -115,8 +115,7 @@ class PrefixResource(resource.Resource):
                 "cancelling a transfer",
             )
             return
-        record = server.transfers.get(route.name)
-        if record is None or record.expired(server.clock()):
+        if not server.is_live_transfer(route.name):
             self._download(request, DownloadRoute(route.prefix, route.name), id_token)
             return
         try:
