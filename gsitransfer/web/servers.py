@@ -104,21 +104,19 @@ class HTTPTransferServer(TransferServer):
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
         self.ports.append(port)
-        if self.public_url is None:
-            address = port.getHost()
-            host = getattr(address, "host", "localhost")
-            if host in ("0.0.0.0", "::", ""):
-                host = "localhost"
-            if ":" in host:
-                host = f"[{host}]"
-            self.public_url = f"{self.scheme}://{host}:{address.port}"
         address = port.getHost()
+        host = str(getattr(address, "host", "localhost"))
+        port_number = getattr(address, "port", "?")
         _log.info(
             "gsitransfer listening: {scheme}://{host}:{port}",
             scheme=self.scheme,
-            host=getattr(address, "host", "?"),
-            port=getattr(address, "port", "?"),
+            host=f"[{host}]" if ":" in host else host,
+            port=port_number,
         )
+        if self.public_url is None:
+            if host in ("0.0.0.0", "::", ""):
+                host = "localhost"
+            self.public_url = f"{self.scheme}://{f'[{host}]' if ':' in host else host}:{port_number}"
         return port
 
     def maintain(self, reactor: Any = None, interval: float = 60.0) -> LoopingCall:
