@@ -152,6 +152,8 @@ class TransferServer:
         self.manifest_limits = manifest_limits
         self.clock = clock
         self.public_url = public_url.rstrip("/") if public_url else None
+        #: (transfer key, file number) of every body this process is receiving
+        self._in_flight: set[tuple[str, int]] = set()
 
     # -- the seed's API -------------------------------------------------------
 
@@ -287,6 +289,7 @@ class TransferServer:
                 f"Content-Length {content_length} differs from the manifest size {entry.size}"
             )
         self.transfers.set_state(record.key, entry.num, receiving)
+        self._in_flight.add((record.key, entry.num))
         try:
             final_path = yield call_handler(
                 handler, "GetUploadFilename", id_token, _upload_file_info(record.key, entry)
@@ -294,12 +297,14 @@ class TransferServer:
             if final_path is None:
                 raise NotAuthorized(f"the handler refused file {entry.name}")
         except BaseException:
+            self._in_flight.discard((record.key, entry.num))
             self.transfers.set_state(record.key, entry.num, FileState.PENDING)
             raise
         return UploadTicket(prefix, record.key, entry.num, entry, id_token, str(final_path))
 
     def fail_upload(self, ticket: UploadTicket) -> None:
         """The body did not make it (or failed verification): the file is pending again."""
+        self._in_flight.discard((ticket.transfer_key, ticket.file_num))
         state = self.transfers.states(ticket.transfer_key).get(ticket.file_num)
         if state is FileState.RECEIVING:
             self.transfers.set_state(ticket.transfer_key, ticket.file_num, next_state(state, "fail"))
@@ -339,7 +344,12 @@ class TransferServer:
             self.fail_upload(ticket)
             raise
         self.transfers.set_state(ticket.transfer_key, ticket.file_num, stored)
+        self._in_flight.discard((ticket.transfer_key, ticket.file_num))
         return None
+
+    def uploads_in_flight(self) -> int:
+        """How many file bodies this process has accepted and not yet stored or failed."""
+        return len(self._in_flight)
 
     # -- downloads and listing ------------------------------------------------
 

@@ -20,6 +20,7 @@ import sys
 from typing import Any, NoReturn
 
 from twisted.application import service
+from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -74,6 +75,7 @@ class Options(usage.Options):
         ["state", None, None, "Transfer database (SQLite). Default: in the first --store directory."],
         ["idle-timeout", None, 300.0, "Seconds a silent connection is kept.", float],
         ["reload-interval", None, 300.0, "Seconds between re-reads of CAs, CRLs, grid-mapfile.", float],
+        ["shutdown-grace", None, 30.0, "On SIGTERM, seconds to let uploads in flight finish.", float],
         ["max-manifest-bytes", None, 1024 * 1024, "Largest manifest body accepted.", int],
         ["max-files", None, 10_000, "Most files one manifest may announce.", int],
     ]
@@ -136,6 +138,8 @@ class Options(usage.Options):
             raise usage.UsageError("--crl-policy is if-present or strict")
         if self["https"] and self["trusted_proxies"] and not self["http"]:
             raise usage.UsageError("--trusted-proxy applies to --http listeners only")
+        if self["shutdown-grace"] < 0:
+            raise usage.UsageError("--shutdown-grace must not be negative")
         for number in ("manifest-ttl", "idle-timeout", "reload-interval"):
             if self[number] <= 0:
                 raise usage.UsageError(f"--{number} must be positive")
@@ -238,11 +242,18 @@ def _server_tls(options: Options) -> Any:
 class TransferService(service.MultiService):
     """Listens on every endpoint, keeps keys expiring and trust fresh."""
 
-    def __init__(self, servers: list[Any], endpoints: list[tuple[Any, str]], reload_interval: float) -> None:
+    def __init__(
+        self,
+        servers: list[Any],
+        endpoints: list[tuple[Any, str]],
+        reload_interval: float,
+        shutdown_grace: float = 30.0,
+    ) -> None:
         super().__init__()
         self.servers = servers
         self.endpoints = endpoints
         self.reload_interval = reload_interval
+        self.shutdown_grace = shutdown_grace
         self._previous_sighup: Any = None
 
     def privilegedStartService(self) -> None:
@@ -281,11 +292,14 @@ class TransferService(service.MultiService):
                 _log.failure("reload failed")
 
     def stopService(self) -> Any:
+        """Stop accepting, give uploads in flight ``shutdown_grace`` seconds, then stop."""
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
-        for server in self.servers:
-            server.stop()
-        return super().stopService()
+        stopping = defer.DeferredList(
+            [server.stop(self.shutdown_grace) for server in self.servers], consumeErrors=True
+        )
+        stopping.addCallback(lambda _: service.MultiService.stopService(self))
+        return stopping
 
 
 def makeService(options: Options) -> service.IService:
@@ -300,4 +314,6 @@ def makeService(options: Options) -> service.IService:
         endpoints.append((by_scheme["https"], endpoint))
     for endpoint in options["http"]:
         endpoints.append((by_scheme["http"], endpoint))
-    return TransferService(servers, endpoints, options["reload-interval"])
+    return TransferService(
+        servers, endpoints, options["reload-interval"], options["shutdown-grace"]
+    )

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web import server as web_server
@@ -150,13 +150,33 @@ class HTTPTransferServer(TransferServer):
             self.gridmap.reload()
 
     @defer.inlineCallbacks
-    def stop(self) -> Any:
-        """Stop listening and housekeeping."""
+    def stop(self, grace: float = 0.0, reactor: Any = None) -> Any:
+        """Stop listening and housekeeping, then let uploads in flight end.
+
+        Waits at most ``grace`` seconds for bodies already accepted to be
+        stored (or to fail); whatever is still arriving after that is
+        abandoned when the connections close (its temporary file removed).
+        """
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         ports, self.ports = self.ports, []
         for port in ports:
             yield port.stopListening()
+        if grace <= 0 or not self.uploads_in_flight():
+            return None
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        _log.info(
+            "waiting up to {grace}s for {n} upload(s) in flight", grace=grace, n=self.uploads_in_flight()
+        )
+        deadline = reactor.seconds() + grace
+        while self.uploads_in_flight() and reactor.seconds() < deadline:
+            yield deferLater(reactor, 0.1, lambda: None)
+        if self.uploads_in_flight():
+            _log.warn("{n} upload(s) abandoned at shutdown", n=self.uploads_in_flight())
+        return None
 
 
 class GSIHTTPTransferServer(HTTPTransferServer):
