@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from .errors import (
     ChecksumMismatch,
     FileNotFound,
+    HandlerTimeout,
     LengthMismatch,
     LengthRequired,
     ManifestError,
@@ -145,7 +146,15 @@ class TransferServer:
         manifest_limits: ManifestLimits = ManifestLimits(),
         clock: Callable[[], float] = time.time,
         public_url: str | None = None,
+        handler_timeout: float | None = None,
+        timer: Any = None,
     ) -> None:
+        """``handler_timeout`` (seconds) bounds every handler callback; it needs
+        ``timer``, an ``IReactorTime`` (the reactor), to count time."""
+        if handler_timeout is not None and timer is None:
+            raise ValueError("handler_timeout needs a timer (IReactorTime)")
+        self.handler_timeout = handler_timeout
+        self.timer = timer
         self._handlers: dict[str, object] = {}
         self.transfers: TransferTable = transfers if transfers is not None else MemoryTransferTable()
         self.manifest_ttl = manifest_ttl
@@ -235,7 +244,7 @@ class TransferServer:
         added: list[str] = []
         try:
             for entry in manifest.files:
-                yield call_handler(handler, "AddPendingUpload", id_token, entry.name)
+                yield self._call(handler, "AddPendingUpload", id_token, entry.name)
                 added.append(entry.name)
         except BaseException:
             self.transfers.remove(key)
@@ -251,7 +260,9 @@ class TransferServer:
             return None
         refusal = f"Upload error for file {entry.name}"
         try:
-            allowed = yield call_handler(handler, "CanUpload", id_token, entry.file_info())
+            allowed = yield self._call(handler, "CanUpload", id_token, entry.file_info())
+        except HandlerTimeout:
+            raise
         except TransferError as error:
             return f"{refusal}: {error.reason}"
         return None if allowed else refusal
@@ -291,7 +302,7 @@ class TransferServer:
         self.transfers.set_state(record.key, entry.num, receiving)
         self._in_flight.add((record.key, entry.num))
         try:
-            final_path = yield call_handler(
+            final_path = yield self._call(
                 handler, "GetUploadFilename", id_token, _upload_file_info(record.key, entry)
             )
             if final_path is None:
@@ -339,7 +350,7 @@ class TransferServer:
         state = self.transfers.states(ticket.transfer_key).get(ticket.file_num, FileState.PENDING)
         stored = next_state(state, "complete")
         try:
-            yield call_handler(handler, "CompleteUpload", ticket.id_token, ticket.file_info)
+            yield self._call(handler, "CompleteUpload", ticket.id_token, ticket.file_info)
         except BaseException:
             self.fail_upload(ticket)
             raise
@@ -359,7 +370,7 @@ class TransferServer:
         handler = self._handler(prefix)
         if getattr(handler, "GetDownloadFilename", None) is None:
             raise FileNotFound("this prefix serves no downloads")
-        answer = yield call_handler(handler, "GetDownloadFilename", id_token, url_path)
+        answer = yield self._call(handler, "GetDownloadFilename", id_token, url_path)
         if answer is None:
             raise FileNotFound(f"no file {url_path}")
         target: DownloadTarget = as_download_target(answer)
@@ -370,7 +381,7 @@ class TransferServer:
         handler = self._handler(prefix)
         if getattr(handler, "ListFiles", None) is None:
             return defer.fail(FileNotFound("this prefix cannot be listed"))
-        return call_handler(handler, "ListFiles", id_token)
+        return self._call(handler, "ListFiles", id_token)
 
     # -- transfer state, cancel, expiry ----------------------------------------
 
@@ -448,11 +459,27 @@ class TransferServer:
     @defer.inlineCallbacks
     def _cancel_quietly(self, handler: object, id_token: IdToken, name: str) -> Any:
         try:
-            yield call_handler(handler, "CancelPendingUpload", id_token, name)
+            yield self._call(handler, "CancelPendingUpload", id_token, name)
         except Exception:
             _log.failure("CancelPendingUpload failed for {name}", name=name)
 
     # -- lookups ----------------------------------------------------------------
+
+    def _call(self, handler: object, callback: str, *args: Any) -> defer.Deferred[Any]:
+        """call_handler, failing with HandlerTimeout if the callback takes too long."""
+        result = call_handler(handler, callback, *args)
+        if self.handler_timeout is None or result.called:
+            return result
+        timeout = self.handler_timeout
+
+        def timed_out(failure: Any) -> Any:
+            failure.trap(defer.TimeoutError, defer.CancelledError)
+            _log.error("handler {callback} did not answer in {t}s", callback=callback, t=timeout)
+            raise HandlerTimeout(f"the handler did not answer in {timeout:g} s")
+
+        result.addTimeout(timeout, self.timer)
+        result.addErrback(timed_out)
+        return result
 
     def _handler(self, prefix: str) -> object:
         handler = self._handlers.get(prefix)

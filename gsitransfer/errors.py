@@ -13,7 +13,8 @@ The hierarchy (the seed's names are the public contract)::
     │   ├── LengthMismatch           Content-Length differs from the manifest's size
     │   ├── ChecksumMismatch         the received bytes do not have the manifest's MD5
     │   └── InsufficientStorage      not enough free space for the file
-    └── DownloadFailed               a download could not be served
+    ├── DownloadFailed               a download could not be served
+    └── HandlerTimeout               a handler callback did not answer in time
 
 The core raises these; the web layer maps each to an HTTP status in one table
 (``gsitransfer.web.status``). Nothing here knows about HTTP.
@@ -98,6 +99,12 @@ class DownloadFailed(TransferError):
     default_reason = "download failed"
 
 
+class HandlerTimeout(TransferError):
+    """A handler callback did not answer within the configured time."""
+
+    default_reason = "the handler did not answer in time"
+
+
 __all__ = [
     "TransferError",
     "FileNotFound",
@@ -111,4 +118,5 @@ __all__ = [
     "ChecksumMismatch",
     "InsufficientStorage",
     "DownloadFailed",
+    "HandlerTimeout",
 ]

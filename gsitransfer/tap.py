@@ -75,6 +75,7 @@ class Options(usage.Options):
         ["state", None, None, "Transfer database (SQLite). Default: in the first --store directory."],
         ["idle-timeout", None, 300.0, "Seconds a silent connection is kept.", float],
         ["reload-interval", None, 300.0, "Seconds between re-reads of CAs, CRLs, grid-mapfile.", float],
+        ["handler-timeout", None, 60.0, "Seconds a handler callback may take (then 503).", float],
         ["shutdown-grace", None, 30.0, "On SIGTERM, seconds to let uploads in flight finish.", float],
         ["max-manifest-bytes", None, 1024 * 1024, "Largest manifest body accepted.", int],
         ["max-files", None, 10_000, "Most files one manifest may announce.", int],
@@ -140,7 +141,7 @@ class Options(usage.Options):
             raise usage.UsageError("--trusted-proxy applies to --http listeners only")
         if self["shutdown-grace"] < 0:
             raise usage.UsageError("--shutdown-grace must not be negative")
-        for number in ("manifest-ttl", "idle-timeout", "reload-interval"):
+        for number in ("manifest-ttl", "idle-timeout", "reload-interval", "handler-timeout"):
             if self[number] <= 0:
                 raise usage.UsageError(f"--{number} must be positive")
         for endpoint in self["http"] + self["https"]:
@@ -170,6 +171,8 @@ def build_servers(options: Options) -> list[Any]:
     """The configured servers, handlers registered, not yet listening."""
     from .store import DirectoryStore, StoreError
     from .transfers_db import SQLiteTransferTable, TransferDBError
+    from twisted.internet import reactor
+
     from .web.servers import GSIHTTPTransferServer, HTTPTransferServer
 
     handlers: list[tuple[str, Any]] = []
@@ -200,6 +203,8 @@ def build_servers(options: Options) -> list[Any]:
         ),
         gridmap=options["gridmap"],
         idle_timeout=options["idle-timeout"],
+        handler_timeout=options["handler-timeout"],
+        timer=reactor,
     )
     servers: list[Any] = []
     try:

@@ -364,3 +364,20 @@ def test_verify_refuses_a_cancelled_transfer(server):
     server.transfers.remove(key)
     with pytest.raises(FileNotFound):
         server.verify_upload(ticket, MD5_A, 3)
+
+
+def test_handler_timeout(handler):
+    """A callback that never answers fails with HandlerTimeout after handler_timeout."""
+    from twisted.internet.task import Clock as ReactorClock
+
+    from gsitransfer.errors import HandlerTimeout
+
+    timer = ReactorClock()
+    server = TransferServer(handler_timeout=5, timer=timer)
+    server.RegisterPrefix("data", handler)
+    handler.CanUpload = lambda token, info: defer.Deferred()  # type: ignore[method-assign]
+    outcome = server.post_manifest("data", MANIFEST, ALICE)
+    assert not outcome.called
+    timer.advance(5)
+    with pytest.raises(HandlerTimeout):
+        result_of(outcome)
