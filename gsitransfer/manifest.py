@@ -19,8 +19,10 @@ Rules (each broken rule is one ManifestError with a plain-text reason):
 * sections ``0 .. num_files-1`` all exist, and no other section does;
 * each has ``name``, ``size`` (decimal integer >= 0) and ``checksum``
   (32 hex digits; stored lowercase);
-* every name is one safe path component (see :func:`check_name`) and names
-  are unique within the manifest.
+* every name is one safe path component on Linux, macOS and Windows clients
+  (see :func:`check_name`), normalised to Unicode NFC, and names are unique
+  within the manifest;
+* the sizes add up to at most ``limits.max_total_size`` (when set).
 
 Pure: no I/O.
 """
@@ -50,6 +52,8 @@ class ManifestLimits:
     max_files: int = 10_000
     #: largest single file, in bytes (None: no limit)
     max_file_size: int | None = None
+    #: largest sum of the file sizes of one manifest, in bytes (None: no limit)
+    max_total_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -139,23 +143,49 @@ def parse_manifest(body: bytes, limits: ManifestLimits = ManifestLimits()) -> Ma
             raise ManifestError(f"unexpected section [{section_name}]")
     files = tuple(_read_entry(parser, num, limits) for num in range(num_files))
     _check_unique(files)
-    return Manifest(files)
+    manifest = Manifest(files)
+    if limits.max_total_size is not None and manifest.total_size > limits.max_total_size:
+        raise ManifestError(
+            f"the files add up to {manifest.total_size} bytes (at most {limits.max_total_size})"
+        )
+    return manifest
+
+
+_WINDOWS_FORBIDDEN = set('<>:"|?*')
+_WINDOWS_DEVICE = re.compile(r"(CON|PRN|AUX|NUL|COM[0-9\u00b9\u00b2\u00b3]|LPT[0-9\u00b9\u00b2\u00b3])\Z", re.I)
 
 
 def check_name(name: str) -> str:
-    """Return ``name`` if it is one safe path component, else raise ManifestError."""
+    """Return ``name`` in Unicode NFC if it is one safe path component, else raise ManifestError.
+
+    Safe means: on Linux, macOS and Windows it names one file in the
+    directory it is saved to, and nothing else — no separators (``/`` ``\\``),
+    no ``.``/``..``, no NUL or control characters, none of Windows'
+    ``< > : " | ? *``, no reserved device name (``CON``, ``NUL.txt``, ``COM1``
+    ...), no trailing dot or space, at most 255 UTF-8 bytes, and not one of
+    the server's own ``.gsitransfer*`` names. Names are normalised to NFC so
+    that two names that look the same (composed and decomposed accents) are
+    the same name.
+    """
     if not isinstance(name, str) or name == "":
         raise ManifestError("file name is empty")
+    if any(0xD800 <= ord(char) <= 0xDFFF for char in name):
+        raise ManifestError(f"unsafe file name {name!r}: contains a surrogate")
+    name = unicodedata.normalize("NFC", name)
     if name in (".", ".."):
         raise ManifestError(f"unsafe file name {name!r}")
     if "/" in name or "\\" in name:
         raise ManifestError(f"unsafe file name {name!r}: contains a path separator")
     if any(unicodedata.category(char) == "Cc" for char in name):
         raise ManifestError(f"unsafe file name {name!r}: contains a control character")
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+    if _WINDOWS_FORBIDDEN.intersection(name):
+        raise ManifestError(f"unsafe file name {name!r}: contains one of < > : \" | ? *")
+    if name.endswith((".", " ")):
+        raise ManifestError(f"unsafe file name {name!r}: ends with a dot or a space")
+    if _WINDOWS_DEVICE.match(name.split(".", 1)[0].rstrip(" ")):
+        raise ManifestError(f"unsafe file name {name!r}: a reserved device name on Windows")
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
         raise ManifestError(f"file name is longer than {MAX_NAME_BYTES} bytes")
-    if any(0xD800 <= ord(char) <= 0xDFFF for char in name):
-        raise ManifestError(f"unsafe file name {name!r}: contains a surrogate")
     if name.startswith(RESERVED_PREFIX):
         raise ManifestError(f"file name {name!r} is reserved")
     return name
@@ -214,10 +244,9 @@ def _check_md5(checksum: str, name: str) -> str:
 def _check_unique(files: tuple[FileEntry, ...]) -> None:
     seen: set[str] = set()
     for entry in files:
-        folded = unicodedata.normalize("NFC", entry.name)
-        if folded in seen:
+        if entry.name in seen:
             raise ManifestError(f"file name {entry.name!r} appears twice")
-        seen.add(folded)
+        seen.add(entry.name)
 
 
 def _first_line(error: Exception) -> str:

@@ -79,6 +79,7 @@ class Options(usage.Options):
         ["shutdown-grace", None, 30.0, "On SIGTERM, seconds to let uploads in flight finish.", float],
         ["max-manifest-bytes", None, 1024 * 1024, "Largest manifest body accepted.", int],
         ["max-files", None, 10_000, "Most files one manifest may announce.", int],
+        ["max-transfer-size", None, None, "Largest total size (bytes) of one manifest's files.", int],
     ]
 
     def __init__(self) -> None:
@@ -199,7 +200,9 @@ def build_servers(options: Options) -> list[Any]:
         transfers=transfers,
         manifest_ttl=options["manifest-ttl"],
         manifest_limits=ManifestLimits(
-            max_bytes=options["max-manifest-bytes"], max_files=options["max-files"]
+            max_bytes=options["max-manifest-bytes"],
+            max_files=options["max-files"],
+            max_total_size=options["max-transfer-size"],
         ),
         gridmap=options["gridmap"],
         idle_timeout=options["idle-timeout"],

@@ -15,11 +15,13 @@ transfer's state; any other ``x`` is a download. Anything else is a
 
 The same function serves the request layer (to decide, from the headers,
 what to do with a body) and the resource tree (to render), so there is one
-router. Segments arrive percent-decoded, as twisted.web's ``postpath`` does.
+router. Segments arrive percent-decoded, as twisted.web's ``postpath`` does,
+and are normalised to Unicode NFC, as manifest names are.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Union
 
@@ -102,8 +104,9 @@ def _not_allowed(allow: tuple[bytes, ...]) -> Refusal:
 
 
 def _decode(segments: list[bytes]) -> list[str] | None:
+    """UTF-8 segments in Unicode NFC (the form manifest names are stored in), or None."""
     try:
-        return [segment.decode("utf-8") for segment in segments]
+        return [unicodedata.normalize("NFC", segment.decode("utf-8")) for segment in segments]
     except UnicodeDecodeError:
         return None
 

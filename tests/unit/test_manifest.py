@@ -115,3 +115,35 @@ def test_unsafe_names_refused(name):
 def test_safe_names_accepted(name):
     """Ordinary names, including UTF-8 and spaces, are accepted unchanged."""
     assert check_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["CON", "con.txt", "Nul.tar.gz", "COM1", "lpt9.log", "AUX .txt", "a<b", "a>b", "a:b", 'a"b', "a|b",
+     "a?b", "a*b", "trailing.", "trailing ", "...", ". "],
+)
+def test_names_unsafe_on_windows_refused(name):
+    """Reserved device names, Windows-forbidden characters, trailing dot/space are refused."""
+    with pytest.raises(ManifestError):
+        check_name(name)
+
+
+@pytest.mark.parametrize("name", ["CONSOLE.txt", "com10", "nullable", "a.con", ".profile", " lead"])
+def test_names_near_reserved_accepted(name):
+    """Names that merely resemble a device name are fine."""
+    assert check_name(name) == name
+
+
+def test_names_normalised_to_nfc():
+    """A decomposed name is stored composed; both spellings collide in one manifest."""
+    assert check_name("Jose\u0301") == "Jos\u00e9"
+    with pytest.raises(ManifestError, match="twice"):
+        parse_manifest(written_by_configparser([("Jose\u0301", 1, MD5), ("Jos\u00e9", 1, MD5)]))
+
+
+def test_total_size_limit():
+    """Files adding up past max_total_size are refused."""
+    body = written_by_configparser([("a", 600, MD5), ("b", 600, MD5)])
+    with pytest.raises(ManifestError, match="add up"):
+        parse_manifest(body, ManifestLimits(max_total_size=1000))
+    assert parse_manifest(body, ManifestLimits(max_total_size=1200)).total_size == 1200
