@@ -237,7 +237,7 @@ class TransferServer:
         handler = self._handler(prefix)
         manifest = parse_manifest(body, self.manifest_limits)
         for entry in manifest.files:
-            reason = yield self._ask_can_upload(handler, id_token, entry)
+            reason = yield self._ask_can_upload(handler, id_token, entry, manifest.total_size)
             if reason is not None:
                 return ManifestOutcome(None, reason)
         key = self.RegisterManifest(manifest, id_token, prefix)
@@ -254,13 +254,17 @@ class TransferServer:
         return ManifestOutcome(key)
 
     @defer.inlineCallbacks
-    def _ask_can_upload(self, handler: object, id_token: IdToken, entry: FileEntry) -> Any:
+    def _ask_can_upload(
+        self, handler: object, id_token: IdToken, entry: FileEntry, transfer_size: int
+    ) -> Any:
         """None when the handler accepts the file (or has no CanUpload), else the refusal reason."""
         if getattr(handler, "CanUpload", None) is None:
             return None
         refusal = f"Upload error for file {entry.name}"
         try:
-            allowed = yield self._call(handler, "CanUpload", id_token, entry.file_info())
+            file_info = entry.file_info()
+            file_info["transfer_size"] = transfer_size
+            allowed = yield self._call(handler, "CanUpload", id_token, file_info)
         except HandlerTimeout:
             raise
         except TransferError as error:

@@ -5,8 +5,9 @@ and decides, for that prefix, who may upload what and where downloads come
 from. Every callback may return a plain value, a ``Deferred`` or a coroutine.
 
 ``file_info`` is a dict with at least ``name`` (str), ``size`` (int bytes) and
-``checksum`` (MD5, 32 lowercase hex). For upload callbacks it also carries
-``transfer_key`` and ``file_num``; any extra keys a client put in the manifest
+``checksum`` (MD5, 32 lowercase hex). ``CanUpload`` also gets
+``transfer_size``, the sum of the manifest's sizes (to check space for the
+whole transfer); the later upload callbacks get ``transfer_key`` and ``file_num``; any extra keys a client put in the manifest
 section are passed through as strings.
 
 Optional capabilities are separate interfaces, so a minimal handler (like the

@@ -74,6 +74,8 @@ class Options(usage.Options):
         ["public-url", None, None, "Base URL given to clients (e.g. https://data.example.org:8443)."],
         ["state", None, None, "Transfer database (SQLite). Default: in the first --store directory."],
         ["idle-timeout", None, 300.0, "Seconds a silent connection is kept.", float],
+        ["head-timeout", None, 30.0, "Seconds a client has to send a request's headers.", float],
+        ["min-body-rate", None, 1024.0, "Bytes/s a request body must at least arrive at (0: off).", float],
         ["reload-interval", None, 300.0, "Seconds between re-reads of CAs, CRLs, grid-mapfile.", float],
         ["handler-timeout", None, 60.0, "Seconds a handler callback may take (then 503).", float],
         ["shutdown-grace", None, 30.0, "On SIGTERM, seconds to let uploads in flight finish.", float],
@@ -142,7 +144,9 @@ class Options(usage.Options):
             raise usage.UsageError("--trusted-proxy applies to --http listeners only")
         if self["shutdown-grace"] < 0:
             raise usage.UsageError("--shutdown-grace must not be negative")
-        for number in ("manifest-ttl", "idle-timeout", "reload-interval", "handler-timeout"):
+        if self["min-body-rate"] < 0:
+            raise usage.UsageError("--min-body-rate must not be negative")
+        for number in ("manifest-ttl", "idle-timeout", "head-timeout", "reload-interval", "handler-timeout"):
             if self[number] <= 0:
                 raise usage.UsageError(f"--{number} must be positive")
         for endpoint in self["http"] + self["https"]:
@@ -206,6 +210,8 @@ def build_servers(options: Options) -> list[Any]:
         ),
         gridmap=options["gridmap"],
         idle_timeout=options["idle-timeout"],
+        head_timeout=options["head-timeout"],
+        min_body_rate=options["min-body-rate"],
         handler_timeout=options["handler-timeout"],
         timer=reactor,
     )

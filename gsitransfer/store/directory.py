@@ -195,7 +195,8 @@ class DirectoryStore:
 
         Raises NotAuthorized with the reason otherwise: unsafe or hidden name,
         a file of that name exists, it is being uploaded (pending row younger
-        than ``pending_ttl``), or it is larger than the free space.
+        than ``pending_ttl``), or the transfer's files together
+        (``transfer_size``) are larger than the free space.
         """
         name = file_info.get("name")
         unsafe = _unsafe_upload_name(name)
@@ -211,7 +212,8 @@ class DirectoryStore:
                 self.metadata.delete_stored(name)
             elif self.clock() - record.created < self.pending_ttl:
                 raise NotAuthorized(f"a file named {name} is already being uploaded")
-        self._check_free_space(name, int(file_info.get("size", 0)))
+        size = int(file_info.get("size", 0))
+        self._check_free_space(name, max(size, int(file_info.get("transfer_size", size))))
         return True
 
     def _check_free_space(self, name: str, size: int) -> None:

@@ -38,9 +38,16 @@ from .upload import UploadReceiver
 SMALL_BODY_LIMIT = 64 * 1024
 
 
-def path_segments(path: bytes) -> list[bytes]:
-    """Percent-decoded segments of a request path, as twisted.web's ``postpath``."""
-    return [unquote_to_bytes(part) for part in path.split(b"?", 1)[0][1:].split(b"/")]
+def path_segments(target: bytes) -> list[bytes] | None:
+    """Percent-decoded segments of a request target's path, as twisted.web's ``postpath``.
+
+    None unless the target is an absolute path (``/...``): twisted.web would
+    drop its first byte, whatever it is.
+    """
+    path = target.split(b"?", 1)[0]
+    if not path.startswith(b"/"):
+        return None
+    return [unquote_to_bytes(part) for part in path[1:].split(b"/")]
 
 
 def _discard(data: bytes) -> None:
@@ -75,7 +82,12 @@ class TransferRequest(server.Request):
         except TransferError as error:
             self.refuse(status_for(error), error.reason)
             return
-        self.route = classify(self.method, path_segments(self.uri))
+        segments = path_segments(self.uri)
+        self.route = (
+            classify(self.method, segments)
+            if segments is not None
+            else Refusal(400, "the request target must be a path starting with /")
+        )
         if isinstance(self.route, Refusal):
             self.refuse(self.route.status, self.route.reason, self.route.allow)
         elif isinstance(self.route, UploadRoute):
@@ -112,6 +124,7 @@ class TransferRequest(server.Request):
         self._body_received = True
         if self._answered:
             return
+        self._count_while_answered()
         if self._pending_refusal is not None:
             self._set_default_headers()
             status, reason, allow = self._pending_refusal
@@ -119,6 +132,36 @@ class TransferRequest(server.Request):
             write_error(self, status, reason, allow)
             return
         super().process()
+
+    def _count_while_answered(self) -> None:
+        """Count this request as active on its site until it is finished or lost."""
+        site = self.channel.site
+        if not hasattr(site, "active_requests"):
+            return
+        site.active_requests += 1
+
+        def done(result: object) -> None:
+            site.active_requests -= 1
+
+        self.notifyFinish().addBoth(done)
+
+    def write(self, data: bytes) -> None:
+        """Send part of the answer, with the idle timeout on and reset by each write.
+
+        twisted.web switches the idle timeout off while a request is answered
+        (handler time is bounded by the handler timeout instead); once the
+        answer is being written it is back on, so a client that stops reading
+        is cut off after the idle timeout.
+        """
+        channel = self.channel
+        if channel is not None:
+            if channel.timeOut is None:
+                idle = getattr(channel.site, "timeOut", None)
+                if idle:
+                    channel.setTimeout(idle)
+            else:
+                channel.resetTimeout()
+        super().write(data)
 
     def connectionLost(self, reason: Any) -> None:
         """The client went away: an upload in progress is abandoned."""
@@ -191,8 +234,11 @@ class TransferRequest(server.Request):
         self.channel.transport.pauseProducing()
 
     def resume_body(self) -> None:
-        """Read the body again."""
+        """Read the body again (the body-rate window restarts: the pause was ours)."""
         if not self._disconnected and not self._answered:
+            restart = getattr(self.channel, "restart_rate_window", None)
+            if restart is not None:
+                restart()
             self.channel.transport.resumeProducing()
 
     def _set_default_headers(self) -> None:

@@ -26,6 +26,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web import server as web_server
 
 from ..core import TransferServer
+from .channel import DEFAULT_HEAD_TIMEOUT, DEFAULT_MIN_BODY_RATE, channel_protocol
 from .peers import CertificateIdentity, GridMapAuthorizer, IdentitySource, TrustedProxyIdentity
 from .request import TransferRequest
 from .resources import TransferRoot
@@ -48,10 +49,23 @@ class TransferSite(web_server.Site):
         transfer_server: TransferServer,
         identity: IdentitySource,
         timeout: float = DEFAULT_IDLE_TIMEOUT,
+        head_timeout: float = DEFAULT_HEAD_TIMEOUT,
+        min_body_rate: float = DEFAULT_MIN_BODY_RATE,
     ) -> None:
         super().__init__(TransferRoot(transfer_server), timeout=timeout)
         self.transfer_server = transfer_server
         self.identity = identity
+        #: never longer than the idle timeout
+        self.head_timeout = min(head_timeout, timeout)
+        self.min_body_rate = min_body_rate
+        #: the body rate is judged over windows as long as the idle timeout (at most 60 s)
+        self.rate_window = min(timeout, 60.0)
+        #: requests of this site being answered now (graceful shutdown waits for them)
+        self.active_requests = 0
+
+    def protocol(self) -> Any:  # type: ignore[override]
+        """Each connection's protocol: a TransferChannel (deadline on request heads)."""
+        return channel_protocol(self.head_timeout, self.min_body_rate, self.rate_window)
 
 
 class HTTPTransferServer(TransferServer):
@@ -65,10 +79,14 @@ class HTTPTransferServer(TransferServer):
         trusted_proxies: Iterable[str] = (),
         gridmap: str | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        head_timeout: float = DEFAULT_HEAD_TIMEOUT,
+        min_body_rate: float = DEFAULT_MIN_BODY_RATE,
         **core_options: Any,
     ) -> None:
         super().__init__(**core_options)
         self.idle_timeout = idle_timeout
+        self.head_timeout = head_timeout
+        self.min_body_rate = min_body_rate
         self.identity: IdentitySource = self._base_identity(tuple(trusted_proxies))
         self.gridmap: GridMapAuthorizer | None = None
         if gridmap is not None:
@@ -77,6 +95,7 @@ class HTTPTransferServer(TransferServer):
             self.gridmap = GridMapAuthorizer(self.identity, gridmap, load_gridmap)
             self.identity = self.gridmap
         self.ports: list[IListeningPort] = []
+        self._sites: list[TransferSite] = []
         self._sweeper: LoopingCall | None = None
 
     def _base_identity(self, trusted_proxies: tuple[str, ...]) -> IdentitySource:
@@ -84,7 +103,19 @@ class HTTPTransferServer(TransferServer):
 
     def site(self) -> TransferSite:
         """A twisted.web Site serving this server (one per listener is fine)."""
-        return TransferSite(self, self.identity, timeout=self.idle_timeout)
+        site = TransferSite(
+            self,
+            self.identity,
+            timeout=self.idle_timeout,
+            head_timeout=self.head_timeout,
+            min_body_rate=self.min_body_rate,
+        )
+        self._sites.append(site)
+        return site
+
+    def busy(self) -> int:
+        """Uploads in flight plus requests being answered, over every site."""
+        return self.uploads_in_flight() + sum(site.active_requests for site in self._sites)
 
     def protocol_factory(self) -> Any:
         """The protocol factory to listen with (the Site; TLS-wrapped in the GSI variant)."""
@@ -151,31 +182,30 @@ class HTTPTransferServer(TransferServer):
 
     @defer.inlineCallbacks
     def stop(self, grace: float = 0.0, reactor: Any = None) -> Any:
-        """Stop listening and housekeeping, then let uploads in flight end.
+        """Stop listening and housekeeping, then let transfers in flight end.
 
         Waits at most ``grace`` seconds for bodies already accepted to be
-        stored (or to fail); whatever is still arriving after that is
-        abandoned when the connections close (its temporary file removed).
+        stored (or to fail) and for answers being sent (downloads); whatever
+        is still going after that is abandoned when the connections close (an
+        upload's temporary file is removed).
         """
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         ports, self.ports = self.ports, []
         for port in ports:
             yield port.stopListening()
-        if grace <= 0 or not self.uploads_in_flight():
+        if grace <= 0 or not self.busy():
             return None
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
-        _log.info(
-            "waiting up to {grace}s for {n} upload(s) in flight", grace=grace, n=self.uploads_in_flight()
-        )
+        _log.info("waiting up to {grace}s for {n} transfer(s) in flight", grace=grace, n=self.busy())
         deadline = reactor.seconds() + grace
-        while self.uploads_in_flight() and reactor.seconds() < deadline:
+        while self.busy() and reactor.seconds() < deadline:
             yield deferLater(reactor, 0.1, lambda: None)
-        if self.uploads_in_flight():
-            _log.warn("{n} upload(s) abandoned at shutdown", n=self.uploads_in_flight())
+        if self.busy():
+            _log.warn("{n} transfer(s) abandoned at shutdown", n=self.busy())
         return None
 
 
