@@ -14,7 +14,8 @@ as Python's ConfigParser writes it (no interpolation: ``%`` is literal)::
 Rules (each broken rule is one ManifestError with a plain-text reason):
 
 * the body is at most ``limits.max_bytes`` and valid UTF-8;
-* it parses as INI with unique sections and keys;
+* no line is longer than ``MAX_LINE_CHARS``; it parses as INI with unique
+  sections and keys, each value on one line;
 * ``[manifest]`` has ``num_files``, a decimal integer in 1..``limits.max_files``;
 * sections ``0 .. num_files-1`` all exist, and no other section does;
 * each has ``name``, ``size`` (decimal integer >= 0) and ``checksum``
@@ -41,6 +42,9 @@ _MD5 = re.compile(r"[0-9a-fA-F]{32}\Z")
 #: names beginning with this are kept for the server's own files
 RESERVED_PREFIX = ".gsitransfer"
 MAX_NAME_BYTES = 255
+#: longer lines are refused before ConfigParser sees them (its option pattern
+#: backtracks quadratically on long lines)
+MAX_LINE_CHARS = 1024
 _REQUIRED_KEYS = ("name", "size", "checksum")
 
 
@@ -125,6 +129,8 @@ def parse_manifest(body: bytes, limits: ManifestLimits = ManifestLimits()) -> Ma
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise ManifestError("manifest is not valid UTF-8") from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        _check_line(number, line)
     parser = _new_parser()
     try:
         parser.read_string(text)
@@ -152,6 +158,9 @@ def parse_manifest(body: bytes, limits: ManifestLimits = ManifestLimits()) -> Ma
 
 
 _WINDOWS_FORBIDDEN = set('<>:"|?*')
+#: Unicode categories never allowed in a name: controls, format characters
+#: (bidi overrides, zero-width joiners), line and paragraph separators
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
 _WINDOWS_DEVICE = re.compile(r"(CON|PRN|AUX|NUL|COM[0-9\u00b9\u00b2\u00b3]|LPT[0-9\u00b9\u00b2\u00b3])\Z", re.I)
 
 
@@ -176,8 +185,10 @@ def check_name(name: str) -> str:
         raise ManifestError(f"unsafe file name {name!r}")
     if "/" in name or "\\" in name:
         raise ManifestError(f"unsafe file name {name!r}: contains a path separator")
-    if any(unicodedata.category(char) == "Cc" for char in name):
-        raise ManifestError(f"unsafe file name {name!r}: contains a control character")
+    if any(unicodedata.category(char) in _INVISIBLE for char in name):
+        raise ManifestError(
+            f"unsafe file name {name!r}: contains a control, format or line-separator character"
+        )
     if _WINDOWS_FORBIDDEN.intersection(name):
         raise ManifestError(f"unsafe file name {name!r}: contains one of < > : \" | ? *")
     if name.endswith((".", " ")):
@@ -191,6 +202,20 @@ def check_name(name: str) -> str:
     return name
 
 
+def _check_line(number: int, line: str) -> None:
+    """Refuse, before ConfigParser sees it, a line that is too long or not one of
+    ``[section]``, ``key = value``, a comment or blank."""
+    if len(line) > MAX_LINE_CHARS:
+        raise ManifestError(f"line {number} is longer than {MAX_LINE_CHARS} characters")
+    stripped = line.strip()
+    if not stripped or stripped[0] in "#;[":
+        return
+    if line[0] in " \t":
+        raise ManifestError(f"line {number} is indented: values span one line only")
+    if "=" not in line and ":" not in line:
+        raise ManifestError(f"line {number} is not 'key = value'")
+
+
 def _new_parser() -> configparser.ConfigParser:
     return configparser.ConfigParser(
         interpolation=None, strict=True, default_section="\x00no-defaults"
@@ -202,6 +227,9 @@ def _read_entry(parser: configparser.ConfigParser, num: int, limits: ManifestLim
     if not parser.has_section(section_name):
         raise ManifestError(f"manifest has no section [{section_name}]")
     section = parser[section_name]
+    for key, value in section.items():
+        if "\n" in value or "\r" in value:
+            raise ManifestError(f"{key} in [{section_name}] spans several lines")
     for key in _REQUIRED_KEYS:
         if key not in section:
             raise ManifestError(f"section [{section_name}] has no {key}")

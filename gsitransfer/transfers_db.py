@@ -1,19 +1,20 @@
 """The transfer table in SQLite, so transfer keys survive a restart.
 
 Implements :class:`gsitransfer.keys.TransferTable`. One file holds every key
-of a server: the manifest (as INI), the owner DN, the prefix, the times, and
+of a server: the validated manifest (as JSON), the owner DN, the prefix, the times, and
 each file's state. A file that was ``receiving`` when the server stopped is
 ``pending`` again when the table is opened: its body never completed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from typing import Iterable
 
 from .keys import FileState, TransferRecord
-from .manifest import ManifestLimits, parse_manifest
+from .manifest import FileEntry, Manifest
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS transfers (
@@ -33,8 +34,25 @@ CREATE TABLE IF NOT EXISTS transfer_files (
 CREATE INDEX IF NOT EXISTS transfers_expires ON transfers(expires);
 """
 
-#: manifests were validated when posted; reading them back needs no tight limit
-_STORED_LIMITS = ManifestLimits(max_bytes=1 << 30, max_files=1 << 30)
+
+
+def manifest_to_json(manifest: Manifest) -> str:
+    """The validated manifest as stored: JSON, so reading it back never re-parses INI."""
+    return json.dumps(
+        [[e.name, e.size, e.checksum, [list(pair) for pair in e.extra]] for e in manifest.files],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def manifest_from_json(text: str) -> Manifest:
+    """Inverse of :func:`manifest_to_json` (the values were validated when posted)."""
+    return Manifest(
+        tuple(
+            FileEntry(num, name, size, checksum, tuple((k, v) for k, v in extra))
+            for num, (name, size, checksum, extra) in enumerate(json.loads(text))
+        )
+    )
 
 
 class TransferDBError(ValueError):
@@ -71,7 +89,7 @@ class SQLiteTransferTable:
                     record.key,
                     record.prefix,
                     record.owner_dn,
-                    record.manifest.to_ini(),
+                    manifest_to_json(record.manifest),
                     record.created,
                     record.expires,
                 ),
@@ -140,7 +158,7 @@ def _record_from_row(row: tuple[str, str, str | None, str, float, float]) -> Tra
         key=key,
         prefix=prefix,
         owner_dn=owner_dn,
-        manifest=parse_manifest(manifest_text.encode("utf-8"), _STORED_LIMITS),
+        manifest=manifest_from_json(manifest_text),
         created=created,
         expires=expires,
     )

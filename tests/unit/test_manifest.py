@@ -56,7 +56,8 @@ def test_extra_keys_pass_through():
     "body, reason",
     [
         (b"", "no [manifest]"),
-        (b"not ini at all", "not a valid INI"),
+        (b"not ini at all", "not 'key = value'"),
+        (b"[manifest\n", "not a valid INI"),
         (b"[manifest]\n", "no num_files"),
         (b"[manifest]\nnum_files = two\n", "not a number"),
         (b"[manifest]\nnum_files = -1\n", "not a number"),

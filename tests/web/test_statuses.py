@@ -84,7 +84,7 @@ def test_manifest_refused_by_handler(base):
 @pytest.mark.parametrize(
     "body, reason",
     [
-        (b"garbage", "INI"),
+        (b"garbage", "key = value"),
         (b"[manifest]\nnum_files = 1\n", "no section [0]"),
         (b"[manifest]\nnum_files = 1\n[0]\nname = ../etc/passwd\nsize = 1\nchecksum = " + b"0" * 32, "unsafe"),
         (manifest_for([("same", b"1"), ("same", b"2")]), "twice"),
