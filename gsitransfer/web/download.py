@@ -4,7 +4,8 @@
 HEAD, ``Range`` (206, multipart for several ranges, 416), ``If-Modified-Since``
 (304) and sets ``Accept-Ranges`` and ``Last-Modified``. Here we add a strong
 ``ETag`` from the file's stat (``If-None-Match`` -> 304) and, when the handler
-knows the MD5, ``Repr-Digest: md5=:<base64>:`` (RFC 9530).
+knows the MD5, ``Repr-Digest: md5=:<base64>:`` (RFC 9530). ``Range`` is
+narrowed to one well-formed range first (:func:`normalise_range`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,33 @@ def entity_tag(file_stat: os.stat_result) -> bytes:
     return b'"%x-%x-%x"' % (file_stat.st_mtime_ns, file_stat.st_size, file_stat.st_ino)
 
 
+def normalise_range(request: IRequest, size: int) -> None:
+    """Leave ``static.File`` only one well-formed byte range, or none.
+
+    RFC 9110 lets a server ignore ``Range``; we do for a malformed header and
+    for several ranges (which ``static.File`` would serve overlapping and in
+    full, a cheap way to make the server send many times the file). A suffix
+    longer than the file means the whole file.
+    """
+    header = request.getHeader(b"range")
+    if header is None:
+        return
+    unit, _, spec = header.partition(b"=")
+    parts = [part.strip() for part in spec.split(b",") if part.strip()]
+    first, dash, last = parts[0].partition(b"-") if len(parts) == 1 else (b"", b"", b"")
+    if unit.strip().lower() != b"bytes" or not dash:
+        request.requestHeaders.removeHeader(b"range")
+        return
+    if not first:
+        if not last.isdigit():
+            request.requestHeaders.removeHeader(b"range")
+        elif int(last) >= size:
+            request.requestHeaders.setRawHeaders(b"range", [b"bytes=0-"])
+        return
+    if not first.isdigit() or (last and (not last.isdigit() or int(last) < int(first))):
+        request.requestHeaders.removeHeader(b"range")
+
+
 def serve_file(request: IRequest, target: DownloadTarget) -> None:
     """Answer a GET or HEAD with the file ``target`` names."""
     try:
@@ -46,6 +74,7 @@ def serve_file(request: IRequest, target: DownloadTarget) -> None:
     if request.setETag(entity_tag(file_stat)) is http.CACHED:
         request.finish()
         return
+    normalise_range(request, file_stat.st_size)
     resource = static.File(target.path, defaultType="application/octet-stream")
     body = resource.render(request)
     if body is not NOT_DONE_YET:
