@@ -66,6 +66,8 @@ class FileSink:
         self.received = 0
         #: (device, inode, size, mtime) of the file under the final name once committed
         self.committed_identity: tuple[int, int, int, int] | None = None
+        #: the final name already held exactly these bytes at commit
+        self.already_present = False
 
     def write(self, data: bytes) -> None:
         """Append ``data`` to the temporary file and the running MD5."""
@@ -92,7 +94,9 @@ class FileSink:
 
         The move is a hard link then an unlink of the temporary name, so a
         file that appeared under the final name meanwhile is never
-        overwritten (UploadConflict). Filesystems without hard links fall back
+        overwritten (UploadConflict) — unless it holds exactly these bytes
+        (same size and MD5), which counts as this upload in place
+        (``already_present``; ``uncommit`` then leaves it). Filesystems without hard links fall back
         to a rename after an existence check.
         """
         assert self._fd is not None, "commit after close"
@@ -105,6 +109,11 @@ class FileSink:
             sync_directory(os.path.dirname(self.final_path) or ".")
         except FileExistsError:
             self._remove_temp()
+            if _holds(self.final_path, self.received, self.hexdigest()):
+                # the same bytes are already there: a retry after a crash that
+                # struck between the move and CompleteUpload
+                self.already_present = True
+                return
             raise UploadConflict(
                 f"a file named {os.path.basename(self.final_path)} appeared meanwhile"
             ) from None
@@ -156,6 +165,20 @@ class FileSink:
             pass
         except OSError:
             pass
+
+
+def _holds(path: str, size: int, md5_hexdigest: str) -> bool:
+    """True when the regular file at ``path`` has exactly ``size`` bytes with that MD5."""
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path) != size:
+            return False
+        digest = hashlib.md5(usedforsecurity=False)
+        with open(path, "rb") as existing:
+            while chunk := existing.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return False
+    return digest.hexdigest() == md5_hexdigest
 
 
 def _identity(file_stat: os.stat_result) -> tuple[int, int, int, int]:

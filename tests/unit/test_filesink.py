@@ -67,3 +67,15 @@ def test_no_space_is_refused_up_front(tmp_path):
     with pytest.raises(InsufficientStorage):
         FileSink(str(tmp_path / "f"), 10**18)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_commit_onto_identical_bytes_is_in_place(tmp_path):
+    """The same bytes already under the final name (a retry after a crash) count as placed."""
+    (tmp_path / "f").write_bytes(b"same")
+    sink = FileSink(str(tmp_path / "f"), 4)
+    sink.write(b"same")
+    sink.commit()
+    assert sink.already_present
+    sink.uncommit()
+    assert (tmp_path / "f").read_bytes() == b"same"
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
