@@ -1,0 +1,358 @@
+"""The ``gsitransfer`` command: upload, download, ls, status and cancel.
+
+::
+
+    gsitransfer upload https://host:8443/data results/*.csv
+    gsitransfer download https://host:8443/data/results.csv [DEST]
+    gsitransfer ls https://host:8443/data
+    gsitransfer status https://host:8443/data/<transfer_key>
+    gsitransfer cancel https://host:8443/data/<transfer_key>
+
+What this module owns: the options (global ones are accepted before or after
+the command), choosing the credential and trust (Globus lookup, see
+:mod:`gsitransfer.client.credentials`), progress bars on a terminal only,
+results on stdout (``--json`` for scripts), and errors as one line each on
+stderr -- a traceback only with ``--debug``. The work is done by
+:mod:`gsitransfer.client.sync` (the Twisted client with its reactor in a
+daemon thread).
+
+Exit statuses: 0 success; 1 the server refused or a transfer failed (HTTP
+error, handler refusal, checksum); 2 bad usage; 3 credential or trust
+problem; 4 server unreachable, TLS refused, connection lost; 130
+interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+import traceback
+from typing import Any, Callable, Sequence, TextIO
+
+from .client import api, output, sync
+from .client.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ClientError,
+    TLSRefused,
+    UploadIncomplete,
+    UploadRefused,
+)
+from .client.credentials import terminal_prompt
+from .client.progress import NullProgress, ProgressListener, TerminalProgress
+from .client.session import make_http_client
+from .client.tls import GSIClientPolicy
+
+PROG = "gsitransfer"
+
+_DESCRIPTION = """\
+Upload files to and download files from a gsitransfer (AccessGrid DataStore)
+server, over mutual TLS (https://, with your grid certificate or proxy) or
+plain HTTP (http://, anonymous).
+
+Credential (https:// only): --proxy, or --cert/--key, else $X509_USER_PROXY,
+else /tmp/x509up_u<uid> (grid-proxy-init), else $X509_USER_CERT/$X509_USER_KEY,
+else ~/.globus/usercert.pem and userkey.pem (an encrypted key asks for its pass
+phrase). Trusted CAs: --ca-dir/--ca-file, else $X509_CERT_DIR, else
+~/.globus/certificates, else /etc/grid-security/certificates.
+"""
+
+_EPILOG = """\
+exit status: 0 success; 1 refused or failed transfer; 2 bad usage;
+3 credential or trust problem; 4 unreachable server, TLS refusal or lost
+connection; 130 interrupted.  See docs/client.md.
+"""
+
+
+# ---------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------
+
+
+def _md5(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{32}", text):
+        raise argparse.ArgumentTypeError(f"not an MD5 (32 hex digits): {text!r}")
+    return text.lower()
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+_DEFAULTS: dict[str, Any] = {
+    "cert": None, "key": None, "proxy": None, "ca_dir": None, "ca_file": None,
+    "verbose": False, "quiet": False, "json": False, "debug": False, "jobs": 4,
+}
+
+
+def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """The global options; on a command's parser they default to 'not given' (SUPPRESS)."""
+    default = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("credential and trust (https:// only)")
+    group.add_argument("--proxy", metavar="FILE", default=default,
+                       help="proxy file (certificate, key and chain, as grid-proxy-init writes it)")
+    group.add_argument("--cert", metavar="FILE", default=default, help="client certificate (PEM)")
+    group.add_argument("--key", metavar="FILE", default=default,
+                       help="its private key (PEM; default: the --cert file)")
+    group.add_argument("--ca-dir", metavar="DIR", default=default,
+                       help="trusted CAs, Globus layout (<hash>.0, <hash>.r0)")
+    group.add_argument("--ca-file", metavar="FILE", default=default, help="trusted CAs, one PEM bundle")
+    out = parser.add_argument_group("output")
+    out.add_argument("-v", "--verbose", action="store_true", default=default,
+                     help="say which credential and trust are used")
+    out.add_argument("-q", "--quiet", action="store_true", default=default,
+                     help="no progress and no results; errors only")
+    out.add_argument("--json", action="store_true", default=default,
+                     help="machine-readable results (and errors) as JSON on stdout")
+    out.add_argument("--debug", action="store_true", default=default, help="tracebacks with errors")
+    parser.add_argument("-j", "--jobs", type=_positive, metavar="N", default=default,
+                        help="files uploaded at once (default 4)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (every command has --help)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=_DESCRIPTION, epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(parser, suppress=False)
+    parser.set_defaults(**_DEFAULTS)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=description, epilog=_EPILOG,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        _add_common(sub, suppress=True)
+        return sub
+
+    upload = command("upload", "upload files", (
+        "Compute each file's MD5, post the manifest, send the files (-j at once), re-send a file\n"
+        "whose checksum failed, and print where each file can be downloaded."))
+    upload.add_argument("url", metavar="URL", help="upload URL, e.g. https://host:8443/data")
+    upload.add_argument("files", metavar="FILE", nargs="+", help="files to upload (they keep their names)")
+    upload.add_argument("--retries", type=_count, default=3, metavar="N",
+                        help="re-sends of a file refused with 422 or cut off (default 3)")
+    upload.add_argument("--transfer-key", metavar="KEY",
+                        help="send FILEs as the pending files of this existing transfer (no new manifest)")
+    upload.set_defaults(run=_upload)
+
+    download = command("download", "download a file", (
+        "Stream a file to .<name>.gsitransfer-download beside DEST, resume an interrupted download\n"
+        "with Range, verify the MD5 (Repr-Digest or --md5), then move it into place."))
+    download.add_argument("url", metavar="URL", help="file URL, e.g. https://host:8443/data/results.csv")
+    download.add_argument("dest", metavar="DEST", nargs="?",
+                          help="destination file or directory (default: the current directory)")
+    download.add_argument("--md5", type=_md5, help="expected MD5 (hex), checked instead of the server's")
+    download.add_argument("--size", type=_count, help="expected size in bytes")
+    download.add_argument("--no-resume", dest="resume", action="store_false",
+                          help="start again even if a partial download is there")
+    download.add_argument("--retries", type=_count, default=2, metavar="N",
+                          help="automatic resumes after the connection broke (default 2)")
+    download.set_defaults(run=_download)
+
+    listing = command("ls", "list the files of a prefix", "List names, sizes, owners and times.")
+    listing.add_argument("url", metavar="URL", help="prefix URL, e.g. https://host:8443/data")
+    listing.set_defaults(run=_list)
+
+    status = command("status", "show a transfer's state", "Show the state of each file of a transfer.")
+    status.add_argument("url", metavar="URL/KEY", help="e.g. https://host:8443/data/<transfer_key>")
+    status.set_defaults(run=_status)
+
+    cancel = command("cancel", "cancel a transfer", "Cancel a transfer: its pending files are given up.")
+    cancel.add_argument("url", metavar="URL/KEY", help="e.g. https://host:8443/data/<transfer_key>")
+    cancel.set_defaults(run=_cancel)
+    return parser
+
+
+# ---------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------
+
+
+class Console:
+    """Where results, progress and errors go for one run."""
+
+    def __init__(self, options: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+        self.options = options
+        self.out = out
+        self.err = err
+        self.credential_hint = ""
+
+    def progress(self) -> ProgressListener:
+        if self.options.quiet or self.options.json or not _isatty(self.err):
+            return NullProgress()
+        return TerminalProgress(self.err)
+
+    def result(self, lines: list[str], data: dict[str, Any]) -> None:
+        if self.options.json:
+            self.out.write(json.dumps(data, indent=1) + "\n")
+        elif not self.options.quiet:
+            self.out.write("".join(line + "\n" for line in lines))
+        self.out.flush()
+
+    def note(self, line: str) -> None:
+        if self.options.verbose:
+            self.err.write(f"{PROG}: {line}\n")
+
+    def error(self, line: str) -> None:
+        self.err.write(f"{PROG}: {line}\n")
+        self.err.flush()
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _http_client(console: Console, url: str) -> Any:
+    """The treq client for ``url``: credential and trust for https:// (told with --verbose)."""
+    options = console.options
+    policy: GSIClientPolicy | None = None
+    if url.startswith("https:"):
+        policy = api.globus_policy(
+            cert=options.cert, key=options.key, proxy=options.proxy,
+            ca_dir=options.ca_dir, ca_file=options.ca_file,
+            passphrase=terminal_prompt(),
+        )
+        assert policy.credential is not None
+        console.credential_hint = f"our credential: {policy.credential.credential.cert_file}"
+        console.note(policy.credential.describe())
+        console.note(f"{policy.trust.describe()}: {policy.material.summary()}")
+    else:
+        console.note("plain HTTP: no credential is sent, the server is not authenticated")
+    return sync.call(lambda: make_http_client(tls=policy, pool_size=options.jobs))
+
+
+def _with_progress(console: Console, work: Callable[[ProgressListener], Any]) -> Any:
+    progress = console.progress()
+    try:
+        return work(progress)
+    finally:
+        close = getattr(progress, "close", None)
+        if close is not None:
+            close()
+
+
+def _upload(console: Console) -> int:
+    options = console.options
+    http = _http_client(console, options.url)
+    report = _with_progress(console, lambda progress: sync.call(
+        api.upload_files, options.url, options.files, http=http, progress=progress,
+        jobs=options.jobs, retries=options.retries, transfer_key=options.transfer_key,
+    ))
+    console.result(output.upload_lines(report), output.upload_json(report))
+    return EXIT_OK
+
+
+def _download(console: Console) -> int:
+    options = console.options
+    http = _http_client(console, options.url)
+    report = _with_progress(console, lambda progress: sync.call(
+        api.download_file, options.url, options.dest, options.size, options.md5, http=http,
+        progress=progress, resume=options.resume, retries=options.retries,
+    ))
+    console.result(output.download_lines(report), output.download_json(report))
+    return EXIT_OK
+
+
+def _list(console: Console) -> int:
+    http = _http_client(console, console.options.url)
+    listing = sync.call(api.list_files, console.options.url, http=http)
+    console.result(output.listing_lines(listing), output.listing_json(listing))
+    return EXIT_OK
+
+
+def _status(console: Console) -> int:
+    http = _http_client(console, console.options.url)
+    status = sync.call(api.transfer_status, console.options.url, http=http)
+    console.result(output.status_lines(status, time.time()), dict(status.raw))
+    return EXIT_OK
+
+
+def _cancel(console: Console) -> int:
+    http = _http_client(console, console.options.url)
+    line = sync.call(api.cancel_transfer, console.options.url, http=http)
+    console.result([line], {"url": console.options.url, "cancelled": True, "answer": line})
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------
+
+
+def report_error(console: Console, error: ClientError) -> None:
+    """One line per problem on stderr (and a JSON document on stdout with --json)."""
+    lines: list[str]
+    if isinstance(error, UploadRefused):
+        lines = list(error.reasons)
+    elif isinstance(error, UploadIncomplete):
+        lines = [f"{f.name}: {f.error}" for f in error.report.files if f.error is not None] + [error.message]
+    elif isinstance(error, TLSRefused) and error.side == "server" and console.credential_hint:
+        lines = [f"{error.message} ({console.credential_hint})"]
+    else:
+        lines = [error.message]
+    for line in lines:
+        console.error(line)
+    if console.options.json:
+        data: dict[str, Any] = {"error": lines[-1] if len(lines) == 1 else lines, "exit_code": error.exit_code}
+        if isinstance(error, UploadIncomplete):
+            data.update(output.upload_json(error.report))
+        console.out.write(json.dumps(data, indent=1) + "\n")
+        console.out.flush()
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run the command line; the exit status."""
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    parser = build_parser()
+    try:
+        options = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0) if exit_.code in (0, None) else EXIT_USAGE
+    console = Console(options, out, err)
+    try:
+        return int(options.run(console))
+    except ClientError as error:
+        if options.debug:
+            traceback.print_exc(file=err)
+        report_error(console, error)
+        return error.exit_code
+    except KeyboardInterrupt:
+        kept = " (the partial file is kept: run the same command again to resume)" \
+            if options.command == "download" else ""
+        console.error(f"interrupted{kept}")
+        return EXIT_INTERRUPTED
+    except Exception as error:  # a bug: say so in one line, trace with --debug
+        if options.debug:
+            traceback.print_exc(file=err)
+        console.error(f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)")
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

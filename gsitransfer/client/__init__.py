@@ -1,0 +1,92 @@
+"""The gsitransfer client: Twisted-native operations, a blocking wrapper, Globus credentials.
+
+* :mod:`.api` -- ``upload_files``, ``download_file``, ``list_files``,
+  ``transfer_status``, ``cancel_transfer``: each returns a cancellable
+  Deferred and takes an injectable ``treq`` ``HTTPClient``; the work is in
+  :mod:`.upload`, :mod:`.download` (with :mod:`.partial`, the resumable
+  temporary file) and :mod:`.queries`; the values they fire with are in
+  :mod:`.results`;
+* :mod:`.sync` -- the same as blocking calls for scripts (reactor in a
+  daemon thread);
+* :mod:`.session` -- the HTTP plumbing: treq client, streamed bodies;
+* :mod:`.credentials` -- Globus credential and trust discovery;
+* :mod:`.tls` -- the mutual-TLS policy for Twisted's Agent;
+* :mod:`.progress` -- progress listeners and terminal bars;
+* :mod:`.output` -- what the command line prints;
+* :mod:`.errors` -- one-line errors with the command line's exit codes.
+
+The command line (``gsitransfer``) is :mod:`gsitransfer.cli`.
+"""
+
+from .api import (
+    DownloadReport,
+    Listing,
+    RemoteFile,
+    TransferFile,
+    TransferStatus,
+    UploadedFile,
+    UploadReport,
+    cancel_transfer,
+    download_file,
+    globus_policy,
+    list_files,
+    transfer_status,
+    upload_files,
+)
+from .credentials import Credential, LoadedCredential, Trust, find_credential, find_trust, load_credential
+from .errors import (
+    ChecksumError,
+    ClientError,
+    ConnectionFailed,
+    CredentialError,
+    DownloadInterrupted,
+    HTTPStatusError,
+    ProtocolError,
+    TLSRefused,
+    TrustError,
+    UploadIncomplete,
+    UploadRefused,
+)
+from .progress import CallbackProgress, NullProgress, ProgressListener, TerminalProgress
+from .session import FileBodyProducer, make_http_client
+from .tls import GSIClientPolicy
+
+__all__ = [
+    "CallbackProgress",
+    "ChecksumError",
+    "ClientError",
+    "ConnectionFailed",
+    "Credential",
+    "CredentialError",
+    "DownloadInterrupted",
+    "DownloadReport",
+    "FileBodyProducer",
+    "GSIClientPolicy",
+    "HTTPStatusError",
+    "Listing",
+    "LoadedCredential",
+    "NullProgress",
+    "ProgressListener",
+    "ProtocolError",
+    "RemoteFile",
+    "TLSRefused",
+    "TerminalProgress",
+    "TransferFile",
+    "TransferStatus",
+    "Trust",
+    "TrustError",
+    "UploadIncomplete",
+    "UploadRefused",
+    "UploadReport",
+    "UploadedFile",
+    "cancel_transfer",
+    "download_file",
+    "find_credential",
+    "find_trust",
+    "globus_policy",
+    "list_files",
+    "load_credential",
+    "make_http_client",
+    "transfer_status",
+    "upload_files",
+]

@@ -1,0 +1,260 @@
+"""Every error the client raises, each a one-line message a person can act on.
+
+The hierarchy::
+
+    ClientError                 base; ``message`` is one line, ``exit_code`` the CLI's status
+    ├── CredentialError         no usable certificate/proxy (missing, expired, wrong pass phrase)   3
+    ├── TrustError              no usable trusted CAs (X509_CERT_DIR, --ca-dir, --ca-file)          3
+    ├── ConnectionFailed        the server cannot be reached, or the connection broke               4
+    │   ├── TLSRefused          the TLS handshake failed; ``side`` says who refused and why          4
+    │   └── DownloadInterrupted the body stopped before its end (the partial file is kept)          4
+    ├── HTTPStatusError         the server answered with an error status and a one-line reason      1
+    ├── UploadRefused           the handler refused the manifest (``return_code: 1``)               1
+    ├── UploadIncomplete        some files of an upload failed (``report`` has each outcome)        1
+    ├── ChecksumError           the bytes do not have the expected MD5                              1
+    └── ProtocolError           the server's answer is not what the protocol says                   1
+
+:func:`explain` turns whatever a Twisted request failed with (connection
+errors, ``ResponseNeverReceived``'s nested reasons, OpenSSL errors) into one
+of these; TLS details come from :mod:`gsitransfer.client.tls`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable
+from urllib.parse import urlsplit
+
+from twisted.internet import defer
+from twisted.internet import error as net_error
+from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from .api import UploadReport
+
+#: exit statuses of the command line (see docs/client.md)
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CREDENTIALS = 3
+EXIT_NETWORK = 4
+EXIT_INTERRUPTED = 130
+
+
+class ClientError(Exception):
+    """Base of every client error; ``message`` is one line of plain text."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str) -> None:
+        self.message = " ".join(message.split())
+        super().__init__(self.message)
+
+
+class CredentialError(ClientError):
+    """No usable client credential (certificate and key, or proxy)."""
+
+    exit_code = EXIT_CREDENTIALS
+
+
+class TrustError(ClientError):
+    """No usable trusted CA certificates."""
+
+    exit_code = EXIT_CREDENTIALS
+
+
+class ConnectionFailed(ClientError):
+    """The server could not be reached, or the connection broke."""
+
+    exit_code = EXIT_NETWORK
+
+
+class TLSRefused(ConnectionFailed):
+    """The TLS handshake failed; ``side`` is ``"server"`` or ``"client"`` (us)."""
+
+    def __init__(self, side: str, reason: str) -> None:
+        self.side = side
+        self.reason = reason
+        who = "the server refused us" if side == "server" else "we refused the server"
+        super().__init__(f"TLS: {who}: {reason}")
+
+
+class DownloadInterrupted(ConnectionFailed):
+    """The download stopped at ``received`` of ``total`` bytes; the partial file is kept."""
+
+    def __init__(self, url: str, received: int, total: int | None, cause: str) -> None:
+        self.url = url
+        self.received = received
+        self.total = total
+        of_total = f" of {total}" if total is not None else ""
+        super().__init__(
+            f"download interrupted after {received}{of_total} bytes ({cause}); "
+            "run the same command again to resume"
+        )
+
+
+class HTTPStatusError(ClientError):
+    """The server answered ``status`` with the one-line ``reason``."""
+
+    def __init__(self, status: int, reason: str, method: str = "", url: str = "") -> None:
+        self.status = status
+        self.reason = " ".join(reason.split()) or "(no reason given)"
+        self.method = method
+        self.url = url
+        where = f" ({method} {url})" if url else ""
+        super().__init__(f"{status} {self.reason}{where}")
+
+
+class UploadRefused(ClientError):
+    """The handler refused the manifest; ``reasons`` has one ``error_reason`` per refused file."""
+
+    def __init__(self, reasons: Iterable[str]) -> None:
+        self.reasons = tuple(reasons) or ("the server refused the upload (no reason given)",)
+        super().__init__("; ".join(self.reasons))
+
+
+class UploadIncomplete(ClientError):
+    """Some files of an upload failed; ``report.files`` says which and why."""
+
+    def __init__(self, report: "UploadReport") -> None:
+        self.report = report
+        failed = [f for f in report.files if f.error is not None]
+        super().__init__(
+            f"{len(failed)} of {len(report.files)} files failed "
+            f"(transfer {report.transfer_key}: "
+            f"re-send them with: gsitransfer upload --transfer-key {report.transfer_key} URL FILE...)"
+        )
+
+
+class ChecksumError(ClientError):
+    """The data's MD5 (or size) is not the expected one; ``resumed``: the data was a resumed download."""
+
+    def __init__(self, message: str, resumed: bool = False) -> None:
+        super().__init__(message)
+        self.resumed = resumed
+
+
+class ProtocolError(ClientError):
+    """The server's answer does not follow the protocol."""
+
+
+# ---------------------------------------------------------------------------
+# Failures of Twisted requests -> ClientError
+# ---------------------------------------------------------------------------
+
+
+def explain(failure: Failure | BaseException, url: str) -> BaseException:
+    """The :class:`ClientError` for what a request to ``url`` failed with.
+
+    Errors that are already ClientErrors and programming errors are returned
+    unchanged, a cancellation (even wrapped by the Agent) as CancelledError;
+    the caller raises what it gets.
+    """
+    value = failure.value if isinstance(failure, Failure) else failure
+    if isinstance(value, ClientError):
+        return value
+    if _cancelled(value):
+        return defer.CancelledError()
+    from .tls import explain_tls_error  # late: tls imports pyOpenSSL
+
+    tls = _first_tls_error(value)
+    if tls is not None:
+        return explain_tls_error(tls)
+    return _explain_network(value, url)
+
+
+def _nested(value: BaseException) -> list[BaseException]:
+    """The exceptions wrapped by Twisted's ``_WrapperException`` types (reasons lists)."""
+    reasons: list[Any] = list(getattr(value, "reasons", []) or [])
+    return [r.value if isinstance(r, Failure) else r for r in reasons]
+
+
+def _cancelled(value: BaseException) -> bool:
+    """True when the request failed because it was cancelled (possibly wrapped by the Agent)."""
+    if isinstance(value, defer.CancelledError):
+        return True
+    return any(_cancelled(inner) for inner in _nested(value))
+
+
+def _first_tls_error(value: BaseException) -> BaseException | None:
+    from OpenSSL import SSL
+
+    if isinstance(value, SSL.Error):
+        return value
+    for inner in _nested(value):
+        found = _first_tls_error(inner)
+        if found is not None:
+            return found
+    return None
+
+
+def _where(url: str) -> str:
+    parts = urlsplit(url)
+    default = 443 if parts.scheme == "https" else 80
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{parts.port or default}"
+
+
+def _explain_network(value: BaseException, url: str) -> BaseException:
+    where = _where(url)
+    if isinstance(value, net_error.ConnectionRefusedError):
+        return ConnectionFailed(f"cannot connect to {where}: connection refused (is the server running there?)")
+    if isinstance(value, net_error.DNSLookupError):
+        return ConnectionFailed(f"cannot connect to {where}: unknown host name")
+    if isinstance(value, (net_error.TimeoutError, net_error.TCPTimedOutError)):
+        return ConnectionFailed(f"cannot connect to {where}: no answer (timed out)")
+    if isinstance(value, net_error.NoRouteError):
+        return ConnectionFailed(f"cannot connect to {where}: no route to host")
+    if isinstance(value, net_error.ConnectError):
+        return ConnectionFailed(f"cannot connect to {where}: {_short(value)}")
+    inner = _nested(value)
+    if inner:
+        explained = _explain_network(inner[0], url)
+        if isinstance(explained, ClientError) and not _is_closed(inner[0]):
+            return explained
+        if _is_closed(inner[0]) and type(value).__name__ == "ResponseNeverReceived":
+            return ConnectionFailed(f"{where} closed the connection without answering{_scheme_hint(url)}")
+        return ConnectionFailed(f"connection to {where} lost: {_short(inner[0])}")
+    if _is_closed(value):
+        return ConnectionFailed(f"connection to {where} lost: the server closed it")
+    return value
+
+
+def _is_closed(value: BaseException) -> bool:
+    return isinstance(value, (net_error.ConnectionLost, net_error.ConnectionDone))
+
+
+def _scheme_hint(url: str) -> str:
+    if urlsplit(url).scheme == "http":
+        return " (if it speaks TLS there, use https://)"
+    return " (if it speaks plain HTTP there, use http://)"
+
+
+def _short(value: BaseException) -> str:
+    if isinstance(value, (net_error.ConnectionLost, net_error.ConnectionDone)):
+        return "the server closed the connection"
+    text = " ".join(str(value).split())
+    return text or type(value).__name__
+
+
+__all__ = [
+    "EXIT_CREDENTIALS",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_NETWORK",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "ChecksumError",
+    "ClientError",
+    "ConnectionFailed",
+    "CredentialError",
+    "DownloadInterrupted",
+    "HTTPStatusError",
+    "ProtocolError",
+    "TLSRefused",
+    "TrustError",
+    "UploadIncomplete",
+    "UploadRefused",
+    "explain",
+]

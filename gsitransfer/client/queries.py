@@ -1,0 +1,76 @@
+"""The small requests: a prefix's listing, a transfer's state, cancelling a transfer.
+
+Each is a coroutine over a :class:`~gsitransfer.client.session.Session`;
+:mod:`gsitransfer.client.api` wraps them in Deferreds, and the upload reads
+a transfer's state to continue it (``--transfer-key``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+from .errors import HTTPStatusError, ProtocolError
+from .results import Listing, RemoteFile, TransferFile, TransferStatus
+from .session import Session, header
+
+
+async def fetch_listing(session: Session, base: str) -> Listing:
+    """``GET <base>/``: the files of a prefix."""
+    url = base + "/"
+    response = await session.request("GET", url, headers={"Accept": "application/json"})
+    data = _json(await session.expect(response, (200,), "GET", url), url)
+    try:
+        files = tuple(
+            RemoteFile(
+                name=str(f["name"]), size=int(f["size"]), checksum=f.get("checksum"), owner=f.get("owner"),
+                modified=f.get("modified"), uploaded=f.get("uploaded"), url=f"{base}/{quote(str(f['name']))}",
+            )
+            for f in data["files"]
+        )
+        return Listing(str(data.get("prefix", "")), base, files)
+    except (KeyError, TypeError, ValueError):
+        raise ProtocolError(f"{url} did not answer with a listing") from None
+
+
+async def fetch_status(session: Session, url: str) -> TransferStatus:
+    """``GET .../<prefix>/<key>``: a transfer's state (404: unknown or expired key)."""
+    response = await session.request("GET", url, headers={"Accept": "application/json"})
+    try:
+        body = await session.expect(response, (200,), "GET", url)
+    except HTTPStatusError as error:
+        if error.status == 404:
+            raise HTTPStatusError(404, f"no such transfer (unknown or expired key; server: {error.reason})",
+                                  "GET", url) from None
+        raise
+    if "json" not in (header(response, "content-type") or ""):
+        raise ProtocolError(f"{url} is a file, not a transfer")
+    data = _json(body, url)
+    try:
+        files = tuple(
+            TransferFile(int(f["file_num"]), str(f["name"]), int(f["size"]), str(f["checksum"]),
+                         str(f["state"]), f.get("url"))
+            for f in data["files"]
+        )
+        return TransferStatus(str(data["transfer_key"]), str(data["prefix"]), data.get("owner"),
+                              float(data["created"]), float(data["expires"]), bool(data["complete"]), files, data)
+    except (KeyError, TypeError, ValueError):
+        raise ProtocolError(f"{url} did not answer with a transfer's state") from None
+
+
+async def cancel(session: Session, url: str) -> str:
+    """``DELETE .../<prefix>/<key>``: the server's one line."""
+    response = await session.request("DELETE", url)
+    body = await session.expect(response, (200,), "DELETE", url)
+    return body.decode("utf-8", "replace").strip()
+
+
+def _json(body: bytes, url: str) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise ProtocolError(f"{url} did not answer with JSON") from None
+
+
+__all__ = ["cancel", "fetch_listing", "fetch_status"]
