@@ -43,7 +43,13 @@ from .session import Session, header, read_small_body, stream_body
 
 
 def destination(url: str, dest: str | os.PathLike[str] | None) -> Path:
+    """Where a download lands: DEST, or DEST/<name> when DEST is a directory.
+
+    A DEST ending in ``/`` means a directory, which must exist.
+    """
     name = unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1])
+    if dest is not None and os.fspath(dest).endswith(os.sep) and not Path(dest).is_dir():
+        raise ClientError(f"cannot download to {dest}: no such directory")
     if dest is not None and not Path(dest).is_dir():
         target = Path(dest).absolute()
         if not target.parent.is_dir():
