@@ -236,8 +236,9 @@ class TransferServer:
         """
         handler = self._handler(prefix)
         manifest = parse_manifest(body, self.manifest_limits)
+        transfer_size = manifest.total_size
         for entry in manifest.files:
-            reason = yield self._ask_can_upload(handler, id_token, entry, manifest.total_size)
+            reason = yield self._ask_can_upload(handler, id_token, entry, transfer_size)
             if reason is not None:
                 return ManifestOutcome(None, reason)
         key = self.RegisterManifest(manifest, id_token, prefix)

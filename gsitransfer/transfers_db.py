@@ -14,7 +14,7 @@ import sqlite3
 from typing import Iterable
 
 from .keys import FileState, TransferRecord
-from .manifest import FileEntry, Manifest
+from .manifest import FileEntry, Manifest, ManifestLimits, parse_manifest
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS transfers (
@@ -46,11 +46,18 @@ def manifest_to_json(manifest: Manifest) -> str:
 
 
 def manifest_from_json(text: str) -> Manifest:
-    """Inverse of :func:`manifest_to_json` (the values were validated when posted)."""
+    """Inverse of :func:`manifest_to_json` (the values were validated when posted).
+
+    Rows written by 0.1 development builds hold INI text: those are parsed as INI.
+    """
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError:
+        return parse_manifest(text.encode("utf-8"), ManifestLimits(max_bytes=1 << 30, max_files=1 << 30))
     return Manifest(
         tuple(
             FileEntry(num, name, size, checksum, tuple((k, v) for k, v in extra))
-            for num, (name, size, checksum, extra) in enumerate(json.loads(text))
+            for num, (name, size, checksum, extra) in enumerate(rows)
         )
     )
 

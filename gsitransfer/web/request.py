@@ -68,6 +68,8 @@ class TransferRequest(server.Request):
     _body_received = False
     _pending_refusal: tuple[int, str, tuple[bytes, ...]] | None = None
     _answered = False
+    #: the channel's idle timeout while pause_body holds it off (0: there was none)
+    _idle_timeout_held: float | None = None
 
     # -- called by the channel ------------------------------------------------
 
@@ -164,10 +166,13 @@ class TransferRequest(server.Request):
         super().write(data)
 
     def connectionLost(self, reason: Any) -> None:
-        """The client went away: an upload in progress is abandoned."""
+        """The client went away: an upload in progress is abandoned, a download's file closed."""
         if self.upload_receiver is not None:
             self.upload_receiver.connection_lost()
+        producer = self.producer
         super().connectionLost(reason)
+        if producer is not None:
+            producer.stopProducing()
 
     # -- refusals ---------------------------------------------------------------
 
@@ -230,7 +235,14 @@ class TransferRequest(server.Request):
             self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def pause_body(self) -> None:
-        """Stop reading the body from the network."""
+        """Stop reading the body from the network, and the idle timer with it.
+
+        While the server itself holds the body back (waiting for its handler,
+        or for the disk), the client is not idle: ``--handler-timeout`` bounds
+        the wait instead.
+        """
+        if self._idle_timeout_held is None:
+            self._idle_timeout_held = self.channel.setTimeout(None) or 0
         self.channel.transport.pauseProducing()
 
     def resume_body(self) -> None:
@@ -239,6 +251,10 @@ class TransferRequest(server.Request):
             restart = getattr(self.channel, "restart_rate_window", None)
             if restart is not None:
                 restart()
+            if self._idle_timeout_held is not None:
+                held, self._idle_timeout_held = self._idle_timeout_held, None
+                if held:
+                    self.channel.setTimeout(held)
             self.channel.transport.resumeProducing()
 
     def _set_default_headers(self) -> None:

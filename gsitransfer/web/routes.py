@@ -112,7 +112,7 @@ def _decode(segments: list[bytes]) -> list[str] | None:
 
 
 def _safe_segment(text: str) -> bool:
-    """One real path component: not empty, not . or .., no separator, NUL or control."""
+    """One real path component: not empty, not . or .., no separator, NUL or control (C0 or C1)."""
     if text in ("", ".", ".."):
         return False
-    return not any(char in "/\\" or ord(char) < 0x20 or ord(char) == 0x7F for char in text)
+    return not any(char in "/\\" or unicodedata.category(char) == "Cc" for char in text)
