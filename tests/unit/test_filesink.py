@@ -67,3 +67,21 @@ def test_no_space_is_refused_up_front(tmp_path):
     with pytest.raises(InsufficientStorage):
         FileSink(str(tmp_path / "f"), 10**18)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_writeback_started_every_few_mib(tmp_path, monkeypatch):
+    """Big bodies have their writeback started on the way, so commit's fsync has little left."""
+    from gsitransfer import filesink
+
+    advised: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(filesink.os, "posix_fadvise",
+                        lambda fd, offset, length, advice: advised.append((offset, length, advice)),
+                        raising=False)
+    step = filesink.WRITEBACK_BYTES
+    sink = filesink.FileSink(str(tmp_path / "big"), 3 * step)
+    block = b"\1" * (step // 2)
+    for _ in range(6):
+        sink.write(block)
+    sink.commit()
+    assert [(o, n) for o, n, _ in advised] == [(0, step), (step, step), (2 * step, step)]
+    assert (tmp_path / "big").stat().st_size == 3 * step
