@@ -74,8 +74,20 @@ class FileSink:
 
     def write(self, data: bytes) -> None:
         """Append ``data`` to the temporary file and the running MD5."""
-        assert self._fd is not None, "write after close"
+        self.hash(data)
+        self.store(data)
+
+    def hash(self, data: bytes) -> None:
+        """Add ``data`` to the running MD5 only: ``write`` is ``hash`` then ``store``.
+
+        The two halves may run on two threads (one each, in the same order of
+        chunks), so that hashing and writing overlap.
+        """
         self._md5.update(data)
+
+    def store(self, data: bytes) -> None:
+        """Append ``data`` to the temporary file only (see :meth:`hash`)."""
+        assert self._fd is not None, "write after close"
         view = memoryview(data)
         try:
             while view:

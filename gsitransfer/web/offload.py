@@ -2,30 +2,33 @@
 
 One reactor thread cannot decrypt TLS, hash and write at network speed: MD5
 and file writes cost as much CPU as the TLS record layer. ``hashlib`` and
-``os.write`` release the GIL, so a worker thread runs them on the other core
+``os.write`` release the GIL, so worker threads run them on the other core
 while the reactor keeps reading.
 
 :class:`OffloadedSink` drives one :class:`~gsitransfer.filesink.FileSink`
-from the reactor thread; a dedicated worker thread does everything that
-touches the file. Rules:
+from the reactor thread; two worker threads per upload, in a pipeline, do the
+rest: one adds each batch to the MD5 (``FileSink.hash``) and hands it to the
+other, which appends it to the file (``FileSink.store``) and at the end
+commits or discards. Rules:
 
-* the reactor thread never touches the sink while the worker lives; the
-  worker is the only thread that writes, commits or discards it;
-* chunks are gathered into batches of ``batch_bytes`` and queued in order;
-  the bytes queued but not yet written are bounded: above ``high_water`` the
+* the reactor thread never touches the sink while the workers live; only the
+  hasher touches the MD5, only the writer the file (writes, commit, discard);
+* chunks are gathered into batches of ``batch_bytes`` (joined on the reactor
+  thread) and queued in order;
+* the bytes queued but not yet written are bounded: above ``high_water`` the
   ``pause`` callback stops reading from the network, at or below
   ``low_water`` ``resume`` starts it again (so memory per upload is about
   ``high_water`` plus one network read, whatever the file's size);
-* every report from the worker (a batch written, a failure, the commit's
+* every report from the writer (a batch written, a failure, the commit's
   outcome) reaches the reactor thread through ``call_from_thread``; all the
   bookkeeping (bytes queued, paused, the Deferreds) lives on the reactor
   thread only;
 * a failed write is reported once, through the :meth:`drain` Deferred when
-  the body is complete, else through ``on_error``; the worker has removed
+  the body is complete, else through ``on_error``; the writer has removed
   the temporary file and exited, and later chunks are dropped;
 * :meth:`drain` fires once every byte is written, :meth:`commit` once the
-  file is fsync'd and in place; :meth:`discard` makes the worker remove the
-  temporary file and exit, skipping what is still queued.
+  file is fsync'd and in place; :meth:`discard` makes the writer remove the
+  temporary file and both workers exit, skipping what is still queued.
 
 :class:`InlineSink` has the same interface and does the work at once, on the
 calling thread: for small bodies, where a thread hand-off costs more than it
@@ -79,7 +82,7 @@ class InlineSink:
 
 
 class OffloadedSink:
-    """A FileSink written, hashed and committed by a worker thread, fed with back-pressure."""
+    """A FileSink hashed, written and committed by two worker threads, fed with back-pressure."""
 
     def __init__(
         self,
@@ -112,8 +115,11 @@ class OffloadedSink:
         self.peak_queued = 0
         # shared with the worker
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._to_writer: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._skip = threading.Event()
-        self._thread = threading.Thread(target=self._work, name="gsitransfer-upload", daemon=True)
+        self._hasher = threading.Thread(target=self._hash_loop, name="gsitransfer-md5", daemon=True)
+        self._thread = threading.Thread(target=self._write_loop, name="gsitransfer-write", daemon=True)
+        self._hasher.start()
         self._thread.start()
 
     # -- reactor thread ---------------------------------------------------------
@@ -134,7 +140,9 @@ class OffloadedSink:
         self._batch, self._batch_size = [], 0
         self._queued += size
         self.peak_queued = max(self.peak_queued, self._queued)
-        self._queue.put((_WRITE, batch))
+        # joined here: buffers allocated and freed on one thread are reused at once
+        # (a worker thread's allocations would grow a malloc arena of its own)
+        self._queue.put((_WRITE, batch[0] if len(batch) == 1 else b"".join(batch)))
         if not self.paused and not self._closed and self._queued > self.high_water:
             self.paused = True
             self._pause()
@@ -192,11 +200,26 @@ class OffloadedSink:
         else:
             self._committed.errback(failure)
 
-    # -- worker thread ----------------------------------------------------------
+    # -- worker threads -----------------------------------------------------------
+    #
+    # Two stages, in order: the hasher adds each batch to the MD5 and hands it on; the writer appends it to the file and reports it written.
+    # Hashing batch n+1 overlaps writing batch n. Commit and discard travel the
+    # same way, so they reach the writer after every batch before them.
 
-    def _work(self) -> None:
+    def _hash_loop(self) -> None:
         while True:
             kind, payload = self._queue.get()
+            if kind != _WRITE:
+                self._to_writer.put((kind, payload))
+                return
+            if self._skip.is_set():
+                continue
+            self.sink.hash(payload)
+            self._to_writer.put((_WRITE, payload))
+
+    def _write_loop(self) -> None:
+        while True:
+            kind, data = self._to_writer.get()
             if kind == _DISCARD:
                 self.sink.discard()
                 return
@@ -210,10 +233,10 @@ class OffloadedSink:
                 return
             if self._skip.is_set():
                 continue
-            data = payload[0] if len(payload) == 1 else b"".join(payload)
             try:
-                self.sink.write(data)
+                self.sink.store(data)
             except Exception:
+                self._skip.set()
                 failure = Failure()
                 self.sink.discard()
                 self._call(self._write_failed, failure)

@@ -85,3 +85,20 @@ def test_writeback_started_every_few_mib(tmp_path, monkeypatch):
     sink.commit()
     assert [(o, n) for o, n, _ in advised] == [(0, step), (step, step), (2 * step, step)]
     assert (tmp_path / "big").stat().st_size == 3 * step
+
+
+def test_hash_then_store_is_write(tmp_path):
+    """write is hash + store: the halves (run on two threads by uploads) give the same file and MD5."""
+    data = [b"a" * 1000, b"b" * 3, b"c" * 70000]
+    whole = FileSink(str(tmp_path / "whole"), 71003)
+    halves = FileSink(str(tmp_path / "halves"), 71003)
+    for chunk in data:
+        whole.write(chunk)
+        halves.hash(chunk)
+    for chunk in data:
+        halves.store(chunk)
+    assert halves.hexdigest() == whole.hexdigest() == hashlib.md5(b"".join(data)).hexdigest()
+    assert halves.received == whole.received == 71003
+    whole.commit()
+    halves.commit()
+    assert (tmp_path / "whole").read_bytes() == (tmp_path / "halves").read_bytes()

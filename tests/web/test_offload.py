@@ -96,13 +96,13 @@ def test_chunks_written_in_order_then_committed(tmp_path):
 def test_pauses_above_high_water_resumes_at_low_water(tmp_path, monkeypatch):
     """A slow writer pauses the network once over high-water and resumes at low-water."""
     gate = threading.Event()
-    real_write = FileSink.write
+    real_store = FileSink.store
 
-    def slow_write(self: FileSink, data: bytes) -> None:
+    def slow_store(self: FileSink, data: bytes) -> None:
         gate.wait(10)
-        real_write(self, data)
+        real_store(self, data)
 
-    monkeypatch.setattr(FileSink, "write", slow_write)
+    monkeypatch.setattr(FileSink, "store", slow_store)
     pump, rec = Pump(), Recorder()
     sink = offloaded(tmp_path / "f", 100_000, pump, rec, batch_bytes=1000, high_water=10_000,
                      low_water=2000)
