@@ -3,7 +3,8 @@
 A :class:`FileSink` is opened for one upload. Bytes are written as they arrive
 and hashed on the way (MD5); nothing is buffered whole. ``commit`` makes the
 data durable (fsync) and moves it to the final name (never replacing a file
-already there), then syncs the directory; ``discard`` removes the temporary file. The temporary name is
+already there), then syncs the directory (writeback is started every few MiB
+on the way, so the fsync has little left to do); ``discard`` removes the temporary file. The temporary name is
 ``.gsitransfer-<random>.part`` in the destination directory, so a crash leaves
 at worst such a file, which the store removes at start-up; a partial file
 never appears under a final name.
@@ -25,6 +26,9 @@ TEMP_SUFFIX = ".part"
 
 #: space kept free on the filesystem beyond the file itself
 FREE_SPACE_MARGIN = 16 * 1024 * 1024
+
+#: start writing data back to disk every this many bytes, so commit's fsync finds little to do
+WRITEBACK_BYTES = 8 * 1024 * 1024
 
 
 def is_temporary_name(name: str) -> bool:
@@ -64,6 +68,7 @@ class FileSink:
             raise UploadFailed(f"cannot create file: {error.strerror}") from None
         self._md5 = hashlib.md5(usedforsecurity=False)
         self.received = 0
+        self._written_back = 0
         #: (device, inode, size, mtime) of the file under the final name once committed
         self.committed_identity: tuple[int, int, int, int] | None = None
         #: the final name already held exactly these bytes at commit
@@ -71,8 +76,20 @@ class FileSink:
 
     def write(self, data: bytes) -> None:
         """Append ``data`` to the temporary file and the running MD5."""
-        assert self._fd is not None, "write after close"
+        self.hash(data)
+        self.store(data)
+
+    def hash(self, data: bytes) -> None:
+        """Add ``data`` to the running MD5 only: ``write`` is ``hash`` then ``store``.
+
+        The two halves may run on two threads (one each, in the same order of
+        chunks), so that hashing and writing overlap.
+        """
         self._md5.update(data)
+
+    def store(self, data: bytes) -> None:
+        """Append ``data`` to the temporary file only (see :meth:`hash`)."""
+        assert self._fd is not None, "write after close"
         view = memoryview(data)
         try:
             while view:
@@ -84,6 +101,25 @@ class FileSink:
                 raise InsufficientStorage("disk full while writing") from None
             raise UploadFailed(f"write failed: {error.strerror}") from None
         self.received += len(data)
+        if self.received - self._written_back >= WRITEBACK_BYTES:
+            self._start_writeback()
+
+    def _start_writeback(self) -> None:
+        """Ask the kernel to start writing what we wrote so far (it does not wait for the disk).
+
+        On Linux, POSIX_FADV_DONTNEED starts writeback of the dirty pages of the
+        range and drops the ones already clean: a big upload neither leaves
+        gigabytes of dirty pages for commit's fsync nor floods the page cache.
+        Elsewhere it is a hint at most; errors are ignored (fsync still decides).
+        """
+        start, self._written_back = self._written_back, self.received
+        advise = getattr(os, "posix_fadvise", None)
+        if advise is None or self._fd is None:
+            return
+        try:
+            advise(self._fd, start, self.received - start, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
 
     def hexdigest(self) -> str:
         """MD5 of everything written so far, 32 lowercase hex."""

@@ -6,11 +6,17 @@ An :class:`UploadReceiver` lives for one ``POST /<prefix>/<key>/<n>``::
                    refused  -> error status now; the body is never read
                    accepted -> FileSink opened beside the final name,
                                "100 Continue" if the client asked, reading resumes
-    body chunks -> FileSink.write (MD5 on the way)
-    body done   -> core.verify_upload -> FileSink.commit (fsync, rename)
-                   -> core.complete_upload (CompleteUpload) -> 200
+    body chunks -> the sink's writer (MD5 on the way)
+    body done   -> writer drained -> core.verify_upload
+                   -> commit (fsync, rename) -> core.complete_upload (CompleteUpload) -> 200
     connection lost, mismatch or write error at any point
                 -> temporary file removed, the file is pending again
+
+A body larger than ``offload.OFFLOAD_THRESHOLD`` is written, hashed and
+committed by a worker thread (:class:`~.offload.OffloadedSink`), and reading
+from the network pauses while the worker is more than a few MiB behind; a
+smaller one is written at once on the reactor thread (:class:`~.offload.InlineSink`).
+A connection lost once the whole body is in does not stop the commit.
 
 Bytes that arrive in the same read as the headers, before the decision, are
 held (at most one read's worth: the connection is paused).
@@ -26,6 +32,7 @@ from twisted.python.failure import Failure
 from ..core import TransferServer, UploadTicket
 from ..errors import TransferError
 from ..filesink import FileSink
+from .offload import OFFLOAD_THRESHOLD, InlineSink, OffloadedSink
 from .routes import UploadRoute
 from .status import describe_failure, write_text
 
@@ -53,6 +60,7 @@ class UploadReceiver:
         self.expects_continue = expects_continue
         self.ticket: UploadTicket | None = None
         self.sink: FileSink | None = None
+        self.writer: InlineSink | OffloadedSink | None = None
         self._early: list[bytes] = []
         self._decided = False
         self._body_done = False
@@ -83,9 +91,10 @@ class UploadReceiver:
         self.ticket = ticket
         try:
             self.sink = FileSink(ticket.final_path, ticket.entry.size)
+            self.writer = self._writer(self.sink, ticket.entry.size)
             early, self._early = self._early, []
             for chunk in early:
-                self.sink.write(chunk)
+                self.writer.write(chunk)
         except TransferError:
             self._abandon()
             self._refused(Failure())
@@ -96,6 +105,34 @@ class UploadReceiver:
         if self.expects_continue and self.length:
             self.request.send_continue()
         self.request.resume_body()
+
+    def _writer(self, sink: FileSink, size: int) -> InlineSink | OffloadedSink:
+        site = self.request.channel.site
+        threshold = getattr(site, "offload_threshold", OFFLOAD_THRESHOLD)
+        if threshold is None or size <= threshold:
+            return InlineSink(sink)
+        return OffloadedSink(
+            sink,
+            call_from_thread=site.reactor.callFromThread,
+            pause=self._writer_behind,
+            resume=self._writer_caught_up,
+            on_error=self._write_failed,
+        )
+
+    def _writer_behind(self) -> None:
+        if not self._body_done and not self._finished:
+            self.request.pause_body()
+
+    def _writer_caught_up(self) -> None:
+        if not self._body_done and not self._finished and not self._lost:
+            self.request.resume_body()
+
+    def _write_failed(self, failure: Failure) -> None:
+        """The worker could not write (e.g. disk full): answer now, stop reading."""
+        if self._finished:
+            return
+        self._abandon()
+        self._refused(failure)
 
     def _refused(self, failure: Failure) -> None:
         self._decided = True
@@ -116,12 +153,12 @@ class UploadReceiver:
         """A chunk of the file body."""
         if self._finished:
             return
-        if self.sink is None:
+        if self.writer is None:
             if not self._decided:
                 self._early.append(data)
             return
         try:
-            self.sink.write(data)
+            self.writer.write(data)
         except TransferError:
             self._abandon()
             self._refused(Failure())
@@ -129,26 +166,44 @@ class UploadReceiver:
     def body_complete(self) -> None:
         """The channel has the whole body (called from the resource's render)."""
         self._body_done = True
-        if self.sink is not None and not self._finished:
+        if self.writer is not None and not self._finished:
             self._finish()
 
     def _finish(self) -> None:
-        ticket, sink = self.ticket, self.sink
-        assert ticket is not None and sink is not None
+        writer = self.writer
+        assert writer is not None
         self._finished = True
+        drained = writer.drain()
+        drained.addCallbacks(self._verify, self._drain_failed)
+        drained.addErrback(self._unexpected, "storing an upload")
+
+    def _drain_failed(self, failure: Failure) -> None:
+        """A write failed after the last byte arrived: as a failure during the body."""
+        self._abandon()
+        self._respond_failure(failure)
+
+    def _verify(self, _: Any) -> None:
+        ticket, sink, writer = self.ticket, self.sink, self.writer
+        assert ticket is not None and sink is not None and writer is not None
         try:
             self.server.verify_upload(ticket, sink.hexdigest(), sink.received)
         except TransferError:
-            sink.discard()
+            writer.discard()
             self._respond_failure(Failure())
             return
-        try:
-            sink.commit()
-        except TransferError:
-            self.server.fail_upload(ticket)
-            self._respond_failure(Failure())
-            return
-        completion = self.server.complete_upload(ticket)
+        committed = writer.commit()
+        committed.addCallbacks(self._committed, self._commit_failed)
+        committed.addErrback(self._unexpected, "storing an upload")
+
+    def _commit_failed(self, failure: Failure) -> None:
+        assert self.ticket is not None
+        failure.trap(TransferError)
+        self.server.fail_upload(self.ticket)
+        self._respond_failure(failure)
+
+    def _committed(self, _: Any) -> None:
+        assert self.ticket is not None
+        completion = self.server.complete_upload(self.ticket)
         completion.addCallbacks(self._completed, self._completion_failed)
         completion.addErrback(self._respond_failure)
 
@@ -194,7 +249,9 @@ class UploadReceiver:
             self._abandon()
 
     def _abandon(self) -> None:
-        if self.sink is not None:
+        if self.writer is not None:
+            self.writer.discard()
+        elif self.sink is not None:
             self.sink.discard()
         if self.ticket is not None:
             self.server.fail_upload(self.ticket)

@@ -79,3 +79,38 @@ def test_commit_onto_identical_bytes_is_in_place(tmp_path):
     sink.uncommit()
     assert (tmp_path / "f").read_bytes() == b"same"
     assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_writeback_started_every_few_mib(tmp_path, monkeypatch):
+    """Big bodies have their writeback started on the way, so commit's fsync has little left."""
+    from gsitransfer import filesink
+
+    advised: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(filesink.os, "posix_fadvise",
+                        lambda fd, offset, length, advice: advised.append((offset, length, advice)),
+                        raising=False)
+    step = filesink.WRITEBACK_BYTES
+    sink = filesink.FileSink(str(tmp_path / "big"), 3 * step)
+    block = b"\1" * (step // 2)
+    for _ in range(6):
+        sink.write(block)
+    sink.commit()
+    assert [(o, n) for o, n, _ in advised] == [(0, step), (step, step), (2 * step, step)]
+    assert (tmp_path / "big").stat().st_size == 3 * step
+
+
+def test_hash_then_store_is_write(tmp_path):
+    """write is hash + store: the halves (run on two threads by uploads) give the same file and MD5."""
+    data = [b"a" * 1000, b"b" * 3, b"c" * 70000]
+    whole = FileSink(str(tmp_path / "whole"), 71003)
+    halves = FileSink(str(tmp_path / "halves"), 71003)
+    for chunk in data:
+        whole.write(chunk)
+        halves.hash(chunk)
+    for chunk in data:
+        halves.store(chunk)
+    assert halves.hexdigest() == whole.hexdigest() == hashlib.md5(b"".join(data)).hexdigest()
+    assert halves.received == whole.received == 71003
+    whole.commit()
+    halves.commit()
+    assert (tmp_path / "whole").read_bytes() == (tmp_path / "halves").read_bytes()
