@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -109,7 +110,8 @@ class UploadReceiver:
     def _writer(self, sink: FileSink, size: int) -> InlineSink | OffloadedSink:
         site = self.request.channel.site
         threshold = getattr(site, "offload_threshold", OFFLOAD_THRESHOLD)
-        if threshold is None or size <= threshold:
+        if threshold is None or size <= threshold or not IReactorThreads.providedBy(site.reactor):
+            # small bodies, or a reactor without threads (in-memory tests): on this thread
             return InlineSink(sink)
         return OffloadedSink(
             sink,
