@@ -135,6 +135,17 @@ class TransferRequest(server.Request):
             return
         super().process()
 
+    def processingFailed(self, reason: Any) -> Any:
+        """A bug while rendering: logged with its traceback; the client gets one plain line."""
+        self._log.failure("unexpected error while answering {uri}", failure=reason, uri=self.uri)
+        if self.startedWriting or self.finished or self._disconnected:
+            if not self.finished and not self._disconnected:
+                self.loseConnection()
+            return reason
+        self._answered = True
+        write_error(self, 500, "internal server error (logged on the server)")
+        return reason
+
     def _count_while_answered(self) -> None:
         """Count this request as active on its site until it is finished or lost."""
         site = self.channel.site

@@ -166,3 +166,18 @@ def test_trusted_proxy_header_is_the_identity(tmp_path):
     )
     key = conn.output().split(b"transfer_key: ")[1].split(b"\n")[0].decode()
     assert server.transfers.get(key).owner_dn == "/CN=Alice"
+
+
+def test_render_bug_is_one_plain_line(server, monkeypatch):
+    """An exception escaping a renderer is a text/plain 500 with no traceback or HTML."""
+    from gsitransfer.web.resources import PrefixResource
+
+    def broken(self, request, route, id_token):
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setitem(PrefixResource._renderers, ListingRoute, broken)
+    conn = Connection(server.site(), Clock())
+    conn.send(b"GET /data/ HTTP/1.1\r\nHost: t\r\n\r\n")
+    output = conn.output()
+    assert output.startswith(b"HTTP/1.1 500")
+    assert b"text/plain" in output and b"secret" not in output and b"<html>" not in output
