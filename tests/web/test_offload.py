@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
 from gsitransfer import filesink
 from gsitransfer.errors import InsufficientStorage
@@ -29,6 +31,7 @@ from gsitransfer.web.offload import OffloadedSink
 from .test_in_memory import Connection, _FakeRequest, upload_head
 
 
+@implementer(IReactorThreads)  # uploads go to worker threads only on a reactor that has them
 class Pump:
     """A stand-in for reactor.callFromThread: calls are run by ``run_until``."""
 
@@ -195,6 +198,8 @@ def test_threaded_upload_stored_and_answered(threaded):
     server, site, pump, key, store = threaded
     conn = Connection(site, Clock())
     conn.send(upload_head(key, len(BIG)))
+    receiver = getattr(conn.protocol, "_channel", conn.protocol).requests[-1].upload_receiver
+    assert isinstance(receiver.writer, OffloadedSink)  # the worker threads, not inline
     for start in range(0, len(BIG), 16384):
         conn.send(BIG[start:start + 16384])
     pump.run_until(lambda: conn.output().startswith(b"HTTP/1.1 "))
