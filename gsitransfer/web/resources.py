@@ -29,7 +29,7 @@ from .routes import (
     UploadRoute,
     classify,
 )
-from .status import HTTPError, describe_failure, write_error, write_text
+from .status import describe_failure, write_error, write_text
 
 
 def _json(value: Any) -> str:
@@ -151,13 +151,13 @@ class PrefixResource(resource.Resource):
 
     @staticmethod
     def _failed(request: Any, failure: Failure, what: str) -> None:
-        status, reason, allow = describe_failure(failure, what)
+        status, reason = describe_failure(failure, what)
         if getattr(request, "_disconnected", False) or request.finished:
             return
         if request.startedWriting:
             request.loseConnection()
             return
-        write_error(request, status, reason, allow)
+        write_error(request, status, reason)
 
 
-__all__ = ["TransferRoot", "PrefixResource", "HTTPError"]
+__all__ = ["TransferRoot", "PrefixResource"]

@@ -34,32 +34,21 @@ STATUS_FOR_ERROR: tuple[tuple[type[errors.TransferError], int], ...] = (
 )
 
 
-class HTTPError(errors.TransferError):
-    """A refusal that only exists at the HTTP layer (405, 413 for a body, 400 for a path)."""
-
-    def __init__(self, status: int, reason: str, allow: tuple[bytes, ...] = ()) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.allow = allow
-
-
 def status_for(error: BaseException) -> int:
-    """The HTTP status for an error raised by the core, a handler or the web layer."""
-    if isinstance(error, HTTPError):
-        return error.status
+    """The HTTP status for an error raised by the core or a handler."""
     for error_class, status in STATUS_FOR_ERROR:
         if isinstance(error, error_class):
             return status
     return 500
 
 
-def describe_failure(failure: Failure, what: str) -> tuple[int, str, tuple[bytes, ...]]:
-    """Status, reason and Allow methods for a failure; unexpected ones are logged."""
+def describe_failure(failure: Failure, what: str) -> tuple[int, str]:
+    """Status and reason for a failure; unexpected ones are logged with their traceback."""
     error = failure.value
     if isinstance(error, errors.TransferError):
-        return status_for(error), error.reason, getattr(error, "allow", ())
+        return status_for(error), error.reason
     _log.failure("unexpected error while {what}", failure, what=what)
-    return 500, "internal server error (logged on the server)", ()
+    return 500, "internal server error (logged on the server)"
 
 
 def write_error(

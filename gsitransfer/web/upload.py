@@ -139,13 +139,13 @@ class UploadReceiver:
     def _refused(self, failure: Failure) -> None:
         self._decided = True
         self._early = []
-        status, reason, allow = describe_failure(failure, "deciding an upload")
+        status, reason = describe_failure(failure, "deciding an upload")
         self._finished = True
-        self.request.refuse(status, reason, allow)
+        self.request.refuse(status, reason)
 
     def _unexpected(self, failure: Failure, what: str) -> None:
         self._abandon()
-        status, reason, _ = describe_failure(failure, what)
+        status, reason = describe_failure(failure, what)
         self._finished = True
         self.request.refuse(status, reason)
 
@@ -238,8 +238,8 @@ class UploadReceiver:
         self._respond_failure(failure)
 
     def _respond_failure(self, failure: Failure) -> None:
-        status, reason, allow = describe_failure(failure, "storing an upload")
-        self.request.refuse(status, reason, allow)
+        status, reason = describe_failure(failure, "storing an upload")
+        self.request.refuse(status, reason)
 
     # -- endings -----------------------------------------------------------------
 
