@@ -18,6 +18,7 @@ What this module owns:
       <dir>/ca-bundle.pem       the trusted CA certificates in one PEM file
       <dir>/private/<hash>.key  the CA keys (0600, directory 0700)
       <dir>/server/             hostcert.pem, hostkey.pem, hostcert-expired.pem
+                                (RSA-2048, or ECDSA P-256 with server_key_type="ec")
       <dir>/users/<name>/       usercert.pem, userkey.pem and the proxies
                                 proxy.pem, proxy-limited.pem,
                                 proxy-independent.pem, proxy-of-proxy.pem,
@@ -46,7 +47,7 @@ from typing import Iterable, Mapping, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gsitransfer.identity import (
@@ -58,7 +59,10 @@ from gsitransfer.identity import (
     name_rdns,
 )
 
-Key = rsa.RSAPrivateKey
+Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+#: accepted values of ``make_test_pki(server_key_type=...)`` and ``--server-key-type``
+SERVER_KEY_TYPES = ("rsa", "ec")
 
 UTC = datetime.timezone.utc
 ORGANIZATION = "Grid Test"
@@ -191,23 +195,26 @@ def subject_hash(name: x509.Name) -> str:
 
 
 class KeyPool:
-    """Hands out RSA keys, generating each once.
+    """Hands out keys, generating each once: RSA, or ECDSA P-256 for the roles in ``ec_roles``.
 
     ``key(role, name)`` returns one key per (role, name); roles listed in
     ``shared_roles`` get one key per role instead (tests share the user and
     proxy keys to stay fast: RSA-2048 generation is the slow part).
     """
 
-    def __init__(self, key_size: int = 2048, shared_roles: Iterable[str] = ()) -> None:
+    def __init__(self, key_size: int = 2048, shared_roles: Iterable[str] = (),
+                 ec_roles: Iterable[str] = ()) -> None:
         self._key_size = key_size
         self._shared = frozenset(shared_roles)
+        self._ec = frozenset(ec_roles)
         self._keys: dict[tuple[str, str], Key] = {}
 
     def key(self, role: str, name: str = "") -> Key:
         """The key for ``name`` in ``role`` (made on first use)."""
         slot = (role, "" if role in self._shared else name)
         if slot not in self._keys:
-            self._keys[slot] = rsa.generate_private_key(public_exponent=65537, key_size=self._key_size)
+            self._keys[slot] = (ec.generate_private_key(ec.SECP256R1()) if role in self._ec else
+                                rsa.generate_private_key(public_exponent=65537, key_size=self._key_size))
         return self._keys[slot]
 
 
@@ -294,7 +301,9 @@ def _end_entity(
 ) -> Issued:
     builder = _builder(subject, ca.cert.subject, key, validity)
     builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-    builder = builder.add_extension(_key_usage(sign=True, encipher=True), critical=True)
+    # keyEncipherment (RSA key transport) means nothing for an EC key: digitalSignature only
+    encipher = not isinstance(key, ec.EllipticCurvePrivateKey)
+    builder = builder.add_extension(_key_usage(sign=True, encipher=encipher), critical=True)
     builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     for extension in extra:
         builder = builder.add_extension(extension, critical=False)
@@ -624,17 +633,23 @@ def _ca_subject(common_name: str, unit: str | None = None, organization: str = O
 
 def make_test_pki(
     directory: str | os.PathLike[str], *, users: Iterable[UserSpec | str] = ("alice", "bob"),
-    key_size: int = 2048, share_keys: bool = False,
+    key_size: int = 2048, share_keys: bool = False, server_key_type: str = "rsa",
 ) -> TestPKI:
     """Mint a whole test PKI under ``directory`` (created if needed).
 
     ``users`` are :class:`UserSpec` values or plain names (see :func:`user_spec`).
     With ``share_keys`` every user shares one key and every proxy another (fast
-    for tests; harmless because nothing here is secret).
+    for tests; harmless because nothing here is secret). ``server_key_type``
+    ``"ec"`` gives the host certificate an ECDSA P-256 key (the CAs, users and
+    proxies stay RSA ``key_size``).
     """
+    if server_key_type not in SERVER_KEY_TYPES:
+        raise TestCAError(f"unknown server key type {server_key_type!r} (choose one of: "
+                          f"{', '.join(SERVER_KEY_TYPES)})")
     base = Path(directory)
     specs = [spec if isinstance(spec, UserSpec) else user_spec(spec) for spec in users]
-    keys = KeyPool(key_size, shared_roles=("user", "proxy", "proxy2") if share_keys else ())
+    keys = KeyPool(key_size, shared_roles=("user", "proxy", "proxy2") if share_keys else (),
+                   ec_roles=("server",) if server_key_type == "ec" else ())
     now = _now()
     root = make_ca(_ca_subject("Grid Test Root CA"), keys.key("ca", ROOT))
     intermediate = make_ca(_ca_subject("Grid Test Intermediate CA", unit="Intermediate"),
@@ -643,10 +658,7 @@ def make_test_pki(
                         keys.key("ca", UNTRUSTED))
     cas = {ROOT: root, INTERMEDIATE: intermediate, UNTRUSTED: untrusted}
     users_files = {spec.name: _user_files(base, spec, cas[spec.ca], keys, now) for spec in specs}
-    server_key = keys.key("server", "localhost")
-    server = make_server_cert(root, server_key)
-    expired_server = make_server_cert(root, server_key, not_before=now - datetime.timedelta(days=30),
-                                      not_after=now - datetime.timedelta(days=1))
+    server_cert, server_key = _write_server_files(base, root, keys.key("server", "localhost"), now)
     ca_files = {
         label: _write_ca(base, label, ca, [u.serial for u in users_files.values() if u.ca == label and u.revoked])
         for label, ca in cas.items()
@@ -655,9 +667,8 @@ def make_test_pki(
     return TestPKI(
         directory=base, ca_dir=base / "ca", ca_file=base / "ca-bundle.pem",
         root=ca_files[ROOT], intermediate=ca_files[INTERMEDIATE], untrusted=ca_files[UNTRUSTED],
-        server_cert=write_certs(base / "server" / "hostcert.pem", server.cert),
-        server_key=write_key(base / "server" / "hostkey.pem", server_key),
-        server_expired_cert=write_certs(base / "server" / "hostcert-expired.pem", expired_server.cert),
+        server_cert=server_cert, server_key=server_key,
+        server_expired_cert=base / "server" / "hostcert-expired.pem",
         users=MappingProxyType(users_files),
     )
 
@@ -749,6 +760,30 @@ def add_user(pki_dir: str | os.PathLike[str], name: str) -> UserFiles:
     return _user_files(base, user_spec(name), ca, KeyPool(), _now())
 
 
+def reissue_server_cert(pki_dir: str | os.PathLike[str], key_type: str = "rsa") -> tuple[Path, Path]:
+    """Replace ``server/hostcert.pem``, ``hostkey.pem`` (and ``hostcert-expired.pem``) of an
+    existing test PKI with a new ``key_type`` key ("rsa" or "ec"), issued by its root CA.
+
+    Returns (certificate, key). A running server picks them up on its next reload.
+    """
+    if key_type not in SERVER_KEY_TYPES:
+        raise TestCAError(f"unknown server key type {key_type!r} (choose one of: {', '.join(SERVER_KEY_TYPES)})")
+    base = Path(pki_dir)
+    root = _load_ca(base, _root_hash(base))
+    key = KeyPool(ec_roles=("server",) if key_type == "ec" else ()).key("server", "localhost")
+    return _write_server_files(base, root, key, _now())
+
+
+def _write_server_files(base: Path, root: Issued, key: Key, now: datetime.datetime) -> tuple[Path, Path]:
+    server = make_server_cert(root, key)
+    expired = make_server_cert(root, key, not_before=now - datetime.timedelta(days=30),
+                               not_after=now - datetime.timedelta(days=1))
+    # the key first: a reload between the two renames sees a mismatch and keeps the old context
+    key_path = write_key(base / "server" / "hostkey.pem", key)
+    write_certs(base / "server" / "hostcert-expired.pem", expired.cert)
+    return write_certs(base / "server" / "hostcert.pem", server.cert), key_path
+
+
 # ---------------------------------------------------------------------------
 # make-test-ca
 # ---------------------------------------------------------------------------
@@ -770,6 +805,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--revoke", action="append", default=[], metavar="USER",
                         help="revoke USER: re-issue its CA's CRL (repeatable)")
     parser.add_argument("--force", action="store_true", help="replace an existing test CA in DIR")
+    parser.add_argument("--server-key-type", choices=SERVER_KEY_TYPES, default=None,
+                        help="key of the localhost server certificate: rsa (RSA-2048, default) or "
+                        "ec (ECDSA P-256); on an existing test CA, re-issues the server "
+                        "certificate and key with that type")
     return parser
 
 
@@ -777,11 +816,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``make-test-ca``: returns the exit status; errors are one line on stderr."""
     options = _parser().parse_args(argv)
     try:
-        _run(Path(options.out), options.user, options.revoke, options.force)
+        _run(Path(options.out), options.user, options.revoke, options.force, options.server_key_type)
     except (TestCAError, OSError, ValueError) as error:
         print(f"make-test-ca: error: {_one_line(error)}", file=sys.stderr)
         return 1
     return 0
+
+
+def describe_key(public_key: object) -> str:
+    """``RSA-2048``, ``ECDSA secp256r1``."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return f"RSA-{public_key.key_size}"
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return f"ECDSA {public_key.curve.name}"
+    return type(public_key).__name__
 
 
 def _one_line(error: Exception) -> str:
@@ -796,7 +844,8 @@ def _check_user_name(name: str) -> str:
     return name
 
 
-def _run(out: Path, users: list[str], revocations: list[str], force: bool) -> None:
+def _run(out: Path, users: list[str], revocations: list[str], force: bool,
+         server_key_type: str | None = None) -> None:
     for name in [*users, *revocations]:
         _check_user_name(name)
     exists = (out / "ca").exists()
@@ -807,12 +856,16 @@ def _run(out: Path, users: list[str], revocations: list[str], force: bool) -> No
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
-        pki = make_test_pki(out, users=users or ("alice", "bob"))
+        pki = make_test_pki(out, users=users or ("alice", "bob"), server_key_type=server_key_type or "rsa")
         _report_pki(pki)
     else:
+        if server_key_type:
+            cert, key = reissue_server_cert(out, server_key_type)
+            public = x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
+            print(f"  server certificate    {cert}  key {key}  ({describe_key(public)}, re-issued)")
         for name in users:
             _report_user(add_user(out, name))
-        if not users and not revocations:
+        if not users and not revocations and not server_key_type:
             print(f"{out}/ already holds a test CA: nothing to do (use --force to remake it)")
     for name in revocations:
         crl = revoke(out, name)
@@ -825,7 +878,9 @@ def _report_pki(pki: TestPKI) -> None:
     print(f"  CA bundle             {pki.ca_file}  (--ca-file)")
     for ca in (pki.root, pki.intermediate):
         print(f"  {ca.label + ' CA':<21} {ca.dn}  ({ca.hash}.0, CRL {ca.hash}.r0)")
-    print(f"  server certificate    {pki.server_cert}  key {pki.server_key}  (localhost, 127.0.0.1, ::1)")
+    cert = x509.load_pem_x509_certificate(pki.server_cert.read_bytes())
+    print(f"  server certificate    {pki.server_cert}  key {pki.server_key}  "
+          f"(localhost, 127.0.0.1, ::1; {describe_key(cert.public_key())})")
     for user in pki.users.values():
         _report_user(user)
 
