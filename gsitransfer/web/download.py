@@ -1,41 +1,46 @@
-"""Serving one file: twisted.web's ``static.File`` semantics plus ETag and Repr-Digest.
+"""Serving one file: what twisted.web's ``static.File`` answers, plus ETag and Repr-Digest.
 
-``static.File`` already streams with a producer (constant memory), answers
-HEAD, ``Range`` (206, multipart for several ranges, 416), ``If-Modified-Since``
-(304) and sets ``Accept-Ranges`` and ``Last-Modified``. Here we add a strong
-``ETag`` from the file's stat (``If-None-Match`` -> 304) and, when the handler
-knows the MD5, ``Repr-Digest: md5=:<base64>:`` (RFC 9530). ``Range`` is
-narrowed to one well-formed range first (:func:`normalise_range`).
+The answer has ``static.File``'s headers and statuses (``Accept-Ranges``,
+``Last-Modified`` and ``If-Modified-Since`` -> 304, the content type from the
+file name's extension, HEAD, one ``Range`` -> 206 or 416), a strong ``ETag``
+from the file's stat (``If-None-Match`` -> 304) and, when the handler knows the
+MD5, ``Repr-Digest: md5=:<base64>:`` (RFC 9530). ``Range`` is honoured for one
+well-formed range and ignored otherwise (:func:`parse_range`).
 
-The file is read in ``DOWNLOAD_CHUNK`` pieces (``static.File`` reads 64 KiB):
-fewer, larger writes cost less Python per byte on the way to the TLS layer.
+The file is opened once and everything comes from that descriptor's
+``fstat``; the body is sent by :mod:`gsitransfer.web.filebody` (one write for a
+small body, a push producer otherwise), without ``static.File``'s cooperator.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
+import functools
 import os
 import stat
 
 from twisted.web import http, static
 from twisted.web.iweb import IRequest
-from twisted.web.server import NOT_DONE_YET
 
 from ..handler import DownloadTarget
+from .filebody import send_body
 from .status import write_error
 
-#: bytes read from the file per producer step (measured: 256 KiB beats 64 KiB, 128 KiB,
-#: 512 KiB and 1 MiB over TLS on loopback; see docs/benchmarks.md)
-DOWNLOAD_CHUNK = 256 * 1024
+#: what an answer sends: the whole file (None), bytes (offset, length), or nothing (416)
+Unsatisfiable = tuple[()]
+UNSATISFIABLE: Unsatisfiable = ()
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 
-class _File(static.File):
-    """``static.File`` whose producers read ``DOWNLOAD_CHUNK`` bytes at a time."""
-
-    def makeProducer(self, request, fileForReading):  # type: ignore[no-untyped-def]
-        producer = super().makeProducer(request, fileForReading)
-        producer.bufferSize = DOWNLOAD_CHUNK
-        return producer
+@functools.lru_cache(maxsize=1024)
+def content_type(name: str) -> tuple[bytes, bytes | None]:
+    """Content-Type and Content-Encoding for a file name, as ``static.File`` chooses them."""
+    kind, encoding = static.getTypeAndEncoding(
+        name, static.File.contentTypes, static.File.contentEncodings, "application/octet-stream"
+    )
+    return kind.encode("ascii"), None if encoding is None else encoding.encode("ascii")
 
 
 def repr_digest(md5_hex: str) -> bytes:
@@ -48,51 +53,87 @@ def entity_tag(file_stat: os.stat_result) -> bytes:
     return b'"%x-%x-%x"' % (file_stat.st_mtime_ns, file_stat.st_size, file_stat.st_ino)
 
 
-def normalise_range(request: IRequest, size: int) -> None:
-    """Leave ``static.File`` only one well-formed byte range, or none.
+def parse_range(header: bytes | None, size: int) -> tuple[int, int] | Unsatisfiable | None:
+    """The one byte range to send of a ``size``-byte file: (offset, length), UNSATISFIABLE or None.
 
-    RFC 9110 lets a server ignore ``Range``; we do for a malformed header and
-    for several ranges (which ``static.File`` would serve overlapping and in
-    full, a cheap way to make the server send many times the file). A suffix
-    longer than the file means the whole file.
+    None means the whole file with 200: no header, a malformed one, another
+    unit, or several ranges (RFC 9110 lets a server ignore ``Range``; served
+    overlapping and in full, several ranges would be a cheap way to make the
+    server send many times the file). A suffix longer than the file means the
+    whole file (206); a range starting at or beyond the end is UNSATISFIABLE
+    (416).
     """
-    header = request.getHeader(b"range")
     if header is None:
-        return
+        return None
     unit, _, spec = header.partition(b"=")
     parts = [part.strip() for part in spec.split(b",") if part.strip()]
-    first, dash, last = parts[0].partition(b"-") if len(parts) == 1 else (b"", b"", b"")
-    if unit.strip().lower() != b"bytes" or not dash:
-        request.requestHeaders.removeHeader(b"range")
-        return
+    if unit.strip().lower() != b"bytes" or len(parts) != 1:
+        return None
+    first, dash, last = parts[0].partition(b"-")
+    if not dash:
+        return None
     if not first:
         if not last.isdigit():
-            request.requestHeaders.removeHeader(b"range")
-        elif int(last) >= size:
-            request.requestHeaders.setRawHeaders(b"range", [b"bytes=0-"])
-        return
-    if not first.isdigit() or (last and (not last.isdigit() or int(last) < int(first))):
-        request.requestHeaders.removeHeader(b"range")
+            return None
+        start, end = max(0, size - int(last)), size
+    elif not first.isdigit() or (last and (not last.isdigit() or int(last) < int(first))):
+        return None
+    else:
+        start, end = int(first), min(int(last) + 1, size) if last else size
+    if start >= size:
+        return UNSATISFIABLE
+    return start, end - start
 
 
 def serve_file(request: IRequest, target: DownloadTarget) -> None:
     """Answer a GET or HEAD with the file ``target`` names."""
     try:
-        file_stat = os.stat(target.path)
-    except OSError:
-        write_error(request, 404, "no such file")
+        fd = os.open(target.path, _OPEN_FLAGS)
+    except OSError as error:
+        if error.errno == errno.EACCES:
+            write_error(request, 403, "the file cannot be read")
+        else:
+            write_error(request, 404, "no such file")
         return
-    if not stat.S_ISREG(file_stat.st_mode):
-        write_error(request, 404, "no such file")
-        return
+    try:
+        file_stat = os.fstat(fd)
+        if not stat.S_ISREG(file_stat.st_mode):
+            os.close(fd)
+            write_error(request, 404, "no such file")
+            return
+    except BaseException:
+        os.close(fd)
+        raise
     if target.checksum:
         request.setHeader(b"repr-digest", repr_digest(target.checksum))
     if request.setETag(entity_tag(file_stat)) is http.CACHED:
+        os.close(fd)
         request.finish()
         return
-    normalise_range(request, file_stat.st_size)
-    resource = _File(target.path, defaultType="application/octet-stream")
-    body = resource.render(request)
-    if body is not NOT_DONE_YET:
-        request.write(body)
+    request.setHeader(b"accept-ranges", b"bytes")
+    if request.setLastModified(file_stat.st_mtime) is http.CACHED:
+        os.close(fd)
         request.finish()
+        return
+    size = file_stat.st_size
+    wanted = parse_range(request.getHeader(b"range"), size)
+    if wanted is None:
+        offset, length = 0, size
+    elif wanted == UNSATISFIABLE:
+        request.setResponseCode(http.REQUESTED_RANGE_NOT_SATISFIABLE)
+        request.setHeader(b"content-range", b"bytes */%d" % size)
+        offset = length = 0
+    else:
+        offset, length = wanted
+        request.setResponseCode(http.PARTIAL_CONTENT)
+        request.setHeader(b"content-range", b"bytes %d-%d/%d" % (offset, offset + length - 1, size))
+    kind, encoding = content_type(os.path.basename(target.path))
+    request.setHeader(b"content-type", kind)
+    if encoding is not None:
+        request.setHeader(b"content-encoding", encoding)
+    request.setHeader(b"content-length", b"%d" % length)
+    if request.method == b"HEAD" or not length:
+        os.close(fd)
+        request.finish()
+        return
+    send_body(request, fd, offset, length)

@@ -8,11 +8,14 @@ the ``TransferSite`` (its request class streams bodies), hence this one.
 :meth:`MemoryAgent.settle` pumps bytes and advances the clock until a
 Deferred has fired.
 
-twisted.web streams a file download with a *pull* producer that the channel
-drives through ``twisted.internet.task.cooperate`` -- the global reactor's
-cooperator. :meth:`MemoryAgent.cooperate` is a replacement on our clock;
-tests install it with ``monkeypatch.setattr(twisted.internet._producer_helpers,
-"cooperate", agent.cooperate)`` (the ``memory`` fixture does).
+twisted.web streams an upload's pull producers through
+``twisted.internet.task.cooperate`` -- the global reactor's cooperator.
+:meth:`MemoryAgent.cooperate` is a replacement on our clock; tests install it
+with ``monkeypatch.setattr(twisted.internet._producer_helpers, "cooperate",
+agent.cooperate)`` (the ``memory`` fixture does). The clock is a
+:class:`NextTurnClock`: a zero-delay call made while the clock advances runs
+at the next advance, as a real reactor runs it at its next iteration (after
+I/O), so a download's producer turns are pumped to the client one by one.
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ from twisted.web.iweb import IAgent, IAgentEndpointFactory
 from zope.interface import implementer
 
 
+class NextTurnClock(MemoryReactorClock):
+    """A MemoryReactorClock whose ``callLater(0, …)`` waits for the next ``advance``."""
+
+    def callLater(self, delay: float, callable: Any, *args: Any, **kw: Any) -> Any:
+        return super().callLater(max(delay, 1e-6), callable, *args, **kw)
+
+
 @implementer(IAgentEndpointFactory)
 class _Endpoints:
     def __init__(self, reactor: MemoryReactorClock) -> None:
@@ -46,7 +56,7 @@ class MemoryAgent:
     """An Agent whose every connection goes, in memory, to ``site``."""
 
     def __init__(self, site: Any) -> None:
-        self.reactor = MemoryReactorClock()
+        self.reactor = NextTurnClock()
         site.reactor = self.reactor  # its channels' timers run on our clock
         self.site = site
         self._agent = Agent.usingEndpointFactory(self.reactor, _Endpoints(self.reactor))

@@ -1,0 +1,61 @@
+"""The access log: twisted.web's combined-format line per request, for less CPU.
+
+:func:`access_line` gives exactly what ``twisted.web.http.combinedLogFormatter``
+gives (the fields are escaped the same way), taking a shortcut for the usual
+values (printable ASCII without quotes or backslashes). :func:`emit_access_line`
+sends it where ``Site.log`` would: to the log file the site opened, or, by
+default, to the global log as an event of the same namespace, level and format
+that ``twisted.python.log.logfile`` makes of each line, so the log reads the same.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.internet import address
+from twisted.logger import Logger, LogLevel
+from twisted.python import log as legacy_log
+from twisted.web import http
+
+#: what twisted.python.log.logfile's lines are logged as
+_LEGACY = Logger(namespace="twisted.python.log")
+
+#: a byte that http._escape would change (or that makes repr() pick other quotes)
+_NEEDS_ESCAPING = re.compile(rb"[^\x20-\x7e]|[\"'\\]")
+
+_ADDRESSES = (address.IPv4Address, address.IPv6Address)
+
+
+def escape(value: bytes) -> str:
+    """``http._escape``: a repr-like text that is always safe inside double quotes."""
+    if _NEEDS_ESCAPING.search(value) is None:
+        return value.decode("ascii")
+    return str(http._escape(value))
+
+
+def access_line(timestamp: str | None, request: Any) -> str:
+    """The combined-log line for ``request`` (as ``combinedLogFormatter``)."""
+    client = request.getClientAddress()
+    ip = escape(client.host.encode("ascii")) if isinstance(client, _ADDRESSES) else "-"
+    referrer = request.getHeader(b"referer") or b"-"
+    agent = request.getHeader(b"user-agent") or b"-"
+    return '"%s" - - %s "%s %s %s" %d %s "%s" "%s"' % (
+        ip,
+        timestamp,
+        escape(request.method),
+        escape(request.uri),
+        escape(request.clientproto),
+        request.code,
+        request.sentLength or "-",
+        escape(referrer),
+        escape(agent),
+    )
+
+
+def emit_access_line(log_file: Any, line: str) -> None:
+    """Write ``line`` to ``log_file`` as ``Site.log`` would, without its per-line overhead."""
+    if log_file is legacy_log.logfile:
+        _LEGACY.emit(LogLevel.info, format="{log_io}", log_io=line)
+    else:
+        log_file.write(line + "\n")

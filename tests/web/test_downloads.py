@@ -1,0 +1,202 @@
+"""Downloads in memory: ranges, conditional answers, the push producer, checksum cache, access log."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.web.http import combinedLogFormatter
+from twisted.web.test.requesthelper import DummyRequest
+
+from gsitransfer.identity import ANONYMOUS
+from gsitransfer.store import DirectoryStore
+from gsitransfer.web import HTTPTransferServer
+from gsitransfer.web.accesslog import access_line
+from gsitransfer.web.download import UNSATISFIABLE, parse_range
+from gsitransfer.web.filebody import DOWNLOAD_CHUNK, SMALL_BODY
+from tests.web.test_in_memory import Connection
+
+BIG = os.urandom(3 * DOWNLOAD_CHUNK + 12345)
+SMALL = b"small file\n" * 100
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> DirectoryStore:
+    s = DirectoryStore(str(tmp_path / "store"))
+    (tmp_path / "store" / "big.bin").write_bytes(BIG)
+    (tmp_path / "store" / "small.txt").write_bytes(SMALL)
+    return s
+
+
+@pytest.fixture
+def server(store: DirectoryStore) -> HTTPTransferServer:
+    s = HTTPTransferServer(public_url="http://test")
+    s.RegisterPrefix("data", store)
+    return s
+
+
+def get(path: str, *headers: str, method: str = "GET") -> bytes:
+    return ("\r\n".join([f"{method} {path} HTTP/1.1", "Host: t", *headers]) + "\r\n\r\n").encode()
+
+
+def split(output: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    head, _, body = output.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    return status, dict(line.lower().split(b": ", 1) for line in lines), body
+
+
+def channel(conn: Connection):
+    return getattr(conn.protocol, "_channel", conn.protocol)
+
+
+def tcp_like(conn: Connection) -> Connection:
+    """Make the in-memory transport pause its producer on a large write, as a TCP transport does."""
+    write = conn.transport.write
+
+    def write_and_pause(data: bytes) -> None:
+        write(data)
+        if len(data) > 65536 and conn.transport.producer is not None:
+            conn.transport.producer.pauseProducing()
+
+    conn.transport.write = write_and_pause
+    return conn
+
+
+def drain(conn: Connection, limit: int = 1000) -> list[int]:
+    """Let the transport ask for more until the answer is complete; the output size after each step."""
+    sizes = [len(conn.output())]
+    for _ in range(limit):
+        if channel(conn)._requestProducer is None:  # the answer is complete
+            return sizes
+        conn.transport.producer.resumeProducing()
+        sizes.append(len(conn.output()))
+    raise AssertionError("the download never completed")
+
+
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        (None, None),
+        (b"bytes=0-9", (0, 10)),
+        (b"bytes=5-", (5, 95)),
+        (b"bytes=90-200", (90, 10)),
+        (b"bytes=-10", (90, 10)),
+        (b"bytes=-1000", (0, 100)),
+        (b"BYTES = 0-0", (0, 1)),
+        (b"bytes=100-", UNSATISFIABLE),
+        (b"bytes=-0", UNSATISFIABLE),
+        (b"bytes=0-1,5-6", None),
+        (b"bytes=9-3", None),
+        (b"bytes=x-3", None),
+        (b"bytes=-", None),
+        (b"items=0-1", None),
+        (b"bytes=5", None),
+    ],
+)
+def test_parse_range(header, expected):
+    """One well-formed byte range is honoured; anything else is the whole file; past the end is 416."""
+    assert parse_range(header, 100) == expected
+
+
+def test_small_file_is_one_write(server):
+    """A file of at most SMALL_BODY bytes is answered at once, with every download header."""
+    assert len(SMALL) <= SMALL_BODY
+    conn = Connection(server.site(), Clock())
+    conn.send(get("/data/small.txt"))
+    status, headers, body = split(conn.output())
+    assert status == b"HTTP/1.1 200 OK" and body == SMALL
+    assert headers[b"content-length"] == b"%d" % len(SMALL)
+    assert headers[b"content-type"] == b"text/plain"
+    assert headers[b"accept-ranges"] == b"bytes"
+    assert headers[b"etag"].startswith(b'"') and b"last-modified" in headers
+    assert channel(conn)._requestProducer is None
+
+
+def test_large_file_one_chunk_per_transport_request(server):
+    """A large file goes out one chunk each time the transport asks: memory bounded, body exact."""
+    conn = tcp_like(Connection(server.site(), Clock()))
+    conn.send(get("/data/big.bin"))
+    sizes = drain(conn)
+    assert max(after - before for before, after in zip(sizes, sizes[1:])) <= DOWNLOAD_CHUNK
+    assert sizes[0] <= DOWNLOAD_CHUNK + 1024
+    status, headers, body = split(conn.output())
+    assert status == b"HTTP/1.1 200 OK" and body == BIG
+    assert headers[b"content-type"] == b"application/octet-stream"
+
+
+def test_large_range_206_and_keep_alive(server):
+    """A range of a large file is a 206 with Content-Range; the next request is answered after it."""
+    conn = Connection(server.site(), Clock())
+    conn.send(get("/data/big.bin", "Range: bytes=1000-") + get("/data/small.txt"))
+    drain(conn)
+    first, _, rest = conn.output().partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 206")
+    assert b"content-range: bytes 1000-%d/%d" % (len(BIG) - 1, len(BIG)) in first.lower()
+    assert rest[: len(BIG) - 1000] == BIG[1000:]
+    assert rest[len(BIG) - 1000:].startswith(b"HTTP/1.1 200 OK")
+    assert rest.endswith(SMALL)
+
+
+def test_unsatisfiable_head_and_not_modified(server):
+    """416 with bytes */size; HEAD has the length and no body; a matching ETag is 304."""
+    conn = Connection(server.site(), Clock())
+    conn.send(get("/data/big.bin", "Range: bytes=99999999-"))
+    status, headers, body = split(conn.output())
+    assert status.startswith(b"HTTP/1.1 416") and headers[b"content-range"] == b"bytes */%d" % len(BIG)
+    head = Connection(server.site(), Clock())
+    head.send(get("/data/big.bin", method="HEAD"))
+    status, headers, body = split(head.output())
+    assert status == b"HTTP/1.1 200 OK" and body == b"" and headers[b"content-length"] == b"%d" % len(BIG)
+    again = Connection(server.site(), Clock())
+    again.send(get("/data/big.bin", f"If-None-Match: {headers[b'etag'].decode()}"))
+    assert split(again.output())[0].startswith(b"HTTP/1.1 304")
+
+
+def test_dropped_connection_closes_the_file(server):
+    """A client gone mid-download: the producer stops and closes its file."""
+    conn = tcp_like(Connection(server.site(), Clock()))
+    conn.send(get("/data/big.bin"))
+    producer = channel(conn)._requestProducer
+    assert producer is not None and producer._fd is not None
+    conn.drop()
+    assert producer._fd is None
+
+
+def test_checksum_cache_never_serves_a_stale_checksum(store, tmp_path, monkeypatch):
+    """A repeated download asks the database once; a file rewritten in place is looked up again."""
+    path = tmp_path / "store" / "big.bin"
+    store.metadata.mark_stored("big.bin", None, size=len(BIG), md5=hashlib.md5(BIG).hexdigest(),
+                               mtime_ns=path.stat().st_mtime_ns, now=0.0)
+    asked = []
+    real_get = store.metadata.get
+    monkeypatch.setattr(store.metadata, "get", lambda name: asked.append(name) or real_get(name))
+    assert store.GetDownloadFilename(ANONYMOUS, "big.bin").checksum == hashlib.md5(BIG).hexdigest()
+    assert store.GetDownloadFilename(ANONYMOUS, "big.bin").checksum == hashlib.md5(BIG).hexdigest()
+    assert asked == ["big.bin"]
+    before = path.stat()
+    path.write_bytes(bytes(len(BIG)))  # same size; put the old mtime back
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    store.GetDownloadFilename(ANONYMOUS, "big.bin")  # the same size and mtime: the stored rule decides
+    assert asked == ["big.bin", "big.bin"]
+    path.write_bytes(b"shorter")
+    assert store.GetDownloadFilename(ANONYMOUS, "big.bin").checksum is None
+
+
+@pytest.mark.parametrize(
+    "uri, agent",
+    [(b"/data/x.bin", b"curl/8"), (b'/data/"q\'\\\xff', b"a\tb\"c'"), (b"/d", None)],
+)
+def test_access_line_is_twisted_combined_format(uri, agent):
+    """The access log line is byte for byte twisted.web's combined format, escapes included."""
+    request = DummyRequest([b""])
+    request.uri, request.method, request.clientproto, request.code = uri, b"GET", b"HTTP/1.1", 200
+    request.sentLength = 123
+    request.client = IPv4Address("TCP", "10.0.0.1", 1234)
+    if agent is not None:
+        request.requestHeaders.setRawHeaders(b"user-agent", [agent])
+    stamp = "[24/Nov/2026:00:00:00 +0000]"
+    assert access_line(stamp, request) == combinedLogFormatter(stamp, request)
