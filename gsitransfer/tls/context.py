@@ -432,8 +432,9 @@ class ServerTLS:
         if state is None or state.logged:
             return
         if where & SSL.SSL_CB_HANDSHAKE_DONE:
-            # accepted: alerts after this (a client closing without close_notify) are no refusal
-            state.logged = True
+            # accepted: alerts after this (a client closing without close_notify) are no
+            # refusal, and the record is not kept for the connection's life (idle memory)
+            del self._handshakes[connection]
             return
         if where & SSL.SSL_CB_LOOP and not state.asked_certificate:
             state.asked_certificate = b"certificate request" in connection.get_state_string()

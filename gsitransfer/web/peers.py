@@ -95,10 +95,16 @@ class CertificateIdentity:
     later requests: the verified chain cannot change on a connection
     (renegotiation is refused, TLS 1.3 post-handshake authentication is not
     offered), and deriving it costs a fifth of a keep-alive GET.
+
+    Connections presenting the same chain share one token (and one copy of
+    the chain's parsed certificates, several KiB): a client's many
+    connections cost one identity, not one each.
     """
 
     def __init__(self) -> None:
         self._known: weakref.WeakKeyDictionary[Any, IdToken] = weakref.WeakKeyDictionary()
+        #: the token of each distinct (chain, fields) in use, held only by the connections' tokens
+        self._shared: weakref.WeakValueDictionary[tuple[Any, ...], IdToken] = weakref.WeakValueDictionary()
 
     def identify(self, request: Any) -> IdToken:
         from ..tls.peer import identity_from_connection
@@ -116,8 +122,16 @@ class CertificateIdentity:
         except Exception as error:  # a chain we cannot read is no identity
             _log.warn("cannot read the client chain: {error}", error=error)
             raise NotAuthorized("no verified client certificate") from None
+        token = self._shared.setdefault(_sharing_key(token), token)
         self._known[connection] = token
         return token
+
+
+def _sharing_key(token: IdToken) -> tuple[Any, ...]:
+    """Every field of ``token``, the chain included (certificates compare by their DER)."""
+    return (
+        token.dn, token.chain, token.proxy, token.limited_proxy, token.issuer, token.not_after, token.username
+    )
 
 
 class GridMapAuthorizer:

@@ -37,3 +37,22 @@ def test_identity_derived_once_per_connection(monkeypatch):
     del first, derived[:]
     gc.collect()
     assert len(source._known) == 1  # a closed connection is forgotten with it
+
+
+def test_connections_with_the_same_chain_share_one_token(monkeypatch):
+    """Two connections presenting the same chain get the very same token; another chain its own."""
+    tokens = {"a": IdToken(dn="/CN=a"), "b": IdToken(dn="/CN=b")}
+    chains = {}
+
+    def derive(connection: FakeConnection) -> IdToken:
+        # a fresh but equal token per connection, as identity_from_connection makes
+        return IdToken(dn=tokens[chains[connection]].dn)
+
+    monkeypatch.setattr(peer, "identity_from_connection", derive)
+    source = CertificateIdentity()
+    first, second, other = FakeConnection(), FakeConnection(), FakeConnection()
+    chains.update({first: "a", second: "a", other: "b"})
+    one = source.identify(request_on(first))
+    assert source.identify(request_on(second)) is one
+    assert source.identify(request_on(other)) is not one
+    assert source.identify(request_on(other)).dn == "/CN=b"
