@@ -103,6 +103,15 @@ class GsiTransferServer(_Server):
         ]
         self.log_path = workdir / "gsitransfer.log"
 
+    def workers(self) -> int:
+        """Worker processes to wait for (``--workers N``; 0 when serving in one process)."""
+        for flag, value in zip(self.args, self.args[1:] + [""]):
+            if flag == "--workers" and value.isdigit():
+                return int(value) if int(value) > 1 else 0
+            if flag.startswith("--workers=") and flag[10:].isdigit():
+                return int(flag[10:]) if int(flag[10:]) > 1 else 0
+        return 0
+
     def env(self) -> dict[str, str]:
         path = os.pathsep.join(p for p in (str(self.src), os.environ.get("PYTHONPATH", "")) if p)
         return dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
@@ -135,7 +144,7 @@ class GsiTransferServer(_Server):
                 stream.seek(offset)
                 text = stream.read().decode(errors="replace")
             found = _LISTENING.search(text)
-            if found:
+            if found and text.count("gsitransfer worker serving") >= self.workers():
                 self.port = int(found.group(2))  # logged once the port is bound
                 return
             if self.process.poll() is not None:

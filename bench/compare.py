@@ -4,7 +4,8 @@ Run through ``bench/run`` (which installs nginx and curl from Debian when
 missing). What it does:
 
 1. makes a test PKI (``gsitransfer.testca.make_test_pki``: RSA-2048 CA, host
-   certificate for 127.0.0.1, user ``alice``) and the test files in a
+   certificate for 127.0.0.1 -- RSA-2048, or ECDSA P-256 with ``--server-key
+   ec`` --, user ``alice``) and the test files in a
    temporary directory;
 2. starts ``twistd -n accessgrid-transfer --https …`` from ``--gsitransfer-src``
    and an nginx configured alike (see ``benchservers.py``);
@@ -113,10 +114,10 @@ def make_file(path: Path, size: int) -> str:
     return md5.hexdigest()
 
 
-def make_fixture(work: Path, size: int, small_size: int) -> Fixture:
+def make_fixture(work: Path, size: int, small_size: int, server_key: str = "rsa") -> Fixture:
     from gsitransfer.testca import make_test_pki
 
-    pki = make_test_pki(work / "pki", users=("alice",))
+    pki = make_test_pki(work / "pki", users=("alice",), server_key_type=server_key)
     crls = sorted(pki.ca_dir.glob("*.r0"))
     crl_file = None
     if crls:
@@ -513,12 +514,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=None, help="seconds measured per GET run (default 8)")
     parser.add_argument("--warmup", type=float, default=None, help="seconds of warm-up per GET run (default 1)")
     parser.add_argument("--small-size", type=parse_size, default=64 * 1024, help="GET file size (64K)")
+    parser.add_argument("--server-key", choices=("rsa", "ec"), default="rsa",
+                        help="host key of both servers: rsa (RSA-2048, default) or ec (ECDSA P-256); "
+                        "the CA and the client stay RSA-2048")
     parser.add_argument("--idle-conns", type=int, default=None, help="idle connections (default 1000)")
     parser.add_argument("--gsitransfer-src", type=Path, default=HERE.parent,
                         help="source tree to run gsitransfer from (PYTHONPATH), e.g. a git worktree")
     parser.add_argument("--gsitransfer-args", default="",
                         help="extra options for twistd accessgrid-transfer (one string)")
     parser.add_argument("--nginx-workers", default="auto", help="nginx worker_processes (auto)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="gsitransfer --workers (default: the CPU count, like nginx's auto; 1: one process)")
     parser.add_argument("--venv", type=Path, default=Path(sys.prefix), help="venv with twistd")
     parser.add_argument("--workdir", type=Path, default=None, help="where the files go (a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -578,12 +584,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"elapsed {time.monotonic() - started:.0f} s")
 
 
+def gsitransfer_options(args: argparse.Namespace) -> list[str]:
+    """``--gsitransfer-args``, plus ``--workers N`` unless those set it or N is 1."""
+    extra = shlex.split(args.gsitransfer_args)
+    if args.workers > 1 and not any(a.startswith("--workers") for a in extra):
+        extra += ["--workers", str(args.workers)]
+    return extra
+
+
 def run(args: argparse.Namespace, work: Path) -> int:
     print(f"making the test PKI and files ({human_size(args.size)}, 1 MiB, {human_size(args.small_size)}) "
           f"in {work}", flush=True)
-    fx = make_fixture(work, args.size, args.small_size)
+    fx = make_fixture(work, args.size, args.small_size, args.server_key)
     gsi = GsiTransferServer(args.venv, args.gsitransfer_src, work / "gsitransfer", fx.cert, fx.key,
-                            fx.ca_dir, fx.store, shlex.split(args.gsitransfer_args))
+                            fx.ca_dir, fx.store, gsitransfer_options(args))
     source = gsi.check_source()
     nginx = NginxServer(work / "nginx", fx.cert, fx.key, fx.ca_file, fx.crl_file, fx.store, fx.uploads,
                         workers=args.nginx_workers)
@@ -598,7 +612,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         f"date        {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
         f"machine     {platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
         f"gsitransfer {source} ({git_revision(args.gsitransfer_src)}) pid {gsi.pid}, port {gsi.port}"
-        + (f", args {args.gsitransfer_args}" if args.gsitransfer_args else ""),
+        + (f", args {' '.join(gsitransfer_options(args))}" if gsitransfer_options(args) else ""),
         f"            Python {platform.python_version()}, "
         f"{SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()} (pyOpenSSL's)",
         f"nginx       {nginx_version()}, worker_processes {args.nginx_workers}, pid {nginx.pid}, "
@@ -606,7 +620,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
         f"clients     {tool_version(['curl', '--version'])}",
         f"            load generator: bench/loadgen.py, Python ssl ({ssl.OPENSSL_VERSION}), "
         f"{args.procs} processes",
-        f"TLS         gsitransfer: {describe_tls(fx, gsi)}; nginx: {describe_tls(fx, nginx)}",
+        f"TLS         gsitransfer: {describe_tls(fx, gsi)}; nginx: {describe_tls(fx, nginx)}; "
+        f"host key {'ECDSA P-256' if args.server_key == 'ec' else 'RSA-2048'}",
         f"plan        {args.reps} repetitions of {', '.join(args.workloads)}; "
         f"GET runs {args.warmup:g} s warm-up + {args.duration:g} s",
         "",

@@ -20,11 +20,12 @@ from .errors import (
     ManifestError,
     ManifestTooLarge,
     NotAuthorized,
+    QuotaExceeded,
     TransferError,
     UploadConflict,
     UploadFailed,
 )
-from .handler import DownloadTarget, IListingHandler, ITransferHandler
+from .handler import DownloadTarget, IBatchPendingHandler, IListingHandler, ITransferHandler
 from .identity import ANONYMOUS, IdToken
 from .manifest import FileEntry, Manifest, ManifestLimits, parse_manifest
 
@@ -76,4 +77,6 @@ __all__ = [
     "LengthMismatch",
     "ChecksumMismatch",
     "InsufficientStorage",
+    "QuotaExceeded",
+    "IBatchPendingHandler",
 ]

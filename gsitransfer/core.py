@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import quote
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from .errors import (
@@ -41,6 +41,7 @@ from .errors import (
     LengthRequired,
     ManifestError,
     NotAuthorized,
+    QuotaExceeded,
     TransferError,
     UploadConflict,
 )
@@ -137,6 +138,8 @@ class TransferServer:
 
     #: scheme of the descriptors this server hands out; set by subclasses
     scheme = "http"
+    #: files a manifest's checks handle between two returns to the reactor
+    manifest_batch = 200
 
     def __init__(
         self,
@@ -148,13 +151,23 @@ class TransferServer:
         public_url: str | None = None,
         handler_timeout: float | None = None,
         timer: Any = None,
+        max_pending_files: int | None = None,
+        max_pending_bytes: int | None = None,
     ) -> None:
         """``handler_timeout`` (seconds) bounds every handler callback; it needs
-        ``timer``, an ``IReactorTime`` (the reactor), to count time."""
+        ``timer``, an ``IReactorTime`` (the reactor), to count time.
+
+        ``max_pending_files`` and ``max_pending_bytes`` bound what one identity
+        (one DN; every anonymous client together) may have announced and not
+        yet stored, over all its live transfers (None: no limit)."""
         if handler_timeout is not None and timer is None:
             raise ValueError("handler_timeout needs a timer (IReactorTime)")
         self.handler_timeout = handler_timeout
         self.timer = timer
+        self.max_pending_files = max_pending_files
+        self.max_pending_bytes = max_pending_bytes
+        #: names of the manifests being checked now, per prefix (held until registered)
+        self._announcing: dict[str, set[str]] = {}
         self._handlers: dict[str, object] = {}
         self.transfers: TransferTable = transfers if transfers is not None else MemoryTransferTable()
         self.manifest_ttl = manifest_ttl
@@ -232,27 +245,99 @@ class TransferServer:
         """Parse a posted manifest, ask the handler about each file, register it.
 
         Fires with a :class:`ManifestOutcome`; fails with ManifestError for a
-        bad manifest and FileNotFound for an unknown prefix.
+        bad manifest, QuotaExceeded when the identity has too much pending,
+        and FileNotFound for an unknown prefix. With a ``timer``, the work
+        returns to the reactor every :attr:`manifest_batch` files, so a
+        manifest of thousands of files does not stall other clients; its
+        names are held meanwhile, so a concurrent manifest naming one of
+        them is refused as it would be once they are pending.
         """
         handler = self._handler(prefix)
         manifest = parse_manifest(body, self.manifest_limits)
-        transfer_size = manifest.total_size
+        self._check_pending_quota(manifest, id_token)
+        held = self._announcing.setdefault(prefix, set())
         for entry in manifest.files:
-            reason = yield self._ask_can_upload(handler, id_token, entry, transfer_size)
-            if reason is not None:
-                return ManifestOutcome(None, reason)
-        key = self.RegisterManifest(manifest, id_token, prefix)
-        added: list[str] = []
+            if entry.name in held:
+                return ManifestOutcome(
+                    None, f"Upload error for file {entry.name}: another manifest is announcing it"
+                )
+        names = [entry.name for entry in manifest.files]
+        held.update(names)
         try:
+            outcome = yield self._check_and_register(prefix, handler, manifest, id_token)
+        finally:
+            held.difference_update(names)
+        return outcome
+
+    @defer.inlineCallbacks
+    def _check_and_register(
+        self, prefix: str, handler: object, manifest: Manifest, id_token: IdToken
+    ) -> Any:
+        transfer_size = manifest.total_size
+        if getattr(handler, "CanUpload", None) is not None:
             for entry in manifest.files:
-                yield self._call(handler, "AddPendingUpload", id_token, entry.name)
-                added.append(entry.name)
-        except BaseException:
+                reason = yield self._ask_can_upload(handler, id_token, entry, transfer_size)
+                if reason is not None:
+                    return ManifestOutcome(None, reason)
+                yield self._breathe(entry.num)
+        # again, with no return to the reactor before the key is registered
+        self._check_pending_quota(manifest, id_token)
+        key = self.RegisterManifest(manifest, id_token, prefix)
+        names = [entry.name for entry in manifest.files]
+        added: list[str] = []
+        refusal: str | None = None
+        try:
+            if getattr(handler, "AddPendingUploads", None) is not None:
+                added = names  # a batch that failed otherwise may have added some
+                try:
+                    yield self._call(handler, "AddPendingUploads", id_token, list(names))
+                except NotAuthorized as error:  # taken meanwhile: the batch added none
+                    added, refusal = [], f"Upload error: {error.reason}"
+            else:
+                for num, name in enumerate(names):
+                    try:
+                        yield self._call(handler, "AddPendingUpload", id_token, name)
+                    except NotAuthorized as error:  # taken meanwhile (another process)
+                        refusal = f"Upload error for file {name}: {error.reason}"
+                        break
+                    added.append(name)
+                    yield self._breathe(num)
+            if refusal is not None:
+                raise NotAuthorized(refusal)
+        except BaseException as failure:
             self.transfers.remove(key)
-            for name in added:
+            for num, name in enumerate(added):
                 yield self._cancel_quietly(handler, id_token, name)
+                yield self._breathe(num)
+            if isinstance(failure, NotAuthorized) and refusal is not None:
+                return ManifestOutcome(None, refusal)
             raise
         return ManifestOutcome(key)
+
+    def _breathe(self, done: int) -> defer.Deferred[None]:
+        """After every :attr:`manifest_batch` items, let the reactor run (needs ``timer``)."""
+        if self.timer is None or (done + 1) % self.manifest_batch:
+            return defer.succeed(None)
+        return task.deferLater(self.timer, 0, lambda: None)
+
+    def _check_pending_quota(self, manifest: Manifest, id_token: IdToken) -> None:
+        """Raise QuotaExceeded if ``manifest`` would take its owner over the pending limits."""
+        if self.max_pending_files is None and self.max_pending_bytes is None:
+            return
+        files, size = self.transfers.pending_totals(id_token.dn, self.clock())
+        who = "anonymous clients" if id_token.dn is None else id_token.dn
+        advice = "upload or cancel (DELETE) pending transfers first, or wait until their keys expire"
+        if self.max_pending_files is not None and files + manifest.num_files > self.max_pending_files:
+            raise QuotaExceeded(
+                f"too many pending files for {who}: {files} pending, this manifest adds "
+                f"{manifest.num_files}, at most {self.max_pending_files}; {advice}"
+            )
+        total = manifest.total_size
+        if self.max_pending_bytes is not None and size + total > self.max_pending_bytes:
+            raise QuotaExceeded(
+                f"too many pending bytes for {who}: {size} pending, this manifest adds "
+                f"{total}, at most {self.max_pending_bytes}; {advice}"
+            )
 
     @defer.inlineCallbacks
     def _ask_can_upload(
@@ -304,7 +389,13 @@ class TransferServer:
             raise LengthMismatch(
                 f"Content-Length {content_length} differs from the manifest size {entry.size}"
             )
-        self.transfers.set_state(record.key, entry.num, receiving)
+        if not self.transfers.transition(record.key, entry.num, state, receiving):
+            # another connection (or worker process) moved it first, or it was cancelled
+            now = self.transfers.states(record.key).get(entry.num)
+            if now is None:
+                raise FileNotFound(f"no transfer {transfer_key} under /{prefix}/")
+            next_state(now, "begin")
+            raise UploadConflict("file is already being uploaded")
         self._in_flight.add((record.key, entry.num))
         try:
             final_path = yield self._call(
@@ -451,7 +542,8 @@ class TransferServer:
     @defer.inlineCallbacks
     def _end_transfer(self, record: TransferRecord) -> Any:
         states = self.transfers.states(record.key)
-        self.transfers.remove(record.key)
+        if not self.transfers.remove(record.key):
+            return None  # another worker process ended it first
         handler = self.LookupPrefix(record.prefix)
         if handler is None:
             return None
@@ -459,6 +551,7 @@ class TransferServer:
         for entry in record.manifest.files:
             if states.get(entry.num) is not FileState.STORED:
                 yield self._cancel_quietly(handler, owner, entry.name)
+            yield self._breathe(entry.num)
         return None
 
     @defer.inlineCallbacks

@@ -12,7 +12,8 @@ The hierarchy (the seed's names are the public contract)::
     │   ├── LengthRequired           no Content-Length was sent for a file body
     │   ├── LengthMismatch           Content-Length differs from the manifest's size
     │   ├── ChecksumMismatch         the received bytes do not have the manifest's MD5
-    │   └── InsufficientStorage      not enough free space for the file
+    │   ├── InsufficientStorage      not enough free space for the file
+    │   └── QuotaExceeded            the identity has too many files or bytes pending
     ├── DownloadFailed               a download could not be served
     └── HandlerTimeout               a handler callback did not answer in time
 
@@ -93,6 +94,12 @@ class InsufficientStorage(UploadFailed):
     default_reason = "not enough free space"
 
 
+class QuotaExceeded(UploadFailed):
+    """The identity already has too many files or bytes announced and not yet stored."""
+
+    default_reason = "too much pending for this identity"
+
+
 class DownloadFailed(TransferError):
     """A download could not be served."""
 
@@ -117,6 +124,7 @@ __all__ = [
     "LengthMismatch",
     "ChecksumMismatch",
     "InsufficientStorage",
+    "QuotaExceeded",
     "DownloadFailed",
     "HandlerTimeout",
 ]

@@ -5,7 +5,7 @@ and hashed on the way (MD5); nothing is buffered whole. ``commit`` makes the
 data durable (fsync) and moves it to the final name (never replacing a file
 already there), then syncs the directory (writeback is started every few MiB
 on the way, so the fsync has little left to do); ``discard`` removes the temporary file. The temporary name is
-``.gsitransfer-<random>.part`` in the destination directory, so a crash leaves
+``.gsitransfer-<pid>-<random>.part`` in the destination directory, so a crash leaves
 at worst such a file, which the store removes at start-up; a partial file
 never appears under a final name.
 
@@ -58,7 +58,7 @@ class FileSink:
         directory = os.path.dirname(final_path) or "."
         check_free_space(directory, expected_size)
         self.temp_path = os.path.join(
-            directory, f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+            directory, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}{TEMP_SUFFIX}"
         )
         try:
             self._fd: int | None = os.open(
@@ -204,7 +204,13 @@ class FileSink:
 
 
 def _holds(path: str, size: int, md5_hexdigest: str) -> bool:
-    """True when the regular file at ``path`` has exactly ``size`` bytes with that MD5."""
+    """True when the regular file at ``path`` has exactly ``size`` bytes with that MD5.
+
+    A file of another size is never read. This runs on the thread that
+    commits: for a body larger than ``web.offload.OFFLOAD_THRESHOLD`` that is
+    the upload's writer thread, so the reactor thread reads at most that
+    many bytes here (about a millisecond of MD5).
+    """
     try:
         if not os.path.isfile(path) or os.path.getsize(path) != size:
             return False
@@ -230,15 +236,20 @@ def sync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def remove_stale_temporaries(directory: str) -> list[str]:
-    """Remove files left in flight by a previous run; return their names."""
+def remove_stale_temporaries(directory: str, pid: int | None = None) -> list[str]:
+    """Remove files left in flight by a previous run; return their names.
+
+    With ``pid``, only those of that (dead) process: temporary names carry the
+    pid of the process writing them (``.gsitransfer-<pid>-<random>.part``).
+    """
     removed: list[str] = []
     try:
         names = os.listdir(directory)
     except OSError:
         return removed
+    owned = f"{TEMP_PREFIX}{pid}-"
     for name in names:
-        if is_temporary_name(name):
+        if is_temporary_name(name) and (pid is None or name.startswith(owned)):
             try:
                 os.unlink(os.path.join(directory, name))
                 removed.append(name)

@@ -60,6 +60,22 @@ class IListingHandler(Interface):
         """A list of JSON-serialisable dicts, one per file (name, size, ...)."""
 
 
+class IBatchPendingHandler(Interface):
+    """Optional: a handler that records a whole accepted manifest's files at once.
+
+    When a handler has ``AddPendingUploads``, the core calls it once instead
+    of ``AddPendingUpload`` per file (a store can then write one transaction,
+    not thousands). If it raises ``NotAuthorized`` (a name was taken
+    meanwhile, e.g. by another worker process), it must have recorded none of
+    the names, and the manifest is refused with that reason. If it fails
+    otherwise, ``CancelPendingUpload`` is called for every name, so the
+    handler may leave such a failed batch half done.
+    """
+
+    def AddPendingUploads(id_token, filenames):  # type: ignore[no-untyped-def]
+        """The whole manifest was accepted; each of ``filenames`` (a list) will be uploaded."""
+
+
 @dataclass(frozen=True)
 class DownloadTarget:
     """A richer answer from ``GetDownloadFilename``: the path and what is known of it."""

@@ -77,11 +77,21 @@ class TransferTable(Protocol):
     def set_state(self, key: str, num: int, state: FileState) -> None:
         """Record a file's new state."""
 
-    def remove(self, key: str) -> None:
-        """Forget the transfer."""
+    def transition(self, key: str, num: int, before: FileState, after: FileState) -> bool:
+        """Atomically move a file from ``before`` to ``after``; False if it was not ``before``.
+
+        Several processes may share one table (``--workers``): this is how
+        exactly one of them wins a file.
+        """
+
+    def remove(self, key: str) -> bool:
+        """Forget the transfer; False if it was already gone (another process removed it)."""
 
     def expired(self, now: float) -> list[TransferRecord]:
         """Records whose key has expired."""
+
+    def pending_totals(self, owner_dn: str | None, now: float) -> tuple[int, int]:
+        """(files, bytes) not yet stored over the live transfers of ``owner_dn`` (None: anonymous)."""
 
     def records(self) -> Iterable[TransferRecord]:
         """Every record."""
@@ -108,12 +118,31 @@ class MemoryTransferTable:
         if key in self._states:
             self._states[key][num] = state
 
-    def remove(self, key: str) -> None:
-        self._records.pop(key, None)
+    def transition(self, key: str, num: int, before: FileState, after: FileState) -> bool:
+        states = self._states.get(key)
+        if states is None or states.get(num) is not before:
+            return False
+        states[num] = after
+        return True
+
+    def remove(self, key: str) -> bool:
         self._states.pop(key, None)
+        return self._records.pop(key, None) is not None
 
     def expired(self, now: float) -> list[TransferRecord]:
         return [record for record in self._records.values() if record.expired(now)]
+
+    def pending_totals(self, owner_dn: str | None, now: float) -> tuple[int, int]:
+        files = size = 0
+        for record in self._records.values():
+            if record.owner_dn != owner_dn or record.expired(now):
+                continue
+            states = self._states.get(record.key, {})
+            for entry in record.manifest.files:
+                if states.get(entry.num) is not FileState.STORED:
+                    files += 1
+                    size += entry.size
+        return files, size
 
     def records(self) -> Iterable[TransferRecord]:
         return list(self._records.values())

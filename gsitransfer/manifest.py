@@ -226,7 +226,8 @@ def _read_entry(parser: configparser.ConfigParser, num: int, limits: ManifestLim
     section_name = str(num)
     if not parser.has_section(section_name):
         raise ManifestError(f"manifest has no section [{section_name}]")
-    section = parser[section_name]
+    # a plain dict: ConfigParser's section proxies cost more than the rest of the parse
+    section = dict(parser.items(section_name, raw=True))
     for key, value in section.items():
         if "\n" in value or "\r" in value:
             raise ManifestError(f"{key} in [{section_name}] spans several lines")

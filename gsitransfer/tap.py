@@ -17,7 +17,7 @@ import importlib
 import os
 import signal
 import sys
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from twisted.application import service
 from twisted.internet import defer
@@ -31,6 +31,12 @@ from .manifest import ManifestLimits
 _log = Logger()
 
 PROGRAM = "accessgrid-transfer"
+
+#: most worker processes ``--workers`` starts
+MAX_WORKERS = 64
+
+#: how a process takes part: alone, as the supervisor of workers, or as one of them
+Role = Literal["single", "supervisor", "worker"]
 
 
 class ConfigError(Exception):
@@ -75,6 +81,7 @@ class Options(usage.Options):
         ["state", None, None, "Transfer database (SQLite). Default: in the first --store directory."],
         ["idle-timeout", None, 300.0, "Seconds a silent connection is kept.", float],
         ["head-timeout", None, 30.0, "Seconds a client has to send a request's headers.", float],
+        ["handshake-timeout", None, 30.0, "Seconds a client has to finish the TLS handshake (at most --idle-timeout).", float],
         ["min-body-rate", None, 1024.0, "Bytes/s a request body must at least arrive at (0: off).", float],
         ["reload-interval", None, 300.0, "Seconds between re-reads of CAs, CRLs, grid-mapfile.", float],
         ["handler-timeout", None, 60.0, "Seconds a handler callback may take (then 503).", float],
@@ -82,6 +89,9 @@ class Options(usage.Options):
         ["max-manifest-bytes", None, 1024 * 1024, "Largest manifest body accepted.", int],
         ["max-files", None, 10_000, "Most files one manifest may announce.", int],
         ["max-transfer-size", None, None, "Largest total size (bytes) of one manifest's files.", int],
+        ["max-pending-files", None, 100_000, "Most files one identity (all anonymous clients: one) may have announced and not stored (0: no limit).", int],
+        ["max-pending-bytes", None, None, "Most bytes one identity may have announced and not stored (0 or absent: no limit).", int],
+        ["workers", None, 1, "Processes serving the listeners (1: this one; N > 1: a supervisor and N workers).", int],
     ]
 
     def __init__(self) -> None:
@@ -119,6 +129,8 @@ class Options(usage.Options):
 
     def parseOptions(self, options: Any = None) -> None:
         """Parse, turning every usage problem into one line and exit status 2."""
+        #: the arguments as given: ``--workers`` starts its workers with them
+        self.argv = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except usage.UsageError as error:
@@ -142,11 +154,17 @@ class Options(usage.Options):
             raise usage.UsageError("--crl-policy is if-present or strict")
         if self["https"] and self["trusted_proxies"] and not self["http"]:
             raise usage.UsageError("--trusted-proxy applies to --http listeners only")
+        if not 1 <= self["workers"] <= MAX_WORKERS:
+            raise usage.UsageError(f"--workers is between 1 and {MAX_WORKERS}")
         if self["shutdown-grace"] < 0:
             raise usage.UsageError("--shutdown-grace must not be negative")
         if self["min-body-rate"] < 0:
             raise usage.UsageError("--min-body-rate must not be negative")
-        for number in ("manifest-ttl", "idle-timeout", "head-timeout", "reload-interval", "handler-timeout"):
+        for limit in ("max-pending-files", "max-pending-bytes"):
+            if self[limit] is not None and self[limit] < 0:
+                raise usage.UsageError(f"--{limit} must not be negative")
+        for number in ("manifest-ttl", "idle-timeout", "head-timeout", "handshake-timeout",
+                       "reload-interval", "handler-timeout"):
             if self[number] <= 0:
                 raise usage.UsageError(f"--{number} must be positive")
         for endpoint in self["http"] + self["https"]:
@@ -172,8 +190,13 @@ def load_factory(target: str) -> Any:
         raise ConfigError(f"{target}() failed: {error}") from None
 
 
-def build_servers(options: Options) -> list[Any]:
-    """The configured servers, handlers registered, not yet listening."""
+def build_servers(options: Options, role: Role = "single") -> list[Any]:
+    """The configured servers, handlers registered, not yet listening.
+
+    A ``worker`` neither cleans up the stores nor resets files left receiving:
+    its supervisor did that before starting any worker.
+    """
+    recovering = role != "worker"
     from .store import DirectoryStore, StoreError
     from .transfers_db import SQLiteTransferTable, TransferDBError
     from twisted.internet import reactor
@@ -184,7 +207,12 @@ def build_servers(options: Options) -> list[Any]:
     for prefix, directory in options["stores"]:
         try:
             handlers.append(
-                (prefix, DirectoryStore(directory, pending_ttl=options["manifest-ttl"]))
+                (
+                    prefix,
+                    DirectoryStore(
+                        directory, pending_ttl=options["manifest-ttl"], recover=recovering
+                    ),
+                )
             )
         except StoreError as error:
             raise ConfigError(str(error)) from None
@@ -196,7 +224,7 @@ def build_servers(options: Options) -> list[Any]:
         first_dir = options["stores"][0][1] if options["stores"] else "."
         state_path = os.path.join(first_dir, ".gsitransfer-transfers.sqlite")
     try:
-        transfers = SQLiteTransferTable(state_path)
+        transfers = SQLiteTransferTable(state_path, reset_receiving=recovering)
     except TransferDBError as error:
         raise ConfigError(str(error)) from None
 
@@ -211,9 +239,12 @@ def build_servers(options: Options) -> list[Any]:
         gridmap=options["gridmap"],
         idle_timeout=options["idle-timeout"],
         head_timeout=options["head-timeout"],
+        handshake_timeout=options["handshake-timeout"],
         min_body_rate=options["min-body-rate"],
         handler_timeout=options["handler-timeout"],
         timer=reactor,
+        max_pending_files=options["max-pending-files"] or None,
+        max_pending_bytes=options["max-pending-bytes"] or None,
     )
     servers: list[Any] = []
     try:
@@ -318,8 +349,9 @@ class TransferService(service.MultiService):
 
 def makeService(options: Options) -> service.IService:
     """Build the service twistd runs (the plugin's makeService)."""
+    role: Role = "supervisor" if options["workers"] > 1 else "single"
     try:
-        servers = build_servers(options)
+        servers = build_servers(options, role)
     except ConfigError as error:
         fail(str(error), 1)
     endpoints: list[tuple[Any, str]] = []
@@ -328,6 +360,17 @@ def makeService(options: Options) -> service.IService:
         endpoints.append((by_scheme["https"], endpoint))
     for endpoint in options["http"]:
         endpoints.append((by_scheme["http"], endpoint))
+    if role == "supervisor":
+        from .workers import SupervisorService
+
+        return SupervisorService(
+            servers,
+            endpoints,
+            options["reload-interval"],
+            options["shutdown-grace"],
+            workers=options["workers"],
+            argv=options.argv,
+        )
     return TransferService(
         servers, endpoints, options["reload-interval"], options["shutdown-grace"]
     )

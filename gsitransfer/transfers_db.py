@@ -4,6 +4,13 @@ Implements :class:`gsitransfer.keys.TransferTable`. One file holds every key
 of a server: the validated manifest (as JSON), the owner DN, the prefix, the times, and
 each file's state. A file that was ``receiving`` when the server stopped is
 ``pending`` again when the table is opened: its body never completed.
+
+Several processes may share the file (``--workers``; SQLite in WAL mode): a
+file's move to ``receiving`` is one conditional UPDATE, so exactly one process
+wins it, and the row remembers which process (``holder``, its pid) so that the
+supervisor can give the file back if that worker dies. Workers open the table
+with ``reset_receiving=False``: only the supervisor, before any worker starts,
+resets what a previous run left receiving.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ CREATE TABLE IF NOT EXISTS transfer_files (
     key TEXT NOT NULL REFERENCES transfers(key) ON DELETE CASCADE,
     num INTEGER NOT NULL,
     state TEXT NOT NULL,
+    holder INTEGER,
     PRIMARY KEY (key, num)
 );
 CREATE INDEX IF NOT EXISTS transfers_expires ON transfers(expires);
@@ -62,6 +70,10 @@ def manifest_from_json(text: str) -> Manifest:
     )
 
 
+#: seconds a write waits for another process's transaction (--workers)
+_BUSY_TIMEOUT = 30.0
+
+
 class TransferDBError(ValueError):
     """The transfer database cannot be opened (one line, names the path)."""
 
@@ -69,20 +81,26 @@ class TransferDBError(ValueError):
 class SQLiteTransferTable:
     """A TransferTable kept in an SQLite file."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, reset_receiving: bool = True) -> None:
         self.path = path
         directory = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(directory, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "UPDATE transfer_files SET state = ? WHERE state = ?",
-                (FileState.PENDING.value, FileState.RECEIVING.value),
-            )
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(transfer_files)")}
+            if "holder" not in columns:  # tables made by 0.1 development builds
+                self._db.execute("ALTER TABLE transfer_files ADD COLUMN holder INTEGER")
+            if reset_receiving:
+                self._db.execute(
+                    "UPDATE transfer_files SET state = ?, holder = NULL WHERE state = ?",
+                    (FileState.PENDING.value, FileState.RECEIVING.value),
+                )
         except (OSError, sqlite3.Error) as error:
             raise TransferDBError(f"cannot open transfer database {path}: {error}") from None
         self._cache: dict[str, TransferRecord] = {}
@@ -102,7 +120,7 @@ class SQLiteTransferTable:
                 ),
             )
             self._db.executemany(
-                "INSERT INTO transfer_files VALUES (?, ?, ?)",
+                "INSERT INTO transfer_files (key, num, state) VALUES (?, ?, ?)",
                 [(record.key, e.num, FileState.PENDING.value) for e in record.manifest.files],
             )
         self._cache[record.key] = record
@@ -110,7 +128,11 @@ class SQLiteTransferTable:
     def get(self, key: str) -> TransferRecord | None:
         cached = self._cache.get(key)
         if cached is not None:
-            return cached
+            # another process may have removed it: one indexed lookup, no JSON
+            if self._db.execute("SELECT 1 FROM transfers WHERE key = ?", (key,)).fetchone():
+                return cached
+            del self._cache[key]
+            return None
         row = self._db.execute(
             "SELECT key, prefix, owner_dn, manifest, created, expires FROM transfers WHERE key = ?",
             (key,),
@@ -129,16 +151,32 @@ class SQLiteTransferTable:
 
     def set_state(self, key: str, num: int, state: FileState) -> None:
         self._db.execute(
-            "UPDATE transfer_files SET state = ? WHERE key = ? AND num = ?",
-            (state.value, key, num),
+            "UPDATE transfer_files SET state = ?, holder = ? WHERE key = ? AND num = ?",
+            (state.value, _holder(state), key, num),
         )
 
-    def remove(self, key: str) -> None:
+    def transition(self, key: str, num: int, before: FileState, after: FileState) -> bool:
+        cursor = self._db.execute(
+            "UPDATE transfer_files SET state = ?, holder = ? WHERE key = ? AND num = ? AND state = ?",
+            (after.value, _holder(after), key, num, before.value),
+        )
+        return cursor.rowcount == 1
+
+    def release_holder(self, holder: int) -> int:
+        """Files a dead process was receiving are pending again; how many."""
+        cursor = self._db.execute(
+            "UPDATE transfer_files SET state = ?, holder = NULL WHERE state = ? AND holder = ?",
+            (FileState.PENDING.value, FileState.RECEIVING.value, holder),
+        )
+        return cursor.rowcount
+
+    def remove(self, key: str) -> bool:
         self._cache.pop(key, None)
         with self._db:
-            self._db.execute("BEGIN")
+            self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM transfer_files WHERE key = ?", (key,))
-            self._db.execute("DELETE FROM transfers WHERE key = ?", (key,))
+            cursor = self._db.execute("DELETE FROM transfers WHERE key = ?", (key,))
+        return cursor.rowcount == 1
 
     def expired(self, now: float) -> list[TransferRecord]:
         rows = self._db.execute(
@@ -147,6 +185,23 @@ class SQLiteTransferTable:
             (now,),
         ).fetchall()
         return [_record_from_row(row) for row in rows]
+
+    def pending_totals(self, owner_dn: str | None, now: float) -> tuple[int, int]:
+        rows = self._db.execute(
+            "SELECT f.key, f.num FROM transfers t JOIN transfer_files f ON f.key = t.key "
+            "WHERE t.owner_dn IS ? AND t.expires > ? AND f.state != ?",
+            (owner_dn, now, FileState.STORED.value),
+        ).fetchall()
+        files = size = 0
+        records: dict[str, TransferRecord | None] = {}
+        for key, num in rows:
+            if key not in records:
+                records[key] = self._cache.get(key) or self.get(key)
+            record = records[key]
+            if record is not None and num < record.manifest.num_files:
+                files += 1
+                size += record.manifest.files[num].size
+        return files, size
 
     def records(self) -> Iterable[TransferRecord]:
         rows = self._db.execute(
@@ -157,6 +212,11 @@ class SQLiteTransferTable:
     def close(self) -> None:
         """Close the database."""
         self._db.close()
+
+
+def _holder(state: FileState) -> int | None:
+    """The pid recorded with a file this process starts receiving."""
+    return os.getpid() if state is FileState.RECEIVING else None
 
 
 def _record_from_row(row: tuple[str, str, str | None, str, float, float]) -> TransferRecord:

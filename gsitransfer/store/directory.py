@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from ..errors import FileNotFound, NotAuthorized
 from ..filesink import FREE_SPACE_MARGIN, remove_stale_temporaries
-from ..handler import DownloadTarget, IListingHandler, ITransferHandler
+from ..handler import DownloadTarget, IBatchPendingHandler, IListingHandler, ITransferHandler
 from ..identity import IdToken
 from .metadata import DB_NAME, FileRecord, FileState, StoreError, StoreMetadata
 
@@ -44,6 +44,11 @@ from .metadata import DB_NAME, FileRecord, FileState, StoreError, StoreMetadata
 HIDDEN_PREFIX = ".gsitransfer"
 
 DEFAULT_PENDING_TTL = 24 * 3600.0
+
+#: download checksums remembered per file state (the oldest is forgotten first)
+CHECKSUM_CACHE_SIZE = 4096
+
+_UNKNOWN = object()
 
 _log = Logger()
 
@@ -125,7 +130,7 @@ def _file_num(value: Any) -> int | None:
         return None
 
 
-@implementer(ITransferHandler, IListingHandler)
+@implementer(ITransferHandler, IListingHandler, IBatchPendingHandler)
 class DirectoryStore:
     """A handler that keeps uploaded files in ``root`` and serves them back."""
 
@@ -135,7 +140,11 @@ class DirectoryStore:
         *,
         pending_ttl: float = DEFAULT_PENDING_TTL,
         clock: Callable[[], float] = time.time,
+        recover: bool = True,
     ) -> None:
+        """``recover=False`` skips the start-up clean-up: a ``--workers`` worker
+        process shares a directory whose supervisor already recovered it, and
+        other workers' temporary files in it are live."""
         if pending_ttl <= 0:
             raise ValueError("pending_ttl must be positive")
         self.root = os.path.abspath(root)
@@ -144,7 +153,11 @@ class DirectoryStore:
         _make_directory(self.root)
         self._real_root = os.path.realpath(self.root)
         self.metadata = StoreMetadata(os.path.join(self.root, DB_NAME))
-        self.recover()
+        #: (name, st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) -> MD5 or None, for downloads:
+        #: a file replaced, touched or renamed has another key, so its checksum is looked up again
+        self._checksums: dict[tuple[Any, ...], str | None] = {}
+        if recover:
+            self.recover()
 
     def close(self) -> None:
         """Close the metadata database."""
@@ -161,11 +174,36 @@ class DirectoryStore:
         """
         if not url_path or any(_unsafe_segment(s) for s in url_path.split("/")):
             raise FileNotFound(f"no file {url_path!r}")
-        real_path, status, relative = self._resolve(url_path)
+        real_path, status, relative = self._resolve_download(url_path)
+        key = (relative, status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+        cached = self._checksums.get(key, _UNKNOWN)
+        if cached is not _UNKNOWN:
+            return DownloadTarget(real_path, cached)  # type: ignore[arg-type]
         record = self.metadata.get(relative)
         if record is not None and record.state is FileState.PENDING:
             raise FileNotFound(f"no file {url_path!r} (it is still being uploaded)")
-        return DownloadTarget(real_path, _checksum(record, status))
+        checksum = _checksum(record, status)
+        if len(self._checksums) >= CHECKSUM_CACHE_SIZE:
+            del self._checksums[next(iter(self._checksums))]
+        self._checksums[key] = checksum
+        return DownloadTarget(real_path, checksum)
+
+    def _resolve_download(self, relative: str) -> tuple[str, os.stat_result, str]:
+        """:meth:`_resolve`, with one ``lstat`` for a plain file directly in the store.
+
+        A single safe segment that is a regular file and not a symlink is the
+        file ``<real root>/<segment>``: no path to resolve. Anything else
+        (subdirectories, symlinks, missing files) goes through :meth:`_resolve`.
+        """
+        if "/" not in relative:
+            real_path = os.path.join(self._real_root, relative)
+            try:
+                status = os.lstat(real_path)
+            except (OSError, ValueError):
+                status = None
+            if status is not None and stat.S_ISREG(status.st_mode):
+                return real_path, status, relative
+        return self._resolve(relative)
 
     def _resolve(self, relative: str) -> tuple[str, os.stat_result, str]:
         """Real path, stat and real path relative to the store of a regular file in it."""
@@ -228,8 +266,21 @@ class DirectoryStore:
             )
 
     def AddPendingUpload(self, id_token: IdToken, filename: str) -> None:
-        """Seed ``AddPendingUpload``: record ``filename`` as pending for ``id_token``'s DN."""
-        self.metadata.add_pending(filename, id_token.dn, self.clock())
+        """Seed ``AddPendingUpload``: record ``filename`` as pending for ``id_token``'s DN.
+
+        Raises NotAuthorized, changing nothing, if the name was reserved since
+        ``CanUpload`` said yes (by a manifest on another ``--workers`` process).
+        """
+        now = self.clock()
+        if not self.metadata.add_pending(filename, id_token.dn, now, now - self.pending_ttl):
+            raise NotAuthorized(f"a file named {filename} is already being uploaded")
+
+    def AddPendingUploads(self, id_token: IdToken, filenames: list[str]) -> None:
+        """Batch ``AddPendingUpload`` (IBatchPendingHandler): all names or none, in one transaction."""
+        now = self.clock()
+        taken = self.metadata.add_pending_many(filenames, id_token.dn, now, now - self.pending_ttl)
+        if taken is not None:
+            raise NotAuthorized(f"a file named {taken} is already being uploaded")
 
     def GetUploadFilename(self, id_token: IdToken, file_info: Mapping[str, Any]) -> str | None:
         """Seed ``GetUploadFilename``: the final path if the name is pending for this DN, else None.

@@ -52,6 +52,15 @@ CREATE INDEX IF NOT EXISTS files_state_created ON files (state, created);
 
 _COLUMNS = "name, owner_dn, state, created, completed, size, md5, mtime_ns, transfer_key, file_num"
 
+# a name is free when it has no row or only a stale pending one; one statement,
+# so two processes reserving the same name cannot both succeed
+_RESERVE = (
+    "INSERT INTO files (name, owner_dn, state, created) VALUES (?1, ?2, 'pending', ?3) "
+    "ON CONFLICT (name) DO UPDATE SET owner_dn = ?2, state = 'pending', created = ?3, "
+    "completed = NULL, size = NULL, md5 = NULL, mtime_ns = NULL, transfer_key = NULL, "
+    "file_num = NULL WHERE files.state = 'pending' AND files.created < ?4"
+)
+
 
 class StoreError(ValueError):
     """The store cannot be opened; the message is one line naming the path."""
@@ -157,13 +166,28 @@ class StoreMetadata:
 
     # -- writes -----------------------------------------------------------------
 
-    def add_pending(self, name: str, owner_dn: str | None, now: float) -> None:
-        """Insert (or replace) a pending row for ``name`` owned by ``owner_dn``."""
-        self._db.execute(
-            "INSERT OR REPLACE INTO files (name, owner_dn, state, created) "
-            "VALUES (?, ?, 'pending', ?)",
-            (name, owner_dn, now),
-        )
+    def add_pending(self, name: str, owner_dn: str | None, now: float, stale_before: float) -> bool:
+        """Reserve ``name`` for ``owner_dn``: a new pending row, or one replacing a pending
+        row created before ``stale_before``. False (nothing changed) when the name is
+        stored or freshly pending — another process may have reserved it meanwhile."""
+        cursor = self._db.execute(_RESERVE, (name, owner_dn, now, stale_before))
+        return cursor.rowcount == 1
+
+    def add_pending_many(
+        self, names: list[str], owner_dn: str | None, now: float, stale_before: float
+    ) -> str | None:
+        """:meth:`add_pending` for every name, all or none, in one transaction.
+
+        Returns None when every name is reserved, else the first name that
+        could not be (and nothing was changed).
+        """
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            for name in names:
+                if self._db.execute(_RESERVE, (name, owner_dn, now, stale_before)).rowcount != 1:
+                    self._db.execute("ROLLBACK")
+                    return name
+        return None
 
     def bind_pending(
         self, name: str, owner_dn: str | None, transfer_key: str | None, file_num: int | None

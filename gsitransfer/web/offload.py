@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
+import weakref
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -55,6 +57,21 @@ HIGH_WATER = 2 * 1024 * 1024
 LOW_WATER = 512 * 1024
 
 _WRITE, _COMMIT, _DISCARD = "write", "commit", "discard"
+
+#: writer threads told to discard; :func:`finish_discards` waits for them
+_DISCARDING: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+
+
+def finish_discards(timeout: float = 5.0) -> None:
+    """Wait (at most ``timeout`` s) for discarding writers to remove their temporary files.
+
+    The workers are daemon threads: a process that stops (SIGTERM with uploads
+    abandoned after the grace) would otherwise leave their ``.part`` files
+    behind until the next start. Servers call this after the reactor's shutdown.
+    """
+    deadline = time.monotonic() + timeout
+    for thread in list(_DISCARDING):
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class InlineSink:
@@ -171,6 +188,7 @@ class OffloadedSink:
         self._batch, self._batch_size = [], 0
         self._skip.set()
         self._queue.put((_DISCARD, None))
+        _DISCARDING.add(self._thread)
 
     def _written(self, size: int) -> None:
         self._queued -= size

@@ -15,6 +15,8 @@ identity from the client certificate chain.
 
 from __future__ import annotations
 
+import socket
+import weakref
 from typing import Any, Iterable
 
 from twisted.internet import defer
@@ -24,9 +26,17 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web import server as web_server
+from twisted.web.http import combinedLogFormatter
 
 from ..core import TransferServer
-from .channel import DEFAULT_HEAD_TIMEOUT, DEFAULT_MIN_BODY_RATE, channel_protocol
+from .accesslog import access_line, emit_access_line
+from .offload import finish_discards
+from .channel import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_HEAD_TIMEOUT,
+    DEFAULT_MIN_BODY_RATE,
+    channel_protocol,
+)
 from .peers import CertificateIdentity, GridMapAuthorizer, IdentitySource, TrustedProxyIdentity
 from .request import TransferRequest
 from .resources import TransferRoot
@@ -51,21 +61,50 @@ class TransferSite(web_server.Site):
         timeout: float = DEFAULT_IDLE_TIMEOUT,
         head_timeout: float = DEFAULT_HEAD_TIMEOUT,
         min_body_rate: float = DEFAULT_MIN_BODY_RATE,
+        handshake_timeout: float | None = None,
     ) -> None:
+        """``handshake_timeout`` is for a site served under TLS (None: no deadline)."""
         super().__init__(TransferRoot(transfer_server), timeout=timeout)
         self.transfer_server = transfer_server
         self.identity = identity
         #: never longer than the idle timeout
         self.head_timeout = min(head_timeout, timeout)
+        self.handshake_timeout = None if handshake_timeout is None else min(handshake_timeout, timeout)
         self.min_body_rate = min_body_rate
         #: the body rate is judged over windows as long as the idle timeout (at most 60 s)
         self.rate_window = min(timeout, 60.0)
         #: requests of this site being answered now (graceful shutdown waits for them)
         self.active_requests = 0
+        #: protocols of the connections made (closed gracefully at shutdown)
+        self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        if protocol is not None:
+            self.connections.add(protocol)
+        return protocol
+
+    def close_connections(self) -> None:
+        """Close every connection once what was written to it is sent (shutdown)."""
+        for protocol in list(self.connections):
+            transport = getattr(protocol, "transport", None)
+            if transport is not None and not getattr(transport, "disconnecting", False):
+                transport.loseConnection()
 
     def protocol(self) -> Any:  # type: ignore[override]
         """Each connection's protocol: a TransferChannel (deadline on request heads)."""
-        return channel_protocol(self.head_timeout, self.min_body_rate, self.rate_window)
+        return channel_protocol(
+            self.head_timeout, self.min_body_rate, self.rate_window, self.handshake_timeout
+        )
+
+    def log(self, request: Any) -> None:
+        """The access log line ``Site.log`` writes, formatted and emitted more cheaply."""
+        log_file = self._logFile
+        if log_file is not None:
+            if self._logFormatter is combinedLogFormatter:
+                emit_access_line(log_file, access_line(self._logDateTime, request))
+            else:
+                super().log(request)
 
 
 class HTTPTransferServer(TransferServer):
@@ -81,11 +120,14 @@ class HTTPTransferServer(TransferServer):
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         head_timeout: float = DEFAULT_HEAD_TIMEOUT,
         min_body_rate: float = DEFAULT_MIN_BODY_RATE,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         **core_options: Any,
     ) -> None:
         super().__init__(**core_options)
         self.idle_timeout = idle_timeout
         self.head_timeout = head_timeout
+        #: applies to the TLS (GSI) variant only
+        self.handshake_timeout = handshake_timeout
         self.min_body_rate = min_body_rate
         self.identity: IdentitySource = self._base_identity(tuple(trusted_proxies))
         self.gridmap: GridMapAuthorizer | None = None
@@ -97,6 +139,7 @@ class HTTPTransferServer(TransferServer):
         self.ports: list[IListeningPort] = []
         self._sites: list[TransferSite] = []
         self._sweeper: LoopingCall | None = None
+        self._discards_finished_at_shutdown = False
 
     def _base_identity(self, trusted_proxies: tuple[str, ...]) -> IdentitySource:
         return TrustedProxyIdentity(trusted_proxies)
@@ -109,6 +152,7 @@ class HTTPTransferServer(TransferServer):
             timeout=self.idle_timeout,
             head_timeout=self.head_timeout,
             min_body_rate=self.min_body_rate,
+            handshake_timeout=self.handshake_timeout if self.scheme == "https" else None,
         )
         self._sites.append(site)
         return site
@@ -129,9 +173,36 @@ class HTTPTransferServer(TransferServer):
             reactor = default_reactor
         if isinstance(endpoint, str):
             endpoint = serverFromString(reactor, endpoint)
+        self._finish_discards_at_shutdown(reactor)
         listening = endpoint.listen(self.protocol_factory())
         listening.addCallback(self._listening)
         return listening
+
+    def adopt(self, fd: int, reactor: Any = None) -> IListeningPort:
+        """Accept on a listening socket inherited from a supervisor (``--workers``).
+
+        ``fd`` stays open for the caller; the port accepts on its own duplicate.
+        """
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        probe = socket.socket(fileno=fd)
+        try:
+            family = probe.family
+        finally:
+            probe.detach()
+        self._finish_discards_at_shutdown(reactor)
+        port = reactor.adoptStreamPort(fd, family, self.protocol_factory())
+        self.ports.append(port)
+        self._learn_public_url(port)
+        return port
+
+    def _finish_discards_at_shutdown(self, reactor: Any) -> None:
+        """Once per server: after the reactor's shutdown, let abandoned uploads' writers clean up."""
+        if not self._discards_finished_at_shutdown:
+            self._discards_finished_at_shutdown = True
+            reactor.addSystemEventTrigger("after", "shutdown", finish_discards)
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
         self.ports.append(port)
@@ -144,15 +215,25 @@ class HTTPTransferServer(TransferServer):
             host=f"[{host}]" if ":" in host else host,
             port=port_number,
         )
+        self._learn_public_url(port)
+        return port
+
+    def _learn_public_url(self, port: IListeningPort) -> None:
+        """Without ``public_url``, descriptors use the first listener's address."""
+        address = port.getHost()
+        host = str(getattr(address, "host", "localhost"))
+        port_number = getattr(address, "port", "?")
         if self.public_url is None:
             if host in ("0.0.0.0", "::", ""):
                 host = "localhost"
             self.public_url = f"{self.scheme}://{f'[{host}]' if ':' in host else host}:{port_number}"
-        return port
 
-    def maintain(self, reactor: Any = None, interval: float = 60.0) -> LoopingCall:
-        """Expire transfer keys (and reload trust) every ``interval`` seconds, starting now."""
-        sweeper = LoopingCall(self.maintenance)
+    def maintain(self, reactor: Any = None, interval: float = 60.0, expire: bool = True) -> LoopingCall:
+        """Expire transfer keys (and reload trust) every ``interval`` seconds, starting now.
+
+        ``expire=False`` only reloads: with ``--workers`` the supervisor alone expires keys.
+        """
+        sweeper = LoopingCall(self.maintenance if expire else self.reload)
         if reactor is not None:
             sweeper.clock = reactor
         sweeper.start(interval, now=True).addErrback(
@@ -206,6 +287,11 @@ class HTTPTransferServer(TransferServer):
             yield deferLater(reactor, 0.1, lambda: None)
         if self.busy():
             _log.warn("{n} transfer(s) abandoned at shutdown", n=self.busy())
+            return None
+        # the last answers may still sit in transport buffers: let them go out
+        for site in self._sites:
+            site.close_connections()
+        yield deferLater(reactor, min(0.5, max(0.0, deadline - reactor.seconds())), lambda: None)
         return None
 
 

@@ -27,6 +27,7 @@ STATUS_FOR_ERROR: tuple[tuple[type[errors.TransferError], int], ...] = (
     (errors.LengthMismatch, 400),
     (errors.ChecksumMismatch, 422),
     (errors.InsufficientStorage, 507),
+    (errors.QuotaExceeded, 429),
     (errors.HandlerTimeout, 503),
     (errors.UploadFailed, 500),
     (errors.DownloadFailed, 500),

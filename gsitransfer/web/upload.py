@@ -251,9 +251,11 @@ class UploadReceiver:
             self._abandon()
 
     def _abandon(self) -> None:
+        # pending first: whoever sees the temporary file gone (another worker
+        # process too) sees the file pending
+        if self.ticket is not None:
+            self.server.fail_upload(self.ticket)
         if self.writer is not None:
             self.writer.discard()
         elif self.sink is not None:
             self.sink.discard()
-        if self.ticket is not None:
-            self.server.fail_upload(self.ticket)

@@ -212,29 +212,53 @@ def is_closed_by_peer(sock: socket.socket, timeout: float) -> str | None:
 # -- the server process ----------------------------------------------------------
 
 
+def server_pids(pid: int) -> list[int]:
+    """``pid`` and its children: a ``--workers`` server's supervisor and workers."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *(int(child) for child in children)]
+
+
 def open_fds(pid: int) -> int:
-    """How many file descriptors process ``pid`` holds."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    """How many file descriptors process ``pid`` (and its workers) hold."""
+    total = 0
+    for each in server_pids(pid):
+        try:
+            total += len(os.listdir(f"/proc/{each}/fd"))
+        except OSError:
+            pass
+    return total
 
 
 def open_sockets(pid: int) -> int:
-    """How many sockets process ``pid`` holds (the listening ones included)."""
+    """How many sockets process ``pid`` (and its workers) hold (the listening ones included)."""
     count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
+    for each in server_pids(pid):
         try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
-                count += 1
+            fds = os.listdir(f"/proc/{each}/fd")
         except OSError:
-            pass
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{each}/fd/{fd}").startswith("socket:"):
+                    count += 1
+            except OSError:
+                pass
     return count
 
 
 def rss_kib(pid: int) -> int:
-    """Resident set size of ``pid`` in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    """Resident set size of ``pid`` (and its workers) in KiB."""
+    total = 0
+    for each in server_pids(pid):
+        try:
+            lines = Path(f"/proc/{each}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) for line in lines if line.startswith("VmRSS:"))
+    return total
 
 
 def assert_healthy(server: ServerProcess, prefix: str = "data", **kwargs: Any) -> None:

@@ -477,12 +477,17 @@ def _post_manifest_seconds(tmp_path: Path, files: int) -> float:
 
     work = tmp_path / f"post-{files}"
     work.mkdir()
+    clock = task.Clock()
     server = TransferServer(transfers=SQLiteTransferTable(str(work / "t.sqlite")), handler_timeout=60,
-                            timer=task.Clock())
+                            timer=clock)
     server.RegisterPrefix("data", DirectoryStore(str(work / "store")))
     body = manifest_for([(f"f{i:05d}", b"") for i in range(files)])
     started = time.perf_counter()
     outcome = server.post_manifest("data", body, ANONYMOUS)
+    for _ in range(files):  # the core returns to the "reactor" between batches of files
+        if outcome.called:
+            break
+        clock.advance(0)
     elapsed = time.perf_counter() - started
     assert outcome.called and outcome.result.accepted
     return elapsed
@@ -501,32 +506,39 @@ def test_posting_a_manifest_is_linear_in_its_files(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="BUG: a manifest of --max-files files (10 000, 750 kB, anonymous) is parsed and "
-                          "checked file by file on the reactor thread in one go: every other client waits "
-                          "for it (~12 s at c21ccca, ~3-4 s without the quadratic total_size)", strict=True)
 def test_largest_manifest_does_not_stall_other_clients(server):
-    """While a 10 000-file manifest is processed, another client is answered within 1 s."""
+    """While a 10 000-file manifest is processed, another client is answered within 1 s, every time."""
     import threading
 
     base = server.url()
     body = manifest_for([(unique(f"m{i}"), b"") for i in range(10_000)])
     done = threading.Event()
+    answer: list = []
+    took: list[float] = []
 
     def post() -> None:
+        started = time.monotonic()
         try:
-            request(base, "POST", "/data/manifest", body, timeout=120)
+            answer.append(request(base, "POST", "/data/manifest", body, timeout=120))
         finally:
+            took.append(time.monotonic() - started)
             done.set()
 
     thread = threading.Thread(target=post, daemon=True)
     thread.start()
-    time.sleep(0.3)
-    started = time.monotonic()
-    try:
-        request(base, "GET", "/data/no-such-file", timeout=1)
-        waited = time.monotonic() - started
-    except OSError:
-        waited = float("inf")
+    waits: list[float] = []
+    for _ in range(2000):  # bounded: at most 2000 probes, each cut off after 1 s
+        if done.is_set():
+            break
+        started = time.monotonic()
+        try:
+            request(base, "GET", "/data/no-such-file", timeout=1)
+            waits.append(time.monotonic() - started)
+        except OSError:
+            waits.append(float("inf"))
     done.wait(120)
-    print(f"another client waited {waited:.2f} s during a 10 000-file manifest")
-    assert waited < 1
+    worst = max(waits, default=0.0)
+    print(f"10 000-file manifest: POST took {took[0]:.2f} s; {len(waits)} GETs meanwhile, "
+          f"worst wait {worst:.2f} s")
+    assert answer and answer[0].status == 200 and answer[0].fields().get("return_code") == "0", answer
+    assert len(waits) >= 1 and worst < 1

@@ -198,6 +198,78 @@ def test_handshake_that_never_completes_is_cut_off(gsi, how):
     assert elapsed < IDLE + 2.5
 
 
+HANDSHAKE = 1.0
+
+
+@pytest.fixture(scope="module")
+def gsi_handshake(adv_pki: TestPKI, tmp_path_factory):
+    """A GSI server with --handshake-timeout 1 and the default-like --idle-timeout 300."""
+    work = tmp_path_factory.mktemp("tls-handshake")
+    args = ["--https", "tcp:0:interface=127.0.0.1", "--cert", str(adv_pki.server_cert),
+            "--key", str(adv_pki.server_key), "--ca-dir", str(adv_pki.ca_dir),
+            "--store", f"data={work / 'store'}", "--idle-timeout", "300",
+            "--handshake-timeout", str(HANDSHAKE)]
+    with running(ServerProcess(work, args)) as process:
+        yield process
+        assert_clean_log(process)
+
+
+@pytest.mark.parametrize("how", ["silent", "trickled hello"])
+def test_handshake_deadline_is_separate_from_the_idle_timeout(gsi_handshake, how):
+    """With --handshake-timeout 1 and --idle-timeout 300, an unfinished handshake is cut off
+    by the handshake deadline (the figure is printed), not after the idle timeout."""
+    with socket.create_connection(host_port(gsi_handshake.url("https")), timeout=10) as sock:
+        started = time.monotonic()
+        closed = None
+        if how == "trickled hello":
+            for byte in HANDSHAKE_PREFIX:  # bounded: one byte per 0.2 s, at most len(prefix)
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    closed = "reset"
+                    break
+                closed = is_closed_by_peer(sock, 0.2)
+                if closed:
+                    break
+        if closed is None:
+            closed = is_closed_by_peer(sock, 30)
+        elapsed = time.monotonic() - started
+    print(f"{how}: cut off ({closed}) after {elapsed:.2f} s with --handshake-timeout {HANDSHAKE}, "
+          "--idle-timeout 300")
+    assert closed in ("eof", "reset")
+
+
+def test_finished_handshake_is_not_cut_off_by_the_handshake_deadline(gsi_handshake, adv_pki):
+    """A client that finished its handshake keeps its connection past the handshake deadline:
+    a second request on it, sent after the deadline, is answered 200."""
+    alice = adv_pki.users["alice"]
+    context = client_tls(adv_pki.ca_file, alice.cert, alice.key)
+    host, port = host_port(gsi_handshake.url("https"))
+    ask = b"GET /data/ HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    with socket.create_connection((host, port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            answers = []
+            for _ in range(2):
+                tls.sendall(ask)
+                head = b""
+                while b"\r\n\r\n" not in head and len(head) < 65536:
+                    chunk = tls.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+                answers.append(head.split(b"\r\n", 1)[0])
+                length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length:")))
+                body = head.split(b"\r\n\r\n", 1)[1]
+                while len(body) < length:
+                    chunk = tls.recv(4096)
+                    if not chunk:
+                        break
+                    body += chunk
+                time.sleep(HANDSHAKE * 2)  # past the handshake deadline before the next request
+    assert answers == [b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK"], answers
+
+
 def test_failed_handshakes_leak_no_descriptors(gsi, adv_pki):
     """Forty refused or abandoned handshakes later the server holds as many descriptors as before."""
     pid = gsi.pid

@@ -3,6 +3,10 @@
 Tests talk to it over real sockets on 127.0.0.1. The server listens on port 0
 and the test reads the real port from the log line ``gsitransfer listening:``.
 Every wait is bounded.
+
+``GSITRANSFER_TEST_WORKERS=N`` in the environment runs every such server with
+``--workers N`` (unless the test chose ``--workers`` itself): the whole suite
+can be run against a supervisor and N worker processes.
 """
 
 from __future__ import annotations
@@ -24,7 +28,15 @@ class ServerProcess:
 
     def __init__(self, workdir: Path, args: list[str], env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
+        workers = os.environ.get("GSITRANSFER_TEST_WORKERS")
+        if workers and not any(a.startswith("--workers") for a in args):
+            args = [*args, "--workers", workers]
         self.args = args
+        #: worker processes to wait for at start (``--workers N``, N > 1)
+        self.workers = 0
+        for flag, value in zip(args, [*args[1:], ""]):
+            if flag == "--workers" and value.isdigit() and int(value) > 1:
+                self.workers = int(value)
         self.env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
         self.env.update(env or {})
         self.log_path = workdir / f"server-{time.monotonic_ns()}.log"
@@ -49,7 +61,7 @@ class ServerProcess:
             text = self.log_path.read_text(errors="replace")
             for scheme, host, port in _LISTENING.findall(text):
                 self.urls[scheme] = f"{scheme}://{host}:{port}"
-            if wanted <= set(self.urls):
+            if wanted <= set(self.urls) and text.count("gsitransfer worker serving") >= self.workers:
                 return self
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited ({self.process.returncode}):\n{text}")
@@ -64,6 +76,14 @@ class ServerProcess:
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the server's worker processes (none without ``--workers``)."""
+        try:
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        except OSError:
+            return []
+        return sorted(int(pid) for pid in children)
 
     def signal(self, signum: int) -> None:
         assert self.process is not None

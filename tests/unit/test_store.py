@@ -254,7 +254,7 @@ def test_get_upload_filename_binds_the_transfer_key(store: DirectoryStore) -> No
 
 def test_get_upload_filename_refuses_unsafe_names(store: DirectoryStore) -> None:
     """An unsafe name never gets an upload path, even with a pending row."""
-    store.metadata.add_pending("../escape", ALICE.dn, T0)
+    store.metadata.add_pending("../escape", ALICE.dn, T0, T0)
     assert store.GetUploadFilename(ALICE, info("../escape")) is None
 
 

@@ -174,6 +174,46 @@ def test_discard_removes_the_temporary(tmp_path):
     assert temporaries(tmp_path) == [] and not (tmp_path / "f").exists()
 
 
+def test_identical_file_in_place_is_hashed_by_the_worker(tmp_path, monkeypatch):
+    """A retry onto the same bytes already in place (after a crash): the worker, not the
+    reactor thread, reads and hashes the existing file, and the commit counts it as placed."""
+    data = bytes(range(256)) * 8192  # 2 MiB
+    (tmp_path / "f").write_bytes(data)
+    threads: list[str] = []
+    holds = filesink._holds
+
+    def recording_holds(*args: Any) -> bool:
+        threads.append(threading.current_thread().name)
+        return holds(*args)
+
+    monkeypatch.setattr(filesink, "_holds", recording_holds)
+    pump, rec = Pump(), Recorder()
+    sink = offloaded(tmp_path / "f", len(data), pump, rec)
+    sink.write(data)
+    drained = sink.drain()
+    pump.run_until(lambda: drained.called)
+    committed = sink.commit()
+    pump.run_until(lambda: committed.called)
+    assert threads == ["gsitransfer-write"] and sink.sink.already_present
+    assert (tmp_path / "f").read_bytes() == data and temporaries(tmp_path) == []
+
+
+def test_inline_commit_hashes_at_most_the_offload_threshold(tmp_path):
+    """On the reactor thread (InlineSink) an existing file is hashed only if it has the
+    body's size, and such bodies are at most OFFLOAD_THRESHOLD: a file of another size is a
+    conflict at once, without reading it."""
+    from gsitransfer.errors import UploadConflict
+    from gsitransfer.web.offload import OFFLOAD_THRESHOLD, InlineSink
+
+    (tmp_path / "f").write_bytes(b"\0" * (4 * OFFLOAD_THRESHOLD))
+    sink = InlineSink(FileSink(str(tmp_path / "f"), 3))
+    sink.write(b"new")
+    committed = sink.commit()
+    failures: list[Any] = []
+    committed.addErrback(failures.append)
+    assert failures and failures[0].check(UploadConflict)
+
+
 # -- through the web layer ------------------------------------------------------
 
 BIG = bytes(range(256)) * 4096  # 1 MiB
