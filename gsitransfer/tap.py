@@ -17,7 +17,7 @@ import importlib
 import os
 import signal
 import sys
-from typing import Any, Literal, NoReturn
+from typing import Any, Callable, Literal, NoReturn
 
 from twisted.application import service
 from twisted.internet import defer
@@ -58,6 +58,20 @@ def _split_assignment(value: str, option: str, right: str) -> tuple[str, str]:
     return prefix, rest
 
 
+def _number(option: str, kind: type) -> Callable[[str], Any]:
+    """A coercer for ``--option`` whose error names the option and the value."""
+    noun = "a whole number" if kind is int else "a number"
+
+    def coerce(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"--{option} wants {noun}, got {text!r}") from None
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
 class Options(usage.Options):
     """Command-line options of ``twistd accessgrid-transfer``."""
 
@@ -92,6 +106,10 @@ class Options(usage.Options):
         ["max-pending-files", None, 100_000, "Most files one identity (all anonymous clients: one) may have announced and not stored (0: no limit).", int],
         ["max-pending-bytes", None, None, "Most bytes one identity may have announced and not stored (0 or absent: no limit).", int],
         ["workers", None, 1, "Processes serving the listeners (1: this one; N > 1: a supervisor and N workers).", int],
+    ]
+    # numbers are parsed by coercers that name their option in the error line
+    optParameters = [
+        [*entry[:4], _number(entry[0], entry[4])] if len(entry) > 4 else entry for entry in optParameters
     ]
 
     def __init__(self) -> None:
@@ -134,7 +152,7 @@ class Options(usage.Options):
         try:
             super().parseOptions(options)
         except usage.UsageError as error:
-            fail(str(error))
+            fail(str(error).removeprefix("Parameter type enforcement failed: "))
 
     def postOptions(self) -> None:
         if not self["http"] and not self["https"]:
