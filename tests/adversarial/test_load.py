@@ -199,6 +199,12 @@ def test_concurrent_uploads_and_downloads_longer(tmp_path):
     mixed_clients(tmp_path, clients=24, seconds=30, max_size=8 * MiB)
 
 
+@pytest.mark.slow
+def test_two_hundred_clients_uploading_and_downloading(tmp_path):
+    """200 clients at once for 30 s with files up to 1 MiB: every byte verified, nothing left over."""
+    mixed_clients(tmp_path, clients=200, seconds=30, max_size=1 * MiB)
+
+
 # -- races ---------------------------------------------------------------------------------------------
 
 
