@@ -24,11 +24,11 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web import server as web_server
 from twisted.web.http import combinedLogFormatter
 
 from ..core import TransferServer
+from ..tls.transport import BulkTLSFactory
 from .accesslog import access_line, emit_access_line
 from .offload import finish_discards
 from .channel import (
@@ -314,7 +314,7 @@ class GSIHTTPTransferServer(HTTPTransferServer):
         return CertificateIdentity()
 
     def protocol_factory(self) -> Any:
-        return TLSMemoryBIOFactory(self.tls, False, self.site())
+        return BulkTLSFactory(self.tls, False, self.site())
 
     def reload(self, force: bool = False) -> None:
         """Re-read CAs, CRLs and the grid-mapfile; new connections see the new trust."""

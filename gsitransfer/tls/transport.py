@@ -1,0 +1,201 @@
+"""TLS over TCP for bulk transfers: Twisted's memory-BIO TLS, fewer Python round trips per byte.
+
+What this module owns: :class:`BulkTLSProtocol` and :class:`BulkTLSFactory`, drop-in
+replacements for Twisted's ``TLSMemoryBIOProtocol`` (its small-write-aggregating
+``BufferingTLSTransport``) and ``TLSMemoryBIOFactory`` that change only how bytes move
+between the application, OpenSSL and the TCP transport:
+
+* **sending** -- an application write is handed to OpenSSL in slices of
+  ``SEND_SLICE`` bytes, not 16 KiB, and the send BIO is drained after each slice
+  with reads of ``SEND_SLICE`` plus room for the records' overhead: one
+  ``transport.write`` carries many TLS records. pyOpenSSL turns on
+  ``SSL_MODE_ENABLE_PARTIAL_WRITE``, with which ``SSL_write`` stops after one
+  record; the protocol turns it off on its connection (through the binding
+  pyOpenSSL itself uses, when present), so one ``SSL_write`` encrypts a whole
+  slice. Without it the slice is still sent by a loop of ``send`` calls, and
+  still drained once;
+* **receiving** -- after each ``bio_write`` of what TCP brought, every record
+  OpenSSL can decrypt is read (``SSL_read`` returns one record per call) and the
+  plaintext is delivered to the wrapped protocol in *one* ``dataReceived``. The
+  plaintext of one delivery is therefore at most what one TCP read brought in
+  plus one partial record held back from the read before;
+* **reading** -- the TCP transport's ``bufferSize`` (bytes per ``recv``, and the
+  write-buffer size above which it pauses a producer) is raised to ``read_size``.
+
+Rules kept from Twisted, unchanged (those methods are not overridden): the
+handshake (``_checkHandshakeStatus``, ``IHandshakeListener.handshakeCompleted``),
+producers (``_ProducerMembrane``, ``_PullToPush``), writes buffered in
+``_appSendBuffer`` while OpenSSL wants to read, ``loseConnection`` /
+``abortConnection`` / ``failVerification``, ``connectionLost``. And in the two
+overridden loops: nothing is written after ``_lostTLSConnection``; nothing is
+delivered after ``_aborted``; plaintext that came before a ``close_notify`` or a
+TLS error is delivered before the shutdown (``ZeroReturnError`` →
+``_shutdownTLS`` + ``_tlsShutdownFinished(None)``; any other ``SSL.Error`` →
+``_tlsShutdownFinished(Failure)``); a write interrupted by ``WantReadError``
+resumes with the same slice (as OpenSSL requires when partial writes are off).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from OpenSSL.SSL import Connection, Error, WantReadError, ZeroReturnError
+from twisted.internet.interfaces import IReactorTime
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+#: plaintext bytes handed to one SSL_write (16 records of 16 KiB)
+SEND_SLICE = 256 * 1024
+
+#: room for the TLS overhead of a slice's records (TLS 1.3: 22 bytes a record; CBC suites more)
+_SEND_SLACK = 16 * 1024
+
+#: bytes asked of one SSL_read (one record at most is returned by OpenSSL 3/4)
+RECV_SIZE = 32 * 1024
+
+#: TCP bytes per recv() for these connections (Twisted's default is 64 KiB)
+READ_SIZE = 256 * 1024
+
+
+def _partial_write_off() -> Any:
+    """A function clearing SSL_MODE_ENABLE_PARTIAL_WRITE on a pyOpenSSL Connection, or None.
+
+    pyOpenSSL sets the mode on every Context and offers no public way to clear it
+    on a Connection; the binding it uses does (``SSL_clear_mode``). When that is
+    missing (another pyOpenSSL), sending still works, one record per ``send``.
+    """
+    try:
+        from OpenSSL.SSL import _lib  # type: ignore[attr-defined]
+
+        clear_mode = _lib.SSL_clear_mode
+        mode = _lib.SSL_MODE_ENABLE_PARTIAL_WRITE
+    except (ImportError, AttributeError):
+        return None
+
+    def clear(connection: Connection) -> bool:
+        handle = getattr(connection, "_ssl", None)
+        if handle is None:
+            return False
+        clear_mode(handle, mode)
+        return True
+
+    return clear
+
+
+_clear_partial_write = _partial_write_off()
+
+
+class BulkTLSProtocol(BufferingTLSTransport):
+    """Twisted's TLS protocol moving many TLS records per Python call (see the module rules)."""
+
+    send_slice = SEND_SLICE
+    recv_size = RECV_SIZE
+    #: True once SSL_write on this connection encrypts a whole slice in one call
+    whole_slices = False
+
+    def makeConnection(self, transport: Any) -> None:
+        read_size = getattr(self.factory, "read_size", None)
+        if read_size and hasattr(transport, "bufferSize"):
+            transport.bufferSize = read_size
+        super().makeConnection(transport)
+        # Only now does the Connection exist. No application data can have reached
+        # SSL_write before the handshake completed: a write so far was buffered.
+        connection = self._tlsConnection
+        if connection is not None and _clear_partial_write is not None:
+            self.whole_slices = _clear_partial_write(connection)
+
+    def _write(self, data: Any) -> None:
+        """Hand ``data`` to OpenSSL a slice at a time; one transport write per slice."""
+        if self._lostTLSConnection:
+            return
+        if self._appSendBuffer:
+            # an earlier write waits for OpenSSL to read: keep the order, and the
+            # interrupted SSL_write is retried with its own buffer, not this one
+            self._bufferedWrite(bytes(data))
+            return
+        view = memoryview(data).cast("B")
+        total = len(view)
+        slice_size = self.send_slice
+        send = self._tlsConnection.send
+        done = 0
+        while done < total:
+            end = min(done + slice_size, total)
+            try:
+                while done < end:
+                    done += send(view[done:end])
+            except WantReadError:
+                # Buffered from `done`, the start of the interrupted slice when
+                # whole_slices: the retry passes OpenSSL the same slice again.
+                self._flushSendBIO()
+                self._bufferedWrite(bytes(view[done:]))
+                return
+            except Error:
+                # as Twisted: the error reaches the application's connectionLost
+                self._tlsShutdownFinished(Failure())
+                return
+            self._flushSendBIO()
+
+    def _flushSendBIO(self) -> None:
+        """Move everything in the send BIO to the transport in one write."""
+        connection = self._tlsConnection
+        size = self.send_slice + _SEND_SLACK
+        chunks = []
+        while True:
+            try:
+                chunk = connection.bio_read(size)
+            except WantReadError:
+                break
+            chunks.append(chunk)
+            if len(chunk) < size:
+                break
+        if chunks:
+            self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def _flushReceiveBIO(self) -> None:
+        """Decrypt every complete record now in the receive BIO; deliver the plaintext at once."""
+        connection = self._tlsConnection
+        size = self.recv_size
+        chunks: list[bytes] = []
+        while not self._lostTLSConnection:
+            try:
+                chunks.append(connection.recv(size))
+            except WantReadError:
+                break
+            except ZeroReturnError:
+                # close_notify: what came before it first, then Twisted's shutdown
+                self._deliver(chunks)
+                chunks = []
+                if not self._lostTLSConnection:
+                    self._shutdownTLS()
+                    self._tlsShutdownFinished(None)
+            except Error:
+                failure = Failure()
+                self._deliver(chunks)
+                chunks = []
+                if not self._lostTLSConnection:
+                    self._tlsShutdownFinished(failure)
+        self._deliver(chunks)
+        # the records may have needed an answer (handshake messages, alerts)
+        self._flushSendBIO()
+
+    def _deliver(self, chunks: list[bytes]) -> None:
+        if chunks and not self._aborted:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self.wrappedProtocol.dataReceived(data)
+
+
+class BulkTLSFactory(TLSMemoryBIOFactory):
+    """``TLSMemoryBIOFactory`` building :class:`BulkTLSProtocol` connections.
+
+    ``read_size`` is the TCP transport's ``bufferSize`` for these connections
+    (None: leave Twisted's).
+    """
+
+    protocol = BulkTLSProtocol
+
+    def __init__(
+        self, contextFactory: Any, isClient: bool, wrappedFactory: Any,
+        clock: IReactorTime | None = None, *, read_size: int | None = READ_SIZE,
+    ) -> None:
+        super().__init__(contextFactory, isClient, wrappedFactory, clock)
+        self.read_size = read_size
