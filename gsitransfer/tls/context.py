@@ -14,7 +14,9 @@ What this module owns:
   ``TLSMemoryBIOFactory(creator, False, factory)``, whose :meth:`ServerTLS.reload`
   swaps in a context freshly built from disk for new connections;
 * logging a refused handshake once per connection, with the reason and the
-  subject DN of the certificate that failed.
+  subject DN of the certificate that failed;
+* each context's app data: a :class:`~gsitransfer.tls.peer.ChainTokens`, the
+  identity of the chains recently verified on it.
 
 Any start-up problem raises :class:`TLSConfigError` with one line naming the file.
 """
@@ -39,6 +41,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gsitransfer.identity import format_dn
+from gsitransfer.tls.peer import ChainTokens
 
 log = Logger(namespace="gsitransfer.tls")
 
@@ -376,6 +379,7 @@ class ServerTLS:
             context = build_context(credential, material, self.trust, self._verify, self._info)
         except (SSL.Error, crypto.Error) as error:
             raise TLSConfigError(f"server certificate {self.cert_file}: OpenSSL refused it ({error})") from None
+        context.set_app_data(ChainTokens())
         return context, material
 
     def reload(self, force: bool = False) -> bool:

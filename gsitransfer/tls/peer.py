@@ -3,6 +3,10 @@
 The identity comes only from the chain OpenSSL verified during the handshake
 (``SSL_get0_verified_chain``), never from anything the client can simply
 type, and is derived by :func:`gsitransfer.identity.identity_from_chain`.
+A :class:`ChainTokens` set as the ``SSL.Context``'s app data (``ServerTLS``
+does) remembers the token of each chain recently verified on that context, so
+a client reconnecting with the same chain costs a lookup by the chain's DER
+(~25 us), not a parse (~330 us, a tenth of a new-connection GET's server CPU).
 
 :func:`release_idle_buffers` gives back the I/O buffers of a connection
 between requests (idle connections are most of a busy server's connections).
@@ -11,10 +15,10 @@ between requests (idle connections are most of a busy server's connections).
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 from cryptography import x509
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
 from gsitransfer.identity import IdToken, identity_from_chain
 
@@ -31,8 +35,62 @@ def verified_chain(connection: SSL.Connection) -> list[x509.Certificate]:
     return list(chain)
 
 
+def verified_chain_der(connection: SSL.Connection) -> tuple[bytes, ...]:
+    """The DER of each certificate of the peer's verified chain, leaf first; ValueError when there is none.
+
+    Cheaper than :func:`verified_chain` (no ``cryptography`` objects):
+    pyOpenSSL's ``X509`` wrappers only take a reference to OpenSSL's.
+    """
+    chain = connection.get_verified_chain()
+    if not chain:
+        raise ValueError("the TLS connection has no verified client certificate chain")
+    return tuple(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert) for cert in chain)
+
+
+class ChainTokens:
+    """The :class:`IdToken` of each verified chain recently seen, looked up by the chain's DER.
+
+    A token is a function of the chain's bytes alone (its fields come from
+    the certificates, nothing from the connection or the clock), so an equal
+    chain gets the very same token without parsing its names and extensions
+    again. The key is the whole chain, byte for byte: nothing a different
+    chain could share. The cache saves the derivation, never the
+    verification, which every handshake still does; it is asked only about
+    established connections, whose chain OpenSSL verified (the web layer
+    runs after the handshake succeeded).
+    At most ``size`` chains are kept, the least recently used one goes first.
+    One belongs to one ``SSL.Context`` (its app data): a reload, which builds
+    a new context, starts with an empty one.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._tokens: dict[tuple[bytes, ...], IdToken] = {}
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def token(self, chain_der: Sequence[bytes]) -> IdToken:
+        """The token of the chain (DER, leaf first); ValueError as :func:`identity_from_chain`."""
+        key = tuple(chain_der)
+        tokens = self._tokens
+        token = tokens.pop(key, None)
+        if token is None:
+            token = identity_from_chain([x509.load_der_x509_certificate(der) for der in key])
+            if len(tokens) >= self.size:
+                del tokens[next(iter(tokens))]
+        tokens[key] = token
+        return token
+
+
 def identity_from_connection(connection: SSL.Connection) -> IdToken:
-    """The :class:`IdToken` of the client of an established, verified connection."""
+    """The :class:`IdToken` of the client of an established, verified connection.
+
+    Through the context's :class:`ChainTokens` when it has one.
+    """
+    tokens = connection.get_context().get_app_data()
+    if isinstance(tokens, ChainTokens):
+        return tokens.token(verified_chain_der(connection))
     return identity_from_chain(verified_chain(connection))
 
 
@@ -99,4 +157,5 @@ def _binding() -> tuple[Any, Any]:
     return ffi, lib
 
 
-__all__ = ["identity_from_connection", "identity_from_transport", "release_idle_buffers", "verified_chain"]
+__all__ = ["ChainTokens", "identity_from_connection", "identity_from_transport", "release_idle_buffers", "verified_chain",
+           "verified_chain_der"]
