@@ -13,6 +13,7 @@ a traceback.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import signal
@@ -344,6 +345,8 @@ class TransferService(service.MultiService):
             self._previous_sighup = signal.signal(
                 signal.SIGHUP, lambda *_: reactor.callFromThread(self.reload)
             )
+        # what start-up made lives as long as the process: keep it out of every GC pass
+        gc.freeze()
 
     def reload(self) -> None:
         """Re-read CAs, CRLs and the grid-mapfile (SIGHUP)."""

@@ -30,6 +30,7 @@ does), not in memory.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -309,6 +310,8 @@ class WorkerService(service.MultiService):
             server.maintain(self.reactor, interval=self.reload_interval, expire=False)
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+        # what start-up made lives as long as the process: keep it out of every GC pass
+        gc.freeze()
 
     def reload(self) -> None:
         for server in self.servers:
