@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from types import CoroutineType
 from typing import Any, Callable
 from urllib.parse import quote
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .errors import (
     ChecksumMismatch,
@@ -131,6 +133,13 @@ def call_handler(handler: object, callback: str, *args: Any) -> defer.Deferred[A
     if method is None:
         return defer.succeed(None)
     return defer.maybeDeferred(method, *args)
+
+
+def _download_target(answer: Any, url_path: str) -> DownloadTarget:
+    """What ``GetDownloadFilename`` answered, as a DownloadTarget; None is FileNotFound."""
+    if answer is None:
+        raise FileNotFound(f"no file {url_path}")
+    return as_download_target(answer)
 
 
 class TransferServer:
@@ -460,17 +469,32 @@ class TransferServer:
 
     # -- downloads and listing ------------------------------------------------
 
-    @defer.inlineCallbacks
-    def resolve_download(self, prefix: str, url_path: str, id_token: IdToken) -> Any:
+    def resolve_download(self, prefix: str, url_path: str, id_token: IdToken) -> defer.Deferred[DownloadTarget]:
         """Ask the handler where ``url_path`` lives; fires with a DownloadTarget."""
+        try:
+            target = self.resolve_download_now(prefix, url_path, id_token)
+        except BaseException:
+            return defer.fail()
+        return target if isinstance(target, defer.Deferred) else defer.succeed(target)
+
+    def resolve_download_now(
+        self, prefix: str, url_path: str, id_token: IdToken
+    ) -> DownloadTarget | defer.Deferred[DownloadTarget]:
+        """:meth:`resolve_download` without a Deferred when the handler answers at once.
+
+        A handler returning a value (or raising) is answered here, synchronously:
+        the DownloadTarget, or the exception raised. One returning a Deferred or
+        a coroutine gives a Deferred (with the handler timeout) firing with it.
+        """
         handler = self._handler(prefix)
-        if getattr(handler, "GetDownloadFilename", None) is None:
+        method = getattr(handler, "GetDownloadFilename", None)
+        if method is None:
             raise FileNotFound("this prefix serves no downloads")
-        answer = yield self._call(handler, "GetDownloadFilename", id_token, url_path)
-        if answer is None:
-            raise FileNotFound(f"no file {url_path}")
-        target: DownloadTarget = as_download_target(answer)
-        return target
+        answer = method(id_token, url_path)
+        if isinstance(answer, (defer.Deferred, CoroutineType, Failure)):
+            later = self._with_timeout(defer.maybeDeferred(lambda: answer), "GetDownloadFilename")
+            return later.addCallback(_download_target, url_path)
+        return _download_target(answer, url_path)
 
     def list_files(self, prefix: str, id_token: IdToken) -> defer.Deferred[Any]:
         """The handler's listing of ``prefix``; FileNotFound when it cannot list."""
@@ -565,7 +589,10 @@ class TransferServer:
 
     def _call(self, handler: object, callback: str, *args: Any) -> defer.Deferred[Any]:
         """call_handler, failing with HandlerTimeout if the callback takes too long."""
-        result = call_handler(handler, callback, *args)
+        return self._with_timeout(call_handler(handler, callback, *args), callback)
+
+    def _with_timeout(self, result: defer.Deferred[Any], callback: str) -> defer.Deferred[Any]:
+        """``result``, failing with HandlerTimeout if the handler's ``callback`` takes too long."""
         if self.handler_timeout is None or result.called:
             return result
         timeout = self.handler_timeout

@@ -11,6 +11,7 @@ that ``twisted.python.log.logfile`` makes of each line, so the log reads the sam
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from twisted.internet import address
@@ -56,6 +57,18 @@ def access_line(timestamp: str | None, request: Any) -> str:
 def emit_access_line(log_file: Any, line: str) -> None:
     """Write ``line`` to ``log_file`` as ``Site.log`` would, without its per-line overhead."""
     if log_file is legacy_log.logfile:
-        _LEGACY.emit(LogLevel.info, format="{log_io}", log_io=line)
+        # the event Logger.emit(LogLevel.info, format="{log_io}", log_io=line) makes, made directly
+        observer: Any = _LEGACY.observer
+        observer(
+            {
+                "log_io": line,
+                "log_logger": _LEGACY,
+                "log_level": LogLevel.info,
+                "log_namespace": _LEGACY.namespace,
+                "log_source": None,
+                "log_format": "{log_io}",
+                "log_time": time.time(),
+            }
+        )
     else:
         log_file.write(line + "\n")

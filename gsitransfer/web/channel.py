@@ -11,6 +11,15 @@ temporary file and a file in the receiving state — for hours.
   body, waiting for a handler, does not count).
 
 Past either, the connection is aborted. The idle timeout still covers silence.
+The head deadline is set only when a read leaves a head incomplete (most heads
+arrive in one read: no timer to make and cancel for them).
+
+Between keep-alive requests the TLS layer's I/O buffers are given back
+(``release_idle_buffers``): at once after a connection's first request (or
+one after a quiet spell), and on a connection whose requests follow each other
+within ``release_after`` seconds, only once it has been quiet that long (one
+timer per connection, pushed back by each request), rather than a release and
+a regrowth of the buffers for every request.
 
 Under TLS, the handshake is not seen by the channel at all (its bytes never
 reach ``dataReceived``), so a third bound covers it: ``handshake_timeout``
@@ -39,6 +48,8 @@ DEFAULT_HEAD_TIMEOUT = 30.0
 DEFAULT_MIN_BODY_RATE = 1024.0
 #: seconds a TLS client has, from the TCP connection, to finish its handshake
 DEFAULT_HANDSHAKE_TIMEOUT = 30.0
+#: seconds a keep-alive connection waits for its next request before its TLS buffers are released
+DEFAULT_RELEASE_AFTER = 0.25
 
 
 class TransferChannel(HTTPChannel):
@@ -49,7 +60,12 @@ class TransferChannel(HTTPChannel):
     rate_window: float = 60.0
     #: seconds from the connection to a finished TLS handshake (None: not TLS, no deadline)
     handshake_timeout: float | None = None
+    #: seconds without a request after which an idle keep-alive connection's TLS buffers are released
+    release_after: float = DEFAULT_RELEASE_AFTER
     _head_timer: Any = None
+    _release_timer: Any = None
+    #: the buffers were kept after a request (a busy connection): release them when it goes quiet
+    _buffers_held = False
     _handshake_timer: Any = None
     _awaiting_head = True
     _window_start = 0.0
@@ -78,11 +94,21 @@ class TransferChannel(HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         if self._awaiting_head:
-            if self._head_timer is None and self.head_timeout:
+            super().dataReceived(data)
+            # a head still incomplete after these bytes gets its deadline now (most heads arrive whole)
+            if self._awaiting_head and self._head_timer is None and self.head_timeout and self._head_begun():
                 self._head_timer = self.callLater(self.head_timeout, self._head_too_slow)
-        elif not self._handlingRequest and self.min_body_rate and self._body_too_slow(len(data)):
+            return
+        if not self._handlingRequest and self.min_body_rate and self._body_too_slow(len(data)):
             return
         super().dataReceived(data)
+
+    def _head_begun(self) -> bool:
+        """Part of a request head is here: a partial line, or a request line read (its Request made)."""
+        transport = self.transport
+        if transport is None or getattr(transport, "disconnecting", False):
+            return False
+        return bool(self._buffer or self.requests)
 
     def allHeadersReceived(self) -> None:
         self._awaiting_head = False
@@ -118,11 +144,42 @@ class TransferChannel(HTTPChannel):
         self._awaiting_head = True
         super().requestDone(request)
         if self.persistent and not self.requests and self.transport is not None:
-            # idle until the next request: give back the TLS layer's I/O buffers
+            self._release_buffers_when_idle()
+
+    def _release_buffers_when_idle(self) -> None:
+        """Give back the TLS layer's I/O buffers now, or, on a busy connection, after a quiet spell.
+
+        A request ending less than ``release_after`` s after the previous one
+        keeps the buffers for the next (a release and a regrowth for every
+        keep-alive request would cost more than the request's own Python), and
+        the connection's one timer is pushed back (cheap: it only moves later).
+        Otherwise (the first request, or one after a quiet spell) they are
+        released at once: buffers held for a while by many connections leave
+        the heap fragmented, and idle connections' memory is what counts.
+        """
+        timer = self._release_timer
+        if timer is not None and timer.active():
+            timer.reset(self.release_after)
+            self._buffers_held = True
+            return
+        release_idle_buffers(self.transport)
+        self._buffers_held = False
+        self._release_timer = self.callLater(self.release_after, self._release_if_idle)
+
+    def _release_if_idle(self) -> None:
+        self._release_timer = None
+        if not self._buffers_held:
+            return
+        if self._awaiting_head and not self.requests and not self._buffer and self.transport is not None:
             release_idle_buffers(self.transport)
+            self._buffers_held = False
 
     def connectionLost(self, reason: Any) -> None:
         self._cancel_head_timer()
+        if self._release_timer is not None:
+            if self._release_timer.active():
+                self._release_timer.cancel()
+            self._release_timer = None
         self.handshake_completed()
         super().connectionLost(reason)
 

@@ -10,6 +10,9 @@ well-formed range and ignored otherwise (:func:`parse_range`).
 The file is opened once and everything comes from that descriptor's
 ``fstat``; the body is sent by :mod:`gsitransfer.web.filebody` (one write for a
 small body, a push producer otherwise), without ``static.File``'s cooperator.
+The usual answer (a plain GET of a small file, 200) takes a shortcut with the
+same bytes on the wire: its header lines are rendered once per file state
+(:func:`file_headers`) and go out with the body in one write.
 """
 
 from __future__ import annotations
@@ -17,14 +20,17 @@ from __future__ import annotations
 import base64
 import errno
 import functools
+import math
 import os
 import stat
+from typing import Any
 
 from twisted.web import http, static
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 
 from ..handler import DownloadTarget
-from .filebody import send_body
+from .filebody import SMALL_BODY, send_body, send_small
 from .status import write_error
 
 #: what an answer sends: the whole file (None), bytes (offset, length), or nothing (416)
@@ -85,6 +91,42 @@ def parse_range(header: bytes | None, size: int) -> tuple[int, int] | Unsatisfia
     return start, end - start
 
 
+@functools.lru_cache(maxsize=256)
+def file_headers(
+    name: str, size: int, mtime: float, etag: bytes, checksum: str | None
+) -> bytes:
+    """The header lines of a whole file's 200 answer, as ``serve_file`` sets them, rendered once.
+
+    Rendered by twisted.web's ``Headers`` (names capitalised and values checked
+    as for any answer), in the order ``serve_file`` sets them.
+    """
+    headers = Headers()
+    if checksum:
+        headers.setRawHeaders(b"repr-digest", [repr_digest(checksum)])
+    headers.setRawHeaders(b"accept-ranges", [b"bytes"])
+    kind, encoding = content_type(name)
+    headers.setRawHeaders(b"content-type", [kind])
+    if encoding is not None:
+        headers.setRawHeaders(b"content-encoding", [encoding])
+    headers.setRawHeaders(b"content-length", [b"%d" % size])
+    headers.setRawHeaders(b"Last-Modified", [http.datetimeToString(int(math.ceil(mtime)))])
+    headers.setRawHeaders(b"ETag", [etag])
+    return b"".join(
+        b"%s: %s\r\n" % (key, value) for key, values in headers.getAllRawHeaders() for value in values
+    )
+
+
+def _plain_get(request: Any) -> bool:
+    """A GET with nothing that changes its answer: no Range, no conditions."""
+    headers = request.requestHeaders
+    return (
+        request.method == b"GET"
+        and not headers.hasHeader(b"range")
+        and not headers.hasHeader(b"if-none-match")
+        and not headers.hasHeader(b"if-modified-since")
+    )
+
+
 def serve_file(request: IRequest, target: DownloadTarget) -> None:
     """Answer a GET or HEAD with the file ``target`` names."""
     try:
@@ -104,6 +146,14 @@ def serve_file(request: IRequest, target: DownloadTarget) -> None:
     except BaseException:
         os.close(fd)
         raise
+    size = file_stat.st_size
+    if 0 < size <= SMALL_BODY and hasattr(request, "write_with_head") and _plain_get(request):
+        # the usual answer: 200 with the whole file, its headers rendered once per file state
+        block = file_headers(
+            os.path.basename(target.path), size, file_stat.st_mtime, entity_tag(file_stat), target.checksum
+        )
+        send_small(request, fd, 0, size, block)
+        return
     if target.checksum:
         request.setHeader(b"repr-digest", repr_digest(target.checksum))
     if request.setETag(entity_tag(file_stat)) is http.CACHED:
@@ -115,7 +165,6 @@ def serve_file(request: IRequest, target: DownloadTarget) -> None:
         os.close(fd)
         request.finish()
         return
-    size = file_stat.st_size
     wanted = parse_range(request.getHeader(b"range"), size)
     if wanted is None:
         offset, length = 0, size

@@ -3,7 +3,9 @@
 Rules:
 
 * a body of at most ``SMALL_BODY`` bytes is read with one ``pread`` and sent
-  with one ``request.write``: no producer, no cooperator, nothing scheduled;
+  with one ``request.write`` (``write_with_head`` where the request has it: the
+  head goes in the same transport write): no producer, no cooperator, nothing
+  scheduled;
 * a larger body is sent by :class:`FileBodyProducer`, a push producer that
   writes chunks until the transport pauses it. A chunk is larger than a TCP
   transport's buffer, so each write pauses it: one chunk in memory per answer,
@@ -35,8 +37,12 @@ SMALL_BODY = DOWNLOAD_CHUNK
 CHUNKS_PER_TURN = 4
 
 
-def send_small(request: Any, fd: int, offset: int, length: int) -> None:
-    """Read ``length`` bytes at ``offset`` and send them as the whole body; closes ``fd``."""
+def send_small(request: Any, fd: int, offset: int, length: int, head_lines: bytes = b"") -> None:
+    """Read ``length`` bytes at ``offset`` and send them as the whole body; closes ``fd``.
+
+    ``head_lines`` are header lines (``Name: value\r\n`` each) sent after the
+    request's own response headers, by ``write_with_head`` (which it needs).
+    """
     try:
         data = os.pread(fd, length, offset) if length else b""
     except OSError:
@@ -46,8 +52,10 @@ def send_small(request: Any, fd: int, offset: int, length: int) -> None:
     if data is None or len(data) != length:
         request.loseConnection()
         return
-    if data:
-        request.write(data)
+    if head_lines:
+        request.write_with_head(data, head_lines)
+    elif data:
+        getattr(request, "write_with_head", request.write)(data)
     request.finish()
 
 

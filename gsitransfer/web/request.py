@@ -17,25 +17,38 @@ and only then renders. :class:`TransferRequest` instead acts in ``gotLength``
 
 A refusal sent while a body is still arriving closes the connection after
 the response (the rest of the body is never read).
+
+A download (the usual keep-alive request) is rendered without walking the
+Resource tree (``_process_download``): the route is already known, and the
+tree would only lead to the root's one ``PrefixResource``.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import time
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.http import datetimeToString
+from twisted.web.http import NO_BODY_CODES, HTTPChannel, datetimeToString
 
 from ..errors import TransferError
 from ..identity import IdToken
-from .routes import ManifestRoute, Refusal, Route, UploadRoute, classify
+from .routes import DownloadRoute, ManifestRoute, Refusal, Route, UploadRoute, classify
 from .status import status_for, write_error
 from .upload import UploadReceiver
 
 #: largest body accepted on a request that is neither a manifest nor a file
 SMALL_BODY_LIMIT = 64 * 1024
+
+#: longest path whose route is remembered (routes are frozen values, a function of method and path)
+_ROUTE_CACHE_PATH = 512
+
+#: the Server header twisted.web's ``Request.process`` sets
+_SERVER = server.version
 
 
 def path_segments(target: bytes) -> list[bytes] | None:
@@ -50,6 +63,34 @@ def path_segments(target: bytes) -> list[bytes] | None:
     return [unquote_to_bytes(part) for part in path[1:].split(b"/")]
 
 
+def route_request(method: bytes, target: bytes) -> tuple[list[bytes] | None, Route]:
+    """The path segments of a request target and its route (remembered for short targets)."""
+    path = target.split(b"?", 1)[0]
+    if len(path) > _ROUTE_CACHE_PATH:
+        return _route(method, path)
+    segments, route = _remembered_route(method, path)
+    return (None if segments is None else list(segments)), route
+
+
+def _route(method: bytes, path: bytes) -> tuple[list[bytes] | None, Route]:
+    segments = path_segments(path)
+    if segments is None:
+        return None, Refusal(400, "the request target must be a path starting with /")
+    return segments, classify(method, segments)
+
+
+@functools.lru_cache(maxsize=1024)
+def _remembered_route(method: bytes, path: bytes) -> tuple[tuple[bytes, ...] | None, Route]:
+    segments, route = _route(method, path)
+    return (None if segments is None else tuple(segments)), route
+
+
+@functools.lru_cache(maxsize=64)
+def http_date(seconds: int) -> bytes:
+    """``datetimeToString(seconds)``, remembered: the current second's, and files' mtimes."""
+    return datetimeToString(seconds)
+
+
 def _discard(data: bytes) -> None:
     """Swallow bytes that arrive after a refusal sent before the body."""
 
@@ -60,6 +101,8 @@ class TransferRequest(server.Request):
     _parsePOSTFormSubmission = False
 
     route: Route | None = None
+    #: the path's percent-decoded segments (None: not a path)
+    _segments: list[bytes] | None = None
     id_token: IdToken | None = None
     upload_receiver: UploadReceiver | None = None
     _length: int | None = 0
@@ -68,6 +111,8 @@ class TransferRequest(server.Request):
     _body_received = False
     _pending_refusal: tuple[int, str, tuple[bytes, ...]] | None = None
     _answered = False
+    #: the site whose ``active_requests`` counts this request until it ends
+    _counted_on: Any = None
     #: the channel's idle timeout while pause_body holds it off (0: there was none)
     _idle_timeout_held: float | None = None
 
@@ -84,12 +129,7 @@ class TransferRequest(server.Request):
         except TransferError as error:
             self.refuse(status_for(error), error.reason)
             return
-        segments = path_segments(self.uri)
-        self.route = (
-            classify(self.method, segments)
-            if segments is not None
-            else Refusal(400, "the request target must be a path starting with /")
-        )
+        self._segments, self.route = route_request(self.method, self.uri)
         if isinstance(self.route, Refusal):
             self.refuse(self.route.status, self.route.reason, self.route.allow)
         elif isinstance(self.route, UploadRoute):
@@ -133,7 +173,34 @@ class TransferRequest(server.Request):
             self._answered = True
             write_error(self, status, reason, allow)
             return
+        if type(self.route) is DownloadRoute and self._process_download():
+            return
         super().process()
+
+    def _process_download(self) -> bool:
+        """``Request.process`` for a download, without walking the Resource tree; False if it must.
+
+        The tree would lead to the root's one ``PrefixResource`` (the root has
+        no static children); the request is left as that walk leaves it
+        (``site``, ``prepath``/``postpath``, the default headers), then rendered.
+        """
+        site: Any = self.channel.site
+        root: Any = getattr(site, "resource", None)
+        prefixes = getattr(root, "prefixes", None)
+        if prefixes is None or root.children or self._segments is None:
+            return False
+        self.site = site
+        headers = self.responseHeaders
+        headers.setRawHeaders(b"Server", [_SERVER])
+        headers.setRawHeaders(b"Date", [http_date(int(time.time()))])
+        self.sitepath: list[bytes] = []
+        self.prepath = self._segments[:1]
+        self.postpath = self._segments[1:]
+        try:
+            self.render(prefixes)
+        except BaseException:
+            self.processingFailed(Failure())
+        return True
 
     def processingFailed(self, reason: Any) -> Any:
         """A bug while rendering: logged with its traceback; the client gets one plain line."""
@@ -149,14 +216,21 @@ class TransferRequest(server.Request):
     def _count_while_answered(self) -> None:
         """Count this request as active on its site until it is finished or lost."""
         site = self.channel.site
-        if not hasattr(site, "active_requests"):
-            return
-        site.active_requests += 1
+        if hasattr(site, "active_requests"):
+            site.active_requests += 1
+            self._counted_on = site
 
-        def done(result: object) -> None:
+    def _uncount(self) -> None:
+        site, self._counted_on = self._counted_on, None
+        if site is not None:
             site.active_requests -= 1
 
-        self.notifyFinish().addBoth(done)
+    def _cleanup(self) -> None:
+        """The answer is complete (what notifyFinish fires on): no longer active."""
+        try:
+            super()._cleanup()
+        finally:
+            self._uncount()
 
     def write(self, data: bytes) -> None:
         """Send part of the answer, with the idle timeout on and reset by each write.
@@ -166,6 +240,10 @@ class TransferRequest(server.Request):
         answer is being written it is back on, so a client that stops reading
         is cut off after the idle timeout.
         """
+        self._idle_timeout_on()
+        super().write(data)
+
+    def _idle_timeout_on(self) -> None:
         channel = self.channel
         if channel is not None:
             if channel.timeOut is None:
@@ -174,7 +252,51 @@ class TransferRequest(server.Request):
                     channel.setTimeout(idle)
             else:
                 channel.resetTimeout()
-        super().write(data)
+
+    def write_with_head(self, data: bytes, head_lines: bytes = b"") -> None:
+        """The first write of an answer with a Content-Length: head and ``data`` in one transport write.
+
+        The head is the one twisted.web's ``Request.write`` makes (``Last-Modified``
+        and ``ETag`` from ``setLastModified``/``setETag``), followed by
+        ``head_lines`` (header lines already rendered, which must then include
+        Content-Type and Content-Length); one write instead of two lets the TLS
+        layer send it without scheduling a flush of a small write. Anything
+        unusual (HEAD, no Content-Length, an encoder, cookies...) takes the
+        ordinary ``write``; ``head_lines`` then go into the response headers.
+        """
+        headers = self.responseHeaders
+        if head_lines and (self.startedWriting or self.code != 200):
+            raise RuntimeError("rendered header lines need a 200 answer not yet started")
+        if (
+            self.startedWriting
+            or self.finished
+            or self._disconnected
+            or self.method == b"HEAD"
+            or self.code in NO_BODY_CODES
+            or self._encoder is not None
+            or self._inFakeHead
+            or self.cookies
+            or not (head_lines or headers.hasHeader(b"content-length") and headers.hasHeader(b"content-type"))
+            or type(self.channel).writeHeaders is not HTTPChannel.writeHeaders
+        ):
+            for line in head_lines.splitlines():
+                name, _, value = line.partition(b": ")
+                headers.addRawHeader(name, value)
+            self.write(data)
+            return
+        self._idle_timeout_on()
+        if self.lastModified is not None and not headers.hasHeader(b"last-modified"):
+            headers.setRawHeaders(b"Last-Modified", [http_date(self.lastModified)])
+        if self.etag is not None:
+            headers.setRawHeaders(b"ETag", [self.etag])
+        self.startedWriting = 1
+        head = [self.clientproto, b" %d " % self.code, self.code_message, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head += (name, b": ", value, b"\r\n")
+        head += (head_lines, b"\r\n", data)
+        self.sentLength += len(data)
+        self.channel.write(b"".join(head))
 
     def connectionLost(self, reason: Any) -> None:
         """The client went away: an upload in progress is abandoned, a download's file closed."""
@@ -182,6 +304,7 @@ class TransferRequest(server.Request):
             self.upload_receiver.connection_lost()
         producer = self.producer
         super().connectionLost(reason)
+        self._uncount()
         if producer is not None:
             producer.stopProducing()
 
@@ -271,4 +394,4 @@ class TransferRequest(server.Request):
     def _set_default_headers(self) -> None:
         self.site = self.channel.site
         self.setHeader(b"server", b"gsitransfer")
-        self.setHeader(b"date", datetimeToString())
+        self.setHeader(b"date", http_date(int(time.time())))

@@ -42,9 +42,11 @@ class TransferRoot(resource.Resource):
     def __init__(self, transfer_server: TransferServer) -> None:
         super().__init__()
         self.transfer_server = transfer_server
+        #: the resource of every ``/<prefix>/...`` (one: it keeps no per-request state)
+        self.prefixes = PrefixResource(transfer_server)
 
     def getChild(self, path: bytes, request: Any) -> resource.IResource:
-        return PrefixResource(self.transfer_server)
+        return self.prefixes
 
     def render_GET(self, request: Any) -> bytes:
         body = _json({"prefixes": self.transfer_server.prefixes()}).encode()
@@ -126,8 +128,16 @@ class PrefixResource(resource.Resource):
         write_text(request, 200, _json(status), b"application/json")
 
     def _download(self, request: Any, route: DownloadRoute, id_token: IdToken) -> None:
-        target = self.transfer_server.resolve_download(route.prefix, route.url_path, id_token)
-        self._answer(request, target, serve_file, "resolving a download")
+        """Serve the file at once when the handler answers synchronously (the usual case)."""
+        try:
+            target = self.transfer_server.resolve_download_now(route.prefix, route.url_path, id_token)
+        except Exception:
+            self._failed(request, Failure(), "resolving a download")
+            return
+        if isinstance(target, defer.Deferred):
+            self._answer(request, target, serve_file, "resolving a download")
+        else:
+            serve_file(request, target)
 
     _renderers: dict[type, Callable[..., None]] = {
         ManifestRoute: _manifest,
