@@ -38,6 +38,7 @@ from tests.support.http import manifest_for, request
 from tests.support.server import ServerProcess
 
 from .support import (
+    server_pids,
     assert_clean_log,
     assert_healthy,
     connect,
@@ -351,14 +352,19 @@ def settled_sockets(pid: int) -> int:
 
 
 def files_open_in(pid: int, directory: Path) -> int:
-    """How many descriptors of process ``pid`` are files under ``directory``."""
+    """How many descriptors of process ``pid`` (and its workers) are files under ``directory``."""
     count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
+    for each in server_pids(pid):
         try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(str(directory) + os.sep):
-                count += 1
+            fds = os.listdir(f"/proc/{each}/fd")
         except OSError:
-            pass
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{each}/fd/{fd}").startswith(str(directory) + os.sep):
+                    count += 1
+            except OSError:
+                pass
     return count
 
 
