@@ -306,6 +306,9 @@ def _server_tls(options: Options) -> Any:
 class TransferService(service.MultiService):
     """Listens on every endpoint, keeps keys expiring and trust fresh."""
 
+    #: False in a ``--workers`` worker: its supervisor expires the keys
+    expire_keys = True
+
     def __init__(
         self,
         servers: list[Any],
@@ -340,7 +343,7 @@ class TransferService(service.MultiService):
         from twisted.internet import reactor
 
         for server in self.servers:
-            server.maintain(reactor, interval=self.reload_interval)
+            server.maintain(reactor, interval=self.reload_interval, expire=self.expire_keys)
         if hasattr(signal, "SIGHUP"):
             self._previous_sighup = signal.signal(
                 signal.SIGHUP, lambda *_: reactor.callFromThread(self.reload)

@@ -30,7 +30,6 @@ does), not in memory.
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import sys
@@ -286,8 +285,10 @@ class SupervisorService(TransferService):
                 worker.signal("KILL")
 
 
-class WorkerService(service.MultiService):
-    """One worker: serves on inherited sockets, re-reads trust, stops gracefully."""
+class WorkerService(TransferService):
+    """One worker: serves on inherited sockets; its supervisor expires the keys."""
+
+    expire_keys = False
 
     def __init__(
         self,
@@ -295,41 +296,17 @@ class WorkerService(service.MultiService):
         listeners: list[tuple[Any, int]],
         reload_interval: float,
         shutdown_grace: float,
-        reactor: Any,
     ) -> None:
-        super().__init__()
-        self.servers = servers
+        super().__init__(servers, [], reload_interval, shutdown_grace)
         self.listeners = listeners
-        self.reload_interval = reload_interval
-        self.shutdown_grace = shutdown_grace
-        self.reactor = reactor
 
     def startService(self) -> None:
-        super().startService()
+        from twisted.internet import reactor
+
         for server, fd in self.listeners:
-            server.adopt(fd, self.reactor)
+            server.adopt(fd, reactor)
         _log.info("gsitransfer worker serving (pid {pid})", pid=os.getpid())
-        for server in self.servers:
-            server.maintain(self.reactor, interval=self.reload_interval, expire=False)
-        if hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
-        # what start-up made lives as long as the process: keep it out of every GC pass
-        gc.freeze()
-
-    def reload(self) -> None:
-        for server in self.servers:
-            try:
-                server.reload(force=True)
-            except Exception:
-                _log.failure("reload failed")
-
-    def stopService(self) -> Any:
-        stopping = defer.DeferredList(
-            [server.stop(self.shutdown_grace, self.reactor) for server in self.servers],
-            consumeErrors=True,
-        )
-        stopping.addCallback(lambda _: service.MultiService.stopService(self))
-        return stopping
+        super().startService()
 
 
 def parse_listeners(text: str, servers: list[Any]) -> list[tuple[Any, int]]:
@@ -393,9 +370,7 @@ def worker_main(argv: list[str]) -> None:
         fail(str(problem), 1)
     if not listeners:
         fail(f"no listening sockets given ({FDS_VARIABLE})", 1)
-    worker = WorkerService(
-        servers, listeners, options["reload-interval"], options["shutdown-grace"], reactor
-    )
+    worker = WorkerService(servers, listeners, options["reload-interval"], options["shutdown-grace"])
     if parent:
         LoopingCall(_stop_if_orphaned, parent, reactor).start(1.0, now=False)
     reactor.callWhenRunning(worker.startService)
