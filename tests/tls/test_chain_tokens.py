@@ -14,28 +14,7 @@ from gsitransfer.testca import TestPKI
 from gsitransfer.tls import peer
 from gsitransfer.tls.context import ServerTLS, TrustConfig
 from gsitransfer.tls.peer import ChainTokens, identity_from_connection, verified_chain, verified_chain_der
-
-
-def _pump(client: SSL.Connection, server: SSL.Connection) -> None:
-    """Move every pending TLS byte between the two ends (bounded)."""
-    for _ in range(50):
-        for end in (client, server):
-            try:
-                end.do_handshake()
-            except SSL.WantReadError:
-                pass
-            except SSL.Error:  # a refused handshake: its alert still goes across
-                pass
-        moved = False
-        for source, target in ((client, server), (server, client)):
-            try:
-                data = source.bio_read(1 << 20)
-            except SSL.WantReadError:
-                continue
-            target.bio_write(data)
-            moved = True
-        if not moved:
-            return
+from tests.tls.memory_tls import pump
 
 
 def _connect(tls: ServerTLS, pki: TestPKI, cert: Path, key: Path | None = None) -> SSL.Connection:
@@ -48,7 +27,7 @@ def _connect(tls: ServerTLS, pki: TestPKI, cert: Path, key: Path | None = None) 
     context.load_verify_locations(str(pki.ca_file))
     client = SSL.Connection(context, None)
     client.set_connect_state()
-    _pump(client, server)
+    pump(client, server)
     return server
 
 

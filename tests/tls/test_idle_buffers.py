@@ -8,26 +8,7 @@ from OpenSSL import SSL
 
 from gsitransfer.tls.context import ServerTLS, TrustConfig
 from gsitransfer.tls.peer import release_idle_buffers
-
-
-def _pump(client: SSL.Connection, server: SSL.Connection) -> None:
-    """Move every pending TLS byte between the two ends (bounded)."""
-    for _ in range(50):
-        for end in (client, server):
-            try:
-                end.do_handshake()
-            except SSL.WantReadError:
-                pass
-        moved = False
-        for source, target in ((client, server), (server, client)):
-            try:
-                data = source.bio_read(1 << 20)
-            except SSL.WantReadError:
-                continue
-            target.bio_write(data)
-            moved = True
-        if not moved:
-            return
+from tests.tls.memory_tls import pump
 
 
 def _pair(test_pki) -> tuple[SSL.Connection, SSL.Connection]:
@@ -41,7 +22,7 @@ def _pair(test_pki) -> tuple[SSL.Connection, SSL.Connection]:
     client_context.load_verify_locations(str(test_pki.ca_file))
     client = SSL.Connection(client_context, None)
     client.set_connect_state()
-    _pump(client, server)
+    pump(client, server)
     return client, server
 
 
@@ -61,12 +42,12 @@ def _send(sender: SSL.Connection, payload: bytes) -> None:
 
 def _exchange(client: SSL.Connection, server: SSL.Connection, payload: bytes) -> bytes:
     _send(client, payload)
-    _pump(client, server)
+    pump(client, server)
     received = b""
     while len(received) < len(payload):
         received += server.recv(1 << 16)
     _send(server, payload[::-1])
-    _pump(client, server)
+    pump(client, server)
     back = b""
     while len(back) < len(payload):
         back += client.recv(1 << 16)
