@@ -80,24 +80,23 @@ def _md5(text: str) -> str:
     return text.lower()
 
 
-def _positive(text: str) -> int:
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    if value < minimum:
+        wanted = "must not be negative" if minimum == 0 else f"must be at least {minimum}"
+        raise argparse.ArgumentTypeError(f"{wanted}: {text}")
     return value
+
+
+def _positive(text: str) -> int:
+    return _whole_number(text, 1)
 
 
 def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
-    return value
+    return _whole_number(text, 0)
 
 
 _DEFAULTS: dict[str, Any] = {

@@ -15,13 +15,13 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 from tests.support.http import Response, manifest_for, parse_raw, request
 from tests.support.server import ServerProcess
+from tests.support.waiting import wait_for  # noqa: F401  (the tests import it from here)
 
-T = TypeVar("T")
 
 HTTP = ["--http", "tcp:0:interface=127.0.0.1"]
 
@@ -46,18 +46,6 @@ def connect(base: str, timeout: float = 10.0) -> socket.socket:
 def unique(name: str) -> str:
     """A name no other test uses."""
     return f"{time.monotonic_ns()}-{name}"
-
-
-def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll ``check`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def part_files(directory: Path) -> list[str]:

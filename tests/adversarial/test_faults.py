@@ -250,22 +250,27 @@ def test_stalled_upload_is_cut_by_idle_timeout(server, base, where):
     settled_fds(server, baseline)
 
 
+
+def trickle(sock, data: bytes, started: float) -> str | None:
+    """Send ``data`` a byte every 0.3 s until the server closes (eof/reset) or 3 x idle is over."""
+    for byte in data:
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            return "reset"
+        how = is_closed_by_peer(sock, 0.3)
+        if how or time.monotonic() - started > 3 * IDLE + 0.5:
+            return how
+    return None
+
+
 def test_slowloris_headers_are_cut_off(server, base):
     """Headers trickled a byte every 0.3 s (never silent for --idle-timeout) are cut off within 3 x idle."""
     baseline = open_fds(server.pid)
     head = b"GET /data/x HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
     started = time.monotonic()
-    how = None
     with connect(base) as sock:
-        for byte in head:
-            try:
-                sock.sendall(bytes([byte]))
-            except OSError:
-                how = "reset"
-                break
-            how = is_closed_by_peer(sock, 0.3)
-            if how or time.monotonic() - started > 3 * IDLE + 0.5:
-                break
+        how = trickle(sock, head, started)
     elapsed = time.monotonic() - started
     print(f"slowloris on headers: {how or 'still open'} after {elapsed:.1f} s")
     assert how in ("eof", "reset") and elapsed <= 3 * IDLE + 0.5
@@ -276,18 +281,10 @@ def test_trickled_body_is_cut_off(server, base):
     """A body trickled a byte every 0.3 s is cut off within 3 x idle; temporary removed, file pending."""
     name, content = unique("t.bin"), os.urandom(10_000)
     key = post_manifest_key(base, "data", [(name, content)])
-    started, how = time.monotonic(), None
+    started = time.monotonic()
     with connect(base) as sock:
         sock.sendall(f"POST /data/{key}/0 HTTP/1.1\r\nHost: x\r\nContent-Length: {len(content)}\r\n\r\n".encode())
-        for byte in content:
-            try:
-                sock.sendall(bytes([byte]))
-            except OSError:
-                how = "reset"
-                break
-            how = is_closed_by_peer(sock, 0.3)
-            if how or time.monotonic() - started > 3 * IDLE + 0.5:
-                break
+        how = trickle(sock, content, started)
     elapsed = time.monotonic() - started
     print(f"slowloris on the body: {how or 'still open'} after {elapsed:.1f} s")
     assert how in ("eof", "reset") and elapsed <= 3 * IDLE + 0.5

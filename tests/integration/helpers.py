@@ -9,14 +9,14 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 from tests.support.server import ServerProcess
+from tests.support.waiting import wait_for  # noqa: F401  (the tests import it from here)
 
 from .ag_client import AGResponse
 
-T = TypeVar("T")
 
 HTTP = ["--http", "tcp:0:interface=127.0.0.1"]
 
@@ -47,18 +47,6 @@ def running(server: ServerProcess) -> Iterator[ServerProcess]:
         raise
     finally:
         server.stop()
-
-
-def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll ``check`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def read_record(path: Path) -> list[dict[str, Any]]:
