@@ -30,6 +30,7 @@ does), not in memory.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
@@ -41,6 +42,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel, eventAsText, globalLogBeginner
 
 from .tap import ConfigError, Options, TransferService, build_servers, fail
+from .web import accesslog
 
 _log = Logger()
 
@@ -58,6 +60,8 @@ KILL_AFTER = 10.0
 MAX_LINE = 64 * 1024
 #: seconds between flushes of a worker's log lines to the supervisor
 LOG_FLUSH_INTERVAL = 0.2
+#: bytes of log lines a worker holds before writing them to the supervisor
+LOG_BUFFER = 64 * 1024
 
 
 class WorkerProcess(protocol.ProcessProtocol):
@@ -337,20 +341,29 @@ def _die_with_parent(parent: int) -> None:
 def _log_to_stdout(reactor: Any) -> None:
     """Worker events as plain lines on stdout: the supervisor stamps and logs them.
 
-    Lines are flushed every ``LOG_FLUSH_INTERVAL`` seconds (warnings, errors
-    and failures at once, and everything at shutdown), not one write per line.
+    Lines are flushed every ``LOG_FLUSH_INTERVAL`` seconds or when 64 KiB
+    are waiting (warnings, errors and failures at once, and everything at
+    shutdown), not one write per line. Access log lines skip the event
+    formatting: they are already text (``accesslog.write_lines_to``).
     """
+    stream = io.TextIOWrapper(
+        io.BufferedWriter(io.FileIO(sys.stdout.fileno(), "w", closefd=False), LOG_BUFFER),
+        encoding="utf-8",
+        errors="backslashreplace",
+    )
+    sys.stdout = stream
 
     def observer(event: dict[str, Any]) -> None:
         text = eventAsText(event, includeTimestamp=False, includeSystem=False)
-        sys.stdout.write(text.rstrip("\n") + "\n")
+        stream.write(text.rstrip("\n") + "\n")
         level = event.get("log_level")
         if "log_failure" in event or (level is not None and level >= LogLevel.warn):
-            sys.stdout.flush()
+            stream.flush()
 
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    LoopingCall(sys.stdout.flush).start(LOG_FLUSH_INTERVAL, now=False)
-    reactor.addSystemEventTrigger("after", "shutdown", sys.stdout.flush)
+    accesslog.write_lines_to(stream.write)
+    LoopingCall(stream.flush).start(LOG_FLUSH_INTERVAL, now=False)
+    reactor.addSystemEventTrigger("after", "shutdown", stream.flush)
 
 
 def worker_main(argv: list[str]) -> None:

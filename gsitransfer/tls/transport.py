@@ -19,6 +19,9 @@ between the application, OpenSSL and the TCP transport:
   plaintext is delivered to the wrapped protocol in *one* ``dataReceived``. The
   plaintext of one delivery is therefore at most what one TCP read brought in
   plus one partial record held back from the read before;
+* **writing** -- what OpenSSL produced is sent at once when the TCP transport
+  has nothing queued (:func:`write_through`), instead of on the reactor's next
+  turn;
 * **reading** -- the TCP transport's ``bufferSize`` (bytes per ``recv``, and the
   write-buffer size above which it pauses a producer) is raised to ``read_size``.
 
@@ -85,6 +88,36 @@ def _partial_write_off() -> Any:
 _clear_partial_write = _partial_write_off()
 
 
+def write_through(transport: Any, data: bytes) -> None:
+    """``transport.write(data)``, but sent at once when nothing is queued before it.
+
+    Twisted's TCP transport never sends from ``write``: it queues the bytes,
+    asks epoll for writability and sends on the next turn of the reactor,
+    then asks epoll to stop watching — two ``epoll_ctl`` calls and a reactor
+    turn for every answer, though the socket's buffer almost always has room.
+    Here, when the transport holds no unsent bytes, ``send`` is tried first
+    (``writeSomeData``: at most ``SEND_LIMIT`` bytes, 0 when the socket is
+    full) and only what it did not take is queued the usual way; the order of
+    bytes is kept because nothing was queued. An error leaves the bytes to
+    ``write``, whose next attempt reports the lost connection as Twisted does.
+    """
+    send = getattr(transport, "writeSomeData", None)
+    if (
+        send is None
+        or not getattr(transport, "connected", False)
+        or getattr(transport, "_writeDisconnected", True)
+        or getattr(transport, "_tempDataLen", 1)
+        or len(getattr(transport, "dataBuffer", b"x")) != getattr(transport, "offset", -1)
+    ):
+        transport.write(data)
+        return
+    sent = send(data)
+    if isinstance(sent, BaseException) or sent <= 0:
+        transport.write(data)
+    elif sent < len(data):
+        transport.write(data[sent:])
+
+
 class BulkTLSProtocol(BufferingTLSTransport):
     """Twisted's TLS protocol moving many TLS records per Python call (see the module rules)."""
 
@@ -92,6 +125,8 @@ class BulkTLSProtocol(BufferingTLSTransport):
     recv_size = RECV_SIZE
     #: True once SSL_write on this connection encrypts a whole slice in one call
     whole_slices = False
+    #: send at once when the TCP transport has nothing queued (see :func:`write_through`)
+    write_through = True
 
     def makeConnection(self, transport: Any) -> None:
         read_size = getattr(self.factory, "read_size", None)
@@ -149,7 +184,11 @@ class BulkTLSProtocol(BufferingTLSTransport):
             if len(chunk) < size:
                 break
         if chunks:
-            self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if self.write_through:
+                write_through(self.transport, data)
+            else:
+                self.transport.write(data)
 
     def _flushReceiveBIO(self) -> None:
         """Decrypt every complete record now in the receive BIO; deliver the plaintext at once."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import address
 from twisted.logger import Logger, LogLevel
@@ -37,26 +37,65 @@ def escape(value: bytes) -> str:
 
 def access_line(timestamp: str | None, request: Any) -> str:
     """The combined-log line for ``request`` (as ``combinedLogFormatter``)."""
-    client = request.getClientAddress()
+    return combined_line(
+        timestamp,
+        request.getClientAddress(),
+        request.method,
+        request.uri,
+        request.clientproto,
+        request.code,
+        request.sentLength,
+        request.getHeader(b"referer"),
+        request.getHeader(b"user-agent"),
+    )
+
+
+def combined_line(
+    timestamp: str | None,
+    client: Any,
+    method: bytes,
+    uri: bytes,
+    version: bytes,
+    code: int,
+    sent: int,
+    referrer: bytes | None,
+    agent: bytes | None,
+) -> str:
+    """The combined-log line of one answered request, from its fields."""
     ip = escape(client.host.encode("ascii")) if isinstance(client, _ADDRESSES) else "-"
-    referrer = request.getHeader(b"referer") or b"-"
-    agent = request.getHeader(b"user-agent") or b"-"
     return '"%s" - - %s "%s %s %s" %d %s "%s" "%s"' % (
         ip,
         timestamp,
-        escape(request.method),
-        escape(request.uri),
-        escape(request.clientproto),
-        request.code,
-        request.sentLength or "-",
-        escape(referrer),
-        escape(agent),
+        escape(method),
+        escape(uri),
+        escape(version),
+        code,
+        sent or "-",
+        escape(referrer or b"-"),
+        escape(agent or b"-"),
     )
+
+
+#: where lines meant for the global log go as text instead (a worker's stdout), if set
+_line_writer: Callable[[str], Any] | None = None
+
+
+def write_lines_to(writer: Callable[[str], Any] | None) -> None:
+    """Send access lines meant for the global log straight to ``writer`` (text with its newline).
+
+    For a process whose global log observer only writes each event's text
+    (a worker, whose supervisor stamps its lines): the line is that text.
+    """
+    global _line_writer
+    _line_writer = writer
 
 
 def emit_access_line(log_file: Any, line: str) -> None:
     """Write ``line`` to ``log_file`` as ``Site.log`` would, without its per-line overhead."""
     if log_file is legacy_log.logfile:
+        if _line_writer is not None:
+            _line_writer(line + "\n")
+            return
         # the event Logger.emit(LogLevel.info, format="{log_io}", log_io=line) makes, made directly
         observer: Any = _LEGACY.observer
         observer(

@@ -21,6 +21,10 @@ within ``release_after`` seconds, only once it has been quiet that long (one
 timer per connection, pushed back by each request), rather than a release and
 a regrowth of the buffers for every request.
 
+A plain GET of a small file whose head arrives in one read, between
+requests, is answered by :mod:`gsitransfer.web.plainget` without making a
+twisted.web Request; anything else takes twisted.web's path.
+
 Under TLS, the handshake is not seen by the channel at all (its bytes never
 reach ``dataReceived``), so a third bound covers it: ``handshake_timeout``
 seconds from the TCP connection to a finished handshake
@@ -39,6 +43,7 @@ from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from zope.interface import implementer
 
 from ..tls.peer import release_idle_buffers
+from .plainget import Preresolved, answer_plain_get
 
 _log = Logger()
 
@@ -70,6 +75,10 @@ class TransferChannel(HTTPChannel):
     _awaiting_head = True
     _window_start = 0.0
     _window_bytes = 0
+    #: answer plain GETs of small files without twisted.web's request machinery (``plainget``)
+    plain_gets = True
+    #: the handler's answer for the download request being parsed, when the shortcut asked it
+    preresolved: Preresolved | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -94,7 +103,25 @@ class TransferChannel(HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         if self._awaiting_head:
-            super().dataReceived(data)
+            if (
+                self.plain_gets
+                and data[:4] == b"GET "
+                and not self._buffer
+                and not self.requests
+                and self.persistent
+                and not self._handlingRequest
+            ):
+                self.resetTimeout()
+                try:
+                    if answer_plain_get(self, data):
+                        if self.persistent:
+                            self._release_buffers_when_idle()
+                        return
+                    super().dataReceived(data)
+                finally:
+                    self.preresolved = None
+            else:
+                super().dataReceived(data)
             # a head still incomplete after these bytes gets its deadline now (most heads arrive whole)
             if self._awaiting_head and self._head_timer is None and self.head_timeout and self._head_begun():
                 self._head_timer = self.callLater(self.head_timeout, self._head_too_slow)

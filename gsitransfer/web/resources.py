@@ -128,12 +128,25 @@ class PrefixResource(resource.Resource):
         write_text(request, 200, _json(status), b"application/json")
 
     def _download(self, request: Any, route: DownloadRoute, id_token: IdToken) -> None:
-        """Serve the file at once when the handler answers synchronously (the usual case)."""
-        try:
-            target = self.transfer_server.resolve_download_now(route.prefix, route.url_path, id_token)
-        except Exception:
-            self._failed(request, Failure(), "resolving a download")
-            return
+        """Serve the file at once when the handler answers synchronously (the usual case).
+
+        The handler is not asked again when the keep-alive shortcut already
+        asked it for this request (``channel.preresolved``).
+        """
+        channel = getattr(request, "channel", None)
+        known = getattr(channel, "preresolved", None)
+        if known is not None and known.route == route:
+            channel.preresolved = None
+            target = known.outcome
+            if isinstance(target, Failure):
+                self._failed(request, target, "resolving a download")
+                return
+        else:
+            try:
+                target = self.transfer_server.resolve_download_now(route.prefix, route.url_path, id_token)
+            except Exception:
+                self._failed(request, Failure(), "resolving a download")
+                return
         if isinstance(target, defer.Deferred):
             self._answer(request, target, serve_file, "resolving a download")
         else:

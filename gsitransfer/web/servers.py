@@ -29,7 +29,7 @@ from twisted.web.http import combinedLogFormatter
 
 from ..core import TransferServer
 from ..tls.transport import BulkTLSFactory
-from .accesslog import access_line, emit_access_line
+from .accesslog import access_line, combined_line, emit_access_line
 from .offload import finish_discards
 from .channel import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -105,6 +105,22 @@ class TransferSite(web_server.Site):
                 emit_access_line(log_file, access_line(self._logDateTime, request))
             else:
                 super().log(request)
+
+    def plain_access_log(self) -> bool:
+        """True when ``log_plain_get`` can log (no log file, or the combined format)."""
+        return self._logFile is None or self._logFormatter is combinedLogFormatter
+
+    def log_plain_get(
+        self, channel: Any, target: bytes, sent: int, referrer: bytes | None, agent: bytes | None
+    ) -> None:
+        """The access log line of a GET answered 200 by the keep-alive shortcut (``plainget``)."""
+        log_file = self._logFile
+        if log_file is not None:
+            line = combined_line(
+                self._logDateTime, channel.transport.getPeer(), b"GET", target, b"HTTP/1.1", 200, sent,
+                referrer, agent,
+            )
+            emit_access_line(log_file, line)
 
 
 class HTTPTransferServer(TransferServer):

@@ -428,3 +428,60 @@ def test_abort_over_loopback_ends_the_connection_and_delivery(server_tls: Server
     assert loop.run(client) != "no error"
     assert len(app.chunks) == 1
     assert app.lost is not None
+
+
+def test_an_answer_leaves_in_its_write_when_the_socket_has_room(server_tls: ServerTLS, test_pki: TestPKI) -> None:
+    """A reply written on an idle connection is sent by the write itself: nothing queued for the reactor's next turn."""
+    reply = pattern(70 * 1024)
+    app = Recorder()
+    queued_after_write: list[int] = []
+
+    def answer(app: Recorder, data: bytes) -> None:
+        tcp = app.transport.transport
+        app.transport.write(reply)
+        queued_after_write.append(len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen)
+        app.transport.loseConnection()
+
+    app.on_data = answer
+    loop = Loopback(server_tls, app)
+
+    def client(port: int) -> bytes:
+        received = []
+        with connect(test_pki, port) as tls:
+            tls.sendall(b"ask")
+            while data := tls.recv(MiB):
+                received.append(data)
+            tls.unwrap()
+        return b"".join(received)
+
+    assert loop.run(client) == reply
+    assert queued_after_write == [0]
+
+
+def test_write_through_queues_what_the_socket_did_not_take_in_order() -> None:
+    """The bytes send() did not take are queued after the sent ones; with bytes already queued, nothing is sent early."""
+    from gsitransfer.tls.transport import write_through
+
+    class Socketish:
+        connected, _writeDisconnected, _tempDataLen, dataBuffer, offset = True, False, 0, b"", 0
+
+        def __init__(self, room: int) -> None:
+            self.room, self.sent, self.queued = room, b"", []
+
+        def writeSomeData(self, data: bytes) -> int:
+            taken = bytes(data[: self.room])
+            self.room -= len(taken)
+            self.sent += taken
+            return len(taken)
+
+        def write(self, data: bytes) -> None:
+            self.queued.append(bytes(data))
+            self._tempDataLen += len(data)
+
+    partial = Socketish(room=10)
+    write_through(partial, b"0123456789abcdef")
+    write_through(partial, b"ghij")
+    assert partial.sent == b"0123456789" and partial.queued == [b"abcdef", b"ghij"]
+    full = Socketish(room=0)
+    write_through(full, b"xyz")
+    assert full.sent == b"" and full.queued == [b"xyz"]
