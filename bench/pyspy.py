@@ -6,7 +6,7 @@
 
 Starts ``twistd accessgrid-transfer`` (as bench/compare.py does), attaches
 ``py-spy record --threads --format raw`` to it, makes one upload or download
-with curl, and prints the share of samples per thread, the top frames by own
+with curl (or runs bench/loadgen.py's keep-alive or new-handshake GETs), and prints the share of samples per thread, the top frames by own
 time and the top frames including callees. ``--gil`` samples only the thread
 holding the GIL; ``--idle`` includes idle threads (where they wait).
 """
@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import compare  # noqa: E402
+import loadgen  # noqa: E402
 from benchservers import GsiTransferServer, stop_all  # noqa: E402
 
 
@@ -58,7 +59,9 @@ def summarise(raw: Path, top: int) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("upload", "download"))
+    parser.add_argument("what", choices=("upload", "download", "keepalive", "handshake"))
+    parser.add_argument("--clients", type=int, default=32, help="GET clients (keepalive, handshake)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of GETs (keepalive, handshake)")
     parser.add_argument("--size", type=compare.parse_size, default=compare.parse_size("1G"))
     parser.add_argument("--gsitransfer-src", type=Path, default=HERE.parent)
     parser.add_argument("--gsitransfer-args", default="")
@@ -67,6 +70,8 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=200, help="samples per second")
     parser.add_argument("--gil", action="store_true", help="only the thread holding the GIL")
     parser.add_argument("--idle", action="store_true", help="include idle threads")
+    parser.add_argument("--subprocesses", action="store_true",
+                        help="also sample the server's children (with --gsitransfer-args='--workers N')")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--raw", type=Path, default=None, help="keep py-spy's collapsed stacks here")
     args = parser.parse_args()
@@ -81,13 +86,21 @@ def main() -> int:
         raw = args.raw or work / "stacks.txt"
         command = [args.py_spy, "record", "--pid", str(server.pid), "--rate", str(args.rate), "--nonblocking",
                    "--threads", "--format", "raw", "-o", str(raw)]
-        command += ["--gil"] * args.gil + ["--idle"] * args.idle
+        command += ["--gil"] * args.gil + ["--idle"] * args.idle + ["--subprocesses"] * args.subprocesses
         spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(1.5)  # py-spy attaches
             meter = server.meter()
             cpu0 = meter.cpu()
-            if args.what == "upload":
+            if args.what in ("keepalive", "handshake"):
+                target = compare.load_target(fx, server, "/data/small.bin", fx.small.stat().st_size)
+                load = loadgen.run_load(target, "new" if args.what == "handshake" else "keepalive",
+                                        args.clients, 2, 0.5, args.duration)
+                cpu = meter.cpu() - cpu0
+                print(f"{args.what}: {load.rate:,.0f} req/s, server {cpu * 1000 / max(1, load.requests):.3f} "
+                      "CPU-ms/req (py-spy attached: slower than unprofiled)")
+                result = None
+            elif args.what == "upload":
                 name = f"profile-{secrets.token_hex(4)}.bin"
                 key = compare.post_manifest(fx, server.port, name, args.size, fx.big_md5)
                 result = compare.curl(fx, "-X", "POST", "-T", str(fx.big), server.url(f"/data/{key}/0"))
@@ -97,8 +110,9 @@ def main() -> int:
         finally:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
-        print(f"{args.what}: HTTP {result['code']}, {args.size / result['seconds'] / 1e6:.0f} MB/s, "
-              f"server {cpu / (args.size / 1e9):.2f} CPU-s/GB")
+        if result is not None:
+            print(f"{args.what}: HTTP {result['code']}, {args.size / result['seconds'] / 1e6:.0f} MB/s, "
+                  f"server {cpu / (args.size / 1e9):.2f} CPU-s/GB")
         print(summarise(raw, args.top))
         return 0
     finally:
