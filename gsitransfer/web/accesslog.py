@@ -10,6 +10,7 @@ that ``twisted.python.log.logfile`` makes of each line, so the log reads the sam
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from typing import Any, Callable
@@ -28,11 +29,24 @@ _NEEDS_ESCAPING = re.compile(rb"[^\x20-\x7e]|[\"'\\]")
 _ADDRESSES = (address.IPv4Address, address.IPv6Address)
 
 
+#: values up to this long have their escaped text remembered (URIs, agents and addresses repeat)
+_REMEMBERED = 256
+
+
 def escape(value: bytes) -> str:
     """``http._escape``: a repr-like text that is always safe inside double quotes."""
+    if len(value) <= _REMEMBERED:
+        return _escape_remembered(value)
+    return _escape(value)
+
+
+def _escape(value: bytes) -> str:
     if _NEEDS_ESCAPING.search(value) is None:
         return value.decode("ascii")
     return str(http._escape(value))
+
+
+_escape_remembered = functools.lru_cache(maxsize=2048)(_escape)
 
 
 def access_line(timestamp: str | None, request: Any) -> str:

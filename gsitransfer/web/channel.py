@@ -18,7 +18,7 @@ Between keep-alive requests the TLS layer's I/O buffers are given back
 (``release_idle_buffers``): at once after a connection's first request (or
 one after a quiet spell), and on a connection whose requests follow each other
 within ``release_after`` seconds, only once it has been quiet that long (one
-timer per connection, pushed back by each request), rather than a release and
+timer per connection, which waits again when it fires too early), rather than a release and
 a regrowth of the buffers for every request.
 
 A plain GET of a small file whose head arrives in one read, between
@@ -71,12 +71,15 @@ class TransferChannel(HTTPChannel):
     _release_timer: Any = None
     #: the buffers were kept after a request (a busy connection): release them when it goes quiet
     _buffers_held = False
+    #: when the last request whose buffers were kept ended (the release timer's clock)
+    _last_request_end = 0.0
     _handshake_timer: Any = None
     _awaiting_head = True
     _window_start = 0.0
     _window_bytes = 0
     #: answer plain GETs of small files without twisted.web's request machinery (``plainget``)
     plain_gets = True
+    _peer_address: Any = None
     #: the handler's answer for the download request being parsed, when the shortcut asked it
     preresolved: Preresolved | None = None
 
@@ -84,6 +87,13 @@ class TransferChannel(HTTPChannel):
         super().connectionMade()
         if self.handshake_timeout:
             self._handshake_timer = self.callLater(self.handshake_timeout, self._handshake_too_slow)
+
+    def peer_address(self) -> Any:
+        """The client's address (the transport's ``getPeer()``, asked once per connection)."""
+        peer = self._peer_address
+        if peer is None:
+            peer = self._peer_address = self.transport.getPeer()
+        return peer
 
     def handshake_completed(self) -> None:
         """The TLS handshake finished: its deadline no longer applies."""
@@ -178,15 +188,17 @@ class TransferChannel(HTTPChannel):
 
         A request ending less than ``release_after`` s after the previous one
         keeps the buffers for the next (a release and a regrowth for every
-        keep-alive request would cost more than the request's own Python), and
-        the connection's one timer is pushed back (cheap: it only moves later).
+        keep-alive request would cost more than the request's own Python); the
+        request's end is noted and the connection's one timer, when it fires,
+        waits again until ``release_after`` seconds after the last request
+        (no timer is touched per request).
         Otherwise (the first request, or one after a quiet spell) they are
         released at once: buffers held for a while by many connections leave
         the heap fragmented, and idle connections' memory is what counts.
         """
         timer = self._release_timer
-        if timer is not None and timer.active():
-            timer.reset(self.release_after)
+        if timer is not None:
+            self._last_request_end = timer.seconds()
             self._buffers_held = True
             return
         release_idle_buffers(self.transport)
@@ -194,8 +206,14 @@ class TransferChannel(HTTPChannel):
         self._release_timer = self.callLater(self.release_after, self._release_if_idle)
 
     def _release_if_idle(self) -> None:
-        self._release_timer = None
-        if not self._buffers_held:
+        timer, self._release_timer = self._release_timer, None
+        if not self._buffers_held or timer is None:
+            return
+        now = timer.seconds()
+        if now - self._last_request_end < self.release_after:
+            self._release_timer = self.callLater(
+                self._last_request_end + self.release_after - now, self._release_if_idle
+            )
             return
         if self._awaiting_head and not self.requests and not self._buffer and self.transport is not None:
             release_idle_buffers(self.transport)

@@ -28,7 +28,7 @@ import re
 import stat
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -46,9 +46,12 @@ MAX_HEAD = 8192
 MAX_HEADER_LINES = 64
 
 #: ``GET <target> HTTP/1.1``, the target an absolute path of printable ASCII (no spaces)
-_REQUEST_LINE = re.compile(rb"GET (/[\x21-\x7e]*) HTTP/1\.1\Z")
-#: ``name: value`` with a token name, the value without NUL (CR and LF are line ends already)
-_HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\x00]*?)[ \t]*\Z")
+_REQUEST_LINE = re.compile(rb"GET (/[\x21-\x7e]*) HTTP/1\.1\r\n")
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+#: header lines, each ``name:value`` + CRLF with a token name and a value without NUL, CR or LF
+_HEADER_BLOCK = re.compile(rb"(?:" + _TOKEN + rb":[^\x00\r\n]*\r\n)*")
+#: one header line: its name, and its value without the spaces and tabs around it (as twisted.web strips)
+_HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00\r\n]*?)[ \t]*\r\n")
 #: header names whose presence changes the answer, or whose handling twisted.web must do
 _DECLINED = frozenset(
     {
@@ -68,8 +71,7 @@ _DECLINED = frozenset(
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 
-@dataclass(frozen=True, slots=True)
-class PlainGet:
+class PlainGet(NamedTuple):
     """A request head the shortcut can answer."""
 
     target: bytes
@@ -96,21 +98,19 @@ def parse_plain_get(data: bytes) -> PlainGet | None:
     """
     if len(data) > MAX_HEAD or not data.endswith(b"\r\n\r\n") or not data.startswith(b"GET /"):
         return None
-    lines = data[:-4].split(b"\r\n")
-    if len(lines) > MAX_HEADER_LINES + 1:
-        return None
-    request_line = _REQUEST_LINE.match(lines[0])
+    request_line = _REQUEST_LINE.match(data)
     if request_line is None:
         return None
-    headers = []
+    # the header lines, each with its CRLF (the head's final empty line left out)
+    if _HEADER_BLOCK.fullmatch(data, request_line.end(), len(data) - 2) is None:
+        return None
+    pairs = _HEADER.findall(data, request_line.end(), len(data) - 2)
+    if len(pairs) > MAX_HEADER_LINES:
+        return None
+    headers = tuple((name.lower(), value) for name, value in pairs)
     close = False
     connection_seen = False
-    for line in lines[1:]:
-        found = _HEADER_LINE.match(line)
-        if found is None or b"\n" in line or b"\r" in line:
-            return None
-        name = found.group(1).lower()
-        value = found.group(2)
+    for name, value in headers:
         if name in _DECLINED:
             return None
         if name == b"connection":
@@ -119,12 +119,15 @@ def parse_plain_get(data: bytes) -> PlainGet | None:
             connection_seen = True
             # as HTTPChannel.checkPersistence reads it
             close = b"close" in [token.lower() for token in value.split(b" ")]
-        headers.append((name, value))
-    return PlainGet(request_line.group(1), tuple(headers), close)
+    return PlainGet(request_line.group(1), headers, close)
 
 
 class _HeadView:
-    """What an identity source reads of a request, for a head the shortcut parsed."""
+    """What an identity source reads of a request, for a head the shortcut parsed.
+
+    ``requestHeaders`` is the head itself: ``getRawHeaders`` and ``hasHeader``
+    read the parsed lines; anything else builds twisted.web's ``Headers``.
+    """
 
     __slots__ = ("channel", "_head", "_headers")
 
@@ -134,16 +137,28 @@ class _HeadView:
         self._headers: Headers | None = None
 
     @property
-    def requestHeaders(self) -> Headers:
-        if self._headers is None:
-            headers = Headers()
-            for name, value in self._head.headers:
-                headers.addRawHeader(name, value)
-            self._headers = headers
-        return self._headers
+    def requestHeaders(self) -> "_HeadView":
+        return self
+
+    def getRawHeaders(self, name: bytes, default: Any = None) -> Any:
+        wanted = name.lower()
+        values = [value for key, value in self._head.headers if key == wanted]
+        return values or default
+
+    def hasHeader(self, name: bytes) -> bool:
+        return self._head.header(name.lower()) is not None
 
     def getHeader(self, name: bytes) -> bytes | None:
         return self._head.header(name.lower())
+
+    def __getattr__(self, name: str) -> Any:
+        # any other Headers method: twisted.web's own Headers of these lines
+        if self._headers is None:
+            headers = Headers()
+            for key, value in self._head.headers:
+                headers.addRawHeader(key, value)
+            self._headers = headers
+        return getattr(self._headers, name)
 
 
 @dataclass(frozen=True, slots=True)

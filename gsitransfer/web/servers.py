@@ -117,7 +117,7 @@ class TransferSite(web_server.Site):
         log_file = self._logFile
         if log_file is not None:
             line = combined_line(
-                self._logDateTime, channel.transport.getPeer(), b"GET", target, b"HTTP/1.1", 200, sent,
+                self._logDateTime, channel.peer_address(), b"GET", target, b"HTTP/1.1", 200, sent,
                 referrer, agent,
             )
             emit_access_line(log_file, line)
