@@ -42,6 +42,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel, eventAsText, globalLogBeginner
 
 from .tap import ConfigError, Options, TransferService, build_servers, fail
+from . import eventloop
 from .web import accesslog
 
 _log = Logger()
@@ -373,6 +374,8 @@ def worker_main(argv: list[str]) -> None:
         _die_with_parent(parent)
     options = Options()
     options.parseOptions(argv)
+    if "twisted.internet.reactor" not in sys.modules:
+        eventloop.install()  # the epoll reactor without a log context per event
     from twisted.internet import reactor
 
     _log_to_stdout(reactor)

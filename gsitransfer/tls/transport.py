@@ -88,7 +88,7 @@ def _partial_write_off() -> Any:
 _clear_partial_write = _partial_write_off()
 
 
-def write_through(transport: Any, data: bytes) -> None:
+def write_through(transport: Any, data: bytes | memoryview) -> None:
     """``transport.write(data)``, but sent at once when nothing is queued before it.
 
     Twisted's TCP transport never sends from ``write``: it queues the bytes,
@@ -100,6 +100,8 @@ def write_through(transport: Any, data: bytes) -> None:
     full) and only what it did not take is queued the usual way; the order of
     bytes is kept because nothing was queued. An error leaves the bytes to
     ``write``, whose next attempt reports the lost connection as Twisted does.
+    ``data`` may be a memoryview of a buffer about to be reused: what is
+    queued is always a copy.
     """
     send = getattr(transport, "writeSomeData", None)
     if (
@@ -109,13 +111,51 @@ def write_through(transport: Any, data: bytes) -> None:
         or getattr(transport, "_tempDataLen", 1)
         or len(getattr(transport, "dataBuffer", b"x")) != getattr(transport, "offset", -1)
     ):
-        transport.write(data)
+        transport.write(bytes(data))
         return
     sent = send(data)
     if isinstance(sent, BaseException) or sent <= 0:
-        transport.write(data)
+        transport.write(bytes(data))
     elif sent < len(data):
-        transport.write(data[sent:])
+        transport.write(bytes(data[sent:]))
+
+
+class _SharedBIOReader:
+    """One buffer, shared by every connection of the (single) reactor thread, that memory BIOs are read into."""
+
+    def __init__(self, ffi: Any, lib: Any, size: int) -> None:
+        self.size = size
+        self._buffer = bytearray(size)
+        self._pointer = ffi.from_buffer(self._buffer)
+        self._read = lib.BIO_read
+        self._mem_data = lib.BIO_get_mem_data
+        self._null = ffi.NULL
+
+    def pending(self, bio: Any) -> int:
+        """Bytes waiting in the memory BIO ``bio``."""
+        return int(self._mem_data(bio, self._null))
+
+    def read(self, bio: Any) -> int:
+        """Read what ``bio`` holds (at most ``size`` bytes) into the buffer; the count read."""
+        count = self._read(bio, self._pointer, self.size)
+        return max(0, count)
+
+    def view(self, count: int) -> memoryview:
+        return memoryview(self._buffer)[:count]
+
+
+def _make_bio_reader() -> _SharedBIOReader | None:
+    """The shared reader over pyOpenSSL's binding, or None when it lacks what is used."""
+    try:
+        from OpenSSL._util import ffi, lib
+    except ImportError:
+        return None
+    if not all(hasattr(lib, name) for name in ("BIO_read", "BIO_get_mem_data")):
+        return None
+    return _SharedBIOReader(ffi, lib, SEND_SLICE + _SEND_SLACK)
+
+
+_bio_reader = _make_bio_reader()
 
 
 class BulkTLSProtocol(BufferingTLSTransport):
@@ -172,6 +212,9 @@ class BulkTLSProtocol(BufferingTLSTransport):
 
     def _flushSendBIO(self) -> None:
         """Move everything in the send BIO to the transport in one write."""
+        if self.write_through and _bio_reader is not None and self.send_slice + _SEND_SLACK <= _bio_reader.size:
+            if self._send_from_shared_buffer():
+                return
         connection = self._tlsConnection
         size = self.send_slice + _SEND_SLACK
         chunks = []
@@ -189,6 +232,32 @@ class BulkTLSProtocol(BufferingTLSTransport):
                 write_through(self.transport, data)
             else:
                 self.transport.write(data)
+
+    def _send_from_shared_buffer(self) -> bool:
+        """Send what the BIO holds straight from one buffer shared by all connections; False: not done.
+
+        pyOpenSSL's ``bio_read`` allocates a buffer per call and copies the
+        bytes out of it; here they are read into one reusable buffer and sent
+        from it (``write_through``), and only what the socket does not take is
+        copied, to be queued. The buffer is free again before anything else can
+        run (the remainder is copied before ``transport.write``), and one
+        reactor thread uses it. A BIO holding more than the buffer, or a
+        connection without the attributes used, is left to the other path.
+        """
+        from_ssl = getattr(self._tlsConnection, "_from_ssl", None)
+        reader = _bio_reader
+        if from_ssl is None or reader is None:
+            return False
+        pending = reader.pending(from_ssl)
+        if pending <= 0:
+            return True  # nothing to send
+        if pending > reader.size:
+            return False
+        count = reader.read(from_ssl)
+        if count != pending:
+            raise RuntimeError(f"memory BIO gave {count} of {pending} pending bytes")
+        write_through(self.transport, reader.view(count))
+        return True
 
     def _flushReceiveBIO(self) -> None:
         """Decrypt every complete record now in the receive BIO; deliver the plaintext at once."""
