@@ -16,7 +16,10 @@ between the application, OpenSSL and the TCP transport:
   still drained once;
 * **receiving** -- after each ``bio_write`` of what TCP brought, every record
   OpenSSL can decrypt is read (``SSL_read`` returns one record per call) and the
-  plaintext is delivered to the wrapped protocol in *one* ``dataReceived``. The
+  plaintext is delivered to the wrapped protocol in *one* ``dataReceived``;
+  once nothing decrypted is left in OpenSSL and no byte is left in the
+  receiving BIO, the loop stops without the ``SSL_read`` that would only say
+  it wants more. The
   plaintext of one delivery is therefore at most what one TCP read brought in
   plus one partial record held back from the read before;
 * **writing** -- what OpenSSL produced is sent at once when the TCP transport
@@ -264,9 +267,13 @@ class BulkTLSProtocol(BufferingTLSTransport):
         connection = self._tlsConnection
         size = self.recv_size
         chunks: list[bytes] = []
+        into_ssl = getattr(connection, "_into_ssl", None) if _bio_reader is not None else None
         while not self._lostTLSConnection:
             try:
                 chunks.append(connection.recv(size))
+                if into_ssl is not None and not connection.pending() and _bio_reader.pending(into_ssl) <= 0:
+                    # nothing decrypted left and no byte of another record: SSL_read would want more
+                    break
             except WantReadError:
                 break
             except ZeroReturnError:

@@ -102,6 +102,9 @@ class CertificateIdentity:
     """
 
     def __init__(self) -> None:
+        #: the attribute of a connection object its token is kept in (one per source)
+        self._attribute = f"_gsitransfer_identity_{id(self):x}"
+        #: tokens of connections that take no attribute
         self._known: weakref.WeakKeyDictionary[Any, IdToken] = weakref.WeakKeyDictionary()
         #: the token of each distinct (chain, fields) in use, held only by the connections' tokens
         self._shared: weakref.WeakValueDictionary[tuple[Any, ...], IdToken] = weakref.WeakValueDictionary()
@@ -114,7 +117,9 @@ class CertificateIdentity:
         connection = handle() if handle is not None else None
         if connection is None:
             raise NotAuthorized("no TLS connection")
-        known = self._known.get(connection)
+        known = getattr(connection, self._attribute, None)
+        if known is None:
+            known = self._known.get(connection)
         if known is not None:
             return known
         try:
@@ -123,7 +128,11 @@ class CertificateIdentity:
             _log.warn("cannot read the client chain: {error}", error=error)
             raise NotAuthorized("no verified client certificate") from None
         token = self._shared.setdefault(_sharing_key(token), token)
-        self._known[connection] = token
+        try:
+            # kept on the connection object: read back with one getattr, gone with it
+            setattr(connection, self._attribute, token)
+        except AttributeError:
+            self._known[connection] = token
         return token
 
 

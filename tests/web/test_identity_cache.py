@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import weakref
 from types import SimpleNamespace
 
 from gsitransfer.identity import IdToken
@@ -34,9 +35,27 @@ def test_identity_derived_once_per_connection(monkeypatch):
     assert source.identify(request_on(first)).dn == "/CN=user1"
     assert source.identify(request_on(second)).dn == "/CN=user2"
     assert derived == [first, second]
+    gone = weakref.ref(first)
     del first, derived[:]
     gc.collect()
-    assert len(source._known) == 1  # a closed connection is forgotten with it
+    assert gone() is None  # the source holds no connection: it is forgotten with it
+
+
+def test_identity_kept_for_connections_without_attributes(monkeypatch):
+    """A connection object that takes no attribute still has its identity remembered, weakly."""
+
+    class Slotted:
+        __slots__ = ("__weakref__",)
+
+    derived: list[object] = []
+    monkeypatch.setattr(peer, "identity_from_connection", lambda c: derived.append(c) or IdToken(dn="/CN=s"))
+    source = CertificateIdentity()
+    connection = Slotted()
+    assert source.identify(request_on(connection)) is source.identify(request_on(connection))
+    assert derived == [connection]
+    del connection, derived[:]
+    gc.collect()
+    assert len(source._known) == 0
 
 
 def test_connections_with_the_same_chain_share_one_token(monkeypatch):
