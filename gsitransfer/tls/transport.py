@@ -16,7 +16,9 @@ between the application, OpenSSL and the TCP transport:
   still drained once;
 * **receiving** -- after each ``bio_write`` of what TCP brought, every record
   OpenSSL can decrypt is read (``SSL_read`` returns one record per call) and the
-  plaintext is delivered to the wrapped protocol in *one* ``dataReceived``;
+  plaintext is delivered to the wrapped protocol in *one* ``dataReceived``
+  (the records are decrypted one after another into one buffer shared by the
+  reactor thread's connections, and copied out once);
   once nothing decrypted is left in OpenSSL and no byte is left in the
   receiving BIO, the loop stops without the ``SSL_read`` that would only say
   it wants more. The
@@ -147,6 +149,48 @@ class _SharedBIOReader:
         return memoryview(self._buffer)[:count]
 
 
+class _SharedPlaintextReader:
+    """One buffer, shared by every connection of the reactor thread, that SSL_read decrypts into.
+
+    pyOpenSSL's ``recv`` allocates a buffer per record and copies the record
+    out of it, and the records of one TCP read are then joined: two copies of
+    every byte received. Here each record is decrypted straight into this
+    buffer, after the previous one, and the whole is copied out once
+    (:meth:`take`) before the application sees it.
+    """
+
+    def __init__(self, ffi: Any, lib: Any, size: int) -> None:
+        self.size = size
+        self._buffer = bytearray(size)
+        self._pointer = ffi.from_buffer(self._buffer)
+        self._ssl_read = lib.SSL_read
+        self._mem_data = lib.BIO_get_mem_data
+        self._null = ffi.NULL
+
+    def read(self, ssl: Any, offset: int, count: int) -> int:
+        """``SSL_read`` of at most ``count`` bytes into the buffer at ``offset``; SSL_read's result."""
+        return int(self._ssl_read(ssl, self._pointer + offset, count))
+
+    def pending(self, bio: Any) -> int:
+        """Bytes waiting in the memory BIO ``bio``."""
+        return int(self._mem_data(bio, self._null))
+
+    def take(self, count: int) -> bytes:
+        """The first ``count`` bytes of the buffer, as bytes of their own."""
+        return bytes(memoryview(self._buffer)[:count]) if count else b""
+
+
+def _make_plaintext_reader() -> _SharedPlaintextReader | None:
+    """The shared plaintext reader over pyOpenSSL's binding, or None when it lacks what is used."""
+    try:
+        from OpenSSL._util import ffi, lib
+    except ImportError:
+        return None
+    if not all(hasattr(lib, name) for name in ("SSL_read", "BIO_get_mem_data")):
+        return None
+    return _SharedPlaintextReader(ffi, lib, READ_SIZE + 4 * RECV_SIZE)
+
+
 def _make_bio_reader() -> _SharedBIOReader | None:
     """The shared reader over pyOpenSSL's binding, or None when it lacks what is used."""
     try:
@@ -159,6 +203,7 @@ def _make_bio_reader() -> _SharedBIOReader | None:
 
 
 _bio_reader = _make_bio_reader()
+_plaintext_reader = _make_plaintext_reader()
 
 
 class BulkTLSProtocol(BufferingTLSTransport):
@@ -265,19 +310,59 @@ class BulkTLSProtocol(BufferingTLSTransport):
     def _flushReceiveBIO(self) -> None:
         """Decrypt every complete record now in the receive BIO; deliver the plaintext at once."""
         connection = self._tlsConnection
+        reader = _plaintext_reader
+        ssl = getattr(connection, "_ssl", None)
+        into_ssl = getattr(connection, "_into_ssl", None)
+        raise_error = getattr(connection, "_raise_ssl_error", None)
+        if reader is None or ssl is None or into_ssl is None or raise_error is None:
+            self._flush_receive_by_recv()
+            return
         size = self.recv_size
-        chunks: list[bytes] = []
-        into_ssl = getattr(connection, "_into_ssl", None) if _bio_reader is not None else None
+        parts: list[bytes] = []  # what did not fit in the shared buffer (a read larger than READ_SIZE)
+        filled = 0
         while not self._lostTLSConnection:
+            if reader.size - filled < size:
+                parts.append(reader.take(filled))
+                filled = 0
             try:
-                chunks.append(connection.recv(size))
-                if into_ssl is not None and not connection.pending() and _bio_reader.pending(into_ssl) <= 0:
+                count = reader.read(ssl, filled, size)
+                if count <= 0:
+                    raise_error(ssl, count)
+                    break  # not reached: raise_error raises
+                filled += count
+                if not connection.pending() and reader.pending(into_ssl) <= 0:
                     # nothing decrypted left and no byte of another record: SSL_read would want more
                     break
             except WantReadError:
                 break
             except ZeroReturnError:
                 # close_notify: what came before it first, then Twisted's shutdown
+                self._deliver(parts + [reader.take(filled)])
+                parts, filled = [], 0
+                if not self._lostTLSConnection:
+                    self._shutdownTLS()
+                    self._tlsShutdownFinished(None)
+            except Error:
+                failure = Failure()
+                self._deliver(parts + [reader.take(filled)])
+                parts, filled = [], 0
+                if not self._lostTLSConnection:
+                    self._tlsShutdownFinished(failure)
+        self._deliver(parts + [reader.take(filled)])
+        # the records may have needed an answer (handshake messages, alerts)
+        self._flushSendBIO()
+
+    def _flush_receive_by_recv(self) -> None:
+        """:meth:`_flushReceiveBIO` through pyOpenSSL's ``recv`` (a pyOpenSSL without the attributes used)."""
+        connection = self._tlsConnection
+        size = self.recv_size
+        chunks: list[bytes] = []
+        while not self._lostTLSConnection:
+            try:
+                chunks.append(connection.recv(size))
+            except WantReadError:
+                break
+            except ZeroReturnError:
                 self._deliver(chunks)
                 chunks = []
                 if not self._lostTLSConnection:
@@ -290,13 +375,13 @@ class BulkTLSProtocol(BufferingTLSTransport):
                 if not self._lostTLSConnection:
                     self._tlsShutdownFinished(failure)
         self._deliver(chunks)
-        # the records may have needed an answer (handshake messages, alerts)
         self._flushSendBIO()
 
     def _deliver(self, chunks: list[bytes]) -> None:
         if chunks and not self._aborted:
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            self.wrappedProtocol.dataReceived(data)
+            if data:  # (an empty read of the shared buffer: nothing to deliver)
+                self.wrappedProtocol.dataReceived(data)
 
 
 class BulkTLSFactory(TLSMemoryBIOFactory):
