@@ -50,7 +50,10 @@ from typing import Any
 from OpenSSL.SSL import Connection, Error, WantReadError, ZeroReturnError
 from twisted.internet.interfaces import IReactorTime
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+from zope.interface import providedBy
+from zope.interface.declarations import Provides
 
 #: plaintext bytes handed to one SSL_write (16 records of 16 KiB)
 SEND_SLICE = 256 * 1024
@@ -206,6 +209,27 @@ _bio_reader = _make_bio_reader()
 _plaintext_reader = _make_plaintext_reader()
 
 
+#: the declaration of what a protocol class provides over a kind of transport (see makeConnection)
+_PROVIDES: dict[tuple[type, Any], Any] = {}
+_PROVIDES_LIMIT = 64
+
+
+def _provides_like(protocol_class: type, transport: Any) -> Any:
+    """``Provides(protocol_class, providedBy(transport))``, remembered; None if not to be remembered."""
+    spec = providedBy(transport)
+    key = (protocol_class, spec)
+    try:
+        return _PROVIDES[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable declaration
+        return None
+    if len(_PROVIDES) >= _PROVIDES_LIMIT:
+        return None
+    provides = _PROVIDES[key] = Provides(protocol_class, spec)
+    return provides
+
+
 class BulkTLSProtocol(BufferingTLSTransport):
     """Twisted's TLS protocol moving many TLS records per Python call (see the module rules)."""
 
@@ -217,10 +241,30 @@ class BulkTLSProtocol(BufferingTLSTransport):
     write_through = True
 
     def makeConnection(self, transport: Any) -> None:
+        """``TLSMemoryBIOProtocol.makeConnection``, with the transport's interfaces declared once.
+
+        Twisted declares them with one ``directlyProvides`` per interface and
+        then once more for all of them (zope.interface normalises the
+        arguments each time: ~5 % of a new connection's Python); the result,
+        this class providing what the transport provides, is the same for
+        every connection over one kind of transport and is reused.
+        """
         read_size = getattr(self.factory, "read_size", None)
         if read_size and hasattr(transport, "bufferSize"):
             transport.bufferSize = read_size
-        super().makeConnection(transport)
+        provides = _provides_like(type(self), transport)
+        if provides is None or not hasattr(self.factory, "_creatorCallable"):
+            super().makeConnection(transport)
+        else:
+            self._tlsConnection = self.factory._creatorCallable(self)
+            self._appSendBuffer = []
+            self.__provides__ = provides
+            Protocol.makeConnection(self, transport)
+            self.factory.registerProtocol(self)
+            if self._connectWrapped:
+                # ProtocolWrapper.makeConnection, its declaration already made
+                self.wrappedProtocol.makeConnection(self)
+            self._checkHandshakeStatus()
         # Only now does the Connection exist. No application data can have reached
         # SSL_write before the handshake completed: a write so far was buffered.
         connection = self._tlsConnection

@@ -485,3 +485,21 @@ def test_write_through_queues_what_the_socket_did_not_take_in_order() -> None:
     full = Socketish(room=0)
     write_through(full, b"xyz")
     assert full.sent == b"" and full.queued == [b"xyz"]
+
+
+def test_declares_what_twisteds_tls_protocol_declares(server_tls: ServerTLS) -> None:
+    """Over the same kind of transport, the protocol provides exactly the interfaces Twisted's own would."""
+    from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+    from zope.interface import providedBy
+
+    def declared(factory_class: type, protocol_class: type) -> set[str]:
+        factory = factory_class(server_tls, False, Factory.forProtocol(Protocol), clock=Clock())
+        factory.protocol = protocol_class
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        return {interface.__identifier__ for interface in providedBy(protocol)}
+
+    ours = declared(BulkTLSFactory, BulkTLSProtocol)
+    assert ours == declared(TLSMemoryBIOFactory, BufferingTLSTransport)
+    assert "twisted.internet.interfaces.IPushProducer" in ours
+    assert declared(BulkTLSFactory, BulkTLSProtocol) == ours  # a second connection: the remembered declaration
