@@ -41,10 +41,57 @@ def verified_chain_der(connection: SSL.Connection) -> tuple[bytes, ...]:
     Cheaper than :func:`verified_chain` (no ``cryptography`` objects):
     pyOpenSSL's ``X509`` wrappers only take a reference to OpenSSL's.
     """
+    direct = _verified_chain_der_direct(connection)
+    if direct is not None:
+        return direct
     chain = connection.get_verified_chain()
     if not chain:
         raise ValueError("the TLS connection has no verified client certificate chain")
     return tuple(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert) for cert in chain)
+
+
+def _verified_chain_der_direct(connection: SSL.Connection) -> tuple[bytes, ...] | None:
+    """:func:`verified_chain_der` straight from OpenSSL's stack (no pyOpenSSL ``X509`` per certificate).
+
+    Every certificate is encoded, one after another, into one memory BIO and
+    the DER of each is cut from it by the lengths in between; about a third
+    of the cost of wrapping and dumping each. None when the binding lacks a
+    function used (the caller then takes pyOpenSSL's way).
+    """
+    ffi, lib = _chain_binding()
+    ssl = getattr(connection, "_ssl", None)
+    if lib is None or ssl is None:
+        return None
+    stack = lib.SSL_get0_verified_chain(ssl)
+    count = lib.sk_X509_num(stack) if stack != ffi.NULL else 0
+    if count <= 0:
+        raise ValueError("the TLS connection has no verified client certificate chain")
+    bio = lib.BIO_new(lib.BIO_s_mem())
+    if bio == ffi.NULL:
+        return None
+    try:
+        ends = []
+        for index in range(count):
+            if lib.i2d_X509_bio(bio, lib.sk_X509_value(stack, index)) != 1:
+                return None
+            ends.append(lib.BIO_get_mem_data(bio, ffi.NULL))
+        data_pointer = ffi.new("char **")
+        total = lib.BIO_get_mem_data(bio, data_pointer)
+        data = ffi.buffer(data_pointer[0], total)[:]
+    finally:
+        lib.BIO_free(bio)
+    starts = [0] + ends[:-1]
+    return tuple(data[start:end] for start, end in zip(starts, ends))
+
+
+@functools.cache
+def _chain_binding() -> tuple[Any, Any]:
+    """pyOpenSSL's cffi ``(ffi, lib)``, or ``(None, None)`` if it lacks what the direct chain read uses."""
+    ffi, lib = _binding()
+    wanted = ("SSL_get0_verified_chain", "sk_X509_num", "sk_X509_value", "i2d_X509_bio", "BIO_get_mem_data")
+    if lib is None or not all(hasattr(lib, name) for name in wanted):
+        return None, None
+    return ffi, lib
 
 
 class ChainTokens:

@@ -126,3 +126,15 @@ def test_a_context_without_chain_tokens_derives_every_time(test_pki: TestPKI, de
     second = identity_from_connection(_connect(tls, test_pki, alice.proxy))
     assert first == second and first is not second
     assert len(derivations) == 2
+
+
+def test_direct_chain_read_gives_pyopenssls_der(tls: ServerTLS, test_pki: TestPKI) -> None:
+    """The chain read straight from OpenSSL's stack is, certificate for certificate, pyOpenSSL's DER."""
+    from OpenSSL import crypto
+
+    alice = test_pki.users["alice"]
+    for cert, key in ((alice.cert, alice.key), (alice.proxy, None), (alice.proxy_of_proxy, None)):
+        server = _connect(tls, test_pki, cert, key)
+        expected = tuple(crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in server.get_verified_chain())
+        assert peer._verified_chain_der_direct(server) == expected == verified_chain_der(server)
+        assert len(expected) >= 2
