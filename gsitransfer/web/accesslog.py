@@ -104,6 +104,30 @@ def write_lines_to(writer: Callable[[str], Any] | None) -> None:
     _line_writer = writer
 
 
+def plain_get_line(timestamp: str | None, client: Any, target: bytes, sent: int,
+                   referrer: bytes | None, agent: bytes | None) -> str:
+    """``combined_line`` of an HTTP/1.1 GET answered 200, its variable parts' escapes remembered."""
+    if len(referrer or b"") + len(agent or b"") <= _REMEMBERED:
+        trailer = _trailer_remembered(referrer, agent)
+    else:
+        trailer = _trailer(referrer, agent)
+    return '"%s" - - %s "GET %s HTTP/1.1" 200 %s %s' % (
+        _client_text(client), timestamp, escape(target), sent or "-", trailer
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _client_text(client: Any) -> str:
+    return escape(client.host.encode("ascii")) if isinstance(client, _ADDRESSES) else "-"
+
+
+def _trailer(referrer: bytes | None, agent: bytes | None) -> str:
+    return '"%s" "%s"' % (escape(referrer or b"-"), escape(agent or b"-"))
+
+
+_trailer_remembered = functools.lru_cache(maxsize=256)(_trailer)
+
+
 def emit_access_line(log_file: Any, line: str) -> None:
     """Write ``line`` to ``log_file`` as ``Site.log`` would, without its per-line overhead."""
     if log_file is legacy_log.logfile:

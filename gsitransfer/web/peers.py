@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from ..errors import NotAuthorized
 from ..identity import ANONYMOUS, IdToken
+from ..tls import peer as tls_peer
 
 _log = Logger()
 
@@ -110,8 +111,6 @@ class CertificateIdentity:
         self._shared: weakref.WeakValueDictionary[tuple[Any, ...], IdToken] = weakref.WeakValueDictionary()
 
     def identify(self, request: Any) -> IdToken:
-        from ..tls.peer import identity_from_connection
-
         transport = request.channel.transport
         handle = getattr(transport, "getHandle", None)
         connection = handle() if handle is not None else None
@@ -123,7 +122,7 @@ class CertificateIdentity:
         if known is not None:
             return known
         try:
-            token = identity_from_connection(connection)
+            token = tls_peer.identity_from_connection(connection)
         except Exception as error:  # a chain we cannot read is no identity
             _log.warn("cannot read the client chain: {error}", error=error)
             raise NotAuthorized("no verified client certificate") from None

@@ -29,7 +29,7 @@ from twisted.web.http import combinedLogFormatter
 
 from ..core import TransferServer
 from ..tls.transport import BulkTLSFactory
-from .accesslog import access_line, combined_line, emit_access_line
+from .accesslog import access_line, emit_access_line, plain_get_line
 from .offload import finish_discards
 from .channel import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -116,10 +116,7 @@ class TransferSite(web_server.Site):
         """The access log line of a GET answered 200 by the keep-alive shortcut (``plainget``)."""
         log_file = self._logFile
         if log_file is not None:
-            line = combined_line(
-                self._logDateTime, channel.peer_address(), b"GET", target, b"HTTP/1.1", 200, sent,
-                referrer, agent,
-            )
+            line = plain_get_line(self._logDateTime, channel.peer_address(), target, sent, referrer, agent)
             emit_access_line(log_file, line)
 
 

@@ -200,3 +200,19 @@ def test_access_line_is_twisted_combined_format(uri, agent):
         request.requestHeaders.setRawHeaders(b"user-agent", [agent])
     stamp = "[24/Nov/2026:00:00:00 +0000]"
     assert access_line(stamp, request) == combinedLogFormatter(stamp, request)
+
+
+@pytest.mark.parametrize(
+    "target, sent, referrer, agent",
+    [(b"/data/x.bin", 123, b"http://r/", b"curl/8"), (b'/data/"q\'\\\xff', 0, None, b"a\tb\"c'"), (b"/d", 5, None, None),
+     (b"/d", 5, b"r" * 300, b"a" * 300)],
+)
+def test_plain_get_line_is_the_combined_line(target, sent, referrer, agent):
+    """The keep-alive shortcut's log line is the combined line of the same GET."""
+    from gsitransfer.web.accesslog import combined_line, plain_get_line
+
+    client = IPv4Address("TCP", "10.0.0.1", 1234)
+    stamp = "[24/Nov/2026:00:00:00 +0000]"
+    assert plain_get_line(stamp, client, target, sent, referrer, agent) == combined_line(
+        stamp, client, b"GET", target, b"HTTP/1.1", 200, sent, referrer, agent
+    )
