@@ -45,6 +45,7 @@ resumes with the same slice (as OpenSSL requires when partial writes are off).
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from OpenSSL.SSL import Connection, Error, WantReadError, ZeroReturnError
@@ -207,6 +208,17 @@ def _make_bio_reader() -> _SharedBIOReader | None:
 
 _bio_reader = _make_bio_reader()
 _plaintext_reader = _make_plaintext_reader()
+#: the one thread that uses the shared buffers (the first to run a connection: the reactor's);
+#: connections run by any other thread take pyOpenSSL's per-call buffers
+_buffers_thread: list[int] = []
+
+
+def _owns_shared_buffers() -> bool:
+    """True on the thread the shared buffers belong to (claimed by the first thread asking)."""
+    ident = threading.get_ident()
+    if not _buffers_thread:
+        _buffers_thread.append(ident)
+    return _buffers_thread[0] == ident
 
 
 #: the declaration of what a protocol class provides over a kind of transport (see makeConnection)
@@ -304,7 +316,12 @@ class BulkTLSProtocol(BufferingTLSTransport):
 
     def _flushSendBIO(self) -> None:
         """Move everything in the send BIO to the transport in one write."""
-        if self.write_through and _bio_reader is not None and self.send_slice + _SEND_SLACK <= _bio_reader.size:
+        if (
+            self.write_through
+            and _bio_reader is not None
+            and self.send_slice + _SEND_SLACK <= _bio_reader.size
+            and _owns_shared_buffers()
+        ):
             if self._send_from_shared_buffer():
                 return
         connection = self._tlsConnection
@@ -358,7 +375,7 @@ class BulkTLSProtocol(BufferingTLSTransport):
         ssl = getattr(connection, "_ssl", None)
         into_ssl = getattr(connection, "_into_ssl", None)
         raise_error = getattr(connection, "_raise_ssl_error", None)
-        if reader is None or ssl is None or into_ssl is None or raise_error is None:
+        if reader is None or ssl is None or into_ssl is None or raise_error is None or not _owns_shared_buffers():
             self._flush_receive_by_recv()
             return
         size = self.recv_size

@@ -503,3 +503,30 @@ def test_declares_what_twisteds_tls_protocol_declares(server_tls: ServerTLS) -> 
     assert ours == declared(TLSMemoryBIOFactory, BufferingTLSTransport)
     assert "twisted.internet.interfaces.IPushProducer" in ours
     assert declared(BulkTLSFactory, BulkTLSProtocol) == ours  # a second connection: the remembered declaration
+
+
+def test_connections_of_another_thread_leave_the_shared_buffers_alone(server_tls: ServerTLS, test_pki: TestPKI) -> None:
+    """The shared buffers belong to one thread; a connection run by another still sends and receives intact."""
+    from gsitransfer.tls import transport as transport_module
+
+    test_records_of_one_read_reach_the_protocol_in_one_call(server_tls, test_pki)  # this thread claims them
+    assert transport_module._owns_shared_buffers()
+    outcome: list[object] = []
+
+    def elsewhere() -> None:
+        try:
+            assert not transport_module._owns_shared_buffers()
+            pair = MemoryPair(server_tls, test_pki, Recorder())
+            body = pattern(10 * RECORD + 5)
+            pair.client.sendall(body)
+            pair.to_server()
+            pair.app.transport.write(body)
+            pair.to_client()
+            outcome.append((pair.app.chunks, pair.client_read_all() == body))
+        except BaseException as error:  # reported below
+            outcome.append(error)
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join(30)
+    assert outcome == [([10 * RECORD + 5], True)]
