@@ -73,7 +73,7 @@ def probe_dump(server: GsiTransferServer, directory: Path, trim: bool = False) -
 
 
 def print_trace(before: dict[str, Any], after: dict[str, Any], count: int, top: int) -> None:
-    print(f"  live objects per connection (after gc), by type:")
+    print("  live objects per connection (after gc), by type:")
     diff = {t: after["types"].get(t, 0) - before["types"].get(t, 0) for t in after["types"]}
     for name, delta in sorted(diff.items(), key=lambda item: -item[1])[:top]:
         if delta / count >= 0.05:
