@@ -307,9 +307,12 @@ def build_context(
     trust: TrustMaterial,
     config: TrustConfig,
     verify_callback: Callable[[SSL.Connection, crypto.X509, int, int, int], bool],
-    info_callback: Callable[[SSL.Connection, int, int], None],
+    info_callback: Callable[[SSL.Connection, int, int], None] | None,
 ) -> SSL.Context:
-    """A server context requiring a client certificate verified against ``trust``."""
+    """A server context requiring a client certificate verified against ``trust``.
+
+    ``info_callback`` (None: none) watches every connection's handshake.
+    """
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(
@@ -337,7 +340,8 @@ def build_context(
     store.set_flags(flags)
     context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify_callback)
     context.set_verify_depth(config.verify_depth)
-    context.set_info_callback(info_callback)
+    if info_callback is not None:
+        context.set_info_callback(info_callback)
     return context
 
 
@@ -361,6 +365,8 @@ class ServerTLS:
         self.trust = trust
         self._clock = clock or (lambda: datetime.datetime.now(datetime.timezone.utc))
         self._handshakes: weakref.WeakKeyDictionary[SSL.Connection, _Handshake] = weakref.WeakKeyDictionary()
+        #: the info callback set on each connection whose transport does not report its handshake
+        self._connection_info = _connection_info_callback(self._info)
         self._stamp = self._files_stamp()
         self._context, self.material = self._build()
 
@@ -376,7 +382,13 @@ class ServerTLS:
             for dn in material.cas_without_crl():
                 log.warn("CRL policy strict: CA {ca} has no CRL, the certificates it issued are refused", ca=dn)
         try:
-            context = build_context(credential, material, self.trust, self._verify, self._info)
+            # with a per-connection callback available, the context has none: transports
+            # that report the end of each handshake (handshake_completed / handshake_failed)
+            # spare their connections the ~23 calls from C into Python of every handshake
+            context = build_context(
+                credential, material, self.trust, self._verify,
+                None if self._connection_info is not None else self._info,
+            )
         except (SSL.Error, crypto.Error) as error:
             raise TLSConfigError(f"server certificate {self.cert_file}: OpenSSL refused it ({error})") from None
         context.set_app_data(ChainTokens())
@@ -414,10 +426,42 @@ class ServerTLS:
         return tuple(_file_stamp(path) for path in paths if path)
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
-        """A new server-side connection on the current context."""
+        """A new server-side connection on the current context.
+
+        A transport whose ``reports_handshakes`` is true tells
+        :meth:`handshake_completed` or :meth:`handshake_failed` how its
+        handshake ended; any other gets the info callback that watches it.
+        """
         connection = SSL.Connection(self._context, None)
         self._handshakes[connection] = _Handshake(_weak(tlsProtocol))
+        if self._connection_info is not None and not getattr(tlsProtocol, "reports_handshakes", False):
+            self._connection_info.install(connection)
         return connection
+
+    def handshake_completed(self, connection: SSL.Connection) -> None:
+        """A reporting transport's handshake succeeded: its record is not kept (idle memory)."""
+        self._handshakes.pop(connection, None)
+
+    def handshake_failed(self, connection: SSL.Connection, failure: object) -> None:
+        """A reporting transport's handshake failed with ``failure``: log the refusal as :meth:`_info` would.
+
+        What the info callback learns from the fatal alert the server sends is
+        read from OpenSSL's reason instead; a handshake the peer abandoned
+        (end of data, a reset: no alert sent) is not logged, as before.
+        """
+        state = self._handshakes.pop(connection, None)
+        if state is None or state.logged:
+            return
+        reasons = _error_reasons(failure)
+        if state.failure is None and (not reasons or reasons & _NO_ALERT_REASONS):
+            return
+        state.logged = True
+        tls13 = connection.get_protocol_version_name() == "TLSv1.3"
+        if _NO_CERTIFICATE_REASON in reasons:
+            alert = f"no client certificate ({_ALERTS[116] if tls13 else _ALERTS[40]})"
+        else:
+            alert = next((_REASON_ALERTS[r] for r in reasons if r in _REASON_ALERTS), None) or sorted(reasons)[0]
+        _log_refusal(state, alert)
 
     # -- callbacks (never raise: pyOpenSSL would re-raise out of the handshake) --
 
@@ -484,6 +528,72 @@ def _log_refusal(state: _Handshake, alert: str) -> None:
         peer=state.peer(), reason=failure.reason, code=failure.code, depth=failure.depth,
         subject=failure.subject,
     )
+
+
+#: OpenSSL's reason when a client sent no certificate
+_NO_CERTIFICATE_REASON = "peer did not return a certificate"
+#: reasons for which the server sends no alert (the info callback saw none: nothing was logged)
+_NO_ALERT_REASONS = frozenset({"unexpected eof while reading", "http request", "https proxy request"})
+#: the alert OpenSSL sends for a reason (RFC 8446 names, as the info callback logs them)
+_REASON_ALERTS = {
+    "unsupported protocol": _ALERTS[70],
+    "wrong version number": _ALERTS[70],
+    "no shared cipher": _ALERTS[40],
+    "no suitable signature algorithm": _ALERTS[40],
+    "no suitable key share": _ALERTS[40],
+    "certificate verify failed": _ALERTS[42],
+    "inappropriate fallback": _ALERTS[86],
+    "missing extension": _ALERTS[109],
+    "unsupported extension": _ALERTS[110],
+    "bad extension": _ALERTS[47],
+    "decryption failed or bad record mac": _ALERTS[20],
+    "unexpected message": _ALERTS[10],
+    "length mismatch": _ALERTS[50],
+    "bad packet length": _ALERTS[50],
+}
+
+
+def _error_reasons(failure: object) -> frozenset[str]:
+    """OpenSSL's reason strings in a failed handshake's ``SSL.Error`` (empty: not an OpenSSL error)."""
+    error = getattr(failure, "value", failure)
+    if not isinstance(error, SSL.Error) or isinstance(error, SSL.SysCallError):
+        return frozenset()
+    entries = error.args[0] if error.args and isinstance(error.args[0], list) else []
+    return frozenset(str(entry[2]) for entry in entries if isinstance(entry, tuple) and len(entry) == 3)
+
+
+class _ConnectionInfoCallback:
+    """One C info callback, set on each connection that needs watching (``SSL_set_info_callback``)."""
+
+    def __init__(self, ffi: object, lib: object, handler: Callable[[SSL.Connection, int, int], None]) -> None:
+        self._set = lib.SSL_set_info_callback  # type: ignore[attr-defined]
+        connections = SSL.Connection._reverse_mapping  # type: ignore[attr-defined]
+
+        def call(ssl: object, where: int, value: int) -> None:
+            try:
+                connection = connections.get(ssl)
+                if connection is not None:
+                    handler(connection, where, value)
+            except Exception:  # OpenSSL cannot take an exception
+                log.failure("TLS info callback")
+
+        self._callback = ffi.callback("void (*)(const SSL *, int, int)", call)  # type: ignore[attr-defined]
+
+    def install(self, connection: SSL.Connection) -> None:
+        self._set(connection._ssl, self._callback)  # type: ignore[attr-defined]
+
+
+def _connection_info_callback(
+    handler: Callable[[SSL.Connection, int, int], None],
+) -> _ConnectionInfoCallback | None:
+    """A per-connection info callback calling ``handler``, or None when the binding lacks what it needs."""
+    try:
+        from OpenSSL._util import ffi, lib
+    except ImportError:
+        return None
+    if not hasattr(lib, "SSL_set_info_callback") or not hasattr(SSL.Connection, "_reverse_mapping"):
+        return None
+    return _ConnectionInfoCallback(ffi, lib, handler)
 
 
 __all__ = [

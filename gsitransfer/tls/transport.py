@@ -49,7 +49,7 @@ import threading
 from typing import Any
 
 from OpenSSL.SSL import Connection, Error, WantReadError, ZeroReturnError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -283,6 +283,41 @@ class BulkTLSProtocol(BufferingTLSTransport):
         if connection is not None and _clear_partial_write is not None:
             self.whole_slices = _clear_partial_write(connection)
 
+    @property
+    def reports_handshakes(self) -> bool:
+        """True when the connection's creator learns how the handshake ended from here (no info callback)."""
+        return getattr(self.factory, "handshake_reports", None) is not None
+
+    def _checkHandshakeStatus(self) -> None:
+        """Twisted's step of the handshake, telling the creator how it ended when it takes reports.
+
+        ``ServerTLS`` then watches the handshake without an info callback
+        (``handshake_completed``, ``handshake_failed``): the refusal is logged
+        from OpenSSL's reason, before the connection is shut down, as the info
+        callback logged it from the alert while the handshake failed.
+        """
+        reports = getattr(self.factory, "handshake_reports", None)
+        if reports is None:
+            super()._checkHandshakeStatus()
+            return
+        if self._aborted:
+            return
+        try:
+            self._tlsConnection.do_handshake()
+        except WantReadError:
+            self._flushSendBIO()
+        except Error:
+            failure = Failure()
+            try:
+                reports.handshake_failed(self._tlsConnection, failure)
+            finally:
+                self._tlsShutdownFinished(failure)
+        else:
+            self._handshakeDone = True
+            reports.handshake_completed(self._tlsConnection)
+            if IHandshakeListener.providedBy(self.wrappedProtocol):
+                self.wrappedProtocol.handshakeCompleted()
+
     def _write(self, data: Any) -> None:
         """Hand ``data`` to OpenSSL a slice at a time; one transport write per slice."""
         if self._lostTLSConnection:
@@ -460,3 +495,10 @@ class BulkTLSFactory(TLSMemoryBIOFactory):
     ) -> None:
         super().__init__(contextFactory, isClient, wrappedFactory, clock)
         self.read_size = read_size
+        #: the connection creator, when it takes reports of each handshake's end (ServerTLS does)
+        self.handshake_reports = (
+            contextFactory
+            if not isClient and callable(getattr(contextFactory, "handshake_failed", None))
+            and callable(getattr(contextFactory, "handshake_completed", None))
+            else None
+        )

@@ -97,6 +97,7 @@ class EchoServer:
 
     def __init__(self, workdir: Path, *args: str) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
+        self.args = args
         self.log_path = workdir / f"echo-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")
         env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
@@ -155,10 +156,18 @@ def server_args(pki: TestPKI, *, ca_dir: bool = True, ca_file: bool = False,
     return args
 
 
-@pytest.fixture(scope="session")
-def echo_server(test_pki: TestPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EchoServer]:
-    """The echo server trusting ``test_pki.ca_dir`` (default CRL policy)."""
-    server = EchoServer(tmp_path_factory.mktemp("echo"), *server_args(test_pki))
+@pytest.fixture(scope="session", params=["twisted-tls", "bulk-tls"])
+def echo_server(
+    test_pki: TestPKI, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[EchoServer]:
+    """The echo server trusting ``test_pki.ca_dir`` (default CRL policy).
+
+    Twice: through Twisted's TLSMemoryBIOFactory (the handshake watched by an
+    info callback) and through BulkTLSFactory (the handshake reported by the
+    transport), so every check of identity and refusal logs holds for both.
+    """
+    extra = ("--bulk",) if request.param == "bulk-tls" else ()
+    server = EchoServer(tmp_path_factory.mktemp("echo"), *server_args(test_pki), *extra)
     yield server
     server.stop()
 

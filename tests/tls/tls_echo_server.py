@@ -1,7 +1,9 @@
 """A tiny mutual-TLS server for the tests, run as a subprocess.
 
 It listens on 127.0.0.1 (port chosen by the system) through
-``TLSMemoryBIOFactory(ServerTLS, False, factory)`` and, once a handshake
+``TLSMemoryBIOFactory(ServerTLS, False, factory)`` (``--bulk``: gsitransfer's
+``BulkTLSFactory``, whose connections report their handshakes to
+``ServerTLS`` instead of an info callback) and, once a handshake
 completes, writes back the client's identity as ``key: value`` lines and
 closes. Protocol with the parent on stdin/stdout:
 
@@ -28,6 +30,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from gsitransfer.tls import ServerTLS, TrustConfig, identity_from_transport
+from gsitransfer.tls.transport import BulkTLSFactory
 
 
 @implementer(IHandshakeListener)
@@ -71,13 +74,18 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--ca-dir")
     parser.add_argument("--ca-file")
     parser.add_argument("--crl-policy", default="if-present")
+    parser.add_argument("--bulk", action="store_true",
+                        help="serve through gsitransfer's BulkTLSFactory (as the GSI server does)")
     options = parser.parse_args(argv)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     creator = ServerTLS(options.cert, options.key,
                         TrustConfig(options.ca_dir, options.ca_file, options.crl_policy))
     control = Control(creator)
     endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
-    factory = TLSMemoryBIOFactory(creator, False, Factory.forProtocol(IdentityEcho))
+    if options.bulk:
+        factory = BulkTLSFactory(creator, False, Factory.forProtocol(IdentityEcho))
+    else:
+        factory = TLSMemoryBIOFactory(creator, False, Factory.forProtocol(IdentityEcho))
 
     def listening(port: object) -> None:
         stdio.StandardIO(control)
