@@ -129,85 +129,62 @@ def write_through(transport: Any, data: bytes | memoryview) -> None:
         transport.write(bytes(data[sent:]))
 
 
-class _SharedBIOReader:
-    """One buffer, shared by every connection of the (single) reactor thread, that memory BIOs are read into."""
+class _SharedBuffer:
+    """One buffer, shared by every connection of the reactor thread, that OpenSSL reads or decrypts into.
 
-    def __init__(self, ffi: Any, lib: Any, size: int) -> None:
-        self.size = size
-        self._buffer = bytearray(size)
-        self._pointer = ffi.from_buffer(self._buffer)
-        self._read = lib.BIO_read
-        self._mem_data = lib.BIO_get_mem_data
-        self._null = ffi.NULL
-
-    def pending(self, bio: Any) -> int:
-        """Bytes waiting in the memory BIO ``bio``."""
-        return int(self._mem_data(bio, self._null))
-
-    def read(self, bio: Any) -> int:
-        """Read what ``bio`` holds (at most ``size`` bytes) into the buffer; the count read."""
-        count = self._read(bio, self._pointer, self.size)
-        return max(0, count)
-
-    def view(self, count: int) -> memoryview:
-        return memoryview(self._buffer)[:count]
-
-
-class _SharedPlaintextReader:
-    """One buffer, shared by every connection of the reactor thread, that SSL_read decrypts into.
-
-    pyOpenSSL's ``recv`` allocates a buffer per record and copies the record
-    out of it, and the records of one TCP read are then joined: two copies of
-    every byte received. Here each record is decrypted straight into this
-    buffer, after the previous one, and the whole is copied out once
-    (:meth:`take`) before the application sees it.
+    Sending, what OpenSSL encrypted is read from the memory BIO into it
+    (:meth:`read_bio`) and sent from it; receiving, each record is decrypted
+    straight into it after the previous one (:meth:`read_ssl`) and the whole
+    is copied out once (:meth:`take`). pyOpenSSL's ``bio_read`` and ``recv``
+    allocate a buffer per call and copy out of it, and the records of one TCP
+    read were then joined: a copy or two of every byte more.
     """
 
     def __init__(self, ffi: Any, lib: Any, size: int) -> None:
         self.size = size
         self._buffer = bytearray(size)
         self._pointer = ffi.from_buffer(self._buffer)
+        self._bio_read = lib.BIO_read
         self._ssl_read = lib.SSL_read
         self._mem_data = lib.BIO_get_mem_data
         self._null = ffi.NULL
 
-    def read(self, ssl: Any, offset: int, count: int) -> int:
-        """``SSL_read`` of at most ``count`` bytes into the buffer at ``offset``; SSL_read's result."""
-        return int(self._ssl_read(ssl, self._pointer + offset, count))
-
     def pending(self, bio: Any) -> int:
         """Bytes waiting in the memory BIO ``bio``."""
         return int(self._mem_data(bio, self._null))
+
+    def read_bio(self, bio: Any) -> int:
+        """Read what ``bio`` holds (at most ``size`` bytes) into the buffer; the count read."""
+        return max(0, int(self._bio_read(bio, self._pointer, self.size)))
+
+    def read_ssl(self, ssl: Any, offset: int, count: int) -> int:
+        """``SSL_read`` of at most ``count`` bytes into the buffer at ``offset``; SSL_read's result."""
+        return int(self._ssl_read(ssl, self._pointer + offset, count))
+
+    def view(self, count: int) -> memoryview:
+        """The first ``count`` bytes of the buffer (valid until the buffer is next used)."""
+        return memoryview(self._buffer)[:count]
 
     def take(self, count: int) -> bytes:
         """The first ``count`` bytes of the buffer, as bytes of their own."""
         return bytes(memoryview(self._buffer)[:count]) if count else b""
 
 
-def _make_plaintext_reader() -> _SharedPlaintextReader | None:
-    """The shared plaintext reader over pyOpenSSL's binding, or None when it lacks what is used."""
+def _make_shared_buffer(size: int) -> _SharedBuffer | None:
+    """A shared buffer over pyOpenSSL's binding, or None when it lacks what is used."""
     try:
         from OpenSSL._util import ffi, lib
     except ImportError:
         return None
-    if not all(hasattr(lib, name) for name in ("SSL_read", "BIO_get_mem_data")):
+    if not all(hasattr(lib, name) for name in ("BIO_read", "SSL_read", "BIO_get_mem_data")):
         return None
-    return _SharedPlaintextReader(ffi, lib, READ_SIZE + 4 * RECV_SIZE)
+    return _SharedBuffer(ffi, lib, size)
 
 
-def _make_bio_reader() -> _SharedBIOReader | None:
-    """The shared reader over pyOpenSSL's binding, or None when it lacks what is used."""
-    try:
-        from OpenSSL._util import ffi, lib
-    except ImportError:
-        return None
-    if not all(hasattr(lib, name) for name in ("BIO_read", "BIO_get_mem_data")):
-        return None
-    return _SharedBIOReader(ffi, lib, SEND_SLICE + _SEND_SLACK)
-
-
-_bio_reader = _make_bio_reader()
-_plaintext_reader = _make_plaintext_reader()
+#: what a connection sends: one slice's records
+_send_buffer = _make_shared_buffer(SEND_SLICE + _SEND_SLACK)
+#: what a connection received: the plaintext of one TCP read (and of a record held back from the last)
+_receive_buffer = _make_shared_buffer(READ_SIZE + 4 * RECV_SIZE)
 #: the one thread that uses the shared buffers (the first to run a connection: the reactor's);
 #: connections run by any other thread take pyOpenSSL's per-call buffers
 _buffers_thread: list[int] = []
@@ -353,8 +330,8 @@ class BulkTLSProtocol(BufferingTLSTransport):
         """Move everything in the send BIO to the transport in one write."""
         if (
             self.write_through
-            and _bio_reader is not None
-            and self.send_slice + _SEND_SLACK <= _bio_reader.size
+            and _send_buffer is not None
+            and self.send_slice + _SEND_SLACK <= _send_buffer.size
             and _owns_shared_buffers()
         ):
             if self._send_from_shared_buffer():
@@ -389,7 +366,7 @@ class BulkTLSProtocol(BufferingTLSTransport):
         connection without the attributes used, is left to the other path.
         """
         from_ssl = getattr(self._tlsConnection, "_from_ssl", None)
-        reader = _bio_reader
+        reader = _send_buffer
         if from_ssl is None or reader is None:
             return False
         pending = reader.pending(from_ssl)
@@ -397,7 +374,7 @@ class BulkTLSProtocol(BufferingTLSTransport):
             return True  # nothing to send
         if pending > reader.size:
             return False
-        count = reader.read(from_ssl)
+        count = reader.read_bio(from_ssl)
         if count != pending:
             raise RuntimeError(f"memory BIO gave {count} of {pending} pending bytes")
         write_through(self.transport, reader.view(count))
@@ -406,7 +383,7 @@ class BulkTLSProtocol(BufferingTLSTransport):
     def _flushReceiveBIO(self) -> None:
         """Decrypt every complete record now in the receive BIO; deliver the plaintext at once."""
         connection = self._tlsConnection
-        reader = _plaintext_reader
+        reader = _receive_buffer
         ssl = getattr(connection, "_ssl", None)
         into_ssl = getattr(connection, "_into_ssl", None)
         raise_error = getattr(connection, "_raise_ssl_error", None)
@@ -421,7 +398,7 @@ class BulkTLSProtocol(BufferingTLSTransport):
                 parts.append(reader.take(filled))
                 filled = 0
             try:
-                count = reader.read(ssl, filled, size)
+                count = reader.read_ssl(ssl, filled, size)
                 if count <= 0:
                     raise_error(ssl, count)
                     break  # not reached: raise_error raises
