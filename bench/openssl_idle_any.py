@@ -28,8 +28,10 @@ from OpenSSL._util import lib
 options = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 options.add_argument("pki", type=Path, help="a directory made by scripts/make-test-ca")
 options.add_argument("--conns", type=int, default=400)
-pki = options.parse_args().pki
-conns = options.parse_args().conns
+arguments = options.parse_args()
+pki, conns = arguments.pki, arguments.conns
+if not (pki / "server" / "hostcert.pem").is_file() or not (pki / "users" / "alice" / "usercert.pem").is_file():
+    options.error(f"{pki} is not a test CA with user alice (make one: scripts/make-test-ca --out {pki})")
 server_cert, server_key = str(pki / "server" / "hostcert.pem"), str(pki / "server" / "hostkey.pem")
 ca_file = str(pki / "ca-bundle.pem")
 alice_cert, alice_key = str(pki / "users" / "alice" / "usercert.pem"), str(pki / "users" / "alice" / "userkey.pem")

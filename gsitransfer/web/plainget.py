@@ -148,9 +148,6 @@ class _HeadView:
     def hasHeader(self, name: bytes) -> bool:
         return self._head.header(name.lower()) is not None
 
-    def getHeader(self, name: bytes) -> bytes | None:
-        return self._head.header(name.lower())
-
     def __getattr__(self, name: str) -> Any:
         # any other Headers method: twisted.web's own Headers of these lines
         if self._headers is None:

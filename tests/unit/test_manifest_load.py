@@ -19,6 +19,7 @@ from gsitransfer.keys import FileState, MemoryTransferTable, TransferRecord
 from gsitransfer.manifest import Manifest
 from gsitransfer.store import DirectoryStore
 from gsitransfer.transfers_db import SQLiteTransferTable
+from tests.unit.test_core import result_of
 
 MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 ALICE = IdToken(dn="/C=US/O=Grid Test/CN=Alice")
@@ -38,15 +39,6 @@ class StepTimer(task.Clock):
 def manifest(*sizes: int, stem: str = "f") -> bytes:
     """A manifest body of files named ``<stem><n>`` with the given sizes."""
     return Manifest.of(*((f"{stem}{n}", size, MD5) for n, size in enumerate(sizes))).to_ini().encode()
-
-
-def result_of(deferred: defer.Deferred[Any]) -> Any:
-    results: list[Any] = []
-    deferred.addBoth(results.append)
-    assert results, "Deferred has not fired"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
 
 
 def run_turns(timer: StepTimer, deferred: defer.Deferred[Any], limit: int = 10_000) -> int:
