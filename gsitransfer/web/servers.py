@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import socket
 import weakref
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
@@ -28,6 +28,7 @@ from twisted.web import server as web_server
 from twisted.web.http import combinedLogFormatter
 
 from ..core import TransferServer
+from ..fastpaths import FastPaths
 from ..tls.transport import BulkTLSFactory
 from .accesslog import access_line, emit_access_line, plain_get_line
 from .offload import finish_discards
@@ -134,9 +135,16 @@ class HTTPTransferServer(TransferServer):
         head_timeout: float = DEFAULT_HEAD_TIMEOUT,
         min_body_rate: float = DEFAULT_MIN_BODY_RATE,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        fast_paths: FastPaths | None = None,
+        access_line_writer: Callable[[str], object] | None = None,
         **core_options: Any,
     ) -> None:
+        """``fast_paths``: which fast paths to use (default: ``FastPaths.from_environment()``).
+        ``access_line_writer``: where access lines meant for the global log go as
+        text instead (a worker's stdout), if anywhere."""
         super().__init__(**core_options)
+        self.fast_paths = FastPaths.from_environment() if fast_paths is None else fast_paths
+        self.access_line_writer = access_line_writer
         self.idle_timeout = idle_timeout
         self.head_timeout = head_timeout
         #: applies to the TLS (GSI) variant only
