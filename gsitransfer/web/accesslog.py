@@ -90,18 +90,9 @@ def combined_line(
     )
 
 
-#: where lines meant for the global log go as text instead (a worker's stdout), if set
-_line_writer: Callable[[str], Any] | None = None
-
-
-def write_lines_to(writer: Callable[[str], Any] | None) -> None:
-    """Send access lines meant for the global log straight to ``writer`` (text with its newline).
-
-    For a process whose global log observer only writes each event's text
-    (a worker, whose supervisor stamps its lines): the line is that text.
-    """
-    global _line_writer
-    _line_writer = writer
+#: where access lines meant for the global log go as text instead (a worker's stdout:
+#: its global log observer only writes each event's text, which would be the line)
+AccessLineWriter = Callable[[str], object]
 
 
 def plain_get_line(timestamp: str | None, client: Any, target: bytes, sent: int,
@@ -128,11 +119,14 @@ def _trailer(referrer: bytes | None, agent: bytes | None) -> str:
 _trailer_remembered = functools.lru_cache(maxsize=256)(_trailer)
 
 
-def emit_access_line(log_file: Any, line: str) -> None:
-    """Write ``line`` to ``log_file`` as ``Site.log`` would, without its per-line overhead."""
+def emit_access_line(log_file: Any, line: str, writer: AccessLineWriter | None = None) -> None:
+    """Write ``line`` to ``log_file`` as ``Site.log`` would, without its per-line overhead.
+
+    A line meant for the global log goes to ``writer`` instead, when given.
+    """
     if log_file is legacy_log.logfile:
-        if _line_writer is not None:
-            _line_writer(line + "\n")
+        if writer is not None:
+            writer(line + "\n")
             return
         # the event Logger.emit(LogLevel.info, format="{log_io}", log_io=line) makes, made directly
         observer: Any = _LEGACY.observer

@@ -22,8 +22,17 @@ timer per connection, which waits again when it fires too early), rather than a 
 a regrowth of the buffers for every request.
 
 A plain GET of a small file whose head arrives in one read, between
-requests, is answered by :mod:`gsitransfer.web.plainget` without making a
-twisted.web Request; anything else takes twisted.web's path.
+requests, is answered by the keep-alive fast path
+(:mod:`gsitransfer.web._keepalive`) without making a twisted.web Request,
+unless the site's ``FastPaths.keepalive_get`` is off; anything else takes
+twisted.web's path. When the fast path asked the handler but could not
+answer, the handler's answer is handed over (:meth:`TransferChannel.hand_over`)
+to the request twisted.web makes of the same head, and taken by it
+(:meth:`TransferChannel.take_handler_answer`) when its head is complete.
+
+A request refused before its body arrived closes the connection, and the
+bytes still arriving are dropped (:meth:`TransferChannel.discard_input`):
+never parsed as a request.
 
 Under TLS, the handshake is not seen by the channel at all (its bytes never
 reach ``dataReceived``), so a third bound covers it: ``handshake_timeout``
@@ -35,15 +44,18 @@ the protocol it wraps).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol, cast
 
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.base import DelayedCall
+from twisted.internet.interfaces import IAddress, IHandshakeListener
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from zope.interface import implementer
 
 from ..tls.peer import release_idle_buffers
-from .plainget import Preresolved, answer_plain_get
+from ._keepalive import answer_plain_get
+from .exchange import HandlerAnswer, ServingSite
 
 _log = Logger()
 
@@ -57,6 +69,16 @@ DEFAULT_HANDSHAKE_TIMEOUT = 30.0
 DEFAULT_RELEASE_AFTER = 0.25
 
 
+class _ConnectionTransport(Protocol):
+    """What the channel uses of its transport (TCP, the TLS layer over it, or a test's StringTransport)."""
+
+    def getPeer(self) -> IAddress: ...
+    def write(self, data: bytes) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
+    def abortConnection(self) -> None: ...
+
+
 @implementer(IHandshakeListener)
 class TransferChannel(HTTPChannel):
     """HTTPChannel that aborts connections whose request head arrives too slowly."""
@@ -68,21 +90,24 @@ class TransferChannel(HTTPChannel):
     handshake_timeout: float | None = None
     #: seconds without a request after which an idle keep-alive connection's TLS buffers are released
     release_after: float = DEFAULT_RELEASE_AFTER
-    _head_timer: Any = None
-    _release_timer: Any = None
+    site: ServingSite
+    _head_timer: DelayedCall | None = None
+    _release_timer: DelayedCall | None = None
     #: the buffers were kept after a request (a busy connection): release them when it goes quiet
     _buffers_held = False
     #: when the last request whose buffers were kept ended (the release timer's clock)
     _last_request_end = 0.0
-    _handshake_timer: Any = None
+    _handshake_timer: DelayedCall | None = None
     _awaiting_head = True
     _window_start = 0.0
     _window_bytes = 0
-    #: answer plain GETs of small files without twisted.web's request machinery (``plainget``)
+    #: answer plain GETs of small files without twisted.web's request machinery (``_keepalive``)
     plain_gets = True
     _peer_address: Any = None
-    #: the handler's answer for the download request being parsed, when the shortcut asked it
-    preresolved: Preresolved | None = None
+    #: the handler's answer for the request being parsed, when the fast path asked it
+    _handed_over: HandlerAnswer | None = None
+    #: the rest of the input is an unread body of a refused request: dropped
+    _discarding = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -93,7 +118,7 @@ class TransferChannel(HTTPChannel):
         """The client's address (the transport's ``getPeer()``, asked once per connection)."""
         peer = self._peer_address
         if peer is None:
-            peer = self._peer_address = self.transport.getPeer()
+            peer = self._peer_address = self._tcp().getPeer()
         return peer
 
     def handshakeCompleted(self) -> None:
@@ -113,10 +138,47 @@ class TransferChannel(HTTPChannel):
         _log.info(
             "TLS handshake not complete after {t}s, closing {peer}", t=self.handshake_timeout, peer=peer
         )
+        self.abort()
+
+    def _tcp(self) -> "_ConnectionTransport":
+        """The connection's transport (TCP, or the TLS layer over it)."""
+        transport = self.transport
+        assert transport is not None
+        return cast(_ConnectionTransport, transport)
+
+    def abort(self) -> None:
+        """Close the connection at once, dropping what is unsent."""
         if self.transport is not None:
-            self.transport.abortConnection()
+            self._tcp().abortConnection()
+
+    def pause_reading(self) -> None:
+        """Stop reading from the connection."""
+        self._tcp().pauseProducing()
+
+    def resume_reading(self) -> None:
+        """Read from the connection again."""
+        self._tcp().resumeProducing()
+
+    def write_raw(self, data: bytes) -> None:
+        """Write ``data`` to the connection, outside any request's answer (``100 Continue``)."""
+        self._tcp().write(data)
+
+    def hand_over(self, answer: HandlerAnswer) -> None:
+        """The fast path asked the handler and declined: the next request made takes ``answer``."""
+        self._handed_over = answer
+
+    def take_handler_answer(self) -> HandlerAnswer | None:
+        """The handler's answer handed over for the request whose head is complete, if any."""
+        answer, self._handed_over = self._handed_over, None
+        return answer
+
+    def discard_input(self) -> None:
+        """Drop every byte from now on (the unread body of a refused request)."""
+        self._discarding = True
 
     def dataReceived(self, data: bytes) -> None:
+        if self._discarding:
+            return
         if self._awaiting_head:
             if (
                 self.plain_gets
@@ -134,7 +196,7 @@ class TransferChannel(HTTPChannel):
                         return
                     super().dataReceived(data)
                 finally:
-                    self.preresolved = None
+                    self._handed_over = None
             else:
                 super().dataReceived(data)
             # a head still incomplete after these bytes gets its deadline now (most heads arrive whole)
@@ -178,11 +240,10 @@ class TransferChannel(HTTPChannel):
             t=elapsed,
             peer=self.transport.getPeer() if self.transport is not None else None,
         )
-        if self.transport is not None:
-            self.transport.abortConnection()
+        self.abort()
         return True
 
-    def requestDone(self, request: Any) -> None:
+    def requestDone(self, request: Any) -> None:  # twisted's own signature
         self._awaiting_head = True
         super().requestDone(request)
         if self.persistent and not self.requests and self.transport is not None:
@@ -224,7 +285,7 @@ class TransferChannel(HTTPChannel):
             release_idle_buffers(self.transport)
             self._buffers_held = False
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._cancel_head_timer()
         if self._release_timer is not None:
             if self._release_timer.active():
@@ -243,8 +304,7 @@ class TransferChannel(HTTPChannel):
         self._head_timer = None
         peer = self.transport.getPeer() if self.transport is not None else None
         _log.info("request head not complete after {t}s, closing {peer}", t=self.head_timeout, peer=peer)
-        if self.transport is not None:
-            self.transport.abortConnection()
+        self.abort()
 
 
 def channel_protocol(
@@ -252,7 +312,8 @@ def channel_protocol(
     min_body_rate: float,
     rate_window: float,
     handshake_timeout: float | None = None,
-) -> Any:
+    plain_gets: bool = True,
+) -> TransferChannel:
     """A protocol for HTTPFactory.protocol: a TransferChannel.
 
     Served directly, without the wrapper twisted.web puts around its channels
@@ -265,4 +326,5 @@ def channel_protocol(
     channel.min_body_rate = min_body_rate
     channel.rate_window = rate_window
     channel.handshake_timeout = handshake_timeout
+    channel.plain_gets = plain_gets
     return channel

@@ -168,7 +168,7 @@ def serve_file(request: IRequest, target: DownloadTarget) -> None:
     wanted = parse_range(request.getHeader(b"range"), size)
     if wanted is None:
         offset, length = 0, size
-    elif wanted == UNSATISFIABLE:
+    elif len(wanted) == 0:  # UNSATISFIABLE
         request.setResponseCode(http.REQUESTED_RANGE_NOT_SATISFIABLE)
         request.setHeader(b"content-range", b"bytes */%d" % size)
         offset = length = 0

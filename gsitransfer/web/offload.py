@@ -58,20 +58,27 @@ LOW_WATER = 512 * 1024
 
 _WRITE, _COMMIT, _DISCARD = "write", "commit", "discard"
 
-#: writer threads told to discard; :func:`finish_discards` waits for them
-_DISCARDING: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
-
-
-def finish_discards(timeout: float = 5.0) -> None:
-    """Wait (at most ``timeout`` s) for discarding writers to remove their temporary files.
+class UploadDiscards:
+    """The writer threads told to discard, of one server: waited for at shutdown.
 
     The workers are daemon threads: a process that stops (SIGTERM with uploads
     abandoned after the grace) would otherwise leave their ``.part`` files
-    behind until the next start. Servers call this after the reactor's shutdown.
+    behind until the next start. Servers call :meth:`finish` after the
+    reactor's shutdown.
     """
-    deadline = time.monotonic() + timeout
-    for thread in list(_DISCARDING):
-        thread.join(max(0.0, deadline - time.monotonic()))
+
+    def __init__(self) -> None:
+        self._threads: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+
+    def add(self, thread: threading.Thread) -> None:
+        """``thread`` is discarding a temporary file."""
+        self._threads.add(thread)
+
+    def finish(self, timeout: float = 5.0) -> None:
+        """Wait (at most ``timeout`` s) for discarding writers to remove their temporary files."""
+        deadline = time.monotonic() + timeout
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class InlineSink:
@@ -109,6 +116,7 @@ class OffloadedSink:
         pause: Callable[[], None],
         resume: Callable[[], None],
         on_error: Callable[[Failure], None],
+        discards: UploadDiscards | None = None,
         batch_bytes: int = BATCH_BYTES,
         high_water: int = HIGH_WATER,
         low_water: int = LOW_WATER,
@@ -118,6 +126,8 @@ class OffloadedSink:
         self.sink = sink
         self._call = call_from_thread
         self._pause, self._resume, self._on_error = pause, resume, on_error
+        #: where a discarding writer is registered, to be waited for at shutdown
+        self._discards = UploadDiscards() if discards is None else discards
         self.batch_bytes, self.high_water, self.low_water = batch_bytes, high_water, low_water
         # reactor-thread state
         self._batch: list[bytes] = []
@@ -188,7 +198,7 @@ class OffloadedSink:
         self._batch, self._batch_size = [], 0
         self._skip.set()
         self._queue.put((_DISCARD, None))
-        _DISCARDING.add(self._thread)
+        self._discards.add(self._thread)
 
     def _written(self, size: int) -> None:
         self._queued -= size

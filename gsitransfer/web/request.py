@@ -1,115 +1,61 @@
-"""A twisted.web Request that decides what to do with a body from its headers.
+"""A twisted.web Request that is routed, identified and judged from its head, then streams its body.
 
 twisted.web's own Request spools every body to memory or a temporary file
 and only then renders. :class:`TransferRequest` instead acts in ``gotLength``
 (called once all headers are in, before any body byte is read):
 
 * the identity is established (``site.identity.identify``); a refusal is 403;
-* the request is routed (:func:`routes.classify`); a bad path or method is
-  answered at once;
-* a file upload is handed to an :class:`UploadReceiver`, which asks the core
-  (and the handler) whether the body may come, with the connection paused
-  meanwhile, and then streams the body to disk; ``Expect: 100-continue`` is
-  answered only once the upload is accepted;
-* any other body (a manifest, or a stray body on GET) is held in memory up to
-  a small limit; a larger one is refused with 413 from its Content-Length, or
-  as soon as it passes the limit.
+* the request is routed once, against the route table
+  (:func:`~.table.select`): a bad path or method is answered at once;
+* the verb the table chose starts the exchange and returns the receiver of
+  the body: bounded in memory for most verbs (413 from Content-Length, or as
+  soon as the body passes the limit), streamed to disk for a file upload
+  (whose verb decides, with the connection paused, whether the body may
+  come; ``Expect: 100-continue`` is answered only once it is accepted).
 
+Once the body is complete, ``process`` renders through twisted.web: the Site's
+one resource, the route table, finishes the exchange (the receiver answers).
 A refusal sent while a body is still arriving closes the connection after
 the response (the rest of the body is never read).
 
-A download (the usual keep-alive request) is rendered without walking the
-Resource tree (``_process_download``): the route is already known, and the
-tree would only lead to the root's one ``PrefixResource``.
+To the verbs, the request is a :class:`~.exchange.BodyControl` (pause,
+resume, continue, refuse) and the twisted.web Request their answer is written
+to; nothing else of it.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import time
-from typing import Any
-from urllib.parse import unquote_to_bytes
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.http import NO_BODY_CODES, HTTPChannel, datetimeToString
+from twisted.web.http import NO_BODY_CODES, HTTPChannel
 
 from ..errors import TransferError
 from ..identity import IdToken
-from .routes import DownloadRoute, ManifestRoute, Refusal, Route, UploadRoute, classify
-from .status import status_for, write_error
-from .upload import UploadReceiver
+from .exchange import BodyReceiver, Exchange, Serving
+from .heads import http_date
+from .status import InternalError, refuse
+from .table import select
 
-#: largest body accepted on a request that is neither a manifest nor a file
-SMALL_BODY_LIMIT = 64 * 1024
-
-#: longest path whose route is remembered (routes are frozen values, a function of method and path)
-_ROUTE_CACHE_PATH = 512
-
-#: the Server header twisted.web's ``Request.process`` sets
-_SERVER = server.version
-
-
-def path_segments(target: bytes) -> list[bytes] | None:
-    """Percent-decoded segments of a request target's path, as twisted.web's ``postpath``.
-
-    None unless the target is an absolute path (``/...``): twisted.web would
-    drop its first byte, whatever it is.
-    """
-    path = target.split(b"?", 1)[0]
-    if not path.startswith(b"/"):
-        return None
-    return [unquote_to_bytes(part) for part in path[1:].split(b"/")]
-
-
-def route_request(method: bytes, target: bytes) -> tuple[list[bytes] | None, Route]:
-    """The path segments of a request target and its route (remembered for short targets)."""
-    path = target.split(b"?", 1)[0]
-    if len(path) > _ROUTE_CACHE_PATH:
-        return _route(method, path)
-    segments, route = _remembered_route(method, path)
-    return (None if segments is None else list(segments)), route
-
-
-def _route(method: bytes, path: bytes) -> tuple[list[bytes] | None, Route]:
-    segments = path_segments(path)
-    if segments is None:
-        return None, Refusal(400, "the request target must be a path starting with /")
-    return segments, classify(method, segments)
-
-
-@functools.lru_cache(maxsize=1024)
-def _remembered_route(method: bytes, path: bytes) -> tuple[tuple[bytes, ...] | None, Route]:
-    segments, route = _route(method, path)
-    return (None if segments is None else tuple(segments)), route
-
-
-@functools.lru_cache(maxsize=64)
-def http_date(seconds: int) -> bytes:
-    """``datetimeToString(seconds)``, remembered: the current second's, and files' mtimes."""
-    return datetimeToString(seconds)
-
-
-def _discard(data: bytes) -> None:
-    """Swallow bytes that arrive after a refusal sent before the body."""
-
+if TYPE_CHECKING:
+    from .channel import TransferChannel
 
 class TransferRequest(server.Request):
     """A Request that routes and refuses from its headers and streams uploads."""
 
     _parsePOSTFormSubmission = False
+    channel: "TransferChannel"
 
-    route: Route | None = None
-    #: the path's percent-decoded segments (None: not a path)
-    _segments: list[bytes] | None = None
     id_token: IdToken | None = None
-    upload_receiver: UploadReceiver | None = None
+    exchange: Exchange | None = None
+    #: takes the body; answers once it is complete
+    receiver: BodyReceiver | None = None
     _length: int | None = 0
-    _body_limit: int | None = None
-    _body_seen = 0
     _body_received = False
-    _pending_refusal: tuple[int, str, tuple[bytes, ...]] | None = None
+    _pending_refusal: TransferError | None = None
     _answered = False
     #: the site whose ``active_requests`` counts this request until it ends
     _counted_on: Any = None
@@ -119,90 +65,49 @@ class TransferRequest(server.Request):
     # -- called by the channel ------------------------------------------------
 
     def gotLength(self, length: int | None) -> None:
-        """All headers are in: identify, route and choose where the body goes."""
+        """All headers are in: identify, route, and let the verb choose where the body goes."""
         self._length = length
+        # twisted.web reads ``content`` once the body is in; the body itself goes to the receiver
         self.content = io.BytesIO()
         self._prime_request_line()
         site = self.channel.site
+        handler_answer = self.channel.take_handler_answer()
         try:
             self.id_token = site.identity.identify(self)
+            route, verb = select(self.method, self.uri)
         except TransferError as error:
-            self.refuse(status_for(error), error.reason)
+            self.refuse(error)
             return
-        self._segments, self.route = route_request(self.method, self.uri)
-        if isinstance(self.route, Refusal):
-            self.refuse(self.route.status, self.route.reason, self.route.allow)
-        elif isinstance(self.route, UploadRoute):
-            expects_continue = self._take_over_expect()
-            self.upload_receiver = UploadReceiver(
-                self, site.transfer_server, self.route, length, expects_continue
-            )
-            self.upload_receiver.start()
-        else:
-            limit = (
-                site.transfer_server.manifest_limits.max_bytes
-                if isinstance(self.route, ManifestRoute)
-                else SMALL_BODY_LIMIT
-            )
-            self._body_limit = limit
-            if length is not None and length > limit:
-                self.refuse(413, f"request body is larger than {limit} bytes")
+        expects_continue = self._take_over_expect() if verb.streams else False
+        serving: Serving = site.serving
+        self.exchange = Exchange(self, route, self.id_token, serving, length, expects_continue, handler_answer)
+        self.receiver = verb.start(self.exchange, self)
 
     def handleContentChunk(self, data: bytes) -> None:
-        """A piece of body: to the upload, or to the bounded in-memory buffer."""
-        if self._answered or self._pending_refusal is not None:
+        """A piece of body: to the verb's receiver."""
+        if self._answered or self._pending_refusal is not None or self.receiver is None:
             return
-        if self.upload_receiver is not None:
-            self.upload_receiver.data_received(data)
-            return
-        self._body_seen += len(data)
-        if self._body_limit is not None and self._body_seen > self._body_limit:
-            self.refuse(413, f"request body is larger than {self._body_limit} bytes")
-            return
-        self.content.write(data)
+        self.receiver.data_received(data)
 
     def process(self) -> None:
-        """The whole body is in: answer a pending refusal, or render as usual."""
+        """The whole body is in: answer a pending refusal, or render through the route table."""
         self._body_received = True
         if self._answered:
             return
         self._count_while_answered()
         if self._pending_refusal is not None:
             self._set_default_headers()
-            status, reason, allow = self._pending_refusal
             self._answered = True
-            write_error(self, status, reason, allow)
-            return
-        if type(self.route) is DownloadRoute and self._process_download():
+            refuse(self, self._pending_refusal)
             return
         super().process()
 
-    def _process_download(self) -> bool:
-        """``Request.process`` for a download, without walking the Resource tree; False if it must.
+    def finish_exchange(self) -> None:
+        """Called by the route table's render: the body's receiver answers."""
+        if self.receiver is not None:
+            self.receiver.body_complete()
 
-        The tree would lead to the root's one ``PrefixResource`` (the root has
-        no static children); the request is left as that walk leaves it
-        (``site``, ``prepath``/``postpath``, the default headers), then rendered.
-        """
-        site: Any = self.channel.site
-        root: Any = getattr(site, "resource", None)
-        prefixes = getattr(root, "prefixes", None)
-        if prefixes is None or root.children or self._segments is None:
-            return False
-        self.site = site
-        headers = self.responseHeaders
-        headers.setRawHeaders(b"Server", [_SERVER])
-        headers.setRawHeaders(b"Date", [http_date(int(time.time()))])
-        self.sitepath: list[bytes] = []
-        self.prepath = self._segments[:1]
-        self.postpath = self._segments[1:]
-        try:
-            self.render(prefixes)
-        except BaseException:
-            self.processingFailed(Failure())
-        return True
-
-    def processingFailed(self, reason: Any) -> Any:
+    def processingFailed(self, reason: Failure) -> Any:
         """A bug while rendering: logged with its traceback; the client gets one plain line."""
         self._log.failure("unexpected error while answering {uri}", failure=reason, uri=self.uri)
         if self.startedWriting or self.finished or self._disconnected:
@@ -210,15 +115,14 @@ class TransferRequest(server.Request):
                 self.loseConnection()
             return reason
         self._answered = True
-        write_error(self, 500, "internal server error (logged on the server)")
+        refuse(self, InternalError())
         return reason
 
     def _count_while_answered(self) -> None:
         """Count this request as active on its site until it is finished or lost."""
         site = self.channel.site
-        if hasattr(site, "active_requests"):
-            site.active_requests += 1
-            self._counted_on = site
+        site.active_requests += 1
+        self._counted_on = site
 
     def _uncount(self) -> None:
         site, self._counted_on = self._counted_on, None
@@ -247,7 +151,7 @@ class TransferRequest(server.Request):
         channel = self.channel
         if channel is not None:
             if channel.timeOut is None:
-                idle = getattr(channel.site, "timeOut", None)
+                idle = channel.site.timeOut
                 if idle:
                     channel.setTimeout(idle)
             else:
@@ -286,7 +190,7 @@ class TransferRequest(server.Request):
             return
         self._idle_timeout_on()
         if self.lastModified is not None and not headers.hasHeader(b"last-modified"):
-            headers.setRawHeaders(b"Last-Modified", [http_date(self.lastModified)])
+            headers.setRawHeaders(b"Last-Modified", [http_date(int(self.lastModified))])
         if self.etag is not None:
             headers.setRawHeaders(b"ETag", [self.etag])
         self.startedWriting = 1
@@ -298,20 +202,20 @@ class TransferRequest(server.Request):
         self.sentLength += len(data)
         self.channel.write(b"".join(head))
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure) -> None:
         """The client went away: an upload in progress is abandoned, a download's file closed."""
-        if self.upload_receiver is not None:
-            self.upload_receiver.connection_lost()
+        if self.receiver is not None:
+            self.receiver.connection_lost()
         producer = self.producer
         super().connectionLost(reason)
         self._uncount()
         if producer is not None:
             producer.stopProducing()
 
-    # -- refusals ---------------------------------------------------------------
+    # -- BodyControl: what a verb may ask of the request ----------------------------
 
-    def refuse(self, status: int, reason: str, allow: tuple[bytes, ...] = ()) -> None:
-        """Answer with an error, whether or not the body has arrived.
+    def refuse(self, error: TransferError) -> None:
+        """Answer with ``error``'s status and reason, whether or not the body has arrived.
 
         After the body, the answer goes out now. Before it, reading stops and
         the answer goes out on the next turn of the reactor (never from inside
@@ -323,27 +227,52 @@ class TransferRequest(server.Request):
             return
         if self._body_received:
             self._answered = True
-            write_error(self, status, reason, allow)
+            refuse(self, error)
             return
-        self._pending_refusal = (status, reason, allow)
+        self._pending_refusal = error
         self.requestHeaders.removeHeader(b"expect")
         if self._length != 0:
-            self.channel.transport.pauseProducing()
+            self.channel.pause_reading()
             self.channel.callLater(0, self._refuse_before_body)
 
     def _refuse_before_body(self) -> None:
         if self._answered or self._disconnected or self._body_received:
             return
         assert self._pending_refusal is not None
-        status, reason, allow = self._pending_refusal
         self._answered = True
         channel = self.channel
         channel.persistent = False
-        # the unread body must never be parsed as a request: drop what still comes
-        channel.dataReceived = _discard
+        # the unread body must never be parsed as a request
+        channel.discard_input()
         self._set_default_headers()
         self.setHeader(b"connection", b"close")
-        write_error(self, status, reason, allow)
+        refuse(self, self._pending_refusal)
+
+    def send_continue(self) -> None:
+        """Tell the client to send the body (``100 Continue``)."""
+        if not self._disconnected and not self._answered:
+            self.channel.write_raw(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def pause_body(self) -> None:
+        """Stop reading the body from the network, and the idle timer with it.
+
+        While the server itself holds the body back (waiting for its handler,
+        or for the disk), the client is not idle: ``--handler-timeout`` bounds
+        the wait instead.
+        """
+        if self._idle_timeout_held is None:
+            self._idle_timeout_held = self.channel.setTimeout(None) or 0
+        self.channel.pause_reading()
+
+    def resume_body(self) -> None:
+        """Read the body again (the body-rate window restarts: the pause was ours)."""
+        if not self._disconnected and not self._answered:
+            self.channel.restart_rate_window()
+            if self._idle_timeout_held is not None:
+                held, self._idle_timeout_held = self._idle_timeout_held, None
+                if held:
+                    self.channel.setTimeout(held)
+            self.channel.resume_reading()
 
     # -- helpers ------------------------------------------------------------------
 
@@ -363,35 +292,10 @@ class TransferRequest(server.Request):
         self.requestHeaders.removeHeader(b"expect")
         return values[0].lower() == b"100-continue" and self.clientproto == b"HTTP/1.1"
 
-    def send_continue(self) -> None:
-        """Tell the client to send the body (``100 Continue``)."""
-        if not self._disconnected and not self._answered:
-            self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    def pause_body(self) -> None:
-        """Stop reading the body from the network, and the idle timer with it.
-
-        While the server itself holds the body back (waiting for its handler,
-        or for the disk), the client is not idle: ``--handler-timeout`` bounds
-        the wait instead.
-        """
-        if self._idle_timeout_held is None:
-            self._idle_timeout_held = self.channel.setTimeout(None) or 0
-        self.channel.transport.pauseProducing()
-
-    def resume_body(self) -> None:
-        """Read the body again (the body-rate window restarts: the pause was ours)."""
-        if not self._disconnected and not self._answered:
-            restart = getattr(self.channel, "restart_rate_window", None)
-            if restart is not None:
-                restart()
-            if self._idle_timeout_held is not None:
-                held, self._idle_timeout_held = self._idle_timeout_held, None
-                if held:
-                    self.channel.setTimeout(held)
-            self.channel.transport.resumeProducing()
-
     def _set_default_headers(self) -> None:
-        self.site = self.channel.site
+        self.site = cast(server.Site, self.channel.site)
         self.setHeader(b"server", b"gsitransfer")
         self.setHeader(b"date", http_date(int(time.time())))
+
+
+__all__ = ["TransferRequest"]

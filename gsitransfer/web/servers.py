@@ -30,17 +30,19 @@ from twisted.web.http import combinedLogFormatter
 from ..core import TransferServer
 from ..fastpaths import FastPaths
 from ..tls.transport import BulkTLSFactory
-from .accesslog import access_line, emit_access_line, plain_get_line
-from .offload import finish_discards
+from .accesslog import AccessLineWriter, access_line, emit_access_line, plain_get_line
 from .channel import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_HEAD_TIMEOUT,
     DEFAULT_MIN_BODY_RATE,
+    TransferChannel,
     channel_protocol,
 )
-from .peers import CertificateIdentity, GridMapAuthorizer, IdentitySource, TrustedProxyIdentity
+from .exchange import Serving
+from .identity_sources import CertificateIdentity, GridMapAuthorizer, IdentitySource, TrustedProxyIdentity
+from .offload import OFFLOAD_THRESHOLD, UploadDiscards
 from .request import TransferRequest
-from .resources import TransferRoot
+from .table import RouteTable
 
 _log = Logger()
 
@@ -49,7 +51,7 @@ DEFAULT_IDLE_TIMEOUT = 300
 
 
 class TransferSite(web_server.Site):
-    """A Site whose requests route and stream as ``TransferRequest`` does."""
+    """A Site whose requests route and stream as ``TransferRequest`` does; its resource is the route table."""
 
     requestFactory = TransferRequest
     displayTracebacks = False
@@ -57,17 +59,25 @@ class TransferSite(web_server.Site):
 
     def __init__(
         self,
-        transfer_server: TransferServer,
+        serving: Serving,
         identity: IdentitySource,
         timeout: float = DEFAULT_IDLE_TIMEOUT,
         head_timeout: float = DEFAULT_HEAD_TIMEOUT,
         min_body_rate: float = DEFAULT_MIN_BODY_RATE,
         handshake_timeout: float | None = None,
+        fast_paths: FastPaths = FastPaths(),
+        access_line_writer: AccessLineWriter | None = None,
     ) -> None:
-        """``handshake_timeout`` is for a site served under TLS (None: no deadline)."""
-        super().__init__(TransferRoot(transfer_server), timeout=timeout)
-        self.transfer_server = transfer_server
+        """``handshake_timeout`` is for a site served under TLS (None: no deadline).
+
+        ``access_line_writer``: where access lines meant for the global log go
+        as text instead (a worker's stdout), used when ``fast_paths.access_log_writer``.
+        """
+        super().__init__(RouteTable(), timeout=timeout)
+        self.serving = serving
         self.identity = identity
+        self.fast_paths = fast_paths
+        self.access_line_writer = access_line_writer if fast_paths.access_log_writer else None
         #: never longer than the idle timeout
         self.head_timeout = min(head_timeout, timeout)
         self.handshake_timeout = None if handshake_timeout is None else min(handshake_timeout, timeout)
@@ -92,24 +102,30 @@ class TransferSite(web_server.Site):
             if transport is not None and not getattr(transport, "disconnecting", False):
                 transport.loseConnection()
 
-    def protocol(self) -> Any:  # type: ignore[override]
+    def protocol(self) -> TransferChannel:  # type: ignore[override]
         """Each connection's protocol: a TransferChannel (deadline on request heads)."""
         return channel_protocol(
-            self.head_timeout, self.min_body_rate, self.rate_window, self.handshake_timeout
+            self.head_timeout,
+            self.min_body_rate,
+            self.rate_window,
+            self.handshake_timeout,
+            plain_gets=self.fast_paths.keepalive_get,
         )
 
     def log(self, request: Any) -> None:
-        """The access log line ``Site.log`` writes, formatted and emitted more cheaply."""
+        """The access log line ``Site.log`` writes; with the fast writer, formatted and emitted more cheaply."""
         log_file = self._logFile
         if log_file is not None:
-            if self._logFormatter is combinedLogFormatter:
-                emit_access_line(log_file, access_line(self._logDateTime, request))
+            if self.fast_paths.access_log_writer and self._logFormatter is combinedLogFormatter:
+                emit_access_line(log_file, access_line(self._logDateTime, request), self.access_line_writer)
             else:
                 super().log(request)
 
     def plain_access_log(self) -> bool:
-        """True when ``log_plain_get`` can log (no log file, or the combined format)."""
-        return self._logFile is None or self._logFormatter is combinedLogFormatter
+        """True when ``log_plain_get`` can log (no log file, or the combined format written by the fast writer)."""
+        return self._logFile is None or (
+            self.fast_paths.access_log_writer and self._logFormatter is combinedLogFormatter
+        )
 
     def log_plain_get(
         self, channel: Any, target: bytes, sent: int, referrer: bytes | None, agent: bytes | None
@@ -118,7 +134,7 @@ class TransferSite(web_server.Site):
         log_file = self._logFile
         if log_file is not None:
             line = plain_get_line(self._logDateTime, channel.peer_address(), target, sent, referrer, agent)
-            emit_access_line(log_file, line)
+            emit_access_line(log_file, line, self.access_line_writer)
 
 
 class HTTPTransferServer(TransferServer):
@@ -161,20 +177,48 @@ class HTTPTransferServer(TransferServer):
         self._sites: list[TransferSite] = []
         self._sweeper: LoopingCall | None = None
         self._discards_finished_at_shutdown = False
+        #: the upload writer threads told to discard (waited for after the reactor's shutdown)
+        self.discards = UploadDiscards()
+        #: bodies larger than this are written by worker threads (None: never)
+        self.offload_threshold: int | None = OFFLOAD_THRESHOLD
 
     def _base_identity(self, trusted_proxies: tuple[str, ...]) -> IdentitySource:
         return TrustedProxyIdentity(trusted_proxies)
 
-    def site(self) -> TransferSite:
-        """A twisted.web Site serving this server (one per listener is fine)."""
+    def serving(self, reactor: Any = None) -> Serving:
+        """What this server's sites answer with: its engine, its URLs, its upload writers."""
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        return Serving(
+            engine=getattr(self, "engine", self),  # TODO(merge): the facade's engine
+            locate=self._locate,
+            reactor=reactor,
+            offload_threshold=self.offload_threshold,
+            discards=self.discards,
+        )
+
+    def _locate(self, prefix: str, name: str) -> str | None:
+        try:
+            return self.GetDownloadDescriptor(prefix, name)
+        except RuntimeError:
+            return None
+
+    def site(self, reactor: Any = None) -> TransferSite:
+        """A twisted.web Site serving this server (one per listener is fine), on ``reactor`` (default: the global one)."""
         site = TransferSite(
-            self,
+            self.serving(reactor),
             self.identity,
             timeout=self.idle_timeout,
             head_timeout=self.head_timeout,
             min_body_rate=self.min_body_rate,
             handshake_timeout=self.handshake_timeout if self.scheme == "https" else None,
+            fast_paths=self.fast_paths,
+            access_line_writer=self.access_line_writer,
         )
+        if reactor is not None:
+            site.reactor = reactor
         self._sites.append(site)
         return site
 
@@ -192,10 +236,9 @@ class HTTPTransferServer(TransferServer):
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
-        if isinstance(endpoint, str):
-            endpoint = serverFromString(reactor, endpoint)
+        where = serverFromString(reactor, endpoint) if isinstance(endpoint, str) else endpoint
         self._finish_discards_at_shutdown(reactor)
-        listening = endpoint.listen(self.protocol_factory())
+        listening: defer.Deferred[IListeningPort] = where.listen(self.protocol_factory())
         listening.addCallback(self._listening)
         return listening
 
@@ -214,7 +257,7 @@ class HTTPTransferServer(TransferServer):
         finally:
             probe.detach()
         self._finish_discards_at_shutdown(reactor)
-        port = reactor.adoptStreamPort(fd, family, self.protocol_factory())
+        port: IListeningPort = reactor.adoptStreamPort(fd, family, self.protocol_factory())
         self.ports.append(port)
         self._learn_public_url(port)
         return port
@@ -223,7 +266,7 @@ class HTTPTransferServer(TransferServer):
         """Once per server: after the reactor's shutdown, let abandoned uploads' writers clean up."""
         if not self._discards_finished_at_shutdown:
             self._discards_finished_at_shutdown = True
-            reactor.addSystemEventTrigger("after", "shutdown", finish_discards)
+            reactor.addSystemEventTrigger("after", "shutdown", self.discards.finish)
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
         self.ports.append(port)

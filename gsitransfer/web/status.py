@@ -1,6 +1,10 @@
-"""Errors to HTTP statuses, in one table, and plain-text error responses.
+"""Errors to HTTP statuses, in one table, and plain-text answers.
 
-Every refusal the server sends is a status and a one-line plain-text reason.
+Every refusal the server sends is a status and a one-line plain-text reason,
+and every status comes from :data:`STATUS_FOR_ERROR`: the core's errors
+(:mod:`gsitransfer.errors`) and the edge's own (:class:`BadRequest`,
+:class:`MethodNotAllowed`, :class:`BodyTooLarge`, :class:`Unidentified`),
+raised wherever a request is judged and answered here by :func:`refuse`.
 An exception that is not a :class:`TransferError` is a bug: it is logged with
 its traceback and the client gets ``500`` and a generic line, never the
 traceback.
@@ -16,8 +20,52 @@ from .. import errors
 
 _log = Logger()
 
+
+class RequestError(errors.TransferError):
+    """A request the HTTP edge refuses before (or without) asking the core."""
+
+
+class BadRequest(RequestError):
+    """The request cannot be understood (a target that is not a path, a path that is not UTF-8)."""
+
+    default_reason = "bad request"
+
+
+class MethodNotAllowed(RequestError):
+    """The route exists, but not for this method; ``allow`` lists the methods it takes."""
+
+    default_reason = "method not allowed here"
+
+    def __init__(self, allow: tuple[bytes, ...], reason: str | None = None) -> None:
+        super().__init__(reason)
+        self.allow = allow
+
+
+class BodyTooLarge(RequestError):
+    """The request body is (or announces itself) larger than this route takes."""
+
+    default_reason = "request body is too large"
+
+
+class Unidentified(RequestError):
+    """A request reached an answer without an identity: refused, never served as anonymous."""
+
+    default_reason = "the request has no identity"
+
+
+class InternalError(RequestError):
+    """A bug while answering (logged with its traceback where it happened): one generic line."""
+
+    default_reason = "internal server error (logged on the server)"
+
+
 #: most specific class first; the first isinstance match wins
 STATUS_FOR_ERROR: tuple[tuple[type[errors.TransferError], int], ...] = (
+    (BadRequest, 400),
+    (MethodNotAllowed, 405),
+    (BodyTooLarge, 413),
+    (Unidentified, 403),
+    (InternalError, 500),
     (errors.ManifestTooLarge, 413),
     (errors.ManifestError, 400),
     (errors.FileNotFound, 404),
@@ -35,7 +83,7 @@ STATUS_FOR_ERROR: tuple[tuple[type[errors.TransferError], int], ...] = (
 )
 
 
-def status_for(error: BaseException) -> int:
+def status_for(error: errors.TransferError) -> int:
     """The HTTP status for an error raised by the core or a handler."""
     for error_class, status in STATUS_FOR_ERROR:
         if isinstance(error, error_class):
@@ -43,13 +91,19 @@ def status_for(error: BaseException) -> int:
     return 500
 
 
-def describe_failure(failure: Failure, what: str) -> tuple[int, str]:
-    """Status and reason for a failure; unexpected ones are logged with their traceback."""
+def refusal_for(failure: Failure, what: str) -> errors.TransferError:
+    """The error to answer a failure with; one that is not a TransferError is logged (a bug)."""
     error = failure.value
     if isinstance(error, errors.TransferError):
-        return status_for(error), error.reason
+        return error
     _log.failure("unexpected error while {what}", failure, what=what)
-    return 500, "internal server error (logged on the server)"
+    return InternalError()
+
+
+def refuse(request: IRequest, error: errors.TransferError) -> None:
+    """Answer ``request`` with ``error``'s status and reason (and ``Allow`` for a 405)."""
+    allow = error.allow if isinstance(error, MethodNotAllowed) else ()
+    write_error(request, status_for(error), error.reason, allow)
 
 
 def write_error(

@@ -1,93 +1,122 @@
-"""One file body arriving over HTTP: decided from its headers, streamed to disk.
+"""One file body arriving over HTTP: an explicit state machine from its headers to its answer.
 
-An :class:`UploadReceiver` lives for one ``POST /<prefix>/<key>/<n>``::
+An :class:`UploadReceiver` lives for one ``POST /<prefix>/<key>/<n>``. Its
+states and the events that move it (anything else is ignored: a late event
+of a path already left)::
 
-    headers in  -> core.begin_upload (connection paused while it decides)
-                   refused  -> error status now; the body is never read
-                   accepted -> FileSink opened beside the final name,
-                               "100 Continue" if the client asked, reading resumes
-    body chunks -> the sink's writer (MD5 on the way)
-    body done   -> writer drained -> core.verify_upload
-                   -> commit (fsync, rename) -> core.complete_upload (CompleteUpload) -> 200
-    connection lost, mismatch or write error at any point
-                -> temporary file removed, the file is pending again
+    DECIDING  --accept-->  RECEIVING  --end-->  VERIFYING  --commit-->  COMMITTED
+       |                      |                     |
+       +--refuse--> REFUSED <-+-------refuse--------+
+       |                      |
+       +---lose---> LOST <----+           (VERIFYING ignores lose: the body is
+                                            in, the commit goes on)
 
-A body larger than ``offload.OFFLOAD_THRESHOLD`` is written, hashed and
-committed by a worker thread (:class:`~.offload.OffloadedSink`), and reading
-from the network pauses while the worker is more than a few MiB behind; a
-smaller one is written at once on the reactor thread (:class:`~.offload.InlineSink`).
-A connection lost once the whole body is in does not stop the commit.
+* DECIDING -- the core (and the handler) decide from the headers; the
+  connection is paused (:class:`~.exchange.BodyControl`); bytes that came
+  with the head are held (at most one read: the connection is paused).
+  ``accept`` opens a :class:`~gsitransfer.filesink.FileSink` beside the final
+  name, sends ``100 Continue`` if the client asked, and reads on.
+* RECEIVING -- each chunk goes to the sink's writer (MD5 on the way).
+  ``end`` (the whole body in, the decision made) drains the writer.
+* VERIFYING -- size and MD5 checked by the core, then fsync and rename, then
+  ``CompleteUpload``: 200 with the file's description.
+* REFUSED -- an error status (:func:`~.status.describe_failure`); the
+  temporary file is gone and the file is pending again.
+* LOST -- the client went away: the temporary file is gone, the file is
+  pending again (a decision that arrives later is undone).
 
-Bytes that arrive in the same read as the headers, before the decision, are
-held (at most one read's worth: the connection is paused).
+A body larger than the site's ``offload_threshold`` is written, hashed and
+committed by worker threads (:class:`~.offload.OffloadedSink`); reading
+pauses while they are more than a few MiB behind. A smaller one is written at
+once on the reactor thread (:class:`~.offload.InlineSink`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import enum
+from typing import Any
 
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..core import TransferServer, UploadTicket
+from ..core import UploadTicket  # TODO(merge): ..engine
 from ..errors import TransferError
 from ..filesink import FileSink
-from .offload import OFFLOAD_THRESHOLD, InlineSink, OffloadedSink
+from .exchange import BodyControl, Exchange
+from .offload import InlineSink, OffloadedSink
 from .routes import UploadRoute
-from .status import describe_failure, write_text
-
-if TYPE_CHECKING:
-    from .request import TransferRequest
+from .status import refusal_for, write_text
 
 _log = Logger()
 
 
-class UploadReceiver:
-    """Drives one file upload between the request, the core and a FileSink."""
+class UploadState(enum.Enum):
+    DECIDING = "deciding"
+    RECEIVING = "receiving"
+    VERIFYING = "verifying"
+    COMMITTED = "committed"
+    REFUSED = "refused"
+    LOST = "lost"
 
-    def __init__(
-        self,
-        request: "TransferRequest",
-        transfer_server: TransferServer,
-        route: UploadRoute,
-        length: int | None,
-        expects_continue: bool,
-    ) -> None:
-        self.request = request
-        self.server = transfer_server
+
+#: (state, event) -> next state; an event not listed for a state is ignored
+TRANSITIONS: dict[tuple[UploadState, str], UploadState] = {
+    (UploadState.DECIDING, "accept"): UploadState.RECEIVING,
+    (UploadState.DECIDING, "refuse"): UploadState.REFUSED,
+    (UploadState.DECIDING, "lose"): UploadState.LOST,
+    (UploadState.RECEIVING, "end"): UploadState.VERIFYING,
+    (UploadState.RECEIVING, "refuse"): UploadState.REFUSED,
+    (UploadState.RECEIVING, "lose"): UploadState.LOST,
+    (UploadState.VERIFYING, "commit"): UploadState.COMMITTED,
+    (UploadState.VERIFYING, "refuse"): UploadState.REFUSED,
+}
+
+
+class UploadReceiver:
+    """Drives one file upload between the request, the core and a FileSink (a ``BodyReceiver``)."""
+
+    def __init__(self, exchange: Exchange, control: BodyControl) -> None:
+        route = exchange.route
+        assert isinstance(route, UploadRoute)
+        self.exchange = exchange
         self.route = route
-        self.length = length
-        self.expects_continue = expects_continue
+        self.control = control
+        self.engine = exchange.serving.engine
+        self.state = UploadState.DECIDING
+        #: the whole body has arrived (a fact of the network, whatever the state)
+        self.body_in = False
         self.ticket: UploadTicket | None = None
         self.sink: FileSink | None = None
         self.writer: InlineSink | OffloadedSink | None = None
         self._early: list[bytes] = []
-        self._decided = False
-        self._body_done = False
-        self._lost = False
-        self._finished = False
+
+    def _move(self, event: str) -> bool:
+        """Apply ``event``; False (and nothing changes) when the state does not take it."""
+        after = TRANSITIONS.get((self.state, event))
+        if after is None:
+            return False
+        self.state = after
+        return True
 
     def start(self) -> None:
         """Ask the core whether this body may come; the connection waits meanwhile."""
-        assert self.request.id_token is not None
-        self.request.pause_body()
-        decision = self.server.begin_upload(
+        self.control.pause_body()
+        decision = self.engine.begin_upload(
             self.route.prefix,
             self.route.transfer_key,
             self.route.file_num,
-            self.request.id_token,
-            self.length,
+            self.exchange.id_token,
+            self.exchange.length,
         )
-        decision.addCallbacks(self._accepted, self._refused)
-        decision.addErrback(self._unexpected, "accepting an upload")
+        decision.addCallbacks(self._decided, self._decision_refused)
+        decision.addErrback(self._fail, "accepting an upload")
 
-    # -- the decision -----------------------------------------------------------
+    # -- DECIDING ----------------------------------------------------------------
 
-    def _accepted(self, ticket: UploadTicket) -> None:
-        self._decided = True
-        if self._lost:
-            self.server.fail_upload(ticket)
+    def _decided(self, ticket: UploadTicket) -> None:
+        if self.state is UploadState.LOST:
+            self.engine.fail_upload(ticket)
             return
         self.ticket = ticket
         try:
@@ -97,121 +126,117 @@ class UploadReceiver:
             for chunk in early:
                 self.writer.write(chunk)
         except TransferError:
-            self._abandon()
-            self._refused(Failure())
+            self._fail(Failure(), "opening an upload")
             return
-        if self._body_done:
-            self._finish()
+        self._move("accept")
+        if self.body_in:
+            self._end()
             return
-        if self.expects_continue and self.length:
-            self.request.send_continue()
-        self.request.resume_body()
+        if self.exchange.expects_continue and self.exchange.length:
+            self.control.send_continue()
+        self.control.resume_body()
+
+    def _decision_refused(self, failure: Failure) -> None:
+        self._early = []
+        self._fail(failure, "deciding an upload")
 
     def _writer(self, sink: FileSink, size: int) -> InlineSink | OffloadedSink:
-        site = self.request.channel.site
-        threshold = getattr(site, "offload_threshold", OFFLOAD_THRESHOLD)
-        if threshold is None or size <= threshold or not IReactorThreads.providedBy(site.reactor):
+        serving = self.exchange.serving
+        threshold = serving.offload_threshold
+        reactor = serving.reactor
+        if (
+            threshold is None
+            or size <= threshold
+            or not IReactorThreads.providedBy(reactor)
+            or not IReactorFromThreads.providedBy(reactor)
+        ):
             # small bodies, or a reactor without threads (in-memory tests): on this thread
             return InlineSink(sink)
         return OffloadedSink(
             sink,
-            call_from_thread=site.reactor.callFromThread,
+            call_from_thread=reactor.callFromThread,
             pause=self._writer_behind,
             resume=self._writer_caught_up,
             on_error=self._write_failed,
+            discards=serving.discards,
         )
 
-    def _writer_behind(self) -> None:
-        if not self._body_done and not self._finished:
-            self.request.pause_body()
-
-    def _writer_caught_up(self) -> None:
-        if not self._body_done and not self._finished and not self._lost:
-            self.request.resume_body()
-
-    def _write_failed(self, failure: Failure) -> None:
-        """The worker could not write (e.g. disk full): answer now, stop reading."""
-        if self._finished:
-            return
-        self._abandon()
-        self._refused(failure)
-
-    def _refused(self, failure: Failure) -> None:
-        self._decided = True
-        self._early = []
-        status, reason = describe_failure(failure, "deciding an upload")
-        self._finished = True
-        self.request.refuse(status, reason)
-
-    def _unexpected(self, failure: Failure, what: str) -> None:
-        self._abandon()
-        status, reason = describe_failure(failure, what)
-        self._finished = True
-        self.request.refuse(status, reason)
-
-    # -- the body ------------------------------------------------------------------
+    # -- RECEIVING ---------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         """A chunk of the file body."""
-        if self._finished:
-            return
-        if self.writer is None:
-            if not self._decided:
-                self._early.append(data)
-            return
-        try:
-            self.writer.write(data)
-        except TransferError:
-            self._abandon()
-            self._refused(Failure())
+        if self.state is UploadState.DECIDING:
+            self._early.append(data)
+        elif self.state is UploadState.RECEIVING and self.writer is not None:
+            try:
+                self.writer.write(data)
+            except TransferError:
+                self._fail(Failure(), "storing an upload")
 
     def body_complete(self) -> None:
-        """The channel has the whole body (called from the resource's render)."""
-        self._body_done = True
-        if self.writer is not None and not self._finished:
-            self._finish()
+        """The channel has the whole body."""
+        self.body_in = True
+        if self.state is UploadState.RECEIVING:
+            self._end()
 
-    def _finish(self) -> None:
+    def _writer_behind(self) -> None:
+        if self.state is UploadState.RECEIVING and not self.body_in:
+            self.control.pause_body()
+
+    def _writer_caught_up(self) -> None:
+        if self.state is UploadState.RECEIVING and not self.body_in:
+            self.control.resume_body()
+
+    def _write_failed(self, failure: Failure) -> None:
+        """The worker could not write (e.g. disk full): answer now, stop reading."""
+        self._fail(failure, "storing an upload")
+
+    def _end(self) -> None:
         writer = self.writer
         assert writer is not None
-        self._finished = True
+        self._move("end")
         drained = writer.drain()
-        drained.addCallbacks(self._verify, self._drain_failed)
-        drained.addErrback(self._unexpected, "storing an upload")
+        drained.addCallbacks(self._verify, self._fail, errbackArgs=("storing an upload",))
+        drained.addErrback(self._fail, "storing an upload")
 
-    def _drain_failed(self, failure: Failure) -> None:
-        """A write failed after the last byte arrived: as a failure during the body."""
-        self._abandon()
-        self._respond_failure(failure)
+    # -- VERIFYING ---------------------------------------------------------------
 
-    def _verify(self, _: Any) -> None:
+    def _verify(self, _: object) -> None:
         ticket, sink, writer = self.ticket, self.sink, self.writer
         assert ticket is not None and sink is not None and writer is not None
         try:
-            self.server.verify_upload(ticket, sink.hexdigest(), sink.received)
+            self.engine.verify_upload(ticket, sink.hexdigest(), sink.received)
         except TransferError:
-            writer.discard()
-            self._respond_failure(Failure())
+            self._fail(Failure(), "verifying an upload")
             return
         committed = writer.commit()
         committed.addCallbacks(self._committed, self._commit_failed)
-        committed.addErrback(self._unexpected, "storing an upload")
+        committed.addErrback(self._fail, "storing an upload")
 
     def _commit_failed(self, failure: Failure) -> None:
-        assert self.ticket is not None
+        """The writer could not fsync or rename (it removed its file): pending again."""
         failure.trap(TransferError)
-        self.server.fail_upload(self.ticket)
-        self._respond_failure(failure)
-
-    def _committed(self, _: Any) -> None:
         assert self.ticket is not None
-        completion = self.server.complete_upload(self.ticket)
-        completion.addCallbacks(self._completed, self._completion_failed)
-        completion.addErrback(self._respond_failure)
+        self.engine.fail_upload(self.ticket)
+        self._refuse(failure, "storing an upload")
 
-    def _completed(self, _: Any) -> None:
+    def _committed(self, _: object) -> None:
+        assert self.ticket is not None
+        completion = self.engine.complete_upload(self.ticket)
+        completion.addCallbacks(self._completed, self._completion_failed)
+        completion.addErrback(self._fail, "completing an upload")
+
+    def _completion_failed(self, failure: Failure) -> None:
+        """CompleteUpload failed: this upload's file must not stay under its final name."""
+        assert self.sink is not None
+        self.sink.uncommit()
+        self._refuse(failure, "completing an upload")
+
+    def _completed(self, _: object) -> None:
         ticket = self.ticket
         assert ticket is not None
+        if not self._move("commit"):
+            return
         entry = ticket.entry
         lines = [
             "return_code: 0",
@@ -219,43 +244,51 @@ class UploadReceiver:
             f"size: {entry.size}",
             f"checksum: {entry.checksum}",
         ]
-        try:
-            lines.append(f"url: {self.server.GetDownloadDescriptor(ticket.prefix, entry.name)}")
-        except RuntimeError:
-            pass
+        url = self.exchange.serving.locate(ticket.prefix, entry.name)
+        if url is not None:
+            lines.append(f"url: {url}")
         _log.info(
             "stored {name} ({size} bytes) for {dn}",
             name=entry.name,
             size=entry.size,
             dn=ticket.id_token.dn or "anonymous",
         )
-        write_text(self.request, 200, "\n".join(lines) + "\n")
+        write_text(self.exchange.request, 200, "\n".join(lines) + "\n")
 
-    def _completion_failed(self, failure: Failure) -> None:
-        """CompleteUpload failed: this upload's file must not stay under its final name."""
-        assert self.sink is not None
-        self.sink.uncommit()
-        self._respond_failure(failure)
+    # -- REFUSED and LOST --------------------------------------------------------
 
-    def _respond_failure(self, failure: Failure) -> None:
-        status, reason = describe_failure(failure, "storing an upload")
-        self.request.refuse(status, reason)
+    def _fail(self, failure: Failure, what: str) -> None:
+        """Anything that ends the upload unstored: the file is pending again, then the refusal."""
+        if self.state in (UploadState.REFUSED, UploadState.LOST, UploadState.COMMITTED):
+            return
+        self._abandon()
+        self._refuse(failure, what)
 
-    # -- endings -----------------------------------------------------------------
+    def _refuse(self, failure: Failure, what: str) -> None:
+        if self._move("refuse"):
+            self.control.refuse(refusal_for(failure, what))
 
     def connection_lost(self) -> None:
         """The client vanished: drop what arrived, the file is pending again."""
-        self._lost = True
-        if not self._finished:
-            self._finished = True
+        if self._move("lose"):
             self._abandon()
 
     def _abandon(self) -> None:
         # pending first: whoever sees the temporary file gone (another worker
         # process too) sees the file pending
         if self.ticket is not None:
-            self.server.fail_upload(self.ticket)
+            self.engine.fail_upload(self.ticket)
         if self.writer is not None:
             self.writer.discard()
         elif self.sink is not None:
             self.sink.discard()
+
+
+def begin_upload(exchange: Exchange, control: BodyControl) -> UploadReceiver:
+    """The upload verb's start: a receiver deciding about ``exchange``'s body."""
+    receiver = UploadReceiver(exchange, control)
+    receiver.start()
+    return receiver
+
+
+__all__ = ["TRANSITIONS", "UploadReceiver", "UploadState", "begin_upload"]

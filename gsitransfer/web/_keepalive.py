@@ -1,4 +1,9 @@
-"""The keep-alive shortcut: a plain GET of a small file, answered from its bytes.
+"""The keep-alive fast path: a plain GET of a small file, answered from its head's bytes.
+
+Private to :mod:`gsitransfer.web.channel`, its one caller; the reference path
+it must match byte for byte is twisted.web's (``TransferRequest`` and the
+``get_file`` verb), which also answers everything it declines. Turned off by
+``FastPaths.keepalive_get`` (``GSITRANSFER_FAST_PATHS=off``).
 
 Most requests on a busy download server are one ``GET`` of one small file,
 its head arriving whole in one read. twisted.web would split that head into
@@ -7,18 +12,19 @@ finish and log it: about two thirds of the server's CPU per request.
 :func:`answer_plain_get` answers such a request directly from the bytes,
 with the same bytes on the wire, the same handler call and the same access
 log line, and declines (returns False, having sent nothing) everything else,
-which then takes twisted.web's path as before.
+which then takes twisted.web's path.
 
 What it takes (:func:`parse_plain_get`, which does no I/O): exactly one
 request, ``GET <absolute path> HTTP/1.1``, header lines that twisted.web
 would accept unchanged, none that changes the answer (``Range``,
 conditionals, a body, ``Expect``, ``Transfer-Encoding``), at most one
-``Connection`` header. What it answers: a download route whose handler
-answers at once with a regular file of 1 byte to ``SMALL_BODY`` — 200 with
-the whole file. When the handler has been asked and the answer is anything
-else (a Deferred, a refusal, a larger file), the handler's answer is handed
-to twisted.web's path with the request (:data:`PRERESOLVED`), so the handler
-is asked once per request either way.
+``Connection`` header. What it answers: a request the route table
+(:func:`~.table.select`) gives to the file verb, whose handler answers at
+once with a regular file of 1 byte to ``SMALL_BODY`` — 200 with the whole
+file. When the handler has been asked and the answer is anything else (a
+Deferred, a refusal, a larger file), the handler's answer
+(:class:`~.exchange.HandlerAnswer`) is handed to the request twisted.web
+makes next, so the handler is asked once per request either way.
 """
 
 from __future__ import annotations
@@ -27,8 +33,7 @@ import os
 import re
 import stat
 import time
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -36,9 +41,11 @@ from twisted.web.http_headers import Headers
 from ..errors import TransferError
 from ..handler import DownloadTarget
 from .download import entity_tag, file_headers
+from .exchange import HandlerAnswer, ServingSite
 from .filebody import SMALL_BODY
-from .request import _SERVER, http_date, route_request
-from .routes import DownloadRoute
+from .heads import SERVER_HEADER, http_date
+from .routes import FileRoute
+from .table import FILE_VERB, select
 
 #: longest head taken (twisted.web's own limit is 16 KiB)
 MAX_HEAD = 8192
@@ -67,6 +74,21 @@ _DECLINED = frozenset(
         b"upgrade",
     }
 )
+
+
+
+class KeepAliveChannel(Protocol):
+    """What the fast path uses of the channel (:class:`~.channel.TransferChannel`)."""
+
+    site: ServingSite
+    transport: Any
+    persistent: int
+
+    def loseConnection(self) -> None:
+        """Close once what was written is sent."""
+
+    def hand_over(self, answer: HandlerAnswer) -> None:
+        """Give the next request twisted.web makes the handler's answer."""
 
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
@@ -122,8 +144,8 @@ def parse_plain_get(data: bytes) -> PlainGet | None:
     return PlainGet(request_line.group(1), headers, close)
 
 
-class _HeadView:
-    """What an identity source reads of a request, for a head the shortcut parsed.
+class ParsedHeadRequest:
+    """What an identity source reads of a request, for a head the fast path parsed.
 
     ``requestHeaders`` is the head itself: ``getRawHeaders`` and ``hasHeader``
     read the parsed lines; anything else builds twisted.web's ``Headers``.
@@ -131,13 +153,13 @@ class _HeadView:
 
     __slots__ = ("channel", "_head", "_headers")
 
-    def __init__(self, channel: Any, head: PlainGet) -> None:
+    def __init__(self, channel: KeepAliveChannel, head: PlainGet) -> None:
         self.channel = channel
         self._head = head
         self._headers: Headers | None = None
 
     @property
-    def requestHeaders(self) -> "_HeadView":
+    def requestHeaders(self) -> "ParsedHeadRequest":
         return self
 
     def getRawHeaders(self, name: bytes, default: Any = None) -> Any:
@@ -158,45 +180,38 @@ class _HeadView:
         return getattr(self._headers, name)
 
 
-@dataclass(frozen=True, slots=True)
-class Preresolved:
-    """The handler's answer for a download the shortcut declined after asking it."""
-
-    route: DownloadRoute
-    #: a DownloadTarget, a Deferred firing with one, or the Failure the handler raised
-    outcome: Any
-
-
-def answer_plain_get(channel: Any, data: bytes) -> bool:
+def answer_plain_get(channel: KeepAliveChannel, data: bytes) -> bool:
     """Answer ``data`` (a whole request head) on ``channel`` if it is a plain GET of a small file.
 
     True: answered (and logged); the connection is closing if the client
-    asked (``channel.persistent`` is then false). False: nothing was sent; ``channel.preresolved`` may
-    hold the handler's answer for twisted.web's path to use.
+    asked (``channel.persistent`` is then false). False: nothing was sent; the
+    channel may have been handed the handler's answer for the request
+    twisted.web makes of ``data``.
     """
     head = parse_plain_get(data)
     if head is None:
         return False
     site = channel.site
-    root = getattr(site, "resource", None)
-    prefixes = getattr(root, "prefixes", None)
-    if prefixes is None or root.children or not site.plain_access_log():
-        return False
-    _, route = route_request(b"GET", head.target)
-    if type(route) is not DownloadRoute:
+    if not site.plain_access_log():
         return False
     try:
-        id_token = site.identity.identify(_HeadView(channel, head))
+        route, verb = select(b"GET", head.target)
+    except TransferError:
+        return False  # refused on twisted.web's path, with its answer
+    if verb is not FILE_VERB:
+        return False
+    assert isinstance(route, FileRoute)
+    try:
+        id_token = site.identity.identify(ParsedHeadRequest(channel, head))
     except TransferError:
         return False  # refused on twisted.web's path, with its answer
     try:
-        target = site.transfer_server.resolve_download_now(route.prefix, route.url_path, id_token)
+        target: object = site.serving.engine.resolve_download_now(route.prefix, route.url_path, id_token)
     except Exception:
-        channel.preresolved = Preresolved(route, Failure())
-        return False
+        target = Failure()
     answer = _small_file_answer(target, head.close) if isinstance(target, DownloadTarget) else None
     if answer is None:
-        channel.preresolved = Preresolved(route, target)
+        channel.hand_over(HandlerAnswer(route.prefix, route.url_path, target))
         return False
     response, sent = answer
     channel.transport.write(response)
@@ -207,7 +222,7 @@ def answer_plain_get(channel: Any, data: bytes) -> bool:
     return True
 
 
-def _small_file_answer(target: Any, close: bool) -> tuple[bytes, int] | None:
+def _small_file_answer(target: DownloadTarget, close: bool) -> tuple[bytes, int] | None:
     """The whole 200 answer for ``target`` if it is a regular file of 1 to SMALL_BODY bytes."""
     try:
         fd = os.open(target.path, _OPEN_FLAGS)
@@ -230,4 +245,4 @@ def _small_file_answer(target: Any, close: bool) -> tuple[bytes, int] | None:
     )
     # the head Request.write makes: Connection (from checkPersistence), Server and Date (process)
     first = b"HTTP/1.1 200 OK\r\nConnection: close\r\nServer: " if close else b"HTTP/1.1 200 OK\r\nServer: "
-    return b"".join((first, _SERVER, b"\r\nDate: ", http_date(int(time.time())), b"\r\n", block, b"\r\n", data)), size
+    return b"".join((first, SERVER_HEADER, b"\r\nDate: ", http_date(int(time.time())), b"\r\n", block, b"\r\n", data)), size

@@ -1,0 +1,127 @@
+"""The route table: method x route kind -> one verb; the Site's one Resource.
+
+::
+
+    method    route kind       verb (gsitransfer.web.verbs, .upload)
+    GET       ListingRoute     get_listing       the prefix's files (JSON)
+              TransferRoute    get_transfer      a live transfer's state (JSON), else a file
+              FileRoute        get_file          the file the handler names
+    HEAD      (as GET)
+    POST      ManifestRoute    post_manifest     register a manifest (body in memory, bounded)
+              UploadRoute      begin_upload      stream one file's body (upload state machine)
+    DELETE    TransferRoute    delete_transfer   cancel a transfer
+    OPTIONS   every kind       options           ``Allow`` for the route
+
+A request is routed once, when its head is complete
+(:meth:`RouteTable.select`, called by the request layer and by the
+keep-alive shortcut alike): the target gives a route
+(:func:`~.routes.route_target`), the method's row gives the verb; a route
+the method's row lacks is 405 with ``Allow`` listing the methods whose rows
+have it. Adding a method is one row here and one small verb.
+
+:class:`RouteTable` is also the Site's root resource (twisted.web stays the
+HTTP engine and a Resource its entry): it is a leaf, and rendering a request
+finishes the exchange the request began when its head came in. A request
+that reaches it without an exchange (never routed, never identified) is
+refused, never served as anonymous.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from twisted.web import resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from ..errors import TransferError
+from .exchange import BodyControl, BodyReceiver, Exchange
+from .routes import FileRoute, ListingRoute, ManifestRoute, Route, TransferRoute, UploadRoute, route_target
+from .status import MethodNotAllowed, Unidentified, refuse, write_text
+from .upload import begin_upload
+from .verbs import buffered, delete_transfer, get_file, get_listing, get_transfer, manifest_limit, post_manifest
+
+#: a verb's start: given the exchange (and the request as a body's controller), the body's receiver
+Start = Callable[[Exchange, BodyControl], BodyReceiver]
+
+
+@dataclass(frozen=True, slots=True)
+class Verb:
+    """One row's entry: what answers a method on a kind of route."""
+
+    name: str
+    start: Start
+    #: the body streams to disk (an upload) rather than into memory
+    streams: bool = False
+
+
+def options(exchange: Exchange, body: bytes) -> None:
+    """``OPTIONS``: which methods the route takes (``Allow``), no body."""
+    request = exchange.request
+    request.setHeader(b"allow", b", ".join(allowed_methods(request.method, request.uri)))
+    write_text(request, 200, "")
+
+
+def _verbs(*answers: Callable[[Exchange, bytes], None]) -> dict[str, Verb]:
+    return {answer.__name__: Verb(answer.__name__, buffered(answer)) for answer in answers}
+
+
+_BUFFERED = _verbs(get_listing, get_transfer, get_file, delete_transfer, options)
+_MANIFEST = Verb("post_manifest", buffered(post_manifest, manifest_limit))
+_UPLOAD = Verb("begin_upload", begin_upload, streams=True)
+_OPTIONS = _BUFFERED["options"]
+_GET: Mapping[type, Verb] = {
+    ListingRoute: _BUFFERED["get_listing"],
+    TransferRoute: _BUFFERED["get_transfer"],
+    FileRoute: _BUFFERED["get_file"],
+}
+
+#: the route table: one row per method
+ROUTES: Mapping[bytes, Mapping[type, Verb]] = {
+    b"GET": _GET,
+    b"HEAD": _GET,
+    b"POST": {ManifestRoute: _MANIFEST, UploadRoute: _UPLOAD},
+    b"DELETE": {TransferRoute: _BUFFERED["delete_transfer"]},
+    b"OPTIONS": {kind: _OPTIONS for kind in (ListingRoute, TransferRoute, FileRoute, ManifestRoute)},
+}
+
+#: the verb that serves files (the keep-alive shortcut answers only for it)
+FILE_VERB = _GET[FileRoute]
+
+
+def select(method: bytes, target: bytes) -> tuple[Route, Verb]:
+    """The route and verb of ``method`` on ``target``; raises the refusal (400, 404, 405)."""
+    route = route_target(method, target)
+    if isinstance(route, TransferError):
+        raise route
+    verb = ROUTES.get(method, {}).get(type(route))
+    if verb is None:
+        raise MethodNotAllowed(allowed_methods(method, target))
+    return route, verb
+
+
+def allowed_methods(method: bytes, target: bytes) -> tuple[bytes, ...]:
+    """The methods whose rows take ``target``'s route (``Allow``)."""
+    allowed = []
+    for name, row in ROUTES.items():
+        route = route_target(name, target)
+        if not isinstance(route, TransferError) and type(route) in row:
+            allowed.append(name)
+    return tuple(allowed)
+
+
+class RouteTable(resource.Resource):
+    """The Site's root resource: renders the exchange its request began (see the module rules)."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes | int:
+        finish: Callable[[], None] | None = getattr(request, "finish_exchange", None)
+        if finish is None:
+            refuse(request, Unidentified("this resource serves only the server's own requests"))
+        else:
+            finish()
+        return NOT_DONE_YET
+
+
+__all__ = ["FILE_VERB", "ROUTES", "RouteTable", "Verb", "allowed_methods", "options", "select"]

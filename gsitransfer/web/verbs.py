@@ -1,0 +1,214 @@
+"""One small function per verb: what each row of the route table does with a request.
+
+Each verb is started when the request's head is in (:mod:`gsitransfer.web.table`
+chose it) and returns the :class:`~.exchange.BodyReceiver` that takes the
+body; most bodies are small and held in memory (:class:`BufferedBody`, which
+refuses one over its limit from its Content-Length, or as it passes it), and
+the verb's answer runs once the body is complete. A file upload streams
+(:mod:`gsitransfer.web.upload`). Every refusal is a typed error answered by
+:func:`~.status.refuse`; every answer is written by :mod:`.status` or
+:mod:`.download`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from ..core import ManifestOutcome
+from ..errors import TransferError
+from ..handler import DownloadTarget
+from .download import serve_file
+from .exchange import BodyControl, BodyReceiver, Exchange
+from .routes import FileRoute, ListingRoute, ManifestRoute, TransferRoute
+from .status import BodyTooLarge, refusal_for, refuse, write_text
+
+#: largest body accepted on a request whose verb takes none (a stray body on GET)
+SMALL_BODY_LIMIT = 64 * 1024
+
+#: a verb's answer, once the request's whole body is in memory
+Answer = Callable[[Exchange, bytes], None]
+
+
+class BufferedBody:
+    """A body held in memory up to ``limit`` bytes, then answered by ``answer``."""
+
+    def __init__(self, exchange: Exchange, control: BodyControl, limit: int, answer: Answer) -> None:
+        self.exchange = exchange
+        self.control = control
+        self.limit = limit
+        self.answer = answer
+        self._content = io.BytesIO()
+        self._refused = False
+
+    def check_length(self) -> None:
+        """Refuse at once a body whose Content-Length is over the limit."""
+        length = self.exchange.length
+        if length is not None and length > self.limit:
+            self._too_large()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._content.tell() + len(data) > self.limit:
+            self._too_large()
+            return
+        self._content.write(data)
+
+    def body_complete(self) -> None:
+        if not self._refused:
+            self.answer(self.exchange, self._content.getvalue())
+
+    def connection_lost(self) -> None:
+        self._refused = True
+
+    def _too_large(self) -> None:
+        self._refused = True
+        self.control.refuse(BodyTooLarge(f"request body is larger than {self.limit} bytes"))
+
+
+def buffered(answer: Answer, limit: Callable[[Exchange], int] | None = None) -> Callable[[Exchange, BodyControl], BodyReceiver]:
+    """A verb's start for ``answer``: the body held in memory up to ``limit`` (default: a small body)."""
+
+    def start(exchange: Exchange, control: BodyControl) -> BodyReceiver:
+        body = BufferedBody(exchange, control, SMALL_BODY_LIMIT if limit is None else limit(exchange), answer)
+        body.check_length()
+        return body
+
+    start.__name__ = start.__qualname__ = answer.__name__
+    start.__doc__ = answer.__doc__
+    return start
+
+
+# -- the answers ---------------------------------------------------------------------
+
+
+def post_manifest(exchange: Exchange, body: bytes) -> None:
+    """``POST /<prefix>/manifest``: register the manifest (the seed's key: value answer)."""
+    route = exchange.route
+    assert isinstance(route, ManifestRoute)
+    outcome = exchange.serving.engine.post_manifest(route.prefix, body, exchange.id_token)
+    _answer(exchange, outcome, _manifest_answered, "registering a manifest")
+
+
+def manifest_limit(exchange: Exchange) -> int:
+    """A manifest's body may be as large as the manifest limits allow."""
+    return int(exchange.serving.engine.manifest_limits.max_bytes)
+
+
+def _manifest_answered(exchange: Exchange, outcome: ManifestOutcome) -> None:
+    write_text(exchange.request, 200, outcome.to_text())
+
+
+def get_listing(exchange: Exchange, body: bytes) -> None:
+    """``GET /<prefix>/``: the handler's listing, as JSON."""
+    route = exchange.route
+    assert isinstance(route, ListingRoute)
+    listing = exchange.serving.engine.list_files(route.prefix, exchange.id_token)
+    _answer(
+        exchange,
+        listing,
+        lambda ex, files: write_text(
+            ex.request, 200, _json({"prefix": route.prefix, "files": files}), b"application/json"
+        ),
+        "listing files",
+    )
+
+
+def get_transfer(exchange: Exchange, body: bytes) -> None:
+    """``GET /<prefix>/<key>``: a live transfer's state as JSON; any other name is a file."""
+    route = exchange.route
+    assert isinstance(route, TransferRoute)
+    engine = exchange.serving.engine
+    if not engine.is_live_transfer(route.name):
+        _serve(exchange, FileRoute(route.prefix, route.name))
+        return
+    try:
+        status = engine.transfer_status(route.prefix, route.name, exchange.id_token, exchange.serving.locate)
+    except Exception:
+        refuse(exchange.request, refusal_for(Failure(), "reading a transfer's state"))
+        return
+    write_text(exchange.request, 200, _json(status), b"application/json")
+
+
+def delete_transfer(exchange: Exchange, body: bytes) -> None:
+    """``DELETE /<prefix>/<key>``: cancel the transfer (its owner only)."""
+    route = exchange.route
+    assert isinstance(route, TransferRoute)
+    cancelled = exchange.serving.engine.cancel_transfer(route.prefix, route.name, exchange.id_token)
+    _answer(
+        exchange,
+        cancelled,
+        lambda ex, _: write_text(ex.request, 200, f"cancelled {route.name}\n"),
+        "cancelling a transfer",
+    )
+
+
+def get_file(exchange: Exchange, body: bytes) -> None:
+    """``GET``/``HEAD /<prefix>/<path>``: the file the handler names (at once when it answers at once)."""
+    route = exchange.route
+    assert isinstance(route, FileRoute)
+    _serve(exchange, route)
+
+
+def _serve(exchange: Exchange, route: FileRoute) -> None:
+    known = exchange.handler_answer
+    if known is not None and (known.prefix, known.url_path) == (route.prefix, route.url_path):
+        target: Any = known.outcome
+    else:
+        try:
+            target = exchange.serving.engine.resolve_download_now(route.prefix, route.url_path, exchange.id_token)
+        except Exception:
+            target = Failure()
+    if isinstance(target, Failure):
+        _failed(exchange, target, "resolving a download")
+    elif isinstance(target, defer.Deferred):
+        _answer(exchange, target, lambda ex, found: serve_file(ex.request, found), "resolving a download")
+    else:
+        assert isinstance(target, DownloadTarget)
+        serve_file(exchange.request, target)
+
+
+# -- plumbing --------------------------------------------------------------------------
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, indent=1, sort_keys=True, default=str) + "\n"
+
+
+def _answer(
+    exchange: Exchange,
+    result: "defer.Deferred[Any]",
+    on_success: Callable[[Exchange, Any], None],
+    what: str,
+) -> None:
+    result.addCallback(lambda value: on_success(exchange, value))
+    result.addErrback(lambda failure: _failed(exchange, failure, what))
+
+
+def _failed(exchange: Exchange, failure: Failure, what: str) -> None:
+    error = refusal_for(failure, what)
+    request = exchange.request
+    if request._disconnected or request.finished:
+        return
+    if request.startedWriting:
+        request.loseConnection()
+        return
+    refuse(request, error)
+
+
+__all__ = [
+    "BufferedBody",
+    "SMALL_BODY_LIMIT",
+    "buffered",
+    "delete_transfer",
+    "get_file",
+    "get_listing",
+    "get_transfer",
+    "manifest_limit",
+    "post_manifest",
+]
