@@ -10,7 +10,7 @@
     POST      ManifestRoute    post_manifest     register a manifest (body in memory, bounded)
               UploadRoute      begin_upload      stream one file's body (upload state machine)
     DELETE    TransferRoute    delete_transfer   cancel a transfer
-    OPTIONS   every kind       options           ``Allow`` for the route
+    OPTIONS   (as GET)         options           ``Allow`` for the path
 
 A request is routed once, when its head is complete
 (:meth:`RouteTable.select`, called by the request layer and by the
@@ -82,7 +82,8 @@ ROUTES: Mapping[bytes, Mapping[type, Verb]] = {
     b"HEAD": _GET,
     b"POST": {ManifestRoute: _MANIFEST, UploadRoute: _UPLOAD},
     b"DELETE": {TransferRoute: _BUFFERED["delete_transfer"]},
-    b"OPTIONS": {kind: _OPTIONS for kind in (ListingRoute, TransferRoute, FileRoute, ManifestRoute)},
+    # OPTIONS routes as GET does (POST-only shapes are files to it): every path gets its Allow
+    b"OPTIONS": {kind: _OPTIONS for kind in (ListingRoute, TransferRoute, FileRoute)},
 }
 
 #: the verb that serves files (the keep-alive shortcut answers only for it)
