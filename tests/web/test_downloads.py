@@ -8,17 +8,18 @@ from pathlib import Path
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.task import Clock
 from twisted.web.http import combinedLogFormatter
 from twisted.web.test.requesthelper import DummyRequest
 
 from gsitransfer.identity import ANONYMOUS
 from gsitransfer.store import DirectoryStore
+from gsitransfer.testing import SiteConnection
 from gsitransfer.web import HTTPTransferServer
 from gsitransfer.web.accesslog import access_line
 from gsitransfer.web.download import UNSATISFIABLE, parse_range
 from gsitransfer.web.filebody import DOWNLOAD_CHUNK, SMALL_BODY
-from tests.web.test_in_memory import Connection
+
+from .wire import channel, get, split
 
 BIG = os.urandom(3 * DOWNLOAD_CHUNK + 12345)
 SMALL = b"small file\n" * 100
@@ -39,21 +40,7 @@ def server(store: DirectoryStore) -> HTTPTransferServer:
     return s
 
 
-def get(path: str, *headers: str, method: str = "GET") -> bytes:
-    return ("\r\n".join([f"{method} {path} HTTP/1.1", "Host: t", *headers]) + "\r\n\r\n").encode()
-
-
-def split(output: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
-    head, _, body = output.partition(b"\r\n\r\n")
-    status, *lines = head.split(b"\r\n")
-    return status, dict(line.lower().split(b": ", 1) for line in lines), body
-
-
-def channel(conn: Connection):
-    return getattr(conn.protocol, "_channel", conn.protocol)
-
-
-def tcp_like(conn: Connection) -> Connection:
+def tcp_like(conn: SiteConnection) -> SiteConnection:
     """Make the in-memory transport pause its producer on a large write, as a TCP transport does."""
     write = conn.transport.write
 
@@ -66,7 +53,7 @@ def tcp_like(conn: Connection) -> Connection:
     return conn
 
 
-def drain(conn: Connection, limit: int = 1000) -> list[int]:
+def drain(conn: SiteConnection, limit: int = 1000) -> list[int]:
     """Let the transport ask for more until the answer is complete; the output size after each step."""
     sizes = [len(conn.output())]
     for _ in range(limit):
@@ -105,7 +92,7 @@ def test_parse_range(header, expected):
 def test_small_file_is_one_write(server):
     """A file of at most SMALL_BODY bytes is answered at once, with every download header."""
     assert len(SMALL) <= SMALL_BODY
-    conn = Connection(server.site(), Clock())
+    conn = SiteConnection(server.site())
     conn.send(get("/data/small.txt"))
     status, headers, body = split(conn.output())
     assert status == b"HTTP/1.1 200 OK" and body == SMALL
@@ -118,7 +105,7 @@ def test_small_file_is_one_write(server):
 
 def test_large_file_one_chunk_per_transport_request(server):
     """A large file goes out one chunk each time the transport asks: memory bounded, body exact."""
-    conn = tcp_like(Connection(server.site(), Clock()))
+    conn = tcp_like(SiteConnection(server.site()))
     conn.send(get("/data/big.bin"))
     sizes = drain(conn)
     assert max(after - before for before, after in zip(sizes, sizes[1:])) <= DOWNLOAD_CHUNK
@@ -130,7 +117,7 @@ def test_large_file_one_chunk_per_transport_request(server):
 
 def test_large_range_206_and_keep_alive(server):
     """A range of a large file is a 206 with Content-Range; the next request is answered after it."""
-    conn = Connection(server.site(), Clock())
+    conn = SiteConnection(server.site())
     conn.send(get("/data/big.bin", "Range: bytes=1000-") + get("/data/small.txt"))
     drain(conn)
     first, _, rest = conn.output().partition(b"\r\n\r\n")
@@ -143,22 +130,22 @@ def test_large_range_206_and_keep_alive(server):
 
 def test_unsatisfiable_head_and_not_modified(server):
     """416 with bytes */size; HEAD has the length and no body; a matching ETag is 304."""
-    conn = Connection(server.site(), Clock())
+    conn = SiteConnection(server.site())
     conn.send(get("/data/big.bin", "Range: bytes=99999999-"))
     status, headers, body = split(conn.output())
     assert status.startswith(b"HTTP/1.1 416") and headers[b"content-range"] == b"bytes */%d" % len(BIG)
-    head = Connection(server.site(), Clock())
+    head = SiteConnection(server.site())
     head.send(get("/data/big.bin", method="HEAD"))
     status, headers, body = split(head.output())
     assert status == b"HTTP/1.1 200 OK" and body == b"" and headers[b"content-length"] == b"%d" % len(BIG)
-    again = Connection(server.site(), Clock())
+    again = SiteConnection(server.site())
     again.send(get("/data/big.bin", f"If-None-Match: {headers[b'etag'].decode()}"))
     assert split(again.output())[0].startswith(b"HTTP/1.1 304")
 
 
 def test_dropped_connection_closes_the_file(server):
     """A client gone mid-download: the producer stops and closes its file."""
-    conn = tcp_like(Connection(server.site(), Clock()))
+    conn = tcp_like(SiteConnection(server.site()))
     conn.send(get("/data/big.bin"))
     producer = channel(conn)._requestProducer
     assert producer is not None and producer._fd is not None

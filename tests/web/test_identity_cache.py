@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from gsitransfer.identity import IdToken
 from gsitransfer.tls import peer
-from gsitransfer.web.peers import CertificateIdentity
+from gsitransfer.web.identity_sources import CertificateIdentity
 
 
 class FakeConnection:

@@ -14,11 +14,12 @@ from gsitransfer.errors import FileNotFound, NotAuthorized
 from gsitransfer.handler import DownloadTarget
 from gsitransfer.identity import ANONYMOUS
 from gsitransfer.store import DirectoryStore
+from gsitransfer.testing import SiteConnection
 from gsitransfer.web import HTTPTransferServer, channel as channel_module
-from gsitransfer.web.request import route_request
-from gsitransfer.web.routes import DownloadRoute
-from tests.web.test_downloads import channel, get, split
-from tests.web.test_in_memory import Connection
+from gsitransfer.web.routes import FileRoute, path_segments, route_target
+from gsitransfer.web.status import BadRequest
+
+from .wire import channel, get, split
 
 SMALL = os.urandom(5000)
 
@@ -63,7 +64,7 @@ class Handler:
 
 def test_small_answer_is_one_transport_write(server):
     """Head and body of a small file go to the transport in one write, and the connection stays open."""
-    conn = Connection(server.site(), Clock())
+    conn = SiteConnection(server.site())
     writes: list[bytes] = []
     write = conn.transport.write
     conn.transport.write = lambda data: (writes.append(data), write(data))[1]
@@ -84,7 +85,7 @@ def test_handler_answers_now_or_later(tmp_path, how):
     server = HTTPTransferServer(public_url="http://test")
     handler = Handler(str(path), how)
     server.RegisterPrefix("h", handler)
-    conn = Connection(server.site(), Clock())
+    conn = SiteConnection(server.site())
     conn.send(get("/h/f.bin"))
     if how == "deferred":
         assert conn.output() == b""
@@ -99,17 +100,17 @@ def test_handler_refusal_is_a_status(tmp_path, how, code):
     """A synchronous None is 404 and a raised NotAuthorized 403, as through the Deferred path."""
     server = HTTPTransferServer(public_url="http://test")
     server.RegisterPrefix("h", Handler(str(tmp_path / "f.bin"), how))
-    conn = Connection(server.site(), Clock())
+    conn = SiteConnection(server.site())
     conn.send(get("/h/f.bin"))
     assert split(conn.output())[0].split(b" ")[1] == code
 
 
-def test_resolve_download_still_gives_a_deferred(server):
+def test_resolve_download_still_gives_a_deferred(engine):
     """The core's Deferred API is unchanged: it fires with the target, or fails with the error."""
-    fired = server.resolve_download("data", "small.bin", ANONYMOUS)
+    fired = engine.resolve_download("data", "small.bin", ANONYMOUS)
     assert fired.result.path.endswith("small.bin")
     for prefix, name in (("data", "missing.bin"), ("nope", "x")):
-        failed = server.resolve_download(prefix, name, ANONYMOUS)
+        failed = engine.resolve_download(prefix, name, ANONYMOUS)
         assert failed.addErrback(lambda failure: failure.check(FileNotFound)).result is FileNotFound
 
 
@@ -118,7 +119,7 @@ def test_tls_buffers_released_only_after_a_quiet_spell(server, monkeypatch):
     released: list[object] = []
     monkeypatch.setattr(channel_module, "release_idle_buffers", released.append)
     clock = Clock()
-    conn = Connection(server.site(), clock)
+    conn = SiteConnection(server.site(), clock)
     after = channel(conn).release_after
     for _ in range(3):
         conn.send(get("/data/small.bin"))
@@ -138,7 +139,7 @@ def test_released_not_while_a_head_is_arriving(server, monkeypatch):
     released: list[object] = []
     monkeypatch.setattr(channel_module, "release_idle_buffers", released.append)
     clock = Clock()
-    conn = Connection(server.site(), clock)
+    conn = SiteConnection(server.site(), clock)
     conn.send(get("/data/small.bin"))
     conn.send(get("/data/small.bin"))
     conn.send(b"GET /data/sma")
@@ -149,7 +150,7 @@ def test_released_not_while_a_head_is_arriving(server, monkeypatch):
 def test_head_deadline_only_for_an_incomplete_head(server):
     """A whole head in one read schedules no head deadline; a partial one does, and it still applies."""
     clock = Clock()
-    conn = Connection(server.site(), clock)
+    conn = SiteConnection(server.site(), clock)
     conn.send(get("/data/small.bin"))
     assert channel(conn)._head_timer is None
     conn.send(b"GET /data/small.bin HTTP/1.1\r\nHo")
@@ -161,10 +162,10 @@ def test_head_deadline_only_for_an_incomplete_head(server):
 def test_active_requests_counted_until_the_answer_ends(server):
     """The site counts a request while it is answered, and not after it ends or its client leaves."""
     site = server.site()
-    path = server._handlers["data"].root
+    path = server.LookupPrefix("data").root
     handler = Handler(os.path.join(path, "small.bin"), "deferred")
     server.RegisterPrefix("slow", handler)
-    conn = Connection(site, Clock())
+    conn = SiteConnection(site)
     conn.send(get("/data/small.bin"))
     assert site.active_requests == 0
     conn.send(get("/slow/small.bin"))
@@ -175,9 +176,9 @@ def test_active_requests_counted_until_the_answer_ends(server):
 
 def test_routes_remembered_per_method_and_path():
     """The same method and path give the same route; the query does not matter; long paths still route."""
-    assert route_request(b"GET", b"/data/a.bin?x=1") == route_request(b"GET", b"/data/a.bin")
-    segments, route = route_request(b"GET", b"/data/a%20b.bin")
-    assert segments == [b"data", b"a b.bin"] and route == DownloadRoute("data", "a b.bin")
+    assert route_target(b"GET", b"/data/a.bin?x=1") == route_target(b"GET", b"/data/a.bin")
+    assert path_segments(b"/data/a%20b.bin") == [b"data", b"a b.bin"]
+    assert route_target(b"GET", b"/data/a%20b.bin") == FileRoute("data", "a b.bin")
     long_name = "n" * 600
-    assert route_request(b"GET", b"/data/" + long_name.encode())[1] == DownloadRoute("data", long_name)
-    assert route_request(b"GET", b"data")[0] is None
+    assert route_target(b"GET", b"/data/" + long_name.encode()) == FileRoute("data", long_name)
+    assert isinstance(route_target(b"GET", b"data"), BadRequest)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
@@ -25,13 +25,15 @@ from gsitransfer.errors import InsufficientStorage
 from gsitransfer.filesink import FileSink, is_temporary_name
 from gsitransfer.manifest import Manifest
 from gsitransfer.store import DirectoryStore
+from gsitransfer.testing import SiteConnection
 from gsitransfer.web import HTTPTransferServer
 from gsitransfer.web.offload import OffloadedSink
 
-from .test_in_memory import Connection, _FakeRequest, upload_head
+from .wire import channel, upload_head
 
 
-@implementer(IReactorThreads)  # uploads go to worker threads only on a reactor that has them
+# uploads go to worker threads only on a reactor that has them (and takes calls from them)
+@implementer(IReactorThreads, IReactorFromThreads)
 class Pump:
     """A stand-in for reactor.callFromThread: calls are run by ``run_until``."""
 
@@ -220,25 +222,30 @@ BIG = bytes(range(256)) * 4096  # 1 MiB
 
 
 @pytest.fixture
-def threaded(tmp_path):
-    """A site whose uploads always go through the worker thread, reporting to a Pump."""
+def server(tmp_path) -> HTTPTransferServer:
+    """A server whose uploads always go through the worker threads (offload threshold 0)."""
     server = HTTPTransferServer(public_url="http://test")
     server.RegisterPrefix("data", DirectoryStore(str(tmp_path / "store")))
-    site = server.site()
-    site.offload_threshold = 0
+    server.offload_threshold = 0
+    return server
+
+
+@pytest.fixture
+def threaded(server, engine, anonymous, tmp_path):
+    """The server's site on a Pump (worker threads report to it), and a transfer of BIG."""
     pump = Pump()
-    site.reactor = pump
+    site = server.site(reactor=pump)
     manifest = Manifest.of(("big.bin", len(BIG), hashlib.md5(BIG).hexdigest())).to_ini().encode()
-    key = server.post_manifest("data", manifest, server.identity.identify(_FakeRequest())).result.transfer_key
+    key = engine.post_manifest("data", manifest, anonymous).result.transfer_key
     return server, site, pump, key, tmp_path / "store"
 
 
 def test_threaded_upload_stored_and_answered(threaded):
     """A body written by the worker is verified, stored and answered 200."""
     server, site, pump, key, store = threaded
-    conn = Connection(site, Clock())
+    conn = SiteConnection(site)
     conn.send(upload_head(key, len(BIG)))
-    receiver = getattr(conn.protocol, "_channel", conn.protocol).requests[-1].upload_receiver
+    receiver = channel(conn).requests[-1].receiver
     assert isinstance(receiver.writer, OffloadedSink)  # the worker threads, not inline
     for start in range(0, len(BIG), 16384):
         conn.send(BIG[start:start + 16384])
@@ -251,7 +258,7 @@ def test_threaded_upload_stored_and_answered(threaded):
 def test_threaded_checksum_mismatch_is_422(threaded):
     """A wrong body through the worker: 422, nothing stored, the file pending again."""
     server, site, pump, key, store = threaded
-    conn = Connection(site, Clock())
+    conn = SiteConnection(site)
     conn.send(upload_head(key, len(BIG)) + b"\0" * len(BIG))
     pump.run_until(lambda: conn.output().startswith(b"HTTP/1.1 "))
     assert conn.output().startswith(b"HTTP/1.1 422")
@@ -263,7 +270,7 @@ def test_threaded_checksum_mismatch_is_422(threaded):
 def test_threaded_dropped_connection_leaves_nothing(threaded):
     """A connection lost mid-body: the worker removes the .part; the file is pending."""
     server, site, pump, key, store = threaded
-    conn = Connection(site, Clock())
+    conn = SiteConnection(site)
     conn.send(upload_head(key, len(BIG)) + BIG[: len(BIG) // 2])
     conn.drop()
     pump.run_until(lambda: temporaries(store) == [])
@@ -276,7 +283,7 @@ def test_threaded_disk_full_is_507(threaded, monkeypatch):
     server, site, pump, key, store = threaded
     monkeypatch.setattr(filesink.os, "write",
                         lambda fd, data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
-    conn = Connection(site, Clock())
+    conn = SiteConnection(site)
     conn.send(upload_head(key, len(BIG)) + BIG[:300_000])
 
     def answered() -> bool:

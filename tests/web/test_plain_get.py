@@ -1,4 +1,9 @@
-"""The keep-alive shortcut (gsitransfer.web.plainget): what it takes, and that it answers as twisted.web does."""
+"""The keep-alive fast path (gsitransfer.web._keepalive): what it takes, and that it answers as twisted.web does.
+
+The equivalence tests build two servers over one store, one with every fast
+path (``FastPaths()``) and one with none (``FastPaths.none()``: twisted.web's
+path), and compare the bytes on the wire and the access log lines.
+"""
 
 from __future__ import annotations
 
@@ -10,35 +15,58 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web import http
 
 from gsitransfer.errors import NotAuthorized
+from gsitransfer.fastpaths import FastPaths
 from gsitransfer.handler import DownloadTarget
 from gsitransfer.store import DirectoryStore
-from gsitransfer.web import HTTPTransferServer, channel as channel_module, request as request_module
+from gsitransfer.testing import SiteConnection
+from gsitransfer.web import HTTPTransferServer
+from gsitransfer.web._keepalive import MAX_HEAD, parse_plain_get
 from gsitransfer.web.filebody import SMALL_BODY
-from gsitransfer.web.plainget import MAX_HEAD, parse_plain_get
-from tests.web.test_downloads import channel, get, split
-from tests.web.test_in_memory import Connection
+from gsitransfer.web.request import TransferRequest
+
+from .wire import channel, get, split
 
 SMALL = os.urandom(5000)
 LARGE = os.urandom(SMALL_BODY + 1)
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> HTTPTransferServer:
-    store = tmp_path / "store"
-    s = HTTPTransferServer(public_url="http://test", trusted_proxies=["127.0.0.1"])
-    s.RegisterPrefix("data", DirectoryStore(str(store)))
+#: every fast path, the keep-alive GET's included
+FAST = FastPaths()
+#: no fast path: twisted.web's path, the reference
+PLAIN = FastPaths.none()
+
+
+def fill_store(store: Path) -> Path:
+    """The files the tests ask for, in a new directory ``store``."""
+    store.mkdir()
     (store / "small.bin").write_bytes(SMALL)
     (store / "page.html").write_bytes(b"<p>hello</p>\n")
     (store / "large.bin").write_bytes(LARGE)
     (store / "empty.bin").write_bytes(b"")
     (store / "sub").mkdir()
     (store / "sub" / "a b.txt").write_bytes(b"spaced\n")
+    return store
+
+
+def serving(store: Path, fast_paths: FastPaths | None = None) -> HTTPTransferServer:
+    """A server of ``store`` under /data/, trusting 127.0.0.1 as a proxy (default fast paths: the environment's)."""
+    s = HTTPTransferServer(public_url="http://test", trusted_proxies=["127.0.0.1"], fast_paths=fast_paths)
+    s.RegisterPrefix("data", DirectoryStore(str(store)))
     return s
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return fill_store(tmp_path / "store")
+
+
+@pytest.fixture
+def server(store: Path) -> HTTPTransferServer:
+    return serving(store)
 
 
 # -- the parser -------------------------------------------------------------------
@@ -56,12 +84,14 @@ def server(tmp_path: Path) -> HTTPTransferServer:
     ],
 )
 def test_plain_heads_taken(head, close):
+    """A plain GET head is taken, with its target and whether it asks to close."""
     parsed = parse_plain_get(head)
     assert parsed is not None and parsed.close is close
     assert parsed.target == head.split(b" ")[1]
 
 
 def test_header_values_as_twisted_strips_them():
+    """Header values lose the spaces and tabs around them, names are lower-cased, as twisted.web reads them."""
     parsed = parse_plain_get(b"GET /d/x HTTP/1.1\r\nUser-Agent: \t a b \t\r\nX-Empty:\r\n\r\n")
     assert parsed is not None
     assert parsed.headers == ((b"user-agent", b"a b"), (b"x-empty", b""))
@@ -96,6 +126,7 @@ def test_header_values_as_twisted_strips_them():
     ],
 )
 def test_everything_else_declined(head):
+    """Any other head (method, version, target, header or size) is declined: twisted.web's path takes it."""
     assert parse_plain_get(head) is None
 
 
@@ -162,21 +193,20 @@ class _LogFile:
         self.lines.append(text)
 
 
-def _exchange(server, monkeypatch, shortcut: bool, *requests: bytes) -> tuple[bytes, list[str], int, bool]:
-    """The output, access log lines, Requests made and whether the connection is closing."""
-    monkeypatch.setattr(channel_module.TransferChannel, "plain_gets", shortcut)
-    made = []
-    original = request_module.TransferRequest.__init__
+def _exchange(server: HTTPTransferServer, *requests: bytes) -> tuple[bytes, list[str], int, bool]:
+    """The output (Date blanked), access log lines, Requests made and whether the connection is closing."""
+    made: list[TransferRequest] = []
 
-    def counting(self, *args, **kwargs):
-        made.append(self)
-        original(self, *args, **kwargs)
+    class CountedRequest(TransferRequest):
+        def __init__(self, *args, **kwargs) -> None:
+            made.append(self)
+            super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(request_module.TransferRequest, "__init__", counting)
     site = server.site()
+    site.requestFactory = CountedRequest
     log = _LogFile()
     site._logFile, site._logDateTime = log, "[24/Nov/2026:00:00:00 +0000]"
-    conn = Connection(site, Clock())
+    conn = SiteConnection(site)
     for data in requests:
         conn.send(data)
     closing = conn.transport.disconnecting
@@ -194,10 +224,10 @@ def _exchange(server, monkeypatch, shortcut: bool, *requests: bytes) -> tuple[by
         [get("/data/small.bin", "X-Client-DN: /CN=alice")],
     ],
 )
-def test_same_bytes_and_log_as_twisted_web(server, monkeypatch, requests):
+def test_same_bytes_and_log_as_twisted_web(store, requests):
     """Answered by the shortcut (no Request made), with the bytes and log lines twisted.web's path gives."""
-    fast = _exchange(server, monkeypatch, True, *requests)
-    slow = _exchange(server, monkeypatch, False, *requests)
+    fast = _exchange(serving(store, FAST), *requests)
+    slow = _exchange(serving(store, PLAIN), *requests)
     assert fast[2] == 0 and slow[2] == len(requests)
     assert fast[0] == slow[0] and fast[1] == slow[1] and fast[3] == slow[3]
     assert split(fast[0])[0] == b"HTTP/1.1 200 OK"
@@ -217,11 +247,49 @@ def test_same_bytes_and_log_as_twisted_web(server, monkeypatch, requests):
         get("/data/small.bin") + get("/data/page.html"),
     ],
 )
-def test_declined_requests_answered_by_twisted_web(server, monkeypatch, request_bytes):
+def test_declined_requests_answered_by_twisted_web(store, request_bytes):
     """What the shortcut declines goes twisted.web's way, with the same answer as without the shortcut."""
-    fast = _exchange(server, monkeypatch, True, request_bytes)
-    slow = _exchange(server, monkeypatch, False, request_bytes)
+    fast = _exchange(serving(store, FAST), request_bytes)
+    slow = _exchange(serving(store, PLAIN), request_bytes)
     assert fast[2] >= 1 and fast[0] == slow[0] and fast[1] == slow[1]
+
+
+@pytest.fixture(scope="module")
+def fast_and_plain(tmp_path_factory) -> tuple[HTTPTransferServer, HTTPTransferServer]:
+    """Two servers of one store: every fast path, and none (shared by a Hypothesis test's examples)."""
+    store = fill_store(tmp_path_factory.mktemp("equivalence") / "store")
+    return serving(store, FAST), serving(store, PLAIN)
+
+
+_GET_TARGETS = st.sampled_from(
+    [
+        "/data/small.bin", "/data/small.bin?x=1", "/data/page.html", "/data/sub/a%20b.txt", "/data/large.bin",
+        "/data/empty.bin", "/data/sub", "/data/missing.bin", "/data/", "/data/%2e%2e/x", "/data/a%2fb",
+        "/data/%ff", "/nope/small.bin", "/", "/data/" + "k" * 32,
+    ]
+)
+_GET_HEADERS = st.lists(
+    st.sampled_from(
+        [
+            "User-Agent: curl/8.5", "Referer: http://x/\"q\"", "Accept: */*", "Connection: close",
+            "Connection: keep-alive", "X-Client-DN: /CN=alice", "Range: bytes=0-9", "If-None-Match: \"x\"",
+            "Accept-Encoding: gzip", "X-Empty:",
+        ]
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(requests=st.lists(st.tuples(_GET_TARGETS, _GET_HEADERS), min_size=1, max_size=3))
+def test_fast_and_plain_paths_give_the_same_bytes(fast_and_plain, requests):
+    """Any sequence of GETs on one connection: the same bytes, log lines and closing with every fast path as with none."""
+    fast_server, plain_server = fast_and_plain
+    heads = [get(target, *headers) for target, headers in requests]
+    fast = _exchange(fast_server, *heads)
+    plain = _exchange(plain_server, *heads)
+    assert fast[0] == plain[0] and fast[1] == plain[1] and fast[3] == plain[3]
+    assert plain[2] >= 1 and fast[2] <= plain[2]  # twisted.web answers every plain one; the fast path makes no more
 
 
 class CountingHandler:
@@ -261,14 +329,14 @@ def test_handler_asked_once(tmp_path, answer, status):
     server = HTTPTransferServer(public_url="http://test")
     handler = CountingHandler(answer)
     server.RegisterPrefix("h", handler)
-    conn = Connection(server.site(), Clock())
+    conn = SiteConnection(server.site())
     conn.send(get("/h/f.bin"))
     assert split(conn.output())[0].split(b" ")[1] == status
     assert handler.calls == 1
-    assert channel(conn).preresolved is None
+    assert channel(conn).take_handler_answer() is None
 
 
-def test_refused_identity_goes_the_long_way(server, monkeypatch):
+def test_refused_identity_goes_the_long_way(server):
     """An identity source refusing the client: twisted.web's path answers 403, as without the shortcut."""
     site = server.site()
 
@@ -277,13 +345,14 @@ def test_refused_identity_goes_the_long_way(server, monkeypatch):
             raise NotAuthorized("no")
 
     site.identity = Refusing()
-    conn = Connection(site, Clock())
+    conn = SiteConnection(site)
     conn.send(get("/data/small.bin"))
     assert split(conn.output())[0] == b"HTTP/1.1 403 Forbidden"
 
 
 def test_connection_close_closes_after_the_answer(server):
-    conn = Connection(server.site(), Clock())
+    """Connection: close is answered, then the connection closes."""
+    conn = SiteConnection(server.site())
     conn.send(get("/data/small.bin", "Connection: close"))
     status, headers, body = split(conn.output())
     assert status == b"HTTP/1.1 200 OK" and headers[b"connection"] == b"close" and body == SMALL

@@ -59,6 +59,16 @@ def head_only(base: str, method: str, path: str, headers: dict[str, str]) -> int
     return responses[-1].status
 
 
+def read_until(sock: socket.socket, marker: bytes) -> bytes:
+    """Bytes from ``sock`` up to and including ``marker`` (the socket's timeout bounds each read)."""
+    received = b""
+    while marker not in received:
+        data = sock.recv(4096)
+        assert data, f"connection closed before {marker!r}: {received!r}"
+        received += data
+    return received[: received.index(marker) + len(marker)]
+
+
 # -- manifests -----------------------------------------------------------------
 
 
@@ -185,15 +195,15 @@ def test_arriving_on_another_connection_409(base, pending):
     host, port = base.split("//")[1].split(":")
     with socket.create_connection((host, int(port)), timeout=10) as first:
         first.sendall(
-            f"POST /data/{key}/0 HTTP/1.1\r\nHost: x\r\nContent-Length: {len(CONTENT)}\r\n\r\n".encode()
-            + CONTENT[:100]
+            f"POST /data/{key}/0 HTTP/1.1\r\nHost: x\r\nContent-Length: {len(CONTENT)}\r\n"
+            "Expect: 100-continue\r\n\r\n".encode()
         )
-        time.sleep(0.3)
+        # the server answers 100 Continue once it has accepted the body: the file is now receiving
+        assert read_until(first, b"\r\n\r\n").startswith(b"HTTP/1.1 100 Continue")
+        first.sendall(CONTENT[:100])
         assert head_only(base, "POST", f"/data/{key}/0", {"Content-Length": str(len(CONTENT))}) == 409
         first.sendall(CONTENT[100:])
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            answer += first.recv(4096)
+        answer = read_until(first, b"\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 200")
     assert request(base, "GET", f"/data/{name}").body == CONTENT
 
@@ -335,7 +345,7 @@ def test_download_never_leaves_the_store(base, path):
 def test_method_not_allowed_405(base):
     """A method a path does not take: 405 with Allow."""
     answer = request(base, "PUT", "/data/x", b"1")
-    assert answer.status == 405 and answer.headers["allow"] == "GET, HEAD"
+    assert answer.status == 405 and answer.headers["allow"] == "GET, HEAD, OPTIONS"
 
 
 def test_body_on_get_over_limit_413(base):

@@ -1,0 +1,91 @@
+"""The route table: OPTIONS and 405 list a route's methods; a request it never routed is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.test.requesthelper import DummyRequest
+
+from gsitransfer.store import DirectoryStore
+from gsitransfer.testing import SiteConnection
+from gsitransfer.web import HTTPTransferServer
+from gsitransfer.web.table import RouteTable, allowed_methods
+
+from .wire import KEY_SHAPED, get, split
+
+FILE_METHODS = b"GET, HEAD, OPTIONS"
+TRANSFER_METHODS = b"GET, HEAD, DELETE, OPTIONS"
+POST_TOO = b"GET, HEAD, POST, OPTIONS"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> HTTPTransferServer:
+    s = HTTPTransferServer(public_url="http://test")
+    s.RegisterPrefix("data", DirectoryStore(str(tmp_path / "store")))
+    return s
+
+
+@pytest.mark.parametrize(
+    "path, allow",
+    [
+        ("/data/x.bin", FILE_METHODS),
+        ("/data/sub/x.bin", FILE_METHODS),
+        ("/data/", FILE_METHODS),
+        ("/data", FILE_METHODS),
+        (f"/data/{KEY_SHAPED}", TRANSFER_METHODS),
+        ("/data/manifest", POST_TOO),
+        (f"/data/{KEY_SHAPED}/0", POST_TOO),
+        ("/nope/x.bin", FILE_METHODS),
+    ],
+)
+def test_options_answers_allow_for_the_route(server, path, allow):
+    """OPTIONS on any route is 200 with Allow listing its methods and no body, even under an unknown prefix."""
+    conn = SiteConnection(server.site())
+    conn.send(get(path, method="OPTIONS"))
+    status, headers, body = split(conn.output())
+    assert status == b"HTTP/1.1 200 OK"
+    assert b"\r\nAllow: " + allow + b"\r\n" in conn.output()
+    assert headers[b"content-length"] == b"0" and body == b""
+    assert not conn.transport.disconnecting  # the connection stays open for the next request
+
+
+@pytest.mark.parametrize(
+    "method, path, allow",
+    [
+        ("PUT", "/data/x.bin", FILE_METHODS),
+        ("DELETE", "/data/x.bin", FILE_METHODS),
+        ("PATCH", f"/data/{KEY_SHAPED}", TRANSFER_METHODS),
+        ("DELETE", "/data/manifest", POST_TOO),
+        ("PUT", f"/data/{KEY_SHAPED}/0", POST_TOO),
+    ],
+)
+def test_method_not_allowed_lists_options_too(server, method, path, allow):
+    """A method the route lacks is 405, its Allow the same list OPTIONS answers."""
+    conn = SiteConnection(server.site())
+    conn.send(get(path, method=method))
+    assert split(conn.output())[0].startswith(b"HTTP/1.1 405")
+    assert b"\r\nAllow: " + allow + b"\r\n" in conn.output()
+    assert b", ".join(allowed_methods(method.encode(), path.encode())) == allow
+
+
+def test_options_on_no_route_is_refused(server):
+    """OPTIONS on a target naming no route is refused as any method would be (404 without a prefix, 400 not a path)."""
+    conn = SiteConnection(server.site())
+    conn.send(get("/", method="OPTIONS"))
+    assert split(conn.output())[0].startswith(b"HTTP/1.1 404")
+    conn = SiteConnection(server.site())
+    conn.send(get("/data/%ff", method="OPTIONS"))
+    assert split(conn.output())[0].startswith(b"HTTP/1.1 400")
+
+
+def test_unrouted_request_is_refused_not_served():
+    """A request reaching the route table without an exchange (never routed or identified) is 403, never anonymous."""
+    request = DummyRequest([b"data", b"x.bin"])
+    request.method = b"GET"
+    assert RouteTable().render(request) is NOT_DONE_YET
+    assert request.responseCode == 403
+    assert request.finished
+    assert request.responseHeaders.getRawHeaders(b"content-type") == [b"text/plain; charset=utf-8"]
+    assert b"".join(request.written) == b"this resource serves only the server's own requests\n"
