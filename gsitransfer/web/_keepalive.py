@@ -43,7 +43,7 @@ from ..handler import DownloadTarget
 from .download import entity_tag, file_headers
 from .exchange import HandlerAnswer, ServingSite
 from .filebody import SMALL_BODY
-from .heads import SERVER_HEADER, http_date
+from .heads import SERVER_HEADER, answer_with_head, http_date
 from .routes import FileRoute
 from .table import FILE_VERB, select
 
@@ -244,5 +244,7 @@ def _small_file_answer(target: DownloadTarget, close: bool) -> tuple[bytes, int]
         os.path.basename(target.path), size, file_stat.st_mtime, entity_tag(file_stat), target.checksum
     )
     # the head Request.write makes: Connection (from checkPersistence), Server and Date (process)
-    first = b"HTTP/1.1 200 OK\r\nConnection: close\r\nServer: " if close else b"HTTP/1.1 200 OK\r\nServer: "
-    return b"".join((first, SERVER_HEADER, b"\r\nDate: ", http_date(int(time.time())), b"\r\n", block, b"\r\n", data)), size
+    headers = ((b"Server", SERVER_HEADER), (b"Date", http_date(int(time.time()))))
+    if close:
+        headers = ((b"Connection", b"close"),) + headers
+    return answer_with_head(b"HTTP/1.1 200 OK\r\n", headers, block, data), size

@@ -36,7 +36,7 @@ from twisted.web.http import NO_BODY_CODES, HTTPChannel
 from ..errors import TransferError
 from ..identity import IdToken
 from .exchange import BodyReceiver, Exchange, Serving
-from .heads import http_date
+from .heads import answer_with_head, http_date
 from .status import InternalError, refuse
 from .table import select
 
@@ -194,13 +194,10 @@ class TransferRequest(server.Request):
         if self.etag is not None:
             headers.setRawHeaders(b"ETag", [self.etag])
         self.startedWriting = 1
-        head = [self.clientproto, b" %d " % self.code, self.code_message, b"\r\n"]
-        for name, values in headers.getAllRawHeaders():
-            for value in values:
-                head += (name, b": ", value, b"\r\n")
-        head += (head_lines, b"\r\n", data)
+        status_line = b"%s %d %s\r\n" % (self.clientproto, self.code, self.code_message)
+        pairs = ((name, value) for name, values in headers.getAllRawHeaders() for value in values)
         self.sentLength += len(data)
-        self.channel.write(b"".join(head))
+        self.channel.write(answer_with_head(status_line, pairs, head_lines, data))
 
     def connectionLost(self, reason: Failure) -> None:
         """The client went away: an upload in progress is abandoned, a download's file closed."""
