@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from .engine import ManifestOutcome, TransferEngine, UploadTicket, next_state
+from .engine import DEFAULT_MANIFEST_TTL, ManifestOutcome, TransferEngine, UploadTicket, next_state
 from .errors import ManifestError
 from .identity import IdToken
 from .keys import TransferTable
@@ -109,6 +109,7 @@ class TransferServer:
 
 
 __all__ = [
+    "DEFAULT_MANIFEST_TTL",
     "TransferServer",
     "TransferEngine",
     "ManifestOutcome",
