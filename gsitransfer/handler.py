@@ -130,8 +130,13 @@ class _SeedCallbacks(Protocol):
 
 
 def _has_callback(handler: object, interface: InterfaceClass, callback: str) -> bool:
-    """True when ``handler`` declares ``interface``, or (declaring nothing) has ``callback``."""
-    return bool(interface.providedBy(handler)) or getattr(handler, callback, None) is not None
+    """True when ``handler``'s class declares ``interface`` (``@implementer``), else when it has ``callback``.
+
+    The class is asked, not the instance: ``providedBy`` looks up attributes
+    on the instance, which a delegating handler (``__getattr__``) answers with
+    anything.
+    """
+    return bool(interface.implementedBy(type(handler))) or getattr(handler, callback, None) is not None
 
 
 def _as_deferred(answer: object) -> defer.Deferred[object]:

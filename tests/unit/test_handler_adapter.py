@@ -203,3 +203,22 @@ def test_a_batching_handler_gets_the_names_in_one_call():
     body = Manifest.of(*((f"f{n}", 0, "d41d8cd98f00b204e9800998ecf8427e") for n in range(5))).to_ini().encode()
     assert result_of(engine.post_manifest("data", body, ALICE)).accepted
     assert handler.batches == [[f"f{n}" for n in range(5)]]
+
+
+def test_a_delegating_handler_is_adapted_from_what_it_delegates():
+    """A handler answering every attribute through ``__getattr__`` registers and is called."""
+
+    class Delegating:
+        def __init__(self, inner: RecordingHandler) -> None:
+            self.inner = inner
+
+        def __getattr__(self, callback: str) -> Any:
+            return getattr(self.inner, callback)
+
+    inner = RecordingHandler()
+    engine = TransferEngine()
+    engine.register("data", Delegating(inner))
+    adapter = engine.adapter_for("data")
+    assert adapter is not None and adapter.gates_uploads and not adapter.batches_pending
+    assert result_of(engine.post_manifest("data", MANIFEST, ALICE)).accepted
+    assert inner.names("AddPendingUpload") == ["a.txt", "b.txt"]
