@@ -15,7 +15,7 @@ seed's) implements only :class:`ITransferHandler`.
 
 The engine never calls a handler directly: :class:`HandlerAdapter` wraps it
 once, when its prefix is registered, decides then which callbacks it has
-(from the interfaces it declares, else from the methods it has), and gives
+(from the interfaces its class declares, else from the methods it has), and gives
 the engine typed methods that each return a ``Deferred``.
 """
 
