@@ -1,15 +1,17 @@
 """gsitransfer: an AccessGrid-compatible file transfer server on Twisted.
 
-The core (``TransferServer``, the handler contract, manifests, transfer keys,
-errors, ``IdToken``) imports no web or TLS code; ``HTTPTransferServer`` and
-``GSIHTTPTransferServer`` are loaded from ``gsitransfer.web`` on first use.
+The core (``TransferEngine`` and the seed's facade over it, ``TransferServer``;
+the handler contract, manifests, transfer keys, errors, ``IdToken``) imports no
+web or TLS code; ``HTTPTransferServer`` and ``GSIHTTPTransferServer`` are
+loaded from ``gsitransfer.web`` on first use.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .core import ManifestOutcome, TransferServer, UploadTicket
+from .core import TransferServer
+from .engine import ManifestOutcome, TransferEngine, UploadTicket
 from .errors import (
     ChecksumMismatch,
     DownloadFailed,
@@ -50,6 +52,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "TransferServer",
+    "TransferEngine",
     "HTTPTransferServer",
     "GSIHTTPTransferServer",
     "DirectoryStore",

@@ -1,237 +1,71 @@
-"""TransferServer: the protocol-neutral core (the seed's ``TransferServer``).
+"""TransferServer: the seed's API as a thin facade over a :class:`TransferEngine`.
 
-It owns the prefix registry, manifest registration, transfer keys and the
-per-file upload state machine, and it calls the handler callbacks. It does no
-I/O of its own: the transport layer (``gsitransfer.web``) parses requests,
-moves bytes and maps the errors raised here to statuses.
-
-The upload state machine, per file of a transfer::
-
-    pending --begin--> receiving --complete--> stored
-       ^                   |
-       +------fail---------+        (checksum mismatch, dropped connection,
-                                     refused by GetUploadFilename, disk full)
-
-Rules:
-
-* only the transfer's owner (same DN, ``None`` for anonymous) may upload,
-  query or cancel it;
-* ``begin`` on a file that is receiving or stored is a conflict (409);
-* a file is ``stored`` only after its bytes are verified and in place, and
-  ``CompleteUpload`` is called only then;
-* when a key expires or is cancelled, ``CancelPendingUpload`` is called for
-  every file that is not stored, and the key is forgotten.
+The engine (``gsitransfer.engine``) owns the prefix registry, manifests, keys
+and the upload state machine, and knows no URLs. This facade holds one engine
+(``server.engine``), answers the seed's CapWords methods by delegating to it,
+and adds the one thing the engine leaves out: where the server is reached
+(``scheme``, ``public_url``, the upload and download descriptors). Protocol
+servers (``gsitransfer.web``) build on it; the transfer work itself is asked of
+``server.engine``.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from types import CoroutineType
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
-from twisted.internet import defer, task
-from twisted.logger import Logger
-from twisted.python.failure import Failure
-
-from .errors import (
-    ChecksumMismatch,
-    FileNotFound,
-    HandlerTimeout,
-    LengthMismatch,
-    LengthRequired,
-    ManifestError,
-    NotAuthorized,
-    QuotaExceeded,
-    TransferError,
-    UploadConflict,
-)
-from .handler import DownloadTarget, as_download_target
+from .engine import DEFAULT_MANIFEST_TTL, ManifestOutcome, TransferEngine, UploadTicket, next_state
+from .errors import ManifestError
 from .identity import IdToken
-from .keys import (
-    FileState,
-    MemoryTransferTable,
-    TransferRecord,
-    TransferTable,
-    mint_transfer_key,
-)
-from .manifest import FileEntry, Manifest, ManifestLimits, parse_manifest
-
-DEFAULT_MANIFEST_TTL = 24 * 3600.0
-
-_log = Logger()
-
-# (state now, event) -> state after; anything else is a conflict
-_TRANSITIONS: dict[tuple[FileState, str], FileState] = {
-    (FileState.PENDING, "begin"): FileState.RECEIVING,
-    (FileState.RECEIVING, "fail"): FileState.PENDING,
-    (FileState.RECEIVING, "complete"): FileState.STORED,
-}
-
-
-def next_state(state: FileState, event: str) -> FileState:
-    """Apply ``event`` to a file in ``state``, or raise UploadConflict."""
-    try:
-        return _TRANSITIONS[(state, event)]
-    except KeyError:
-        if state is FileState.STORED:
-            raise UploadConflict("file is already stored") from None
-        if state is FileState.RECEIVING:
-            raise UploadConflict("file is already being uploaded") from None
-        raise UploadConflict(f"cannot {event} a {state.value} file") from None
-
-
-@dataclass(frozen=True)
-class ManifestOutcome:
-    """What a posted manifest came to: a key, or the handler's refusal."""
-
-    transfer_key: str | None
-    error_reason: str | None = None
-
-    @property
-    def accepted(self) -> bool:
-        """True when every file was accepted and a key was issued."""
-        return self.transfer_key is not None
-
-    def to_text(self) -> str:
-        """The seed's ``key: value`` response body."""
-        if self.accepted:
-            return f"return_code: 0\ntransfer_key: {self.transfer_key}\n"
-        return f"return_code: 1\nerror_reason: {self.error_reason}\n"
-
-
-@dataclass(frozen=True)
-class UploadTicket:
-    """A file whose body may now be received: where it goes and for whom."""
-
-    prefix: str
-    transfer_key: str
-    file_num: int
-    entry: FileEntry
-    id_token: IdToken
-    final_path: str
-
-    @property
-    def file_info(self) -> dict[str, Any]:
-        """The ``file_info`` dict handed to the handler for this file."""
-        return _upload_file_info(self.transfer_key, self.entry)
-
-
-def _upload_file_info(key: str, entry: FileEntry) -> dict[str, Any]:
-    info = entry.file_info()
-    info.update(transfer_key=key, file_num=entry.num)
-    return info
-
-
-def call_handler(handler: object, callback: str, *args: Any) -> defer.Deferred[Any]:
-    """Call a handler callback that may return a value, a Deferred or a coroutine.
-
-    Callbacks a handler does not define count as doing nothing (returning None).
-    """
-    method = getattr(handler, callback, None)
-    if method is None:
-        return defer.succeed(None)
-    return defer.maybeDeferred(method, *args)
-
-
-def _download_target(answer: Any, url_path: str) -> DownloadTarget:
-    """What ``GetDownloadFilename`` answered, as a DownloadTarget; None is FileNotFound."""
-    if answer is None:
-        raise FileNotFound(f"no file {url_path}")
-    return as_download_target(answer)
+from .keys import TransferTable
+from .manifest import Manifest, ManifestLimits
 
 
 class TransferServer:
-    """The seed's protocol-neutral TransferServer; subclassed per protocol."""
+    """The seed's protocol-neutral TransferServer: a facade over one engine."""
 
     #: scheme of the descriptors this server hands out; set by subclasses
     scheme = "http"
-    #: files a manifest's checks handle between two returns to the reactor
-    manifest_batch = 200
 
     def __init__(
         self,
         *,
-        transfers: TransferTable | None = None,
-        manifest_ttl: float = DEFAULT_MANIFEST_TTL,
-        manifest_limits: ManifestLimits = ManifestLimits(),
-        clock: Callable[[], float] = time.time,
+        engine: TransferEngine | None = None,
         public_url: str | None = None,
-        handler_timeout: float | None = None,
-        timer: Any = None,
-        max_pending_files: int | None = None,
-        max_pending_bytes: int | None = None,
+        # the engine's keywords, passed on as they are (TransferEngine checks their types)
+        **engine_options: Any,
     ) -> None:
-        """``handler_timeout`` (seconds) bounds every handler callback; it needs
-        ``timer``, an ``IReactorTime`` (the reactor), to count time.
+        """Serve ``engine``, or a new ``TransferEngine(**engine_options)``.
 
-        ``max_pending_files`` and ``max_pending_bytes`` bound what one identity
-        (one DN; every anonymous client together) may have announced and not
-        yet stored, over all its live transfers (None: no limit)."""
-        if handler_timeout is not None and timer is None:
-            raise ValueError("handler_timeout needs a timer (IReactorTime)")
-        self.handler_timeout = handler_timeout
-        self.timer = timer
-        self.max_pending_files = max_pending_files
-        self.max_pending_bytes = max_pending_bytes
-        #: names of the manifests being checked now, per prefix (held until registered)
-        self._announcing: dict[str, set[str]] = {}
-        self._handlers: dict[str, object] = {}
-        self.transfers: TransferTable = transfers if transfers is not None else MemoryTransferTable()
-        self.manifest_ttl = manifest_ttl
-        self.manifest_limits = manifest_limits
-        self.clock = clock
+        ``public_url`` (``scheme://host:port``) is where clients reach this
+        server; protocol subclasses learn it when they listen if it is None.
+        """
+        if engine is not None and engine_options:
+            raise TypeError(f"pass either engine or engine options, not both: {sorted(engine_options)}")
+        self.engine = engine if engine is not None else TransferEngine(**engine_options)
         self.public_url = public_url.rstrip("/") if public_url else None
-        #: (transfer key, file number) of every body this process is receiving
-        self._in_flight: set[tuple[str, int]] = set()
 
     # -- the seed's API -------------------------------------------------------
 
     def RegisterPrefix(self, prefix: str, handler: object) -> None:
         """Seed ``RegisterPrefix``: gate files under ``/<prefix>/`` through ``handler``."""
-        if not prefix or "/" in prefix or prefix in (".", ".."):
-            raise ValueError(f"invalid prefix {prefix!r}: one non-empty path segment")
-        self._handlers[prefix] = handler
+        self.engine.register(prefix, handler)
 
     def UnregisterPrefix(self, prefix: str) -> None:
         """Seed ``UnregisterPrefix``: stop serving ``prefix``."""
-        self._handlers.pop(prefix, None)
+        self.engine.unregister(prefix)
 
     def LookupPrefix(self, prefix: str) -> object | None:
         """Seed ``LookupPrefix``: the handler registered for ``prefix``, or None."""
-        return self._handlers.get(prefix)
+        return self.engine.handler_for(prefix)
 
-    def prefixes(self) -> list[str]:
-        """The registered prefixes, sorted."""
-        return sorted(self._handlers)
-
-    def RegisterManifest(
-        self, manifest: Manifest | str | bytes, id_token: IdToken, prefix: str = ""
-    ) -> str:
+    def RegisterManifest(self, manifest: Manifest | str | bytes, id_token: IdToken, prefix: str = "") -> str:
         """Seed ``RegisterManifest``: store the manifest under a new key bound to ``id_token``."""
-        if isinstance(manifest, str):
-            manifest = manifest.encode("utf-8")
-        if isinstance(manifest, bytes):
-            manifest = parse_manifest(manifest, self.manifest_limits)
-        now = self.clock()
-        key = mint_transfer_key()
-        self.transfers.add(
-            TransferRecord(
-                key=key,
-                prefix=prefix,
-                owner_dn=id_token.dn,
-                manifest=manifest,
-                created=now,
-                expires=now + self.manifest_ttl,
-            )
-        )
-        return key
+        return self.engine.register_manifest(manifest, id_token, prefix)
 
-    def LookupUploadInformation(self, transfer_key: str, file_num: int | str) -> dict[str, Any]:
+    def LookupUploadInformation(self, transfer_key: str, file_num: int | str) -> dict[str, object]:
         """Seed ``LookupUploadInformation``: the ``file_info`` of one file of a live transfer."""
-        record = self._live_record(transfer_key)
-        return _upload_file_info(record.key, self._entry(record, file_num))
+        return self.engine.upload_information(transfer_key, file_num)
 
     def GetUploadDescriptor(self, prefix: str) -> str:
         """Seed ``GetUploadDescriptor``: the URL clients upload to for ``prefix``."""
@@ -241,413 +75,45 @@ class TransferServer:
         """Seed ``GetDownloadDescriptor``: the URL of one file, its path percent-encoded."""
         return f"{self.GetUploadDescriptor(prefix)}/{quote(path.lstrip('/'), safe='/')}"
 
+    # -- where the server is, and what it holds --------------------------------
+
     def base_url(self) -> str:
         """``scheme://host:port`` of this server; protocol subclasses know it once listening."""
         if self.public_url is None:
             raise RuntimeError("the server has no public URL yet: listen() first or pass public_url")
         return self.public_url
 
-    # -- manifests ------------------------------------------------------------
+    def download_url(self, prefix: str, name: str) -> str | None:
+        """:meth:`GetDownloadDescriptor`, or None while the server has no public URL.
 
-    @defer.inlineCallbacks
-    def post_manifest(self, prefix: str, body: bytes, id_token: IdToken) -> Any:
-        """Parse a posted manifest, ask the handler about each file, register it.
-
-        Fires with a :class:`ManifestOutcome`; fails with ManifestError for a
-        bad manifest, QuotaExceeded when the identity has too much pending,
-        and FileNotFound for an unknown prefix. With a ``timer``, the work
-        returns to the reactor every :attr:`manifest_batch` files, so a
-        manifest of thousands of files does not stall other clients; its
-        names are held meanwhile, so a concurrent manifest naming one of
-        them is refused as it would be once they are pending.
+        The ``locate`` an edge passes to ``engine.transfer_status``.
         """
-        handler = self._handler(prefix)
-        manifest = parse_manifest(body, self.manifest_limits)
-        self._check_pending_quota(manifest, id_token)
-        held = self._announcing.setdefault(prefix, set())
-        for entry in manifest.files:
-            if entry.name in held:
-                return ManifestOutcome(
-                    None, f"Upload error for file {entry.name}: another manifest is announcing it"
-                )
-        names = [entry.name for entry in manifest.files]
-        held.update(names)
-        try:
-            outcome = yield self._check_and_register(prefix, handler, manifest, id_token)
-        finally:
-            held.difference_update(names)
-        return outcome
-
-    @defer.inlineCallbacks
-    def _check_and_register(
-        self, prefix: str, handler: object, manifest: Manifest, id_token: IdToken
-    ) -> Any:
-        transfer_size = manifest.total_size
-        if getattr(handler, "CanUpload", None) is not None:
-            for entry in manifest.files:
-                reason = yield self._ask_can_upload(handler, id_token, entry, transfer_size)
-                if reason is not None:
-                    return ManifestOutcome(None, reason)
-                yield self._breathe(entry.num)
-        # again, with no return to the reactor before the key is registered
-        self._check_pending_quota(manifest, id_token)
-        key = self.RegisterManifest(manifest, id_token, prefix)
-        names = [entry.name for entry in manifest.files]
-        added: list[str] = []
-        refusal: str | None = None
-        try:
-            if getattr(handler, "AddPendingUploads", None) is not None:
-                added = names  # a batch that failed otherwise may have added some
-                try:
-                    yield self._call(handler, "AddPendingUploads", id_token, list(names))
-                except NotAuthorized as error:  # taken meanwhile: the batch added none
-                    added, refusal = [], f"Upload error: {error.reason}"
-            else:
-                for num, name in enumerate(names):
-                    try:
-                        yield self._call(handler, "AddPendingUpload", id_token, name)
-                    except NotAuthorized as error:  # taken meanwhile (another process)
-                        refusal = f"Upload error for file {name}: {error.reason}"
-                        break
-                    added.append(name)
-                    yield self._breathe(num)
-            if refusal is not None:
-                raise NotAuthorized(refusal)
-        except BaseException as failure:
-            self.transfers.remove(key)
-            for num, name in enumerate(added):
-                yield self._cancel_quietly(handler, id_token, name)
-                yield self._breathe(num)
-            if isinstance(failure, NotAuthorized) and refusal is not None:
-                return ManifestOutcome(None, refusal)
-            raise
-        return ManifestOutcome(key)
-
-    def _breathe(self, done: int) -> defer.Deferred[None]:
-        """After every :attr:`manifest_batch` items, let the reactor run (needs ``timer``)."""
-        if self.timer is None or (done + 1) % self.manifest_batch:
-            return defer.succeed(None)
-        return task.deferLater(self.timer, 0, lambda: None)
-
-    def _check_pending_quota(self, manifest: Manifest, id_token: IdToken) -> None:
-        """Raise QuotaExceeded if ``manifest`` would take its owner over the pending limits."""
-        if self.max_pending_files is None and self.max_pending_bytes is None:
-            return
-        files, size = self.transfers.pending_totals(id_token.dn, self.clock())
-        who = "anonymous clients" if id_token.dn is None else id_token.dn
-        advice = "upload or cancel (DELETE) pending transfers first, or wait until their keys expire"
-        if self.max_pending_files is not None and files + manifest.num_files > self.max_pending_files:
-            raise QuotaExceeded(
-                f"too many pending files for {who}: {files} pending, this manifest adds "
-                f"{manifest.num_files}, at most {self.max_pending_files}; {advice}"
-            )
-        total = manifest.total_size
-        if self.max_pending_bytes is not None and size + total > self.max_pending_bytes:
-            raise QuotaExceeded(
-                f"too many pending bytes for {who}: {size} pending, this manifest adds "
-                f"{total}, at most {self.max_pending_bytes}; {advice}"
-            )
-
-    @defer.inlineCallbacks
-    def _ask_can_upload(
-        self, handler: object, id_token: IdToken, entry: FileEntry, transfer_size: int
-    ) -> Any:
-        """None when the handler accepts the file (or has no CanUpload), else the refusal reason."""
-        if getattr(handler, "CanUpload", None) is None:
-            return None
-        refusal = f"Upload error for file {entry.name}"
-        try:
-            file_info = entry.file_info()
-            file_info["transfer_size"] = transfer_size
-            allowed = yield self._call(handler, "CanUpload", id_token, file_info)
-        except HandlerTimeout:
-            raise
-        except TransferError as error:
-            return f"{refusal}: {error.reason}"
-        return None if allowed else refusal
-
-    # -- uploads --------------------------------------------------------------
-
-    @defer.inlineCallbacks
-    def begin_upload(
-        self,
-        prefix: str,
-        transfer_key: str,
-        file_num: str | int,
-        id_token: IdToken,
-        content_length: int | None,
-    ) -> Any:
-        """Decide, from a file upload's headers alone, whether its body may come.
-
-        Fires with an :class:`UploadTicket` (the file is now receiving) or
-        fails with FileNotFound, NotAuthorized, UploadConflict,
-        LengthRequired or LengthMismatch.
-        """
-        handler = self._handler(prefix)
-        record = self._live_record(transfer_key)
-        if record.prefix != prefix:
-            raise FileNotFound(f"no transfer {transfer_key} under /{prefix}/")
-        entry = self._entry(record, file_num)
-        if id_token.dn != record.owner_dn:
-            raise NotAuthorized("this transfer belongs to another identity")
-        state = self.transfers.states(record.key).get(entry.num, FileState.PENDING)
-        receiving = next_state(state, "begin")
-        if content_length is None:
-            raise LengthRequired("Content-Length is required for a file upload")
-        if content_length != entry.size:
-            raise LengthMismatch(
-                f"Content-Length {content_length} differs from the manifest size {entry.size}"
-            )
-        if not self.transfers.transition(record.key, entry.num, state, receiving):
-            # another connection (or worker process) moved it first, or it was cancelled
-            now = self.transfers.states(record.key).get(entry.num)
-            if now is None:
-                raise FileNotFound(f"no transfer {transfer_key} under /{prefix}/")
-            next_state(now, "begin")
-            raise UploadConflict("file is already being uploaded")
-        self._in_flight.add((record.key, entry.num))
-        try:
-            final_path = yield self._call(
-                handler, "GetUploadFilename", id_token, _upload_file_info(record.key, entry)
-            )
-            if final_path is None:
-                raise NotAuthorized(f"the handler refused file {entry.name}")
-        except BaseException:
-            self._in_flight.discard((record.key, entry.num))
-            self.transfers.set_state(record.key, entry.num, FileState.PENDING)
-            raise
-        return UploadTicket(prefix, record.key, entry.num, entry, id_token, str(final_path))
-
-    def fail_upload(self, ticket: UploadTicket) -> None:
-        """The body did not make it (or failed verification): the file is pending again."""
-        self._in_flight.discard((ticket.transfer_key, ticket.file_num))
-        state = self.transfers.states(ticket.transfer_key).get(ticket.file_num)
-        if state is FileState.RECEIVING:
-            self.transfers.set_state(ticket.transfer_key, ticket.file_num, next_state(state, "fail"))
-
-    def verify_upload(self, ticket: UploadTicket, md5_hexdigest: str, received: int) -> None:
-        """Raise unless the bytes are the manifest's and the file may still be stored.
-
-        ChecksumMismatch or LengthMismatch fail the upload (pending again);
-        FileNotFound means the transfer was cancelled meanwhile.
-        """
-        states = self.transfers.states(ticket.transfer_key)
-        if states.get(ticket.file_num) is not FileState.RECEIVING:
-            raise FileNotFound("the transfer was cancelled while the file was arriving")
-        if received != ticket.entry.size:
-            self.fail_upload(ticket)
-            raise LengthMismatch(f"received {received} bytes, expected {ticket.entry.size}")
-        if md5_hexdigest != ticket.entry.checksum:
-            self.fail_upload(ticket)
-            raise ChecksumMismatch(
-                f"checksum mismatch for {ticket.entry.name}: "
-                f"received {md5_hexdigest}, manifest says {ticket.entry.checksum}"
-            )
-
-    @defer.inlineCallbacks
-    def complete_upload(self, ticket: UploadTicket) -> Any:
-        """The file is verified and in place: mark it stored and call CompleteUpload.
-
-        If CompleteUpload fails, the file goes back to pending and the failure
-        propagates (the transport removes the file).
-        """
-        handler = self._handler(ticket.prefix)
-        state = self.transfers.states(ticket.transfer_key).get(ticket.file_num, FileState.PENDING)
-        stored = next_state(state, "complete")
-        try:
-            yield self._call(handler, "CompleteUpload", ticket.id_token, ticket.file_info)
-        except BaseException:
-            self.fail_upload(ticket)
-            raise
-        self.transfers.set_state(ticket.transfer_key, ticket.file_num, stored)
-        self._in_flight.discard((ticket.transfer_key, ticket.file_num))
-        return None
-
-    def uploads_in_flight(self) -> int:
-        """How many file bodies this process has accepted and not yet stored or failed."""
-        return len(self._in_flight)
-
-    # -- downloads and listing ------------------------------------------------
-
-    def resolve_download(self, prefix: str, url_path: str, id_token: IdToken) -> defer.Deferred[DownloadTarget]:
-        """Ask the handler where ``url_path`` lives; fires with a DownloadTarget."""
-        try:
-            target = self.resolve_download_now(prefix, url_path, id_token)
-        except BaseException:
-            return defer.fail()
-        return target if isinstance(target, defer.Deferred) else defer.succeed(target)
-
-    def resolve_download_now(
-        self, prefix: str, url_path: str, id_token: IdToken
-    ) -> DownloadTarget | defer.Deferred[DownloadTarget]:
-        """:meth:`resolve_download` without a Deferred when the handler answers at once.
-
-        A handler returning a value (or raising) is answered here, synchronously:
-        the DownloadTarget, or the exception raised. One returning a Deferred or
-        a coroutine gives a Deferred (with the handler timeout) firing with it.
-        """
-        handler = self._handler(prefix)
-        method = getattr(handler, "GetDownloadFilename", None)
-        if method is None:
-            raise FileNotFound("this prefix serves no downloads")
-        answer = method(id_token, url_path)
-        if isinstance(answer, (defer.Deferred, CoroutineType, Failure)):
-            later = self._with_timeout(defer.maybeDeferred(lambda: answer), "GetDownloadFilename")
-            return later.addCallback(_download_target, url_path)
-        return _download_target(answer, url_path)
-
-    def list_files(self, prefix: str, id_token: IdToken) -> defer.Deferred[Any]:
-        """The handler's listing of ``prefix``; FileNotFound when it cannot list."""
-        handler = self._handler(prefix)
-        if getattr(handler, "ListFiles", None) is None:
-            return defer.fail(FileNotFound("this prefix cannot be listed"))
-        return self._call(handler, "ListFiles", id_token)
-
-    # -- transfer state, cancel, expiry ----------------------------------------
-
-    def is_live_transfer(self, transfer_key: str) -> bool:
-        """True when ``transfer_key`` names a transfer that has not expired."""
-        record = self.transfers.get(transfer_key)
-        return record is not None and not record.expired(self.clock())
-
-    def transfer_status(self, prefix: str, transfer_key: str, id_token: IdToken) -> dict[str, Any]:
-        """The state of each file of a transfer, for its owner."""
-        record = self._owned_record(prefix, transfer_key, id_token)
-        states = self.transfers.states(record.key)
-        return {
-            "transfer_key": record.key,
-            "prefix": record.prefix,
-            "owner": record.owner_dn,
-            "created": record.created,
-            "expires": record.expires,
-            "complete": all(s is FileState.STORED for s in states.values()),
-            "files": [
-                {
-                    "file_num": entry.num,
-                    "name": entry.name,
-                    "size": entry.size,
-                    "checksum": entry.checksum,
-                    "state": states.get(entry.num, FileState.PENDING).value,
-                    "url": self._download_url(record.prefix, entry.name),
-                }
-                for entry in record.manifest.files
-            ],
-        }
-
-    def cancel_transfer(self, prefix: str, transfer_key: str, id_token: IdToken) -> defer.Deferred[Any]:
-        """Cancel a transfer for its owner: pending files are given up, the key forgotten.
-
-        Refused (UploadConflict) while one of its files is arriving.
-        """
-        try:
-            record = self._owned_record(prefix, transfer_key, id_token)
-            if self._receiving(record):
-                raise UploadConflict("a file of this transfer is arriving: cancel after it ends")
-        except TransferError:
-            return defer.fail()
-        return self._end_transfer(record)
-
-    @defer.inlineCallbacks
-    def expire_transfers(self) -> Any:
-        """Forget every expired key, calling CancelPendingUpload for its unstored files.
-
-        A transfer with a file still arriving is left for a later sweep: that
-        body was accepted while the key lived and may still be stored. Fires
-        with the number of transfers expired.
-        """
-        expired = [r for r in self.transfers.expired(self.clock()) if not self._receiving(r)]
-        for record in expired:
-            yield self._end_transfer(record)
-        return len(expired)
-
-    def _receiving(self, record: TransferRecord) -> bool:
-        return FileState.RECEIVING in self.transfers.states(record.key).values()
-
-    @defer.inlineCallbacks
-    def _end_transfer(self, record: TransferRecord) -> Any:
-        states = self.transfers.states(record.key)
-        if not self.transfers.remove(record.key):
-            return None  # another worker process ended it first
-        handler = self.LookupPrefix(record.prefix)
-        if handler is None:
-            return None
-        owner = IdToken(dn=record.owner_dn)
-        for entry in record.manifest.files:
-            if states.get(entry.num) is not FileState.STORED:
-                yield self._cancel_quietly(handler, owner, entry.name)
-            yield self._breathe(entry.num)
-        return None
-
-    @defer.inlineCallbacks
-    def _cancel_quietly(self, handler: object, id_token: IdToken, name: str) -> Any:
-        try:
-            yield self._call(handler, "CancelPendingUpload", id_token, name)
-        except Exception:
-            _log.failure("CancelPendingUpload failed for {name}", name=name)
-
-    # -- lookups ----------------------------------------------------------------
-
-    def _call(self, handler: object, callback: str, *args: Any) -> defer.Deferred[Any]:
-        """call_handler, failing with HandlerTimeout if the callback takes too long."""
-        return self._with_timeout(call_handler(handler, callback, *args), callback)
-
-    def _with_timeout(self, result: defer.Deferred[Any], callback: str) -> defer.Deferred[Any]:
-        """``result``, failing with HandlerTimeout if the handler's ``callback`` takes too long."""
-        if self.handler_timeout is None or result.called:
-            return result
-        timeout = self.handler_timeout
-
-        def timed_out(failure: Any) -> Any:
-            failure.trap(defer.TimeoutError, defer.CancelledError)
-            _log.error("handler {callback} did not answer in {t}s", callback=callback, t=timeout)
-            raise HandlerTimeout(f"the handler did not answer in {timeout:g} s")
-
-        result.addTimeout(timeout, self.timer)
-        result.addErrback(timed_out)
-        return result
-
-    def _handler(self, prefix: str) -> object:
-        handler = self._handlers.get(prefix)
-        if handler is None:
-            raise FileNotFound(f"no such prefix /{prefix}/")
-        return handler
-
-    def _live_record(self, transfer_key: str) -> TransferRecord:
-        record = self.transfers.get(transfer_key)
-        if record is None or record.expired(self.clock()):
-            raise FileNotFound("unknown or expired transfer key")
-        return record
-
-    def _owned_record(self, prefix: str, transfer_key: str, id_token: IdToken) -> TransferRecord:
-        record = self._live_record(transfer_key)
-        if record.prefix != prefix:
-            raise FileNotFound("unknown or expired transfer key")
-        if id_token.dn != record.owner_dn:
-            raise NotAuthorized("this transfer belongs to another identity")
-        return record
-
-    @staticmethod
-    def _entry(record: TransferRecord, file_num: int | str) -> FileEntry:
-        text = str(file_num)
-        if not text.isdigit() or not text.isascii():
-            raise FileNotFound(f"no file number {text!r} in this transfer")
-        num = int(text)
-        if num >= record.manifest.num_files:
-            raise FileNotFound(f"no file number {num} in this transfer")
-        return record.manifest.files[num]
-
-    def _download_url(self, prefix: str, name: str) -> str | None:
         try:
             return self.GetDownloadDescriptor(prefix, name)
         except RuntimeError:
             return None
 
+    def prefixes(self) -> list[str]:
+        """The registered prefixes, sorted."""
+        return self.engine.prefixes()
+
+    @property
+    def transfers(self) -> TransferTable:
+        """The engine's table of transfer keys."""
+        return self.engine.transfers
+
+    @property
+    def manifest_limits(self) -> ManifestLimits:
+        """The engine's limits on a posted manifest."""
+        return self.engine.manifest_limits
+
 
 __all__ = [
+    "DEFAULT_MANIFEST_TTL",
     "TransferServer",
+    "TransferEngine",
     "ManifestOutcome",
     "UploadTicket",
     "ManifestError",
-    "call_handler",
     "next_state",
 ]

@@ -12,15 +12,27 @@ section are passed through as strings.
 
 Optional capabilities are separate interfaces, so a minimal handler (like the
 seed's) implements only :class:`ITransferHandler`.
+
+The engine never calls a handler directly: :class:`HandlerAdapter` wraps it
+once, when its prefix is registered, decides then which callbacks it has
+(from the interfaces its class declares, else from the methods it has), and gives
+the engine typed methods that each return a ``Deferred``.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Union
+from types import CoroutineType
+from typing import Any, Protocol, Union, cast
 
+from twisted.internet import defer
+from twisted.python.failure import Failure
 from zope.interface import Interface
+from zope.interface.interface import InterfaceClass
+
+from .errors import FileNotFound
+from .identity import IdToken
 
 
 class ITransferHandler(Interface):
@@ -95,3 +107,140 @@ def as_download_target(answer: Any) -> DownloadTarget:
     if isinstance(answer, (str, os.PathLike)):
         return DownloadTarget(path=os.fspath(answer))
     raise TypeError(f"GetDownloadFilename returned {type(answer).__name__}, not a path")
+
+
+class _SeedCallbacks(Protocol):
+    """The callbacks as the adapter calls them: each one only when the handler has it."""
+
+    def GetDownloadFilename(self, id_token: IdToken, url_path: str) -> object: ...
+
+    def CanUpload(self, id_token: IdToken, file_info: dict[str, object]) -> object: ...
+
+    def AddPendingUpload(self, id_token: IdToken, filename: str) -> object: ...
+
+    def AddPendingUploads(self, id_token: IdToken, filenames: list[str]) -> object: ...
+
+    def GetUploadFilename(self, id_token: IdToken, file_info: dict[str, object]) -> object: ...
+
+    def CompleteUpload(self, id_token: IdToken, file_info: dict[str, object]) -> object: ...
+
+    def CancelPendingUpload(self, id_token: IdToken, filename: str) -> object: ...
+
+    def ListFiles(self, id_token: IdToken) -> object: ...
+
+
+def _has_callback(handler: object, interface: InterfaceClass, callback: str) -> bool:
+    """True when ``handler``'s class declares ``interface`` (``@implementer``), else when it has ``callback``.
+
+    The class is asked, not the instance: ``providedBy`` looks up attributes
+    on the instance, which a delegating handler (``__getattr__``) answers with
+    anything.
+    """
+    return bool(interface.implementedBy(type(handler))) or getattr(handler, callback, None) is not None
+
+
+def _as_deferred(answer: object) -> defer.Deferred[object]:
+    """A callback's answer as a Deferred: a Deferred as is, a coroutine run, a value fired."""
+    return defer.maybeDeferred(lambda: answer)
+
+
+class HandlerAdapter:
+    """One registered handler, adapted once: its capabilities and typed callbacks.
+
+    Capabilities are decided here, at registration: a callback the handler
+    gains later is not called, while a callback it has and replaces later is
+    (the current method is called, as a seed handler expects). Every callback
+    may answer with a value, a Deferred or a coroutine; the methods here
+    return a Deferred either way (the engine adds the handler timeout).
+    Callbacks the handler lacks answer as the seed's did: the pending and
+    completion notices do nothing, ``GetUploadFilename`` answers None (the
+    file is refused), downloads and listings are FileNotFound.
+    """
+
+    def __init__(self, handler: object) -> None:
+        self.handler = handler
+        self._callbacks = cast(_SeedCallbacks, handler)
+        seed = ITransferHandler
+        #: True when the handler decides, file by file, whether a manifest may be uploaded
+        self.gates_uploads = _has_callback(handler, seed, "CanUpload")
+        #: True when the handler records a whole manifest's names in one call
+        self.batches_pending = _has_callback(handler, IBatchPendingHandler, "AddPendingUploads")
+        #: True when the handler can list its files
+        self.can_list = _has_callback(handler, IListingHandler, "ListFiles")
+        #: True when the handler serves downloads
+        self.serves_downloads = _has_callback(handler, seed, "GetDownloadFilename")
+        self._notes_pending = _has_callback(handler, seed, "AddPendingUpload")
+        self._names_uploads = _has_callback(handler, seed, "GetUploadFilename")
+        self._notes_completion = _has_callback(handler, seed, "CompleteUpload")
+        self._notes_cancel = _has_callback(handler, seed, "CancelPendingUpload")
+
+    def __repr__(self) -> str:
+        return f"HandlerAdapter({self.handler!r})"
+
+    # -- downloads and listing -------------------------------------------------
+
+    def get_download_filename_now(self, id_token: IdToken, url_path: str) -> object:
+        """``GetDownloadFilename`` answered at once when the handler answers at once.
+
+        A plain value is returned as it is, and an exception raised by the
+        handler propagates (no Deferred is made); a Deferred, a coroutine or a
+        Failure comes back as a Deferred firing with the answer.
+        """
+        if not self.serves_downloads:
+            raise FileNotFound("this prefix serves no downloads")
+        answer = self._callbacks.GetDownloadFilename(id_token, url_path)
+        if isinstance(answer, (defer.Deferred, CoroutineType, Failure)):
+            return _as_deferred(answer)
+        return answer
+
+    def get_download_filename(self, id_token: IdToken, url_path: str) -> defer.Deferred[object]:
+        """``GetDownloadFilename``: the local path (or DownloadTarget) for ``url_path``."""
+        return defer.maybeDeferred(self.get_download_filename_now, id_token, url_path)
+
+    def list_files(self, id_token: IdToken) -> defer.Deferred[object]:
+        """``ListFiles``: the handler's listing; FileNotFound when it cannot list."""
+        if not self.can_list:
+            return defer.fail(FileNotFound("this prefix cannot be listed"))
+        return defer.maybeDeferred(self._callbacks.ListFiles, id_token)
+
+    # -- uploads ----------------------------------------------------------------
+
+    def can_upload(self, id_token: IdToken, file_info: dict[str, object]) -> defer.Deferred[object]:
+        """``CanUpload``: truthy to accept the file (True when the handler does not gate)."""
+        if not self.gates_uploads:
+            return defer.succeed(True)
+        return defer.maybeDeferred(self._callbacks.CanUpload, id_token, file_info)
+
+    def add_pending_upload(self, id_token: IdToken, filename: str) -> defer.Deferred[object]:
+        """``AddPendingUpload``: ``filename`` of an accepted manifest will be uploaded."""
+        if not self._notes_pending:
+            return defer.succeed(None)
+        return defer.maybeDeferred(self._callbacks.AddPendingUpload, id_token, filename)
+
+    def add_pending_uploads(self, id_token: IdToken, filenames: list[str]) -> defer.Deferred[object]:
+        """``AddPendingUploads``: every name of an accepted manifest, in one call.
+
+        Only for a handler that :attr:`batches_pending`; the engine calls
+        :meth:`add_pending_upload` per file for the others.
+        """
+        if not self.batches_pending:
+            raise TypeError(f"{self.handler!r} does not record pending uploads in batches")
+        return defer.maybeDeferred(self._callbacks.AddPendingUploads, id_token, filenames)
+
+    def get_upload_filename(self, id_token: IdToken, file_info: dict[str, object]) -> defer.Deferred[object]:
+        """``GetUploadFilename``: the final local path of the arriving file, or None to refuse."""
+        if not self._names_uploads:
+            return defer.succeed(None)
+        return defer.maybeDeferred(self._callbacks.GetUploadFilename, id_token, file_info)
+
+    def complete_upload(self, id_token: IdToken, file_info: dict[str, object]) -> defer.Deferred[object]:
+        """``CompleteUpload``: the file is stored, verified and in place."""
+        if not self._notes_completion:
+            return defer.succeed(None)
+        return defer.maybeDeferred(self._callbacks.CompleteUpload, id_token, file_info)
+
+    def cancel_pending_upload(self, id_token: IdToken, filename: str) -> defer.Deferred[object]:
+        """``CancelPendingUpload``: a pending file will never complete."""
+        if not self._notes_cancel:
+            return defer.succeed(None)
+        return defer.maybeDeferred(self._callbacks.CancelPendingUpload, id_token, filename)

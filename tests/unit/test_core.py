@@ -1,4 +1,5 @@
-"""TransferServer, the protocol-neutral core: seed API, manifests, the upload state machine, expiry.
+"""TransferEngine, the protocol-neutral core: prefixes, manifests, the upload state machine,
+expiry; and TransferServer, the seed's facade over it (CapWords delegates, descriptors).
 
 No reactor: handlers here answer synchronously (or with Deferreds fired by the
 test), so every Deferred is inspected directly.
@@ -20,6 +21,7 @@ from gsitransfer import (
     LengthRequired,
     ManifestError,
     NotAuthorized,
+    TransferEngine,
     TransferServer,
     UploadConflict,
 )
@@ -100,91 +102,96 @@ def handler() -> RecordingHandler:
 
 
 @pytest.fixture
-def server(clock: Clock, handler: RecordingHandler) -> TransferServer:
-    s = TransferServer(clock=clock, manifest_ttl=60, public_url="https://host:8443/")
-    s.RegisterPrefix("data", handler)
-    return s
+def engine(clock: Clock, handler: RecordingHandler) -> TransferEngine:
+    e = TransferEngine(clock=clock, manifest_ttl=60)
+    e.register("data", handler)
+    return e
 
 
-def post(server: TransferServer, token: IdToken = ALICE, body: bytes = MANIFEST) -> str:
-    outcome = result_of(server.post_manifest("data", body, token))
+@pytest.fixture
+def facade(engine: TransferEngine) -> TransferServer:
+    return TransferServer(engine=engine, public_url="https://host:8443/")
+
+
+def post(engine: TransferEngine, token: IdToken = ALICE, body: bytes = MANIFEST) -> str:
+    outcome = result_of(engine.post_manifest("data", body, token))
     assert outcome.accepted, outcome.error_reason
     return outcome.transfer_key
 
 
-def test_prefix_registry(server, handler):
-    """RegisterPrefix/LookupPrefix: the handler, or None for an unknown prefix."""
-    assert server.LookupPrefix("data") is handler
-    assert server.LookupPrefix("other") is None
+def test_prefix_registry(engine, handler):
+    """register/handler_for: the handler as given, or None for an unknown prefix."""
+    assert engine.handler_for("data") is handler
+    assert engine.handler_for("other") is None
     with pytest.raises(ValueError):
-        server.RegisterPrefix("a/b", handler)
+        engine.register("a/b", handler)
 
 
-def test_descriptors(server):
+def test_descriptors(facade):
     """GetUploadDescriptor/GetDownloadDescriptor give URLs with the path percent-encoded."""
-    assert server.GetUploadDescriptor("data") == "https://host:8443/data"
-    assert server.GetDownloadDescriptor("data", "dir/a b%.txt") == "https://host:8443/data/dir/a%20b%25.txt"
+    assert facade.GetUploadDescriptor("data") == "https://host:8443/data"
+    assert facade.GetDownloadDescriptor("data", "dir/a b%.txt") == "https://host:8443/data/dir/a%20b%25.txt"
 
 
-def test_register_and_lookup(server, clock):
-    """RegisterManifest binds a key; LookupUploadInformation answers until it expires."""
-    key = server.RegisterManifest(MANIFEST, ALICE, "data")
-    info = server.LookupUploadInformation(key, 0)
+def test_register_and_lookup(engine, clock):
+    """register_manifest binds a key; upload_information answers until it expires."""
+    key = engine.register_manifest(MANIFEST, ALICE, "data")
+    info = engine.upload_information(key, 0)
     assert (info["name"], info["size"], info["checksum"]) == ("a.txt", 3, MD5_A)
-    assert server.LookupUploadInformation(key, "1")["name"] == "b.txt"
+    assert engine.upload_information(key, "1")["name"] == "b.txt"
     for bad in (2, "x", "-1", "0x1"):
         with pytest.raises(FileNotFound):
-            server.LookupUploadInformation(key, bad)
+            engine.upload_information(key, bad)
     with pytest.raises(FileNotFound):
-        server.LookupUploadInformation("nope", 0)
+        engine.upload_information("nope", 0)
     clock.now += 60
     with pytest.raises(FileNotFound):
-        server.LookupUploadInformation(key, 0)
+        engine.upload_information(key, 0)
 
 
-def test_manifest_accepted_calls_handler_in_order(server, handler):
+def test_manifest_accepted_calls_handler_in_order(engine, handler):
     """CanUpload for every file, then AddPendingUpload for every file."""
-    post(server)
+    post(engine)
     assert [c[0] for c in handler.calls] == ["CanUpload", "CanUpload", "AddPendingUpload", "AddPendingUpload"]
 
 
 def test_manifest_refused_registers_nothing(clock):
     """A refused file gives return_code 1 with the seed's reason and no key."""
     handler = RecordingHandler(refuse={"b.txt": "exists already"})
-    server = TransferServer(clock=clock)
-    server.RegisterPrefix("data", handler)
-    outcome = result_of(server.post_manifest("data", MANIFEST, ALICE))
+    engine = TransferEngine(clock=clock)
+    engine.register("data", handler)
+    outcome = result_of(engine.post_manifest("data", MANIFEST, ALICE))
     assert not outcome.accepted
     assert outcome.to_text() == "return_code: 1\nerror_reason: Upload error for file b.txt: exists already\n"
     assert handler.names("AddPendingUpload") == []
-    assert list(server.transfers.records()) == []
+    assert list(engine.transfers.records()) == []
 
 
 def test_manifest_refused_by_false_has_no_reason(clock):
     """CanUpload returning False gives the bare seed reason."""
-    server = TransferServer(clock=clock)
-    server.RegisterPrefix("data", RecordingHandler(refuse={"a.txt": None}))
-    outcome = result_of(server.post_manifest("data", MANIFEST, ALICE))
+    engine = TransferEngine(clock=clock)
+    engine.register("data", RecordingHandler(refuse={"a.txt": None}))
+    outcome = result_of(engine.post_manifest("data", MANIFEST, ALICE))
     assert outcome.error_reason == "Upload error for file a.txt"
 
 
-def test_bad_manifest_and_prefix(server):
+def test_bad_manifest_and_prefix(engine):
     """A broken manifest is ManifestError; an unknown prefix is FileNotFound."""
     with pytest.raises(ManifestError):
-        result_of(server.post_manifest("data", b"[manifest]\n", ALICE))
+        result_of(engine.post_manifest("data", b"[manifest]\n", ALICE))
     with pytest.raises(FileNotFound):
-        result_of(server.post_manifest("nope", MANIFEST, ALICE))
+        result_of(engine.post_manifest("nope", MANIFEST, ALICE))
 
 
-def test_upload_state_machine_happy_path(server, handler):
+def test_upload_state_machine_happy_path(engine, handler):
     """begin -> verify -> complete stores the file and calls CompleteUpload once."""
-    key = post(server)
-    ticket = result_of(server.begin_upload("data", key, "0", ALICE, 3))
+    key = post(engine)
+    ticket = result_of(engine.begin_upload("data", key, "0", ALICE, 3))
     assert ticket.final_path == "/srv/a.txt"
-    assert server.transfers.states(key)[0] is FileState.RECEIVING
-    server.verify_upload(ticket, MD5_A, 3)
-    result_of(server.complete_upload(ticket))
-    assert server.transfers.states(key)[0] is FileState.STORED
+    assert engine.transfers.states(key)[0] is FileState.RECEIVING
+    engine.verify_upload(ticket, MD5_A, 3)
+    result_of(engine.complete_upload(ticket))
+    assert engine.transfers.states(key)[0] is FileState.STORED
     assert handler.names("CompleteUpload") == ["a.txt"]
 
 
@@ -200,60 +207,60 @@ def test_upload_state_machine_happy_path(server, handler):
         ("data", None, "0", ALICE, 4, LengthMismatch),
     ],
 )
-def test_begin_upload_refusals(server, handler, prefix, key, num, token, length, error):
+def test_begin_upload_refusals(engine, handler, prefix, key, num, token, length, error):
     """Every header-level refusal, and none of them asks GetUploadFilename."""
-    real_key = post(server)
+    real_key = post(engine)
     with pytest.raises(error):
-        result_of(server.begin_upload(prefix, key or real_key, num, token, length))
+        result_of(engine.begin_upload(prefix, key or real_key, num, token, length))
     assert handler.names("GetUploadFilename") == []
-    assert server.transfers.states(real_key)[0] is FileState.PENDING
+    assert engine.transfers.states(real_key)[0] is FileState.PENDING
 
 
-def test_conflicts(server):
+def test_conflicts(engine):
     """A file arriving or stored cannot be begun again (409)."""
-    key = post(server)
-    ticket = result_of(server.begin_upload("data", key, 0, ALICE, 3))
+    key = post(engine)
+    ticket = result_of(engine.begin_upload("data", key, 0, ALICE, 3))
     with pytest.raises(UploadConflict, match="being uploaded"):
-        result_of(server.begin_upload("data", key, 0, ALICE, 3))
-    server.verify_upload(ticket, MD5_A, 3)
-    result_of(server.complete_upload(ticket))
+        result_of(engine.begin_upload("data", key, 0, ALICE, 3))
+    engine.verify_upload(ticket, MD5_A, 3)
+    result_of(engine.complete_upload(ticket))
     with pytest.raises(UploadConflict, match="already stored"):
-        result_of(server.begin_upload("data", key, 0, ALICE, 3))
+        result_of(engine.begin_upload("data", key, 0, ALICE, 3))
 
 
-def test_checksum_mismatch_leaves_file_pending(server, handler):
+def test_checksum_mismatch_leaves_file_pending(engine, handler):
     """A mismatch fails the upload; the file may be uploaded again."""
-    key = post(server)
-    ticket = result_of(server.begin_upload("data", key, 0, ALICE, 3))
+    key = post(engine)
+    ticket = result_of(engine.begin_upload("data", key, 0, ALICE, 3))
     with pytest.raises(ChecksumMismatch):
-        server.verify_upload(ticket, "b" * 32, 3)
-    assert server.transfers.states(key)[0] is FileState.PENDING
+        engine.verify_upload(ticket, "b" * 32, 3)
+    assert engine.transfers.states(key)[0] is FileState.PENDING
     assert handler.names("CompleteUpload") == []
-    result_of(server.begin_upload("data", key, 0, ALICE, 3))
+    result_of(engine.begin_upload("data", key, 0, ALICE, 3))
 
 
-def test_get_upload_filename_none_refuses(server, handler):
+def test_get_upload_filename_none_refuses(engine, handler):
     """GetUploadFilename returning None is NotAuthorized and releases the file."""
-    key = post(server)
+    key = post(engine)
     handler.GetUploadFilename = lambda token, info: None  # type: ignore[method-assign]
     with pytest.raises(NotAuthorized):
-        result_of(server.begin_upload("data", key, 0, ALICE, 3))
-    assert server.transfers.states(key)[0] is FileState.PENDING
+        result_of(engine.begin_upload("data", key, 0, ALICE, 3))
+    assert engine.transfers.states(key)[0] is FileState.PENDING
 
 
-def test_async_handler_is_awaited(server, handler):
+def test_async_handler_is_awaited(engine, handler):
     """A Deferred from GetUploadFilename keeps the file receiving until it fires."""
-    key = post(server)
+    key = post(engine)
     pending: defer.Deferred[str] = defer.Deferred()
     handler.GetUploadFilename = lambda token, info: pending  # type: ignore[method-assign]
-    decision = server.begin_upload("data", key, 0, ALICE, 3)
+    decision = engine.begin_upload("data", key, 0, ALICE, 3)
     assert not decision.called
-    assert server.transfers.states(key)[0] is FileState.RECEIVING
+    assert engine.transfers.states(key)[0] is FileState.RECEIVING
     pending.callback("/elsewhere/a.txt")
     assert result_of(decision).final_path == "/elsewhere/a.txt"
 
 
-def test_coroutine_handler(server):
+def test_coroutine_handler(engine):
     """Handler callbacks may be coroutines."""
 
     class Async:
@@ -263,60 +270,60 @@ def test_coroutine_handler(server):
         async def GetDownloadFilename(self, token, path):
             return "/x/" + path
 
-    server.RegisterPrefix("co", Async())
-    outcome = result_of(server.post_manifest("co", MANIFEST, ALICE))
+    engine.register("co", Async())
+    outcome = result_of(engine.post_manifest("co", MANIFEST, ALICE))
     assert outcome.accepted
-    assert result_of(server.resolve_download("co", "f", ALICE)).path == "/x/f"
+    assert result_of(engine.resolve_download("co", "f", ALICE)).path == "/x/f"
 
 
-def test_complete_upload_failure_returns_to_pending(server, handler):
+def test_complete_upload_failure_returns_to_pending(engine, handler):
     """If CompleteUpload raises, the file is pending again and the error propagates."""
-    key = post(server)
-    ticket = result_of(server.begin_upload("data", key, 0, ALICE, 3))
+    key = post(engine)
+    ticket = result_of(engine.begin_upload("data", key, 0, ALICE, 3))
 
     def broken(token, info):
         raise RuntimeError("db down")
 
     handler.CompleteUpload = broken  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
-        result_of(server.complete_upload(ticket))
-    assert server.transfers.states(key)[0] is FileState.PENDING
+        result_of(engine.complete_upload(ticket))
+    assert engine.transfers.states(key)[0] is FileState.PENDING
 
 
-def test_expiry_cancels_pending_files(server, handler, clock):
+def test_expiry_cancels_pending_files(engine, handler, clock):
     """An expired key calls CancelPendingUpload for its unstored files, then is gone."""
-    key = post(server)
-    ticket = result_of(server.begin_upload("data", key, 1, ALICE, 0))
-    server.verify_upload(ticket, "d41d8cd98f00b204e9800998ecf8427e", 0)
-    result_of(server.complete_upload(ticket))
-    assert result_of(server.expire_transfers()) == 0
+    key = post(engine)
+    ticket = result_of(engine.begin_upload("data", key, 1, ALICE, 0))
+    engine.verify_upload(ticket, "d41d8cd98f00b204e9800998ecf8427e", 0)
+    result_of(engine.complete_upload(ticket))
+    assert result_of(engine.expire_transfers()) == 0
     clock.now += 61
-    assert result_of(server.expire_transfers()) == 1
+    assert result_of(engine.expire_transfers()) == 1
     assert handler.names("CancelPendingUpload") == ["a.txt"]
-    assert server.transfers.get(key) is None
+    assert engine.transfers.get(key) is None
 
 
-def test_status_and_cancel_are_for_the_owner(server, handler):
+def test_status_and_cancel_are_for_the_owner(engine, facade, handler):
     """Only the uploader reads or cancels a transfer; cancel releases pending files."""
-    key = post(server)
-    status = server.transfer_status("data", key, ALICE)
+    key = post(engine)
+    status = engine.transfer_status("data", key, ALICE, locate=facade.download_url)
     assert [f["state"] for f in status["files"]] == ["pending", "pending"]
     assert status["files"][0]["url"] == "https://host:8443/data/a.txt"
     with pytest.raises(NotAuthorized):
-        server.transfer_status("data", key, BOB)
+        engine.transfer_status("data", key, BOB)
     with pytest.raises(NotAuthorized):
-        result_of(server.cancel_transfer("data", key, BOB))
-    result_of(server.cancel_transfer("data", key, ALICE))
+        result_of(engine.cancel_transfer("data", key, BOB))
+    result_of(engine.cancel_transfer("data", key, ALICE))
     assert handler.names("CancelPendingUpload") == ["a.txt", "b.txt"]
     with pytest.raises(FileNotFound):
-        server.transfer_status("data", key, ALICE)
+        engine.transfer_status("data", key, ALICE)
 
 
-def test_downloads_ask_the_handler(server, handler):
+def test_downloads_ask_the_handler(engine, handler):
     """resolve_download passes the decoded path and the handler's errors through."""
-    assert result_of(server.resolve_download("data", "dir/f.txt", ALICE)).path == "/srv/dir/f.txt"
+    assert result_of(engine.resolve_download("data", "dir/f.txt", ALICE)).path == "/srv/dir/f.txt"
     with pytest.raises(FileNotFound):
-        result_of(server.resolve_download("data", "missing", ALICE))
+        result_of(engine.resolve_download("data", "missing", ALICE))
 
 
 def test_state_machine_table():
@@ -335,7 +342,7 @@ def test_core_imports_no_web_or_tls():
     import sys
 
     code = (
-        "import sys; import gsitransfer.core, gsitransfer.manifest, gsitransfer.keys, "
+        "import sys; import gsitransfer.core, gsitransfer.engine, gsitransfer.manifest, gsitransfer.keys, "
         "gsitransfer.handler, gsitransfer.identity, gsitransfer.errors; "
         "bad = [m for m in sys.modules if m.startswith(('twisted.web', 'OpenSSL', 'gsitransfer.web', 'gsitransfer.tls'))]; "
         "print(bad); sys.exit(1 if bad else 0)"
@@ -343,27 +350,27 @@ def test_core_imports_no_web_or_tls():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-def test_receiving_transfer_outlives_expiry_and_refuses_cancel(server, handler, clock):
+def test_receiving_transfer_outlives_expiry_and_refuses_cancel(engine, handler, clock):
     """A file arriving when the key expires may still be stored; cancel waits for it (409)."""
-    key = post(server)
-    ticket = result_of(server.begin_upload("data", key, 0, ALICE, 3))
+    key = post(engine)
+    ticket = result_of(engine.begin_upload("data", key, 0, ALICE, 3))
     with pytest.raises(UploadConflict):
-        result_of(server.cancel_transfer("data", key, ALICE))
+        result_of(engine.cancel_transfer("data", key, ALICE))
     clock.now += 61
-    assert result_of(server.expire_transfers()) == 0
-    server.verify_upload(ticket, MD5_A, 3)
-    result_of(server.complete_upload(ticket))
-    assert result_of(server.expire_transfers()) == 1
+    assert result_of(engine.expire_transfers()) == 0
+    engine.verify_upload(ticket, MD5_A, 3)
+    result_of(engine.complete_upload(ticket))
+    assert result_of(engine.expire_transfers()) == 1
     assert handler.names("CancelPendingUpload") == ["b.txt"]
 
 
-def test_verify_refuses_a_cancelled_transfer(server):
+def test_verify_refuses_a_cancelled_transfer(engine):
     """A body that completes after its transfer was forgotten is not stored."""
-    key = post(server)
-    ticket = result_of(server.begin_upload("data", key, 0, ALICE, 3))
-    server.transfers.remove(key)
+    key = post(engine)
+    ticket = result_of(engine.begin_upload("data", key, 0, ALICE, 3))
+    engine.transfers.remove(key)
     with pytest.raises(FileNotFound):
-        server.verify_upload(ticket, MD5_A, 3)
+        engine.verify_upload(ticket, MD5_A, 3)
 
 
 def test_handler_timeout(handler):
@@ -373,11 +380,53 @@ def test_handler_timeout(handler):
     from gsitransfer.errors import HandlerTimeout
 
     timer = ReactorClock()
-    server = TransferServer(handler_timeout=5, timer=timer)
-    server.RegisterPrefix("data", handler)
+    engine = TransferEngine(handler_timeout=5, timer=timer)
+    engine.register("data", handler)
     handler.CanUpload = lambda token, info: defer.Deferred()  # type: ignore[method-assign]
-    outcome = server.post_manifest("data", MANIFEST, ALICE)
+    outcome = engine.post_manifest("data", MANIFEST, ALICE)
     assert not outcome.called
     timer.advance(5)
     with pytest.raises(HandlerTimeout):
         result_of(outcome)
+
+
+def test_status_names_urls_only_when_the_edge_locates(engine, clock):
+    """Without ``locate`` the engine's status has no URLs; a facade with no public URL locates None."""
+    key = post(engine)
+    assert all("url" not in f for f in engine.transfer_status("data", key, ALICE)["files"])
+    unplaced = TransferServer(engine=engine)
+    status = engine.transfer_status("data", key, ALICE, locate=unplaced.download_url)
+    assert [f["url"] for f in status["files"]] == [None, None]
+
+
+def test_facade_delegates_the_seed_api_to_its_engine(engine, facade, handler):
+    """The CapWords methods, prefixes, transfers and manifest_limits are the engine's."""
+    facade.RegisterPrefix("more", handler)
+    assert facade.LookupPrefix("more") is handler and engine.handler_for("more") is handler
+    assert facade.prefixes() == engine.prefixes() == ["data", "more"]
+    key = facade.RegisterManifest(MANIFEST, ALICE, "data")
+    assert engine.is_live_transfer(key) and facade.transfers is engine.transfers
+    assert facade.LookupUploadInformation(key, 1) == engine.upload_information(key, 1)
+    assert facade.manifest_limits is engine.manifest_limits
+    facade.UnregisterPrefix("more")
+    assert facade.LookupPrefix("more") is None and engine.prefixes() == ["data"]
+    with pytest.raises(ValueError):
+        facade.RegisterPrefix("a/b", handler)
+
+
+def test_facade_makes_its_engine_from_the_engine_options(clock):
+    """TransferServer(**options) builds a TransferEngine with them; not both an engine and options."""
+    server = TransferServer(clock=clock, manifest_ttl=60, public_url="http://h:1/")
+    assert server.engine.manifest_ttl == 60 and server.engine.clock is clock
+    assert server.base_url() == "http://h:1"
+    with pytest.raises(TypeError):
+        TransferServer(engine=server.engine, manifest_ttl=5)
+    with pytest.raises(RuntimeError):
+        TransferServer().base_url()
+
+
+def test_facade_has_no_second_core():
+    """The engine's transfer methods are asked of ``server.engine``, not of the facade."""
+    server = TransferServer()
+    for name in ("post_manifest", "begin_upload", "resolve_download_now", "transfer_status", "expire_transfers"):
+        assert not hasattr(server, name) and callable(getattr(server.engine, name))
