@@ -192,18 +192,12 @@ class HTTPTransferServer(TransferServer):
 
             reactor = default_reactor
         return Serving(
-            engine=getattr(self, "engine", self),  # TODO(merge): the facade's engine
-            locate=self._locate,
+            engine=self.engine,
+            locate=self.download_url,
             reactor=reactor,
             offload_threshold=self.offload_threshold,
             discards=self.discards,
         )
-
-    def _locate(self, prefix: str, name: str) -> str | None:
-        try:
-            return self.GetDownloadDescriptor(prefix, name)
-        except RuntimeError:
-            return None
 
     def site(self, reactor: Any = None) -> TransferSite:
         """A twisted.web Site serving this server (one per listener is fine), on ``reactor`` (default: the global one)."""
@@ -224,7 +218,7 @@ class HTTPTransferServer(TransferServer):
 
     def busy(self) -> int:
         """Uploads in flight plus requests being answered, over every site."""
-        return self.uploads_in_flight() + sum(site.active_requests for site in self._sites)
+        return self.engine.uploads_in_flight() + sum(site.active_requests for site in self._sites)
 
     def protocol_factory(self) -> Any:
         """The protocol factory to listen with (the Site; TLS-wrapped in the GSI variant)."""
@@ -310,7 +304,7 @@ class HTTPTransferServer(TransferServer):
     def maintenance(self) -> Any:
         """One round of housekeeping: expire keys, re-read the grid-mapfile."""
         try:
-            expired = yield self.expire_transfers()
+            expired = yield self.engine.expire_transfers()
             if expired:
                 _log.info("{n} transfer key(s) expired", n=expired)
         except Exception:

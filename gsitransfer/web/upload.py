@@ -40,7 +40,7 @@ from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..core import UploadTicket  # TODO(merge): ..engine
+from ..engine import UploadTicket
 from ..errors import TransferError
 from ..filesink import FileSink
 from .exchange import BodyControl, Exchange

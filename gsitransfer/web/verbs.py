@@ -19,7 +19,7 @@ from typing import Any, Callable
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from ..core import ManifestOutcome
+from ..engine import ManifestOutcome
 from ..errors import TransferError
 from ..handler import DownloadTarget
 from .download import serve_file
@@ -128,7 +128,7 @@ def get_transfer(exchange: Exchange, body: bytes) -> None:
         _serve(exchange, FileRoute(route.prefix, route.name))
         return
     try:
-        status = engine.transfer_status(route.prefix, route.name, exchange.id_token, exchange.serving.locate)
+        status = engine.transfer_status(route.prefix, route.name, exchange.id_token, locate=exchange.serving.locate)
     except Exception:
         refuse(exchange.request, refusal_for(Failure(), "reading a transfer's state"))
         return

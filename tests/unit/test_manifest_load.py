@@ -14,7 +14,7 @@ import pytest
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
-from gsitransfer import ANONYMOUS, IdToken, QuotaExceeded, TransferServer
+from gsitransfer import ANONYMOUS, IdToken, QuotaExceeded, TransferEngine
 from gsitransfer.keys import FileState, MemoryTransferTable, TransferRecord
 from gsitransfer.manifest import Manifest
 from gsitransfer.store import DirectoryStore
@@ -85,9 +85,9 @@ class BatchHandler(PerFileHandler):
             self.pending.remove(filename)
 
 
-def core(handler: object, timer: Any = None, **options: Any) -> TransferServer:
-    server = TransferServer(public_url="http://test", timer=timer, clock=lambda: 1000.0, **options)
-    server.RegisterPrefix("data", handler)
+def core(handler: object, timer: Any = None, **options: Any) -> TransferEngine:
+    server = TransferEngine(timer=timer, clock=lambda: 1000.0, **options)
+    server.register("data", handler)
     return server
 
 
@@ -187,9 +187,8 @@ def test_pending_bytes_limit_and_anonymous_share_one_budget():
 def test_stored_cancelled_and_expired_files_free_the_budget():
     """Only files announced and not yet stored, of live keys, count."""
     now = [1000.0]
-    server = TransferServer(public_url="http://test", clock=lambda: now[0], manifest_ttl=60,
-                            max_pending_files=2)
-    server.RegisterPrefix("data", PerFileHandler())
+    server = TransferEngine(clock=lambda: now[0], manifest_ttl=60, max_pending_files=2)
+    server.register("data", PerFileHandler())
     key = result_of(server.post_manifest("data", manifest(0, 0, stem="a"), ALICE)).transfer_key
     server.transfers.set_state(key, 0, FileState.STORED)
     assert result_of(server.post_manifest("data", manifest(0, stem="b"), ALICE)).accepted

@@ -12,8 +12,8 @@ from gsitransfer.testing import identity_of
 
 @pytest.fixture
 def engine(server: Any) -> Any:
-    """The core the web layer calls (``server.engine``; the server itself until the engine is split off)."""
-    return getattr(server, "engine", server)
+    """The core the web layer calls (``server.engine``)."""
+    return server.engine
 
 
 @pytest.fixture
