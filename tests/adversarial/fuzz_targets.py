@@ -4,9 +4,11 @@
   bytes it returns a Manifest or raises ManifestError; every accepted name is
   one safe path component; an accepted manifest survives the transfer
   database (``to_ini`` then ``parse_manifest`` gives it back unchanged);
-* :func:`classify_target` -- ``gsitransfer.web.routes.classify``: on any
-  method and request target it returns a Route and never raises; a route it
-  returns only ever carries safe segments.
+* :func:`classify_target` -- ``gsitransfer.web.table.select`` (the route
+  table over ``gsitransfer.web.routes``): on any method and request target it
+  returns a route and its verb or raises a refusal with status 400, 404 or
+  405 (with ``Allow``), nothing else; a route it returns only ever carries
+  safe segments.
 
 Input format of the classify target: the first byte picks the method from
 :data:`METHODS` (its high bit prefixes the target with ``/``), the rest is the
@@ -41,18 +43,11 @@ else:
 with _instrumented:
     import configparser  # noqa: F401  (instrumented for coverage feedback when fuzzing)
 
-    from gsitransfer.errors import ManifestError
+    from gsitransfer.errors import ManifestError, TransferError
     from gsitransfer.manifest import parse_manifest
-    from gsitransfer.web.request import path_segments
-    from gsitransfer.web.routes import (
-        DownloadRoute,
-        ItemRoute,
-        ListingRoute,
-        ManifestRoute,
-        Refusal,
-        UploadRoute,
-        classify,
-    )
+    from gsitransfer.web.routes import FileRoute, ListingRoute, ManifestRoute, TransferRoute, UploadRoute
+    from gsitransfer.web.status import MethodNotAllowed, status_for
+    from gsitransfer.web.table import select
 
 METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"TRACE", b"PATCH", b"get", b"")
 
@@ -100,23 +95,22 @@ def classify_input(method: bytes, target: bytes) -> bytes:
 
 
 def classify_target(data: bytes) -> None:
-    """classify never raises, and every route it returns carries only safe segments."""
+    """Routing raises only 400/404/405 refusals, and every route it returns carries only safe segments."""
     method, target = split_classify_input(data)
-    segments = path_segments(target)
-    if segments is None:  # not an absolute path: the request layer answers 400 before routing
-        assert not target.split(b"?", 1)[0].startswith(b"/"), target
+    try:
+        route, _ = select(method, target)
+    except TransferError as refusal:
+        assert status_for(refusal) in (400, 404, 405), refusal
+        assert not isinstance(refusal, MethodNotAllowed) or refusal.allow, refusal
+        if not target.split(b"?", 1)[0].startswith(b"/"):  # not an absolute path: 400
+            assert status_for(refusal) == 400, target
         return
-    route = classify(method, segments)
-    if isinstance(route, Refusal):
-        assert route.status in (400, 404, 405), route
-        assert route.status != 405 or route.allow, route
-        return
-    assert isinstance(route, (ManifestRoute, UploadRoute, ListingRoute, ItemRoute, DownloadRoute)), route
+    assert isinstance(route, (ManifestRoute, UploadRoute, ListingRoute, TransferRoute, FileRoute)), route
     assert safe_component(route.prefix), route
-    if isinstance(route, DownloadRoute):
-        assert method in (b"GET", b"HEAD"), route
+    if isinstance(route, FileRoute):
+        assert method in (b"GET", b"HEAD", b"OPTIONS"), route
         assert all(safe_component(part) for part in route.url_path.split("/")), route
-    if isinstance(route, ItemRoute):
+    if isinstance(route, TransferRoute):
         assert safe_component(route.name), route
     if isinstance(route, (ManifestRoute, UploadRoute)):
         assert method == b"POST", route

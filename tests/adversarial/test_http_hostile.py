@@ -1,6 +1,6 @@
 """HTTP as an attacker and a careless client speak it, over real sockets on 127.0.0.1.
 
-What is proven here (tests/web/test_statuses.py already covers the plain
+What is proven here (tests/integration/test_statuses.py already covers the plain
 statuses, ``%2e%2e``/``%2f``/``%00``/overlong paths and 405 on one path):
 
 * header floods — one huge line, too many headers, too many bytes of
