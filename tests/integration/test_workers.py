@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -71,8 +70,15 @@ def test_key_posted_to_one_worker_is_used_on_another(tmp_path: Path) -> None:
             assert _upload(base, key, 0, data) == 409
 
 
-def _race(path: str, key: str, start: multiprocessing.synchronize.Event, results: "multiprocessing.Queue[bool]") -> None:
+def _race(
+    path: str,
+    key: str,
+    ready: "multiprocessing.Queue[int]",
+    start: multiprocessing.synchronize.Event,
+    results: "multiprocessing.Queue[bool]",
+) -> None:
     table = SQLiteTransferTable(path, reset_receiving=False)
+    ready.put(os.getpid())
     start.wait(10)
     results.put(table.transition(key, 0, FileState.PENDING, FileState.RECEIVING))
     table.close()
@@ -91,10 +97,12 @@ def test_exactly_one_process_wins_a_file(tmp_path: Path) -> None:
     context = multiprocessing.get_context("spawn")
     start = context.Event()
     results: "multiprocessing.Queue[bool]" = context.Queue()
-    racers = [context.Process(target=_race, args=(path, key, start, results)) for _ in range(8)]
+    ready: "multiprocessing.Queue[int]" = context.Queue()
+    racers = [context.Process(target=_race, args=(path, key, ready, start, results)) for _ in range(8)]
     for racer in racers:
         racer.start()
-    time.sleep(0.5)
+    # every racer has its table open and waits for the start
+    assert sorted(ready.get(timeout=30) for _ in racers) == sorted(racer.pid for racer in racers)
     start.set()
     outcomes = [results.get(timeout=30) for _ in racers]
     for racer in racers:
@@ -146,7 +154,7 @@ def test_sigterm_lets_an_upload_finish_and_stops_every_worker(tmp_path: Path) ->
             sock.sendall(data[:50_000])
             wait_for(lambda: part_files(store), 10, "the upload in flight")
             server.signal(signal.SIGTERM)
-            time.sleep(0.5)
+            wait_for(lambda: "waiting up to" in server.log_text(), 10, "a worker waiting for the upload")
             sock.sendall(data[50_000:])
             assert read_response(sock).status == 200
         assert server.process is not None
