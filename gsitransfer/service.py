@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from .keys import TransferTable
     from .tls.context import ServerTLS
 
-_log = Logger()
+#: the namespace these lines had when tap.py wrote them: log filters keep working
+_log = Logger(namespace="gsitransfer.tap")
 
 
 class Server(Protocol):

@@ -57,6 +57,27 @@ def test_workers_serve_uploads_and_downloads(tmp_path: Path) -> None:
     assert "Unhandled Error" not in log and "Traceback" not in log
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-paths", "no-fast-paths"])
+def test_workers_serve_with_and_without_fast_paths_and_relay_access_lines(tmp_path: Path, fast: bool) -> None:
+    """--no-fast-paths reaches the workers; either way a file goes up and back and its access line reaches the log."""
+    data = os.urandom(3000)
+    extra = [] if fast else ["--no-fast-paths"]
+    with running(ServerProcess(tmp_path, server_args(tmp_path / "store", *WORKERS, *extra))) as server:
+        base = server.url()
+        wait_for(lambda: len(server.worker_pids()) == 2, 20, "two workers")
+        if not fast:
+            for pid in server.worker_pids():
+                assert b"--no-fast-paths" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        key = post_manifest(base, "data", [("fp.dat", data)])
+        assert _upload(base, key, 0, data) == 200
+        answer = request(base, "GET", "/data/fp.dat")
+        assert answer.status == 200 and answer.body == data
+        wait_for(lambda: '"GET /data/fp.dat HTTP/1.1" 200' in server.log_text(), 10, "the access line")
+        log = server.log_text()
+    assert any(line.split("worker ", 1)[-1][:1].isdigit() for line in log.splitlines() if "GET /data/fp.dat" in line)
+    assert "Unhandled Error" not in log and "Traceback" not in log
+
+
 def test_key_posted_to_one_worker_is_used_on_another(tmp_path: Path) -> None:
     """A key is usable whichever worker takes the next connection: every state is in the shared database."""
     data = os.urandom(5000)
