@@ -59,6 +59,23 @@ from .service import Server, TransferService, build_servers
 
 _log = Logger()
 
+#: environment variable naming the inherited listening sockets: ``https:3,http:4``
+FDS_VARIABLE = "GSITRANSFER_WORKER_FDS"
+#: first descriptor number the listening sockets get in a worker
+FIRST_FD = 3
+#: a worker that lives less than this (seconds) failed at start
+QUICK_FAILURE = 5.0
+#: this many quick failures in a row and the supervisor gives up
+MAX_QUICK_FAILURES = 3
+#: seconds a worker gets beyond the shutdown grace before it is killed
+KILL_AFTER = 10.0
+#: a log line longer than this is cut
+MAX_LINE = 64 * 1024
+#: seconds between flushes of a worker's log lines to the supervisor
+LOG_FLUSH_INTERVAL = 0.2
+#: bytes of log lines a worker holds before writing them to the supervisor
+LOG_BUFFER = 64 * 1024
+
 
 class SupervisorReactor(Protocol):
     """What the supervisor needs of its reactor (Twisted's global one by default)."""
@@ -107,23 +124,6 @@ def shared_socket(port: IListeningPort) -> SharedSocket:
     if not isinstance(port, SharedSocket):
         fail(f"cannot share a {type(port).__name__} listener with worker processes", 1)
     return port
-
-#: environment variable naming the inherited listening sockets: ``https:3,http:4``
-FDS_VARIABLE = "GSITRANSFER_WORKER_FDS"
-#: first descriptor number the listening sockets get in a worker
-FIRST_FD = 3
-#: a worker that lives less than this (seconds) failed at start
-QUICK_FAILURE = 5.0
-#: this many quick failures in a row and the supervisor gives up
-MAX_QUICK_FAILURES = 3
-#: seconds a worker gets beyond the shutdown grace before it is killed
-KILL_AFTER = 10.0
-#: a log line longer than this is cut
-MAX_LINE = 64 * 1024
-#: seconds between flushes of a worker's log lines to the supervisor
-LOG_FLUSH_INTERVAL = 0.2
-#: bytes of log lines a worker holds before writing them to the supervisor
-LOG_BUFFER = 64 * 1024
 
 
 class WorkerProcess(protocol.ProcessProtocol):
