@@ -21,7 +21,10 @@ which). The kernel hands each new connection to one of the workers. Rules:
   supervisor exits once every worker has (killing stragglers 10 s after the
   grace). Workers die with the supervisor (``PR_SET_PDEATHSIG`` on Linux, and
   a check of the parent pid every second elsewhere);
-* worker log lines reach the supervisor's log, prefixed ``worker N:``.
+* worker log lines reach the supervisor's log, prefixed ``worker N:``;
+* ``--no-fast-paths`` (or ``GSITRANSFER_FAST_PATHS=off``) reaches the workers
+  with the rest of the arguments (and the environment): a worker then runs
+  Twisted's own reactor and lets ``Site.log`` write its access lines.
 
 Handlers given with ``--handler`` are made in every process: with workers
 they must keep their state where all processes see it (as the directory store
@@ -34,16 +37,25 @@ import io
 import os
 import signal
 import sys
-from typing import Any
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 from twisted.application import service
 from twisted.internet import defer, error, protocol
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IProcessTransport,
+    IReactorCore,
+    IReactorThreads,
+)
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger, LogLevel, eventAsText, globalLogBeginner
+from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, eventAsText, globalLogBeginner
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from .tap import ConfigError, Options, TransferService, build_servers, fail
 from . import eventloop
-from .web import accesslog
+from .options import ConfigError, Options, fail
+from .service import Server, TransferService, build_servers
 
 _log = Logger()
 
@@ -65,6 +77,55 @@ LOG_FLUSH_INTERVAL = 0.2
 LOG_BUFFER = 64 * 1024
 
 
+class SupervisorReactor(Protocol):
+    """What the supervisor needs of its reactor (Twisted's global one by default)."""
+
+    @property
+    def running(self) -> bool:
+        """Whether the reactor runs."""
+
+    def seconds(self) -> float:
+        """The current time."""
+
+    def callLater(self, delay: float, callable: Callable[..., object], *args: object, **kwargs: object) -> IDelayedCall:
+        """Call ``callable`` in ``delay`` seconds."""
+
+    def stop(self) -> None:
+        """Stop the reactor."""
+
+    def spawnProcess(
+        self,
+        processProtocol: protocol.ProcessProtocol,
+        executable: str,
+        args: Sequence[str],
+        env: dict[str, str] | None = None,
+        path: str | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        usePTY: bool = False,
+        childFDs: dict[int, int | str] | None = None,
+    ) -> IProcessTransport:
+        """Start a child process."""
+
+
+@runtime_checkable
+class SharedSocket(Protocol):
+    """A listening port the workers can inherit: a descriptor whose reading can stop."""
+
+    def fileno(self) -> int:
+        """The listening socket's descriptor."""
+
+    def stopReading(self) -> None:
+        """Stop accepting in this process."""
+
+
+def shared_socket(port: IListeningPort) -> SharedSocket:
+    """``port`` as a socket to hand to the workers; a port of another kind is one line and exit 1."""
+    if not isinstance(port, SharedSocket):
+        fail(f"cannot share a {type(port).__name__} listener with worker processes", 1)
+    return port
+
+
 class WorkerProcess(protocol.ProcessProtocol):
     """The supervisor's side of one worker: its log lines and its end."""
 
@@ -77,7 +138,8 @@ class WorkerProcess(protocol.ProcessProtocol):
         self._partial = b""
 
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid  # type: ignore[union-attr]
+        assert self.transport is not None
+        self.pid = self.transport.pid
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         lines = (self._partial + data).split(b"\n")
@@ -94,7 +156,7 @@ class WorkerProcess(protocol.ProcessProtocol):
             # line by line cost the supervisor a fifth of the server's CPU
             _log.info("{lines}", lines=text)
 
-    def processEnded(self, reason: Any) -> None:
+    def processEnded(self, reason: Failure) -> None:
         if self._partial.strip():
             self.childDataReceived(1, b"\n")
         status = reason.value
@@ -105,8 +167,10 @@ class WorkerProcess(protocol.ProcessProtocol):
 
     def signal(self, name: str) -> None:
         """Send ``name`` (``TERM``, ``HUP``, ``KILL``) if the worker still runs."""
+        if self.transport is None:
+            return
         try:
-            self.transport.signalProcess(name)  # type: ignore[union-attr]
+            self.transport.signalProcess(name)
         except (error.ProcessExitedAlready, OSError):
             pass
 
@@ -116,21 +180,21 @@ class SupervisorService(TransferService):
 
     def __init__(
         self,
-        servers: list[Any],
-        endpoints: list[tuple[Any, str]],
+        servers: list[Server],
+        endpoints: list[tuple[Server, str]],
         reload_interval: float,
         shutdown_grace: float = 30.0,
         *,
         workers: int,
         argv: list[str],
-        reactor: Any = None,
+        reactor: SupervisorReactor | None = None,
     ) -> None:
         super().__init__(servers, endpoints, reload_interval, shutdown_grace)
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
-        self.reactor = reactor
+        self.reactor: SupervisorReactor = reactor
         self.worker_count = workers
         self.argv = argv
         self.workers: dict[int, WorkerProcess] = {}
@@ -142,15 +206,16 @@ class SupervisorService(TransferService):
         super().privilegedStartService()
         for server in self.servers:
             for port in server.ports:
-                port.stopReading()
+                shared_socket(port).stopReading()
 
     def startService(self) -> None:
-        service.MultiService.startService(self)
+        """Start housekeeping (the supervisor alone expires keys), SIGHUP, and the workers."""
+        service.MultiService.startService(self)  # type: ignore[no-untyped-call]  # Twisted's service module is untyped
         for server in self.servers:
             server.maintain(self.reactor, interval=self.reload_interval)
         if hasattr(signal, "SIGHUP"):
             self._previous_sighup = signal.signal(
-                signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload)
+                signal.SIGHUP, lambda *_: IReactorThreads(self.reactor).callFromThread(self.reload)
             )
         _log.info("starting {n} worker processes", n=self.worker_count)
         for index in range(1, self.worker_count + 1):
@@ -163,7 +228,7 @@ class SupervisorService(TransferService):
         child_fd = FIRST_FD
         for server in self.servers:
             for port in server.ports:
-                mapping[child_fd] = port.fileno()
+                mapping[child_fd] = shared_socket(port).fileno()
                 named.append(f"{server.scheme}:{child_fd}")
                 child_fd += 1
         return mapping, ",".join(named)
@@ -177,7 +242,7 @@ class SupervisorService(TransferService):
         env[FDS_VARIABLE] = named
         env["GSITRANSFER_WORKER_INDEX"] = str(index)
         env["GSITRANSFER_SUPERVISOR_PID"] = str(os.getpid())
-        child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+        child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
         child_fds.update(mapping)
         self.reactor.spawnProcess(
             worker,
@@ -259,17 +324,19 @@ class SupervisorService(TransferService):
         for worker in list(self.workers.values()):
             worker.signal("HUP")
 
-    @defer.inlineCallbacks
-    def stopService(self) -> Any:
+    def stopService(self) -> defer.Deferred[None]:
         """Pass SIGTERM on, wait for the workers (killing stragglers), then stop."""
         self.stopping = True
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
+        return defer.Deferred.fromCoroutine(self._stop_workers())
+
+    async def _stop_workers(self) -> None:
         # close the supervisor's listening sockets first: once every worker has
         # closed its duplicate too, new connections are refused
         for server in self.servers:
-            yield server.stop(0, self.reactor)
+            await server.stop(0, self.reactor)
         workers = list(self.workers.values())
         for worker in workers:
             worker.signal("TERM")
@@ -277,10 +344,10 @@ class SupervisorService(TransferService):
             ended = defer.DeferredList([w.ended for w in workers], consumeErrors=True)
             deadline = self.shutdown_grace + KILL_AFTER
             timer = self.reactor.callLater(deadline, self._kill, workers)
-            yield ended
+            await ended
             if timer.active():
                 timer.cancel()
-        yield service.MultiService.stopService(self)
+        await service.MultiService.stopService(self)  # type: ignore[no-untyped-call]
 
     @staticmethod
     def _kill(workers: list[WorkerProcess]) -> None:
@@ -297,8 +364,8 @@ class WorkerService(TransferService):
 
     def __init__(
         self,
-        servers: list[Any],
-        listeners: list[tuple[Any, int]],
+        servers: list[Server],
+        listeners: list[tuple[Server, int]],
         reload_interval: float,
         shutdown_grace: float,
     ) -> None:
@@ -306,6 +373,7 @@ class WorkerService(TransferService):
         self.listeners = listeners
 
     def startService(self) -> None:
+        """Accept on the inherited sockets, then run as a single process would (without expiring keys)."""
         from twisted.internet import reactor
 
         for server, fd in self.listeners:
@@ -314,10 +382,10 @@ class WorkerService(TransferService):
         super().startService()
 
 
-def parse_listeners(text: str, servers: list[Any]) -> list[tuple[Any, int]]:
+def parse_listeners(text: str, servers: list[Server]) -> list[tuple[Server, int]]:
     """``https:3,http:4`` → (server, fd) pairs."""
     by_scheme = {server.scheme: server for server in servers}
-    listeners: list[tuple[Any, int]] = []
+    listeners: list[tuple[Server, int]] = []
     for item in filter(None, text.split(",")):
         scheme, _, fd = item.partition(":")
         if scheme not in by_scheme or not fd.isdigit():
@@ -339,13 +407,28 @@ def _die_with_parent(parent: int) -> None:
         raise SystemExit(1)
 
 
-def _log_to_stdout(reactor: Any) -> None:
+@implementer(ILogObserver)
+class StdoutLines:
+    """A log observer writing each event's text as one line; warnings and failures flushed at once."""
+
+    def __init__(self, stream: io.TextIOWrapper) -> None:
+        self.stream = stream
+
+    def __call__(self, event: LogEvent) -> None:
+        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        self.stream.write(text.rstrip("\n") + "\n")
+        level = event.get("log_level")
+        if "log_failure" in event or (level is not None and level >= LogLevel.warn):
+            self.stream.flush()
+
+
+def _log_to_stdout(reactor: IReactorCore) -> io.TextIOWrapper:
     """Worker events as plain lines on stdout: the supervisor stamps and logs them.
 
     Lines are flushed every ``LOG_FLUSH_INTERVAL`` seconds or when 64 KiB
     are waiting (warnings, errors and failures at once, and everything at
-    shutdown), not one write per line. Access log lines skip the event
-    formatting: they are already text (``accesslog.write_lines_to``).
+    shutdown), not one write per line. Returns the stream: access log lines
+    may skip the event formatting and be written to it as text.
     """
     stream = io.TextIOWrapper(
         io.BufferedWriter(io.FileIO(sys.stdout.fileno(), "w", closefd=False), LOG_BUFFER),
@@ -353,18 +436,10 @@ def _log_to_stdout(reactor: Any) -> None:
         errors="backslashreplace",
     )
     sys.stdout = stream
-
-    def observer(event: dict[str, Any]) -> None:
-        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
-        stream.write(text.rstrip("\n") + "\n")
-        level = event.get("log_level")
-        if "log_failure" in event or (level is not None and level >= LogLevel.warn):
-            stream.flush()
-
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    accesslog.write_lines_to(stream.write)
+    globalLogBeginner.beginLoggingTo([StdoutLines(stream)], redirectStandardIO=False)
     LoopingCall(stream.flush).start(LOG_FLUSH_INTERVAL, now=False)
     reactor.addSystemEventTrigger("after", "shutdown", stream.flush)
+    return stream
 
 
 def worker_main(argv: list[str]) -> None:
@@ -374,13 +449,18 @@ def worker_main(argv: list[str]) -> None:
         _die_with_parent(parent)
     options = Options()
     options.parseOptions(argv)
-    if "twisted.internet.reactor" not in sys.modules:
+    fast_paths = options.fast_paths()
+    if fast_paths.event_loop and "twisted.internet.reactor" not in sys.modules:
         eventloop.install()  # the epoll reactor without a log context per event
     from twisted.internet import reactor
 
-    _log_to_stdout(reactor)
+    stream = _log_to_stdout(reactor)
+    # access lines are already text: with the fast path they go to stdout as they are
+    access_line_writer = stream.write if fast_paths.access_log_writer else None
     try:
-        servers = build_servers(options, role="worker")
+        servers = build_servers(
+            options, role="worker", fast_paths=fast_paths, access_line_writer=access_line_writer
+        )
         listeners = parse_listeners(os.environ.get(FDS_VARIABLE, ""), servers)
     except ConfigError as problem:
         fail(str(problem), 1)
@@ -394,7 +474,7 @@ def worker_main(argv: list[str]) -> None:
     reactor.run()
 
 
-def _stop_if_orphaned(parent: int, reactor: Any) -> None:
+def _stop_if_orphaned(parent: int, reactor: IReactorCore) -> None:
     if os.getppid() != parent and reactor.running:
         reactor.stop()
 

@@ -64,7 +64,7 @@ def send_slowly(base: str, upload: Upload, rng: random.Random, stop: threading.E
     """Send one body in 64 KiB pieces with small pauses; record the status if one comes."""
     head = f"POST /data/{upload.key}/0 HTTP/1.1\r\nHost: x\r\nContent-Length: {len(upload.content)}\r\n\r\n"
     pause = rng.uniform(0.005, 0.02)
-    time.sleep(rng.uniform(0.0, 0.4))
+    time.sleep(rng.uniform(0.0, 0.4))  # deliberate: clients start at random moments
     try:
         with connect(base, timeout=10) as sock:
             sock.sendall(head.encode())
@@ -73,7 +73,7 @@ def send_slowly(base: str, upload: Upload, rng: random.Random, stop: threading.E
                 if stop.is_set():
                     return
                 sock.sendall(view[offset: offset + 64 * 1024])
-                time.sleep(pause)
+                time.sleep(pause)  # deliberate: a client trickling its body
             answer, _ = read_until_closed_or_response(sock, 10)
             found = statuses(answer)
             upload.status = found[0] if found else None
@@ -113,7 +113,7 @@ def crash_round(tmp_path: Path, seed: int, files: int = 12) -> dict[str, int]:
                    for i, u in enumerate(uploads)]
         for thread in threads:
             thread.start()
-        time.sleep(rng.uniform(0.05, 0.9))
+        time.sleep(rng.uniform(0.05, 0.9))  # deliberate: the crash comes at a random moment
         first.kill()
         stop.set()
         for thread in threads:

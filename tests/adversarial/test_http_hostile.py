@@ -30,6 +30,7 @@ import pytest
 
 from tests.support.http import request
 from tests.support.server import ServerProcess
+from tests.support.waiting import has_answer, wait_for
 
 from .support import (
     assert_clean_log,
@@ -196,7 +197,7 @@ def test_request_hidden_in_refused_upload_body_never_runs(base, victim):
     assert statuses(answer)[:1] == [400]
     with connect(base) as sock:
         sock.sendall(head)
-        time.sleep(0.3)
+        wait_for(lambda: has_answer(sock), 5, "the answer to the headers alone")
         try:
             sock.sendall(inner + inner)
         except OSError:

@@ -32,6 +32,7 @@ import pytest
 from gsitransfer.testca import TestPKI
 from tests.support.http import client_tls, manifest_for, request
 from tests.support.server import ServerProcess
+from tests.support.waiting import refuses_connections
 
 from .support import (
     assert_clean_log,
@@ -307,10 +308,10 @@ def test_sigterm_with_many_uploads_in_flight(tmp_path):
             sock.sendall(f"POST /data/{key}/0 HTTP/1.1\r\nHost: x\r\nContent-Length: {len(content)}\r\n\r\n".encode()
                          + content[: len(content) // 3])
             sockets.append(sock)
-        time.sleep(0.3)
+        wait_for(lambda: len(part_files(store)) == len(files), 10, "every upload in flight")
         signalled = time.monotonic()
         server.signal(signal.SIGTERM)
-        time.sleep(0.3)
+        wait_for(lambda: refuses_connections(*host_port(base)), 10, "the listener closed")
         with pytest.raises(OSError):
             socket.create_connection(host_port(base), timeout=1).close()
         answers: list[int | None] = []
@@ -362,7 +363,7 @@ def test_sigterm_lets_a_download_in_flight_finish(tmp_path):
                 if not chunk:
                     break
                 data += chunk
-                time.sleep(0.02)
+                time.sleep(0.02)  # deliberate: a client reading slowly through the shutdown
         body = data.partition(b"\r\n\r\n")[2]
         print(f"download at SIGTERM: {len(body)} of {len(content)} bytes")
         assert md5(body) == md5(content)
@@ -382,7 +383,7 @@ def test_request_on_a_kept_alive_connection_after_sigterm(tmp_path):
             sock.sendall(b"GET /data/ HTTP/1.1\r\nHost: x\r\n\r\n")
             assert _one_response(sock) == 200
             server.signal(signal.SIGTERM)
-            time.sleep(0.3)
+            wait_for(lambda: refuses_connections(*host_port(base)), 10, "the listener closed")
             try:
                 sock.sendall(f"POST /data/{key}/0 HTTP/1.1\r\nHost: x\r\nContent-Length: {len(content)}\r\n\r\n"
                              .encode() + content)
@@ -426,7 +427,7 @@ def test_latency_of_other_clients_during_a_big_commit(tmp_path):
                 except OSError:
                     pass
                 waits.append((time.monotonic() - started, started))
-                time.sleep(0.02)
+                time.sleep(0.02)  # deliberate: one probe every 20 ms
 
         prober = threading.Thread(target=probe)
         prober.start()

@@ -386,7 +386,7 @@ def test_slow_manifest_parse_does_not_stall_other_clients(server):
     body = b"[manifest]\nx" + b" " * (12 * 1024) + b"y\n"
     sock = socket.create_connection((host, int(port)), timeout=30)
     sock.sendall(b"POST /data/manifest HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-    time.sleep(0.1)
+    time.sleep(0.1)  # deliberate: the other client comes while the manifest is (likely) being parsed
     started = time.monotonic()
     try:
         answer = request(base, "GET", "/data/", timeout=0.5)

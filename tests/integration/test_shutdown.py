@@ -13,6 +13,9 @@ import pytest
 
 from tests.support.http import post_manifest
 from tests.support.server import ServerProcess
+from tests.support.waiting import refuses_connections, wait_for
+
+from .helpers import part_files
 
 
 def test_sigterm_lets_an_upload_in_flight_finish(tmp_path: Path) -> None:
@@ -30,9 +33,10 @@ def test_sigterm_lets_an_upload_in_flight_finish(tmp_path: Path) -> None:
             f"POST /data/{key}/0 HTTP/1.1\r\nHost: x\r\nContent-Length: {len(content)}\r\n\r\n".encode()
             + content[:500_000]
         )
-        time.sleep(0.3)
+        wait_for(lambda: part_files(store), 10, "the upload in flight")
         server.signal(signal.SIGTERM)
-        time.sleep(0.5)
+        wait_for(lambda: "waiting up to" in server.log_text(), 10, "the server waiting for the upload")
+        wait_for(lambda: refuses_connections(host, int(port)), 10, "the listener closed")
         with pytest.raises(OSError):
             socket.create_connection((host, int(port)), timeout=2).close()
         assert server.process is not None and server.process.poll() is None
@@ -66,7 +70,7 @@ def test_sigterm_abandons_after_the_grace(tmp_path: Path) -> None:
             f"POST /data/{key}/0 HTTP/1.1\r\nHost: x\r\nContent-Length: {len(content)}\r\n\r\n".encode()
             + content[:1000]
         )
-        time.sleep(0.3)
+        wait_for(lambda: part_files(store), 10, "the upload in flight")
         started = time.monotonic()
         server.signal(signal.SIGTERM)
         assert server.process is not None and server.process.wait(timeout=15) in (0, -signal.SIGTERM)

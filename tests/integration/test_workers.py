@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -58,6 +57,27 @@ def test_workers_serve_uploads_and_downloads(tmp_path: Path) -> None:
     assert "Unhandled Error" not in log and "Traceback" not in log
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-paths", "no-fast-paths"])
+def test_workers_serve_with_and_without_fast_paths_and_relay_access_lines(tmp_path: Path, fast: bool) -> None:
+    """--no-fast-paths reaches the workers; either way a file goes up and back and its access line reaches the log."""
+    data = os.urandom(3000)
+    extra = [] if fast else ["--no-fast-paths"]
+    with running(ServerProcess(tmp_path, server_args(tmp_path / "store", *WORKERS, *extra))) as server:
+        base = server.url()
+        wait_for(lambda: len(server.worker_pids()) == 2, 20, "two workers")
+        if not fast:
+            for pid in server.worker_pids():
+                assert b"--no-fast-paths" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        key = post_manifest(base, "data", [("fp.dat", data)])
+        assert _upload(base, key, 0, data) == 200
+        answer = request(base, "GET", "/data/fp.dat")
+        assert answer.status == 200 and answer.body == data
+        wait_for(lambda: '"GET /data/fp.dat HTTP/1.1" 200' in server.log_text(), 10, "the access line")
+        log = server.log_text()
+    assert any(line.split("worker ", 1)[-1][:1].isdigit() for line in log.splitlines() if "GET /data/fp.dat" in line)
+    assert "Unhandled Error" not in log and "Traceback" not in log
+
+
 def test_key_posted_to_one_worker_is_used_on_another(tmp_path: Path) -> None:
     """A key is usable whichever worker takes the next connection: every state is in the shared database."""
     data = os.urandom(5000)
@@ -71,8 +91,15 @@ def test_key_posted_to_one_worker_is_used_on_another(tmp_path: Path) -> None:
             assert _upload(base, key, 0, data) == 409
 
 
-def _race(path: str, key: str, start: multiprocessing.synchronize.Event, results: "multiprocessing.Queue[bool]") -> None:
+def _race(
+    path: str,
+    key: str,
+    ready: "multiprocessing.Queue[int]",
+    start: multiprocessing.synchronize.Event,
+    results: "multiprocessing.Queue[bool]",
+) -> None:
     table = SQLiteTransferTable(path, reset_receiving=False)
+    ready.put(os.getpid())
     start.wait(10)
     results.put(table.transition(key, 0, FileState.PENDING, FileState.RECEIVING))
     table.close()
@@ -91,10 +118,12 @@ def test_exactly_one_process_wins_a_file(tmp_path: Path) -> None:
     context = multiprocessing.get_context("spawn")
     start = context.Event()
     results: "multiprocessing.Queue[bool]" = context.Queue()
-    racers = [context.Process(target=_race, args=(path, key, start, results)) for _ in range(8)]
+    ready: "multiprocessing.Queue[int]" = context.Queue()
+    racers = [context.Process(target=_race, args=(path, key, ready, start, results)) for _ in range(8)]
     for racer in racers:
         racer.start()
-    time.sleep(0.5)
+    # every racer has its table open and waits for the start
+    assert sorted(ready.get(timeout=30) for _ in racers) == sorted(racer.pid for racer in racers)
     start.set()
     outcomes = [results.get(timeout=30) for _ in racers]
     for racer in racers:
@@ -146,7 +175,7 @@ def test_sigterm_lets_an_upload_finish_and_stops_every_worker(tmp_path: Path) ->
             sock.sendall(data[:50_000])
             wait_for(lambda: part_files(store), 10, "the upload in flight")
             server.signal(signal.SIGTERM)
-            time.sleep(0.5)
+            wait_for(lambda: "waiting up to" in server.log_text(), 10, "a worker waiting for the upload")
             sock.sendall(data[50_000:])
             assert read_response(sock).status == 200
         assert server.process is not None

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from .waiting import wait_for
+
 REPO = Path(__file__).resolve().parents[2]
 _LISTENING = re.compile(r"gsitransfer listening: (https?)://(\[[0-9a-f:]+\]|[^\s:/\[]+):(\d+)")
 
@@ -55,19 +57,25 @@ class ServerProcess:
         self.process = subprocess.Popen(
             command, cwd=self.workdir, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
         )
-        deadline = time.monotonic() + timeout
         wanted = {"http" if a == "--http" else "https" for a in self.args if a in ("--http", "--https")}
-        while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
-            for scheme, host, port in _LISTENING.findall(text):
-                self.urls[scheme] = f"{scheme}://{host}:{port}"
-            if wanted <= set(self.urls) and text.count("gsitransfer worker serving") >= self.workers:
-                return self
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited ({self.process.returncode}):\n{text}")
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"server did not start:\n{self.log_path.read_text(errors='replace')}")
+        try:
+            wait_for(lambda: self._serving(wanted), timeout, "the server to listen")
+        except AssertionError:
+            self.stop()
+            raise RuntimeError(f"server did not start:\n{self.log_path.read_text(errors='replace')}") from None
+        return self
+
+    def _serving(self, wanted: set[str]) -> bool:
+        """Whether every wanted scheme listens (and every worker serves); raises if the server died."""
+        assert self.process is not None
+        text = self.log_path.read_text(errors="replace")
+        for scheme, host, port in _LISTENING.findall(text):
+            self.urls[scheme] = f"{scheme}://{host}:{port}"
+        if wanted <= set(self.urls) and text.count("gsitransfer worker serving") >= self.workers:
+            return True
+        if self.process.poll() is not None:
+            raise RuntimeError(f"server exited ({self.process.returncode}):\n{text}")
+        return False
 
     def url(self, scheme: str = "http") -> str:
         return self.urls[scheme]

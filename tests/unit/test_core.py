@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from twisted.internet import defer
-from twisted.python.failure import Failure
 
 from gsitransfer import (
     ChecksumMismatch,
@@ -28,20 +27,12 @@ from gsitransfer import (
 from gsitransfer.core import next_state
 from gsitransfer.keys import FileState
 from gsitransfer.manifest import Manifest
+from tests.support.deferreds import result_of
 
 MD5_A = "a" * 32
 ALICE = IdToken(dn="/C=US/O=Grid Test/CN=Alice")
 BOB = IdToken(dn="/C=US/O=Grid Test/CN=Bob")
 MANIFEST = Manifest.of(("a.txt", 3, MD5_A), ("b.txt", 0, "d41d8cd98f00b204e9800998ecf8427e")).to_ini().encode()
-
-
-def result_of(deferred: defer.Deferred[Any]) -> Any:
-    results: list[Any] = []
-    deferred.addBoth(results.append)
-    assert results, "Deferred has not fired"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
 
 
 class Clock:

@@ -19,7 +19,7 @@ from gsitransfer.keys import FileState, MemoryTransferTable, TransferRecord
 from gsitransfer.manifest import Manifest
 from gsitransfer.store import DirectoryStore
 from gsitransfer.transfers_db import SQLiteTransferTable
-from tests.unit.test_core import result_of
+from tests.support.deferreds import result_of
 
 MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 ALICE = IdToken(dn="/C=US/O=Grid Test/CN=Alice")

@@ -1,0 +1,305 @@
+"""The servers the command line asks for, and the service that runs them in one process.
+
+:func:`build_servers` turns :class:`~gsitransfer.options.Options` into
+servers (stores and handlers registered, the fast paths chosen, not yet
+listening); :class:`TransferService` listens on every endpoint, keeps keys
+expiring and trust fresh, reloads on SIGHUP and stops gracefully. The
+supervisor and workers of ``--workers`` (:mod:`gsitransfer.workers`) build on
+both; ``tap.makeService`` picks between them.
+
+Twisted's reactor and the web and TLS modules are imported when first
+needed, never at import time: a worker installs its own reactor first.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import signal
+from typing import TYPE_CHECKING, Callable, Protocol, TypedDict
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IReactorThreads, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .fastpaths import FastPaths
+from .manifest import ManifestLimits
+from .options import ConfigError, Options, Role, fail
+
+if TYPE_CHECKING:
+    from .keys import TransferTable
+    from .tls.context import ServerTLS
+
+#: the namespace these lines had when tap.py wrote them: log filters keep working
+_log = Logger(namespace="gsitransfer.tap")
+
+
+class Server(Protocol):
+    """What running a server needs of it (``HTTPTransferServer`` and its GSI variant)."""
+
+    @property
+    def scheme(self) -> str:
+        """``http`` or ``https``."""
+
+    @property
+    def ports(self) -> list[IListeningPort]:
+        """The ports it listens on."""
+
+    @property
+    def transfers(self) -> object:
+        """Its transfer table (shared by the servers of one process)."""
+
+    def RegisterPrefix(self, prefix: str, handler: object) -> None:
+        """Serve ``/<prefix>/`` through ``handler``."""
+
+    def LookupPrefix(self, prefix: str) -> object | None:
+        """The handler of ``prefix``."""
+
+    def prefixes(self) -> list[str]:
+        """The registered prefixes."""
+
+    def listen(self, endpoint: str, reactor: object = None) -> defer.Deferred[IListeningPort]:
+        """Listen on a Twisted endpoint string."""
+
+    def adopt(self, fd: int, reactor: object = None) -> IListeningPort:
+        """Accept on an inherited listening socket."""
+
+    def maintain(self, reactor: object = None, interval: float = 60.0, expire: bool = True) -> LoopingCall:
+        """Expire keys (unless ``expire`` is False) and reload trust every ``interval`` seconds."""
+
+    def reload(self, force: bool = False) -> None:
+        """Re-read CAs, CRLs and the grid-mapfile."""
+
+    def stop(self, grace: float = 0.0, reactor: object = None) -> defer.Deferred[None]:
+        """Stop listening; let transfers in flight end within ``grace`` seconds."""
+
+
+class _ServerSettings(TypedDict):
+    """The keyword arguments both kinds of server get from the options."""
+
+    transfers: TransferTable
+    manifest_ttl: float
+    manifest_limits: ManifestLimits
+    gridmap: str | None
+    idle_timeout: float
+    head_timeout: float
+    handshake_timeout: float
+    min_body_rate: float
+    handler_timeout: float
+    timer: IReactorTime
+    max_pending_files: int | None
+    max_pending_bytes: int | None
+    fast_paths: FastPaths
+    access_line_writer: Callable[[str], object] | None
+
+
+def load_factory(target: str) -> object:
+    """Import ``package.module:factory`` and call the factory with no arguments."""
+    module_name, _, attribute = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:
+        raise ConfigError(f"cannot import {module_name}: {error}") from None
+    factory = getattr(module, attribute, None)
+    if factory is None or not callable(factory):
+        raise ConfigError(f"{module_name} has no callable {attribute}")
+    try:
+        made: object = factory()
+    except Exception as error:
+        raise ConfigError(f"{target}() failed: {error}") from None
+    return made
+
+
+def build_servers(
+    options: Options,
+    role: Role = "single",
+    *,
+    fast_paths: FastPaths | None = None,
+    access_line_writer: Callable[[str], object] | None = None,
+) -> list[Server]:
+    """The configured servers, handlers registered, not yet listening.
+
+    ``fast_paths``: the fast paths every server uses (default: as the options
+    and the environment say). ``access_line_writer``: where access lines
+    meant for the global log go as text instead (a worker's stdout).
+
+    A ``worker`` neither cleans up the stores nor resets files left receiving:
+    its supervisor did that before starting any worker.
+    """
+    recovering = role != "worker"
+    if fast_paths is None:
+        fast_paths = options.fast_paths()
+    from twisted.internet import reactor
+
+    from .store import DirectoryStore, StoreError
+    from .transfers_db import SQLiteTransferTable, TransferDBError
+    from .web.servers import GSIHTTPTransferServer, HTTPTransferServer
+
+    handlers: list[tuple[str, object]] = []
+    for prefix, directory in options["stores"]:
+        try:
+            handlers.append(
+                (
+                    prefix,
+                    DirectoryStore(
+                        directory, pending_ttl=options["manifest-ttl"], recover=recovering
+                    ),
+                )
+            )
+        except StoreError as error:
+            raise ConfigError(str(error)) from None
+    for prefix, target in options["handlers"]:
+        handlers.append((prefix, load_factory(target)))
+
+    state_path = options["state"]
+    if state_path is None:
+        first_dir = options["stores"][0][1] if options["stores"] else "."
+        state_path = os.path.join(first_dir, ".gsitransfer-transfers.sqlite")
+    try:
+        transfers = SQLiteTransferTable(state_path, reset_receiving=recovering)
+    except TransferDBError as error:
+        raise ConfigError(str(error)) from None
+
+    common = _ServerSettings(
+        transfers=transfers,
+        manifest_ttl=options["manifest-ttl"],
+        manifest_limits=ManifestLimits(
+            max_bytes=options["max-manifest-bytes"],
+            max_files=options["max-files"],
+            max_total_size=options["max-transfer-size"],
+        ),
+        gridmap=options["gridmap"],
+        idle_timeout=options["idle-timeout"],
+        head_timeout=options["head-timeout"],
+        handshake_timeout=options["handshake-timeout"],
+        min_body_rate=options["min-body-rate"],
+        handler_timeout=options["handler-timeout"],
+        timer=reactor,
+        max_pending_files=options["max-pending-files"] or None,
+        max_pending_bytes=options["max-pending-bytes"] or None,
+        fast_paths=fast_paths,
+        access_line_writer=access_line_writer,
+    )
+    servers: list[Server] = []
+    try:
+        if options["https"]:
+            servers.append(
+                GSIHTTPTransferServer(_server_tls(options), public_url=options["public-url"], **common)
+            )
+        if options["http"]:
+            public = None if options["https"] else options["public-url"]
+            servers.append(
+                HTTPTransferServer(
+                    trusted_proxies=options["trusted_proxies"], public_url=public, **common
+                )
+            )
+    except (ValueError, OSError) as error:
+        raise ConfigError(str(error)) from None
+    for server in servers:
+        for prefix, handler in handlers:
+            server.RegisterPrefix(prefix, handler)
+    return servers
+
+
+def _server_tls(options: Options) -> ServerTLS:
+    from .tls.context import ServerTLS, TLSConfigError, TrustConfig
+
+    try:
+        return ServerTLS(
+            options["cert"],
+            options["key"],
+            TrustConfig(
+                ca_dir=options["ca-dir"],
+                ca_file=options["ca-file"],
+                crl_policy=options["crl-policy"],
+            ),
+        )
+    except TLSConfigError as error:
+        raise ConfigError(str(error)) from None
+
+
+def endpoints_of(options: Options, servers: list[Server]) -> list[tuple[Server, str]]:
+    """Each ``--https``/``--http`` endpoint with the server that listens on it."""
+    by_scheme = {server.scheme: server for server in servers}
+    endpoints = [(by_scheme["https"], endpoint) for endpoint in options["https"]]
+    endpoints += [(by_scheme["http"], endpoint) for endpoint in options["http"]]
+    return endpoints
+
+
+class TransferService(service.MultiService):
+    """Listens on every endpoint, keeps keys expiring and trust fresh."""
+
+    #: False in a ``--workers`` worker: its supervisor expires the keys
+    expire_keys = True
+
+    def __init__(
+        self,
+        servers: list[Server],
+        endpoints: list[tuple[Server, str]],
+        reload_interval: float,
+        shutdown_grace: float = 30.0,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # twisted.application.service is untyped
+        self.servers = servers
+        self.endpoints = endpoints
+        self.reload_interval = reload_interval
+        self.shutdown_grace = shutdown_grace
+        self._previous_sighup: signal.Handlers | int | Callable[..., object] | None = None
+
+    def privilegedStartService(self) -> None:
+        """Bind every endpoint before the reactor runs; a failure is one line and exit 1."""
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+        from twisted.internet import reactor
+
+        for server, endpoint in self.endpoints:
+            failures: list[Failure] = []
+            listening = server.listen(serverFromString(reactor, endpoint), reactor)  # type: ignore[no-untyped-call]
+            listening.addCallbacks(
+                lambda port, url=endpoint: _log.info("listening on {endpoint}", endpoint=url),
+                failures.append,
+            )
+            if failures:
+                fail(f"cannot listen on {endpoint}: {failures[0].getErrorMessage()}", 1)
+
+    def startService(self) -> None:
+        """Start housekeeping and the SIGHUP reload; freeze what start-up made out of GC."""
+        super().startService()  # type: ignore[no-untyped-call]
+        from twisted.internet import reactor
+
+        for server in self.servers:
+            server.maintain(reactor, interval=self.reload_interval, expire=self.expire_keys)
+        if hasattr(signal, "SIGHUP"):
+            self._previous_sighup = signal.signal(
+                signal.SIGHUP, lambda *_: IReactorThreads(reactor).callFromThread(self.reload)
+            )
+        # what start-up made lives as long as the process: keep it out of every GC pass
+        gc.freeze()
+
+    def reload(self) -> None:
+        """Re-read CAs, CRLs and the grid-mapfile (SIGHUP)."""
+        _log.info("reloading trust and grid-mapfile")
+        for server in self.servers:
+            try:
+                server.reload(force=True)
+            except Exception:
+                _log.failure("reload failed")
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Stop accepting, give uploads in flight ``shutdown_grace`` seconds, then stop."""
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        await defer.DeferredList(
+            [server.stop(self.shutdown_grace) for server in self.servers], consumeErrors=True
+        )
+        await service.MultiService.stopService(self)  # type: ignore[no-untyped-call]
+
+
+__all__ = ["Server", "TransferService", "build_servers", "endpoints_of", "load_factory"]
