@@ -258,7 +258,7 @@ class TransferService(service.MultiService):
 
         for server, endpoint in self.endpoints:
             failures: list[Failure] = []
-            listening = server.listen(serverFromString(reactor, endpoint), reactor)  # type: ignore[no-untyped-call]
+            listening = server.listen(serverFromString(reactor, endpoint), reactor)
             listening.addCallbacks(
                 lambda port, url=endpoint: _log.info("listening on {endpoint}", endpoint=url),
                 failures.append,
@@ -299,7 +299,7 @@ class TransferService(service.MultiService):
         await defer.DeferredList(
             [server.stop(self.shutdown_grace) for server in self.servers], consumeErrors=True
         )
-        await service.MultiService.stopService(self)  # type: ignore[no-untyped-call]
+        await service.MultiService.stopService(self)
 
 
 __all__ = ["Server", "TransferService", "build_servers", "endpoints_of", "load_factory"]

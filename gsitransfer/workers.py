@@ -210,7 +210,7 @@ class SupervisorService(TransferService):
 
     def startService(self) -> None:
         """Start housekeeping (the supervisor alone expires keys), SIGHUP, and the workers."""
-        service.MultiService.startService(self)  # type: ignore[no-untyped-call]  # Twisted's service module is untyped
+        service.MultiService.startService(self)
         for server in self.servers:
             server.maintain(self.reactor, interval=self.reload_interval)
         if hasattr(signal, "SIGHUP"):
@@ -347,7 +347,7 @@ class SupervisorService(TransferService):
             await ended
             if timer.active():
                 timer.cancel()
-        await service.MultiService.stopService(self)  # type: ignore[no-untyped-call]
+        await service.MultiService.stopService(self)
 
     @staticmethod
     def _kill(workers: list[WorkerProcess]) -> None:

@@ -15,6 +15,7 @@ identity from the client certificate chain.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import weakref
 from typing import Any, Callable, Iterable
@@ -73,8 +74,8 @@ class TransferSite(web_server.Site):
         ``access_line_writer``: where access lines meant for the global log go
         as text instead (a worker's stdout), used when ``fast_paths.access_log_writer``.
         """
-        super().__init__(RouteTable(), timeout=timeout)
         self.serving = serving
+        super().__init__(RouteTable(), timeout=timeout, reactor=serving.reactor)
         self.identity = identity
         self.fast_paths = fast_paths
         self.access_line_writer = access_line_writer if fast_paths.access_log_writer else None
@@ -88,6 +89,20 @@ class TransferSite(web_server.Site):
         self.active_requests = 0
         #: protocols of the connections made (closed gracefully at shutdown)
         self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    @property
+    def reactor(self) -> Any:
+        """The reactor of this site's connections, and of its verbs (``serving.reactor``)."""
+        return self._reactor
+
+    @reactor.setter
+    def reactor(self, reactor: Any) -> None:
+        # set by HTTPFactory's constructor, and by tests that run a site on their own clock:
+        # the verbs then use the same reactor (for its threads, or for none)
+        self._reactor = reactor
+        serving: Serving | None = self.__dict__.get("serving")
+        if serving is not None and serving.reactor is not reactor:
+            self.serving = dataclasses.replace(serving, reactor=reactor)
 
     def buildProtocol(self, addr: Any) -> Any:
         protocol = super().buildProtocol(addr)
@@ -211,8 +226,6 @@ class HTTPTransferServer(TransferServer):
             fast_paths=self.fast_paths,
             access_line_writer=self.access_line_writer,
         )
-        if reactor is not None:
-            site.reactor = reactor
         self._sites.append(site)
         return site
 

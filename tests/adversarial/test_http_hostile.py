@@ -362,17 +362,26 @@ def test_encoded_separator_in_an_upload_path_is_404(base):
     assert first_status(data) == 404
 
 
+def test_options_answers_allow_and_echoes_nothing(base):
+    """OPTIONS (a row of the route table): 200, the path's Allow, no body, nothing of the request echoed."""
+    data, _ = exchange(base, b"OPTIONS /data/x HTTP/1.1\r\nHost: x\r\nCookie: secret=1\r\nConnection: close\r\n\r\n",
+                       timeout=5)
+    assert first_status(data) == 200, data[:200]
+    assert re.search(rb"(?im)^allow: GET, HEAD, OPTIONS\r$", data)
+    assert re.search(rb"(?im)^content-length: 0\r$", data)
+    assert b"secret" not in data
+
+
 @pytest.mark.parametrize(
     "method, path, allow",
     [
-        ("OPTIONS", "/data/x", "GET, HEAD"),
-        ("TRACE", "/data/x", "GET, HEAD"),
-        ("PATCH", "/data/x", "GET, HEAD"),
-        ("DELETE", "/data/x", "GET, HEAD"),
-        ("PUT", "/data/", "GET, HEAD"),
-        ("POST", "/data/", "GET, HEAD"),
-        ("PUT", "/data/" + "K" * 32, "GET, HEAD, DELETE"),
-        ("PROPFIND", "/data/x", "GET, HEAD"),
+        ("TRACE", "/data/x", "GET, HEAD, OPTIONS"),
+        ("PATCH", "/data/x", "GET, HEAD, OPTIONS"),
+        ("DELETE", "/data/x", "GET, HEAD, OPTIONS"),
+        ("PUT", "/data/", "GET, HEAD, OPTIONS"),
+        ("POST", "/data/", "GET, HEAD, OPTIONS"),
+        ("PUT", "/data/" + "K" * 32, "GET, HEAD, DELETE, OPTIONS"),
+        ("PROPFIND", "/data/x", "GET, HEAD, OPTIONS"),
     ],
 )
 def test_method_not_allowed_has_allow(base, method, path, allow):
