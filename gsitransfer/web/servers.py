@@ -29,7 +29,7 @@ from twisted.web.http import combinedLogFormatter
 
 from ..core import TransferServer
 from ..fastpaths import FastPaths
-from ..tls.transport import BulkTLSFactory
+from ..tls.factory import server_protocol_factory
 from .accesslog import access_line, emit_access_line, plain_get_line
 from .offload import finish_discards
 from .channel import (
@@ -335,7 +335,7 @@ class GSIHTTPTransferServer(HTTPTransferServer):
         return CertificateIdentity()
 
     def protocol_factory(self) -> Any:
-        return BulkTLSFactory(self.tls, False, self.site())
+        return server_protocol_factory(self.tls, self.site(), bulk=self.fast_paths.bulk_tls)
 
     def reload(self, force: bool = False) -> None:
         """Re-read CAs, CRLs and the grid-mapfile; new connections see the new trust."""
