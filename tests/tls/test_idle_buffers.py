@@ -13,7 +13,7 @@ from twisted.internet.testing import StringTransport
 from gsitransfer.tls import server_protocol_factory
 from gsitransfer.tls.context import ServerTLS, TrustConfig
 from gsitransfer.tls.peer import release_idle_buffers
-from tests.tls.memory_tls import pump
+from .memory_tls import pump
 
 
 def _pair(test_pki) -> tuple[SSL.Connection, SSL.Connection]:
