@@ -108,6 +108,8 @@ class EchoServer:
         )
         match = self.wait_for(lambda text: re.search(r"^port: (\d+)$", text, re.M))
         self.port = int(match.group(1))
+        #: True when the server runs the bulk transport (``--bulk`` and fast paths not turned off)
+        self.bulk = "transport: BulkTLSFactory" in self.log()
 
     def log(self) -> str:
         """Everything the server printed so far."""
