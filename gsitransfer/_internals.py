@@ -27,6 +27,7 @@ The binding itself is looked up once, at import, into an immutable value.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, Final, Iterable, Mapping, TypeVar
 
 import OpenSSL
@@ -39,8 +40,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
 _log = Logger()
 
-#: the newest major versions the fast paths were tested with (pyproject: Twisted < 27, pyOpenSSL < 27)
-TESTED_BELOW: Final = {"Twisted": 27, "pyOpenSSL": 27}
+#: the first major versions the fast paths were not tested with (pyproject: Twisted < 27, pyOpenSSL < 27)
+TWISTED_UNTESTED_FROM: Final = 27
+PYOPENSSL_UNTESTED_FROM: Final = 27
 
 #: the fast paths whose availability :func:`check_internals` reports
 BULK_TLS: Final = "bulk_tls"
@@ -58,7 +60,7 @@ class InternalsReport:
 
     twisted_version: str
     pyopenssl_version: str
-    missing: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    missing: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
     def available(self, fast_path: str) -> bool:
         """True when ``fast_path`` (:data:`BULK_TLS`, :data:`EVENT_LOOP`) has all it needs."""
@@ -91,8 +93,11 @@ _TLS_PROTOCOL_ATTRIBUTES: Final = (
     "_checkHandshakeStatus", "_flushSendBIO", "_flushReceiveBIO", "_write", "_bufferedWrite",
     "_shutdownTLS", "_tlsShutdownFinished", "_lostTLSConnection", "_aborted", "_handshakeDone",
 )
-#: what TLSMemoryBIOProtocol sets on its instances and the bulk protocol uses
-_TLS_PROTOCOL_INSTANCE_ATTRIBUTES: Final = ("_tlsConnection", "_appSendBuffer", "_connectWrapped", "_creatorCallable")
+#: what TLSMemoryBIOProtocol sets on its instances (in makeConnection, in __init__) and the bulk protocol uses
+_TLS_CONNECTION_ATTRIBUTES: Final = ("_tlsConnection", "_appSendBuffer")
+_TLS_WRAPPER_ATTRIBUTES: Final = ("_connectWrapped",)
+#: what TLSMemoryBIOFactory sets on its instances and the bulk factory uses
+_TLS_FACTORY_ATTRIBUTES: Final = ("_creatorCallable",)
 #: what a pyOpenSSL Connection holds and the bulk protocol's buffers use
 _CONNECTION_INSTANCE_ATTRIBUTES: Final = ("_ssl", "_into_ssl", "_from_ssl")
 #: what a Twisted TCP transport has and the sending at once uses
@@ -110,18 +115,18 @@ def check_internals() -> InternalsReport:
     twisted_version = str(getattr(twisted, "__version__", "unknown"))
     pyopenssl_version = str(getattr(OpenSSL, "__version__", "unknown"))
     versions: list[str] = []
-    if not 0 <= _major(twisted_version) < TESTED_BELOW["Twisted"]:
-        versions.append(f"Twisted {twisted_version} is outside the tested range (< {TESTED_BELOW['Twisted']})")
+    if not 0 <= _major(twisted_version) < TWISTED_UNTESTED_FROM:
+        versions.append(f"Twisted {twisted_version} is outside the tested range (< {TWISTED_UNTESTED_FROM})")
     tls_versions = list(versions)
-    if not 0 <= _major(pyopenssl_version) < TESTED_BELOW["pyOpenSSL"]:
+    if not 0 <= _major(pyopenssl_version) < PYOPENSSL_UNTESTED_FROM:
         tls_versions.append(
-            f"pyOpenSSL {pyopenssl_version} is outside the tested range (< {TESTED_BELOW['pyOpenSSL']})")
+            f"pyOpenSSL {pyopenssl_version} is outside the tested range (< {PYOPENSSL_UNTESTED_FROM})")
 
     tls_missing = (
         _lacking(TLSMemoryBIOProtocol, _TLS_PROTOCOL_ATTRIBUTES)
-        + _assigned_by(TLSMemoryBIOProtocol.makeConnection, _TLS_PROTOCOL_INSTANCE_ATTRIBUTES[:2])
-        + _assigned_by(TLSMemoryBIOProtocol.__init__, _TLS_PROTOCOL_INSTANCE_ATTRIBUTES[2:3])
-        + _assigned_by(TLSMemoryBIOFactory.__init__, _TLS_PROTOCOL_INSTANCE_ATTRIBUTES[3:])
+        + _assigned_by(TLSMemoryBIOProtocol.makeConnection, _TLS_CONNECTION_ATTRIBUTES)
+        + _assigned_by(TLSMemoryBIOProtocol.__init__, _TLS_WRAPPER_ATTRIBUTES)
+        + _assigned_by(TLSMemoryBIOFactory.__init__, _TLS_FACTORY_ATTRIBUTES)
         + _lacking(tcp.Connection, _TCP_ATTRIBUTES)
         + _tcp_queue_attribute_missing()
         + _lacking(SSL.Connection, ("_raise_ssl_error",))
@@ -135,7 +140,7 @@ def check_internals() -> InternalsReport:
         EVENT_LOOP: tuple(versions) + ((f"missing: {', '.join(loop_missing)}",) if loop_missing else ()),
     }
     return InternalsReport(twisted_version, pyopenssl_version,
-                           {path: reasons for path, reasons in missing.items() if reasons})
+                           MappingProxyType({path: reasons for path, reasons in missing.items() if reasons}))
 
 
 def _tcp_queue_attribute_missing() -> list[str]:
@@ -442,7 +447,8 @@ def connection_info_callback(
 __all__ = [
     "BULK_TLS",
     "EVENT_LOOP",
-    "TESTED_BELOW",
+    "PYOPENSSL_UNTESTED_FROM",
+    "TWISTED_UNTESTED_FROM",
     "ConnectionInfoCallback",
     "InternalsReport",
     "OpenSSLBuffer",
