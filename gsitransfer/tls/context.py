@@ -40,6 +40,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gsitransfer._internals import connection_info_callback
 from gsitransfer.identity import format_dn
 from gsitransfer.tls.peer import ChainTokens
 
@@ -366,7 +367,7 @@ class ServerTLS:
         self._clock = clock or (lambda: datetime.datetime.now(datetime.timezone.utc))
         self._handshakes: weakref.WeakKeyDictionary[SSL.Connection, _Handshake] = weakref.WeakKeyDictionary()
         #: the info callback set on each connection whose transport does not report its handshake
-        self._connection_info = _connection_info_callback(self._info)
+        self._connection_info = connection_info_callback(self._info)
         self._stamp = self._files_stamp()
         self._context, self.material = self._build()
 
@@ -560,40 +561,6 @@ def _error_reasons(failure: object) -> frozenset[str]:
         return frozenset()
     entries = error.args[0] if error.args and isinstance(error.args[0], list) else []
     return frozenset(str(entry[2]) for entry in entries if isinstance(entry, tuple) and len(entry) == 3)
-
-
-class _ConnectionInfoCallback:
-    """One C info callback, set on each connection that needs watching (``SSL_set_info_callback``)."""
-
-    def __init__(self, ffi: object, lib: object, handler: Callable[[SSL.Connection, int, int], None]) -> None:
-        self._set = lib.SSL_set_info_callback  # type: ignore[attr-defined]
-        connections = SSL.Connection._reverse_mapping  # type: ignore[attr-defined]
-
-        def call(ssl: object, where: int, value: int) -> None:
-            try:
-                connection = connections.get(ssl)
-                if connection is not None:
-                    handler(connection, where, value)
-            except Exception:  # OpenSSL cannot take an exception
-                log.failure("TLS info callback")
-
-        self._callback = ffi.callback("void (*)(const SSL *, int, int)", call)  # type: ignore[attr-defined]
-
-    def install(self, connection: SSL.Connection) -> None:
-        self._set(connection._ssl, self._callback)  # type: ignore[attr-defined]
-
-
-def _connection_info_callback(
-    handler: Callable[[SSL.Connection, int, int], None],
-) -> _ConnectionInfoCallback | None:
-    """A per-connection info callback calling ``handler``, or None when the binding lacks what it needs."""
-    try:
-        from OpenSSL._util import ffi, lib
-    except ImportError:
-        return None
-    if not hasattr(lib, "SSL_set_info_callback") or not hasattr(SSL.Connection, "_reverse_mapping"):
-        return None
-    return _ConnectionInfoCallback(ffi, lib, handler)
 
 
 __all__ = [

@@ -14,12 +14,12 @@ between requests (idle connections are most of a busy server's connections).
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Sequence
+from typing import Sequence
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
+from gsitransfer._internals import replace_idle_memory_bios, verified_chain_der_from_openssl
 from gsitransfer.identity import IdToken, identity_from_chain
 
 
@@ -41,57 +41,13 @@ def verified_chain_der(connection: SSL.Connection) -> tuple[bytes, ...]:
     Cheaper than :func:`verified_chain` (no ``cryptography`` objects):
     pyOpenSSL's ``X509`` wrappers only take a reference to OpenSSL's.
     """
-    direct = _verified_chain_der_direct(connection)
+    direct = verified_chain_der_from_openssl(connection)
     if direct is not None:
         return direct
     chain = connection.get_verified_chain()
     if not chain:
         raise ValueError("the TLS connection has no verified client certificate chain")
     return tuple(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert) for cert in chain)
-
-
-def _verified_chain_der_direct(connection: SSL.Connection) -> tuple[bytes, ...] | None:
-    """:func:`verified_chain_der` straight from OpenSSL's stack (no pyOpenSSL ``X509`` per certificate).
-
-    Every certificate is encoded, one after another, into one memory BIO and
-    the DER of each is cut from it by the lengths in between; about a third
-    of the cost of wrapping and dumping each. None when the binding lacks a
-    function used (the caller then takes pyOpenSSL's way).
-    """
-    ffi, lib = _chain_binding()
-    ssl = getattr(connection, "_ssl", None)
-    if lib is None or ssl is None:
-        return None
-    stack = lib.SSL_get0_verified_chain(ssl)
-    count = lib.sk_X509_num(stack) if stack != ffi.NULL else 0
-    if count <= 0:
-        raise ValueError("the TLS connection has no verified client certificate chain")
-    bio = lib.BIO_new(lib.BIO_s_mem())
-    if bio == ffi.NULL:
-        return None
-    try:
-        ends = []
-        for index in range(count):
-            if lib.i2d_X509_bio(bio, lib.sk_X509_value(stack, index)) != 1:
-                return None
-            ends.append(lib.BIO_get_mem_data(bio, ffi.NULL))
-        data_pointer = ffi.new("char **")
-        total = lib.BIO_get_mem_data(bio, data_pointer)
-        data = ffi.buffer(data_pointer[0], total)[:]
-    finally:
-        lib.BIO_free(bio)
-    starts = [0] + ends[:-1]
-    return tuple(data[start:end] for start, end in zip(starts, ends))
-
-
-@functools.cache
-def _chain_binding() -> tuple[Any, Any]:
-    """pyOpenSSL's cffi ``(ffi, lib)``, or ``(None, None)`` if it lacks what the direct chain read uses."""
-    ffi, lib = _binding()
-    wanted = ("SSL_get0_verified_chain", "sk_X509_num", "sk_X509_value", "i2d_X509_bio", "BIO_get_mem_data")
-    if lib is None or not all(hasattr(lib, name) for name in wanted):
-        return None, None
-    return ffi, lib
 
 
 class ChainTokens:
@@ -161,47 +117,16 @@ def release_idle_buffers(transport: object) -> bool:
     transport that is not a memory-BIO TLS connection, or a pyOpenSSL
     without the attributes used here leaves everything as it was; so does a
     connection whose TCP side is already lost (pyOpenSSL's ``bio_shutdown``
-    marked the old receiving BIO at end of data).
+    marked the old receiving BIO at end of data). Safe with the bulk
+    transport and with Twisted's own ``TLSMemoryBIOProtocol`` alike: both
+    reach the BIOs only through the connection, which holds the new pair.
     """
     connection = getattr(transport, "getHandle", lambda: None)()
     if not isinstance(connection, SSL.Connection):
         return False
     if not getattr(getattr(transport, "transport", None), "connected", False):
         return False
-    into_ssl = getattr(connection, "_into_ssl", None)
-    from_ssl = getattr(connection, "_from_ssl", None)
-    ssl = getattr(connection, "_ssl", None)
-    if into_ssl is None or from_ssl is None or ssl is None:
-        return False
-    ffi, lib = _binding()
-    if lib is None:
-        return False
-    # BIO_get_mem_data returns the bytes still unread in a memory BIO
-    if lib.BIO_get_mem_data(into_ssl, ffi.NULL) or lib.BIO_get_mem_data(from_ssl, ffi.NULL):
-        return False
-    new_into = lib.BIO_new(lib.BIO_s_mem())
-    if new_into == ffi.NULL:
-        return False
-    new_from = lib.BIO_new(lib.BIO_s_mem())
-    if new_from == ffi.NULL:
-        lib.BIO_free(new_into)
-        return False
-    lib.SSL_set_bio(ssl, new_into, new_from)  # takes both, frees the old pair
-    connection._into_ssl, connection._from_ssl = new_into, new_from
-    return True
-
-
-@functools.cache
-def _binding() -> tuple[Any, Any]:
-    """pyOpenSSL's cffi ``(ffi, lib)``, or ``(None, None)`` if it lacks what release_idle_buffers uses."""
-    try:
-        from OpenSSL._util import ffi, lib
-    except ImportError:
-        return None, None
-    wanted = ("BIO_get_mem_data", "BIO_new", "BIO_s_mem", "BIO_free", "SSL_set_bio")
-    if not all(hasattr(lib, name) for name in wanted):
-        return None, None
-    return ffi, lib
+    return replace_idle_memory_bios(connection)
 
 
 __all__ = ["ChainTokens", "identity_from_connection", "identity_from_transport", "release_idle_buffers", "verified_chain",

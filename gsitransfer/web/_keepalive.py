@@ -244,7 +244,7 @@ def _small_file_answer(target: DownloadTarget, close: bool) -> tuple[bytes, int]
         os.path.basename(target.path), size, file_stat.st_mtime, entity_tag(file_stat), target.checksum
     )
     # the head Request.write makes: Connection (from checkPersistence), Server and Date (process)
-    headers = ((b"Server", SERVER_HEADER), (b"Date", http_date(int(time.time()))))
+    headers: tuple[tuple[bytes, bytes], ...] = ((b"Server", SERVER_HEADER), (b"Date", http_date(int(time.time()))))
     if close:
         headers = ((b"Connection", b"close"),) + headers
     return answer_with_head(b"HTTP/1.1 200 OK\r\n", headers, block, data), size

@@ -30,7 +30,7 @@ from twisted.web.http import combinedLogFormatter
 
 from ..core import TransferServer
 from ..fastpaths import FastPaths
-from ..tls.transport import BulkTLSFactory
+from ..tls.factory import server_protocol_factory
 from .accesslog import AccessLineWriter, access_line, emit_access_line, plain_get_line
 from .channel import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -385,7 +385,7 @@ class GSIHTTPTransferServer(HTTPTransferServer):
         return CertificateIdentity()
 
     def protocol_factory(self) -> Any:
-        return BulkTLSFactory(self.tls, False, self.site())
+        return server_protocol_factory(self.tls, self.site(), bulk=self.fast_paths.bulk_tls)
 
     def reload(self, force: bool = False) -> None:
         """Re-read CAs, CRLs and the grid-mapfile; new connections see the new trust."""

@@ -1,12 +1,17 @@
-"""The workers' reactor (gsitransfer.eventloop): Twisted's epoll reactor without a log context per event."""
+"""The workers' reactor (gsitransfer.eventloop): Twisted's epoll reactor without a log context per event, or Twisted's own."""
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import pytest
+from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python import log
 
-from gsitransfer.eventloop import DirectDispatchReactor
+from gsitransfer._internals import EVENT_LOOP, InternalsReport
+from gsitransfer.eventloop import DirectDispatchReactor, make_reactor
 
 
 class Echo(Protocol):
@@ -34,7 +39,7 @@ class Client(Protocol):
             self.done.append(reason)
 
 
-def _exchange(reactor: DirectDispatchReactor, payload: bytes) -> object:
+def _exchange(reactor: EPollReactor, payload: bytes) -> object:
     port = reactor.listenTCP(0, Factory.forProtocol(Echo), interface="127.0.0.1")
     done: list[object] = []
 
@@ -70,3 +75,44 @@ def test_a_protocol_exception_is_logged_and_the_loop_goes_on(monkeypatch: pytest
     reactor = DirectDispatchReactor()
     outcome = _exchange(reactor, b"boom")
     assert logged and outcome is not None and outcome != b"boom"
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[str]]:
+    """The text of every log event emitted during the test."""
+    lines: list[str] = []
+
+    def observe(event: LogEvent) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+def _close(reactor: EPollReactor) -> None:
+    """Give back the reactor's descriptors (it never ran)."""
+    reactor._poller.close()  # type: ignore[attr-defined]
+
+
+def test_the_direct_dispatch_reactor_when_enabled_and_available(log_lines: list[str]) -> None:
+    """make_reactor(True) with the internals present: DirectDispatchReactor, nothing logged."""
+    reactor = make_reactor(True)
+    assert type(reactor) is DirectDispatchReactor and log_lines == []
+    _close(reactor)
+
+
+def test_twisteds_reactor_when_disabled(log_lines: list[str]) -> None:
+    """make_reactor(False): Twisted's own EPollReactor, nothing logged; it still echoes."""
+    reactor = make_reactor(False)
+    assert type(reactor) is EPollReactor and log_lines == []
+    assert _exchange(reactor, b"plain") == b"plain"
+
+
+def test_twisteds_reactor_and_one_log_line_when_the_internals_are_missing(log_lines: list[str]) -> None:
+    """Enabled but the check found the poller missing: Twisted's EPollReactor and one line saying why."""
+    report = InternalsReport("26.0.0", "26.0.0", {EVENT_LOOP: ("missing: _poller",)})
+    reactor = make_reactor(True, report)
+    assert type(reactor) is EPollReactor
+    assert len(log_lines) == 1 and "event_loop" in log_lines[0] and "_poller" in log_lines[0]
+    _close(reactor)

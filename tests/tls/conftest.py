@@ -33,7 +33,7 @@ The users (``users[name].dn`` in one-line form):
 * ``mallory`` -- ``/C=XX/O=Untrusted Test/CN=Mallory``, issued by the untrusted CA.
 
 ``echo_server`` (session) is a subprocess (tests/tls/tls_echo_server.py) serving
-``TLSMemoryBIOFactory(ServerTLS, False, ...)`` on 127.0.0.1 with ``test_pki``;
+``server_protocol_factory(ServerTLS, ..., bulk=...)`` on 127.0.0.1 with ``test_pki``;
 ``tls_handshake(port, cert, key, ...)`` connects with Python's ``ssl`` and
 returns a :class:`Handshake`. Tests that change the PKI copy it first with
 ``copy_pki``.
@@ -56,6 +56,7 @@ from typing import Callable, Iterator
 import pytest
 
 from gsitransfer.testca import TestPKI, make_test_pki, rich_test_users
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 ECHO_SERVER = Path(__file__).with_name("tls_echo_server.py")
@@ -107,22 +108,26 @@ class EchoServer:
         )
         match = self.wait_for(lambda text: re.search(r"^port: (\d+)$", text, re.M))
         self.port = int(match.group(1))
+        #: True when the server runs the bulk transport (``--bulk`` and fast paths not turned off)
+        self.bulk = "transport: BulkTLSFactory" in self.log()
 
     def log(self) -> str:
         """Everything the server printed so far."""
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def wait_for(self, found: Callable[[str], object], timeout: float = TIMEOUT) -> object:
-        """Poll the log until ``found(log)`` is truthy; return it."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Poll the log until ``found(log)`` is truthy (at most ``timeout`` seconds); return it."""
+
+        def check() -> object:
             result = found(self.log())
-            if result:
-                return result
-            if self.process.poll() is not None:
+            if not result and self.process.poll() is not None:
                 raise RuntimeError(f"echo server exited ({self.process.returncode}):\n{self.log()}")
-            time.sleep(0.02)
-        raise TimeoutError(f"echo server: condition not met in {timeout}s:\n{self.log()}")
+            return result
+
+        try:
+            return wait_for(check, timeout, "the echo server's log", interval=0.02)
+        except AssertionError as error:
+            raise TimeoutError(f"{error}:\n{self.log()}") from None
 
     def reload(self) -> bool:
         """Call ServerTLS.reload() in the server; its result."""
@@ -163,8 +168,9 @@ def echo_server(
     """The echo server trusting ``test_pki.ca_dir`` (default CRL policy).
 
     Twice: through Twisted's TLSMemoryBIOFactory (the handshake watched by an
-    info callback) and through BulkTLSFactory (the handshake reported by the
-    transport), so every check of identity and refusal logs holds for both.
+    info callback) and through the bulk transport (the handshake reported by
+    the transport; Twisted's again with ``GSITRANSFER_FAST_PATHS=off``), so
+    every check of identity and refusal logs holds for both.
     """
     extra = ("--bulk",) if request.param == "bulk-tls" else ()
     server = EchoServer(tmp_path_factory.mktemp("echo"), *server_args(test_pki), *extra)

@@ -11,10 +11,11 @@ from OpenSSL import SSL
 
 from gsitransfer import identity
 from gsitransfer.testca import TestPKI
+from gsitransfer._internals import verified_chain_der_from_openssl
 from gsitransfer.tls import peer
 from gsitransfer.tls.context import ServerTLS, TrustConfig
 from gsitransfer.tls.peer import ChainTokens, identity_from_connection, verified_chain, verified_chain_der
-from tests.tls.memory_tls import pump
+from .memory_tls import pump
 
 
 def _connect(tls: ServerTLS, pki: TestPKI, cert: Path, key: Path | None = None) -> SSL.Connection:
@@ -136,5 +137,5 @@ def test_direct_chain_read_gives_pyopenssls_der(tls: ServerTLS, test_pki: TestPK
     for cert, key in ((alice.cert, alice.key), (alice.proxy, None), (alice.proxy_of_proxy, None)):
         server = _connect(tls, test_pki, cert, key)
         expected = tuple(crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in server.get_verified_chain())
-        assert peer._verified_chain_der_direct(server) == expected == verified_chain_der(server)
+        assert verified_chain_der_from_openssl(server) == expected == verified_chain_der(server)
         assert len(expected) >= 2

@@ -22,7 +22,8 @@ import pytest
 from gsitransfer.testca import TestPKI, revoke
 from tests.support.http import client_tls, post_manifest, request
 from tests.support.server import ServerProcess
-from tests.tls.conftest import copy_pki
+from tests.support.waiting import wait_for
+from .conftest import copy_pki
 
 HAVE_OPENSSL = shutil.which("openssl") is not None
 HAVE_GLOBUS = shutil.which("grid-proxy-init") is not None and shutil.which("grid-proxy-info") is not None
@@ -256,16 +257,15 @@ def test_revocation_without_restart(test_pki, tmp_path, trigger):
         revoke(pki.directory, "alice")
         if trigger == "sighup":
             server.process.signal(signal.SIGHUP)
-        deadline = time.monotonic() + 15
-        refused = False
-        while time.monotonic() < deadline and not refused:
+
+        def refused() -> bool:
             try:
                 server.upload(alice.proxy)
             except OSError:
-                refused = True
-            else:
-                time.sleep(0.2)
-        assert refused, "alice's proxy still accepted after the CRL was replaced and SIGHUP sent"
+                return True
+            return False
+
+        wait_for(refused, 15, "alice's proxy to be refused after the CRL was replaced and the reload", interval=0.2)
         with pytest.raises(OSError):
             server.upload(alice.cert, alice.key)
         server.upload(bob.cert, bob.key)

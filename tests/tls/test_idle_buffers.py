@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 from OpenSSL import SSL
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
+from gsitransfer.tls import server_protocol_factory
 from gsitransfer.tls.context import ServerTLS, TrustConfig
 from gsitransfer.tls.peer import release_idle_buffers
-from tests.tls.memory_tls import pump
+from .memory_tls import pump
 
 
 def _pair(test_pki) -> tuple[SSL.Connection, SSL.Connection]:
@@ -85,3 +90,57 @@ def test_lost_or_plain_transports_are_left_alone(test_pki):
     assert not release_idle_buffers(lost)
     assert not release_idle_buffers(SimpleNamespace(getHandle=lambda: None))
     assert not release_idle_buffers(object())
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "twisted"])
+def test_release_between_requests_is_safe_with_either_tls_transport(test_pki, bulk):
+    """Through the bulk transport or Twisted's own, swapping the idle buffers keeps the connection working."""
+    tls = ServerTLS(str(test_pki.server_cert), str(test_pki.server_key), TrustConfig(ca_dir=str(test_pki.ca_dir)))
+    received: list[bytes] = []
+
+    class Echo(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            received.append(data)
+            self.transport.write(data[::-1])
+
+    clock = Clock()
+    factory = server_protocol_factory(tls, Factory.forProtocol(Echo), bulk=bulk, reactor=clock)
+    server = factory.buildProtocol(None)
+    wire = StringTransport()
+    server.makeConnection(wire)
+    client_context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    alice = test_pki.users["alice"]
+    client_context.use_certificate_file(str(alice.cert))
+    client_context.use_privatekey_file(str(alice.key))
+    client = SSL.Connection(client_context, None)
+    client.set_connect_state()
+
+    def exchange(payload: bytes) -> bytes:
+        back = b""
+        for _ in range(20):
+            try:
+                client.do_handshake()
+                if payload:
+                    client.sendall(payload)
+                    payload = b""
+            except SSL.WantReadError:
+                pass
+            try:
+                server.dataReceived(client.bio_read(1 << 20))
+            except SSL.WantReadError:
+                pass
+            clock.advance(0)
+            data = wire.value()
+            wire.clear()
+            if data:
+                client.bio_write(data)
+            try:
+                back += client.recv(1 << 16)
+            except SSL.WantReadError:
+                pass
+        return back
+
+    assert exchange(b"first") == b"tsrif"
+    assert release_idle_buffers(server)
+    assert exchange(b"second") == b"dnoces"
+    assert b"".join(received) == b"firstsecond"

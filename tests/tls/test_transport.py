@@ -1,6 +1,9 @@
-"""BulkTLSProtocol (gsitransfer.tls.transport): Twisted's TLS semantics, many records per call.
+"""The bulk TLS transport (gsitransfer.tls._bulk): Twisted's TLS semantics, many records per call.
 
-In memory (a pyOpenSSL client against the protocol on a StringTransport) the
+The tests of semantics run twice, through the bulk transport and through
+Twisted's own ``TLSMemoryBIOFactory`` (both made by
+``gsitransfer.tls.server_protocol_factory``); the tests of batching run
+through the bulk transport only. In memory (a pyOpenSSL client against the protocol on a StringTransport) the
 batching is exact; over a real 127.0.0.1 connection (a private reactor in this
 thread, Python's ``ssl`` client in another) the bytes, the close, the abort, the
 refused handshake and the producer pauses are checked end to end.
@@ -29,8 +32,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gsitransfer.testca import TestPKI
-from gsitransfer.tls import ServerTLS, TrustConfig
-from gsitransfer.tls.transport import SEND_SLICE, BulkTLSFactory, BulkTLSProtocol
+from gsitransfer.tls import ServerTLS, TrustConfig, server_protocol_factory
+from gsitransfer.tls._bulk import SEND_SLICE, BulkTLSFactory, BulkTLSProtocol, send_at_once_or_queue
 
 RECORD = 16 * 1024
 MiB = 1024 * 1024
@@ -78,6 +81,16 @@ def server_tls(test_pki: TestPKI) -> ServerTLS:
     return ServerTLS(str(test_pki.server_cert), str(test_pki.server_key), TrustConfig(ca_dir=str(test_pki.ca_dir)))
 
 
+#: the two TLS transports: the fast path and Twisted's own
+TRANSPORTS = ["bulk", "twisted"]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport_kind(request: pytest.FixtureRequest) -> str:
+    """Each TLS transport in turn (for the tests of semantics)."""
+    return str(request.param)
+
+
 # ---------------------------------------------------------------------------
 # In memory: a pyOpenSSL client, the protocol on a StringTransport
 # ---------------------------------------------------------------------------
@@ -101,11 +114,16 @@ class CountingTransport(StringTransport):
 class MemoryPair:
     """The server protocol and a pyOpenSSL client connected through memory."""
 
-    def __init__(self, server_tls: ServerTLS, pki: TestPKI, app: Recorder, handshake: bool = True) -> None:
+    def __init__(self, server_tls: ServerTLS, pki: TestPKI, app: Recorder, handshake: bool = True,
+                 kind: str = "bulk", factory: Any = None) -> None:
         self.app = app
-        factory = BulkTLSFactory(server_tls, False, Factory.forProtocol(lambda: app), clock=Clock())
+        self.clock = Clock()
+        if factory is None:
+            factory = server_protocol_factory(server_tls, Factory.forProtocol(lambda: app), bulk=kind == "bulk",
+                                              reactor=self.clock)
+        self.factory = factory
         self.server = factory.buildProtocol(None)
-        assert isinstance(self.server, BulkTLSProtocol)
+        assert isinstance(self.server, BulkTLSProtocol) == (kind == "bulk")
         self.transport = CountingTransport()
         self.server.makeConnection(self.transport)
         context = SSL.Context(SSL.TLS_CLIENT_METHOD)
@@ -171,7 +189,9 @@ def test_one_transport_write_per_slice(server_tls: ServerTLS, test_pki: TestPKI)
     assert pair.client_read_all() == body
 
 
-def test_data_before_close_notify_is_delivered_and_answered_first(server_tls: ServerTLS, test_pki: TestPKI) -> None:
+def test_data_before_close_notify_is_delivered_and_answered_first(
+    server_tls: ServerTLS, test_pki: TestPKI, transport_kind: str,
+) -> None:
     """Data and close_notify in one read: the data arrives, the answer to it is sent, then the TLS close.
 
     (A small answer would wait in Twisted's write aggregator for the next
@@ -181,37 +201,39 @@ def test_data_before_close_notify_is_delivered_and_answered_first(server_tls: Se
     answer = pattern(100_000)
     app = Recorder()
     app.on_data = lambda app, data: app.transport.write(answer)
-    pair = MemoryPair(server_tls, test_pki, app)
+    pair = MemoryPair(server_tls, test_pki, app, kind=transport_kind)
     pair.client.sendall(b"q" * (3 * RECORD))
     try:
         pair.client.shutdown()
     except SSL.Error:
         pass
     pair.to_server()
-    assert app.chunks == [3 * RECORD]
+    assert app.chunks == ([3 * RECORD] if transport_kind == "bulk" else [RECORD] * 3)
     assert pair.transport.disconnecting  # the TLS close was answered and TCP is closing
     pair.to_client()
-    assert pair.client_read_all() == answer
+    assert pair.client_read_all() == answer * len(app.chunks)  # each delivery answered, before the close
     assert pair.client.get_shutdown() & SSL.RECEIVED_SHUTDOWN
 
 
-def test_writes_before_the_handshake_go_out_after_it_in_order(server_tls: ServerTLS, test_pki: TestPKI) -> None:
+def test_writes_before_the_handshake_go_out_after_it_in_order(
+    server_tls: ServerTLS, test_pki: TestPKI, transport_kind: str,
+) -> None:
     """Writes made before the handshake are buffered, then sent in the order they were made."""
     first, second = b"first:" + pattern(SEND_SLICE + 5), b"second"
     app = Recorder()
     app.on_connect = lambda app: (app.transport.write(first), app.transport.write(second))
-    pair = MemoryPair(server_tls, test_pki, app)
+    pair = MemoryPair(server_tls, test_pki, app, kind=transport_kind)
     pair.to_client()
     pair.server._aggregator.flush()  # the small write waits for the (fake) clock otherwise
     pair.to_client()
     assert pair.client_read_all() == first + second
 
 
-def test_abort_stops_delivery(server_tls: ServerTLS, test_pki: TestPKI) -> None:
+def test_abort_stops_delivery(server_tls: ServerTLS, test_pki: TestPKI, transport_kind: str) -> None:
     """After abortConnection nothing more is delivered, even records already received."""
     app = Recorder()
     app.on_data = lambda app, data: app.transport.abortConnection()
-    pair = MemoryPair(server_tls, test_pki, app)
+    pair = MemoryPair(server_tls, test_pki, app, kind=transport_kind)
     pair.client.sendall(b"a" * RECORD)
     pair.to_server()
     pair.client.sendall(b"b" * RECORD)
@@ -226,9 +248,9 @@ def test_abort_stops_delivery(server_tls: ServerTLS, test_pki: TestPKI) -> None:
 
 
 class Loopback:
-    """Serves ``app`` through BulkTLSFactory on 127.0.0.1 until it loses its connection."""
+    """Serves ``app`` through the ``kind`` of TLS transport on 127.0.0.1 until it loses its connection."""
 
-    def __init__(self, server_tls: ServerTLS, app: Recorder) -> None:
+    def __init__(self, server_tls: ServerTLS, app: Recorder, kind: str = "bulk") -> None:
         self.reactor = SelectReactor()
         self.app = app
         previous = app.on_lost
@@ -238,7 +260,9 @@ class Loopback:
             self.reactor.callLater(0, self.reactor.stop)
 
         app.on_lost = lost
-        factory = BulkTLSFactory(server_tls, False, Factory.forProtocol(lambda: app), clock=self.reactor)
+        factory = server_protocol_factory(server_tls, Factory.forProtocol(lambda: app), bulk=kind == "bulk",
+                                          reactor=self.reactor)
+        assert isinstance(factory, BulkTLSFactory) == (kind == "bulk")
         self.port = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.client_error: BaseException | None = None
         self.client_result: Any = None
@@ -282,8 +306,10 @@ def queued_bytes(app: Recorder) -> int:
     return count[0]
 
 
-def test_upload_over_loopback_arrives_intact_in_fewer_larger_calls(server_tls: ServerTLS, test_pki: TestPKI) -> None:
-    """8 MiB from a Python ssl client arrive intact, in calls bigger than one record; close_notify is a clean close."""
+def test_upload_over_loopback_arrives_intact_in_fewer_larger_calls(
+    server_tls: ServerTLS, test_pki: TestPKI, transport_kind: str,
+) -> None:
+    """8 MiB from a Python ssl client arrive intact (bulk: in calls bigger than one record); close_notify is a clean close."""
     body = pattern(8 * MiB + 1000)
     app = Recorder()
     polls = [0]
@@ -304,7 +330,7 @@ def test_upload_over_loopback_arrives_intact_in_fewer_larger_calls(server_tls: S
         waiting.start(0.01)
 
     app.on_handshake = hold_reading
-    loop = Loopback(server_tls, app)
+    loop = Loopback(server_tls, app, transport_kind)
 
     def client(port: int) -> None:
         with connect(test_pki, port) as tls:
@@ -314,8 +340,9 @@ def test_upload_over_loopback_arrives_intact_in_fewer_larger_calls(server_tls: S
     loop.run(client)
     assert app.handshake_done
     assert app.digest.digest() == hashlib.sha256(body).digest()
-    assert max(app.chunks) > RECORD
-    assert len(app.chunks) < len(body) / RECORD
+    if transport_kind == "bulk":
+        assert max(app.chunks) > RECORD
+        assert len(app.chunks) < len(body) / RECORD
     assert app.lost is not None and app.lost.check(ConnectionDone)
 
 
@@ -351,8 +378,10 @@ class PatternProducer:
             self.offset += 1  # once
 
 
-def test_download_over_loopback_is_paced_and_batched(server_tls: ServerTLS, test_pki: TestPKI) -> None:
-    """8 MiB written by a push producer reach a Python ssl client intact; it is paused and resumed; few TCP writes."""
+def test_download_over_loopback_is_paced_and_batched(
+    server_tls: ServerTLS, test_pki: TestPKI, transport_kind: str,
+) -> None:
+    """8 MiB written by a push producer reach a Python ssl client intact; it is paused and resumed; bulk: few TCP writes."""
     body = pattern(8 * MiB + 777)
     app = Recorder()
     tcp_writes: list[int] = []
@@ -371,7 +400,7 @@ def test_download_over_loopback_is_paced_and_batched(server_tls: ServerTLS, test
         app.producer.produce()
 
     app.on_handshake = start
-    loop = Loopback(server_tls, app)
+    loop = Loopback(server_tls, app, transport_kind)
 
     def client(port: int) -> str:
         digest = hashlib.sha256()
@@ -385,14 +414,17 @@ def test_download_over_loopback_is_paced_and_batched(server_tls: ServerTLS, test
     assert loop.run(client) == hashlib.sha256(body).hexdigest()
     producer = app.producer
     assert producer.pauses >= 1 and producer.resumes >= 1
-    assert len(tcp_writes) < len(body) / (4 * RECORD)
+    if transport_kind == "bulk":
+        assert len(tcp_writes) < len(body) / (4 * RECORD)
     assert app.lost is not None and app.lost.check(ConnectionDone)
 
 
-def test_refused_handshake_reaches_the_application_as_a_tls_error(server_tls: ServerTLS, test_pki: TestPKI) -> None:
+def test_refused_handshake_reaches_the_application_as_a_tls_error(
+    server_tls: ServerTLS, test_pki: TestPKI, transport_kind: str,
+) -> None:
     """A client without a certificate: no handshakeCompleted, no data, connectionLost with the SSL error."""
     app = Recorder()
-    loop = Loopback(server_tls, app)
+    loop = Loopback(server_tls, app, transport_kind)
 
     def client(port: int) -> str:
         try:
@@ -409,11 +441,13 @@ def test_refused_handshake_reaches_the_application_as_a_tls_error(server_tls: Se
     assert app.lost is not None and app.lost.check(SSL.Error)
 
 
-def test_abort_over_loopback_ends_the_connection_and_delivery(server_tls: ServerTLS, test_pki: TestPKI) -> None:
+def test_abort_over_loopback_ends_the_connection_and_delivery(
+    server_tls: ServerTLS, test_pki: TestPKI, transport_kind: str,
+) -> None:
     """The application aborts on its first data: nothing more is delivered and the client's sending fails."""
     app = Recorder()
     app.on_data = lambda app, data: app.transport.abortConnection()
-    loop = Loopback(server_tls, app)
+    loop = Loopback(server_tls, app, transport_kind)
 
     def client(port: int) -> str:
         block = pattern(MiB)
@@ -458,9 +492,8 @@ def test_an_answer_leaves_in_its_write_when_the_socket_has_room(server_tls: Serv
     assert queued_after_write == [0]
 
 
-def test_write_through_queues_what_the_socket_did_not_take_in_order() -> None:
+def test_send_at_once_queues_what_the_socket_did_not_take_in_order() -> None:
     """The bytes send() did not take are queued after the sent ones; with bytes already queued, nothing is sent early."""
-    from gsitransfer.tls.transport import write_through
 
     class Socketish:
         connected, _writeDisconnected, _tempDataLen, dataBuffer, offset = True, False, 0, b"", 0
@@ -479,11 +512,11 @@ def test_write_through_queues_what_the_socket_did_not_take_in_order() -> None:
             self._tempDataLen += len(data)
 
     partial = Socketish(room=10)
-    write_through(partial, b"0123456789abcdef")
-    write_through(partial, b"ghij")
+    send_at_once_or_queue(partial, b"0123456789abcdef")
+    send_at_once_or_queue(partial, b"ghij")
     assert partial.sent == b"0123456789" and partial.queued == [b"abcdef", b"ghij"]
     full = Socketish(room=0)
-    write_through(full, b"xyz")
+    send_at_once_or_queue(full, b"xyz")
     assert full.sent == b"" and full.queued == [b"xyz"]
 
 
@@ -492,32 +525,38 @@ def test_declares_what_twisteds_tls_protocol_declares(server_tls: ServerTLS) -> 
     from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
     from zope.interface import providedBy
 
-    def declared(factory_class: type, protocol_class: type) -> set[str]:
-        factory = factory_class(server_tls, False, Factory.forProtocol(Protocol), clock=Clock())
-        factory.protocol = protocol_class
+    def declared(factory: Any) -> set[str]:
         protocol = factory.buildProtocol(None)
         protocol.makeConnection(StringTransport())
         return {interface.__identifier__ for interface in providedBy(protocol)}
 
-    ours = declared(BulkTLSFactory, BulkTLSProtocol)
-    assert ours == declared(TLSMemoryBIOFactory, BufferingTLSTransport)
+    bulk = server_protocol_factory(server_tls, Factory.forProtocol(Protocol), bulk=True, reactor=Clock())
+    assert isinstance(bulk, BulkTLSFactory)
+    ours = declared(bulk)
+    twisted = TLSMemoryBIOFactory(server_tls, False, Factory.forProtocol(Protocol), clock=Clock())
+    assert twisted.protocol is BufferingTLSTransport
+    assert ours == declared(twisted)
     assert "twisted.internet.interfaces.IPushProducer" in ours
-    assert declared(BulkTLSFactory, BulkTLSProtocol) == ours  # a second connection: the remembered declaration
+    assert declared(bulk) == ours  # a second connection: the remembered declaration
 
 
 def test_connections_of_another_thread_leave_the_shared_buffers_alone(server_tls: ServerTLS, test_pki: TestPKI) -> None:
-    """The shared buffers belong to one thread; a connection run by another still sends and receives intact."""
-    from gsitransfer.tls import transport as transport_module
-
-    test_records_of_one_read_reach_the_protocol_in_one_call(server_tls, test_pki)  # this thread claims them
-    assert transport_module._owns_shared_buffers()
+    """A factory's shared buffers belong to one thread; a connection run by another still sends and receives intact."""
+    first = MemoryPair(server_tls, test_pki, Recorder())
+    body = pattern(10 * RECORD + 5)
+    first.client.sendall(body)
+    first.to_server()  # this thread claims the factory's buffers
+    assert first.app.chunks == [len(body)]
+    factory = first.factory
+    assert isinstance(factory, BulkTLSFactory) and factory.buffers.owned_here()
     outcome: list[object] = []
 
     def elsewhere() -> None:
         try:
-            assert not transport_module._owns_shared_buffers()
-            pair = MemoryPair(server_tls, test_pki, Recorder())
-            body = pattern(10 * RECORD + 5)
+            assert not factory.buffers.owned_here()
+            app = Recorder()
+            factory.wrappedFactory = Factory.forProtocol(lambda: app)
+            pair = MemoryPair(server_tls, test_pki, app, factory=factory)
             pair.client.sendall(body)
             pair.to_server()
             pair.app.transport.write(body)
@@ -530,3 +569,47 @@ def test_connections_of_another_thread_leave_the_shared_buffers_alone(server_tls
     thread.start()
     thread.join(30)
     assert outcome == [([10 * RECORD + 5], True)]
+
+
+def test_factories_do_not_share_buffers(server_tls: ServerTLS, test_pki: TestPKI) -> None:
+    """Each bulk factory owns its buffers and declarations: nothing is shared between two servers."""
+    one, two = (server_protocol_factory(server_tls, Factory.forProtocol(Protocol), bulk=True, reactor=Clock())
+                for _ in range(2))
+    assert isinstance(one, BulkTLSFactory) and isinstance(two, BulkTLSFactory)
+    assert one.buffers is not two.buffers and one.declarations is not two.declarations
+
+
+def _scripted_exchange(server_tls: ServerTLS, pki: TestPKI, kind: str) -> tuple[bytes, bytes, bool]:
+    """One scripted conversation through ``kind``: (what the application got, what the client got, clean close)."""
+    received = bytearray()
+    finale = pattern(3 * SEND_SLICE + 17)
+
+    def answer(app: Recorder, data: bytes) -> None:
+        received.extend(data)
+        app.transport.write(bytes(b ^ 0x5A for b in data))  # byte for byte: independent of how data is cut
+        if received.endswith(b"END"):
+            app.transport.write(finale)
+            app.transport.loseConnection()
+
+    app = Recorder()
+    app.on_data = answer
+    pair = MemoryPair(server_tls, pki, app, kind=kind)
+    got = bytearray()
+    for message in (b"hello", pattern(40 * RECORD + 123), b"x", pattern(SEND_SLICE + 1)[::-1], b"END"):
+        pair.client.sendall(message)
+        pair.to_server()
+        pair.clock.advance(0)  # Twisted's aggregated small writes
+        pair.to_client()
+        got += pair.client_read_all()
+    pair.clock.advance(0)
+    pair.to_client()
+    got += pair.client_read_all()
+    return bytes(received), bytes(got), bool(pair.client.get_shutdown() & SSL.RECEIVED_SHUTDOWN)
+
+
+def test_both_transports_carry_the_same_application_bytes(server_tls: ServerTLS, test_pki: TestPKI) -> None:
+    """The same conversation through the bulk transport and Twisted's own: identical bytes both ways, same close."""
+    bulk = _scripted_exchange(server_tls, test_pki, "bulk")
+    twisted = _scripted_exchange(server_tls, test_pki, "twisted")
+    assert bulk[0] == twisted[0] and bulk[1] == twisted[1] and bulk[2] == twisted[2]
+    assert bulk[2] and bulk[0].endswith(b"END") and len(bulk[1]) == len(bulk[0]) + 3 * SEND_SLICE + 17

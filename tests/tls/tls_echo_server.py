@@ -1,9 +1,11 @@
 """A tiny mutual-TLS server for the tests, run as a subprocess.
 
 It listens on 127.0.0.1 (port chosen by the system) through
-``TLSMemoryBIOFactory(ServerTLS, False, factory)`` (``--bulk``: gsitransfer's
-``BulkTLSFactory``, whose connections report their handshakes to
-``ServerTLS`` instead of an info callback) and, once a handshake
+``server_protocol_factory(ServerTLS, factory, bulk=...)``: Twisted's
+``TLSMemoryBIOFactory``, or with ``--bulk`` gsitransfer's bulk transport,
+whose connections report their handshakes to ``ServerTLS`` instead of an
+info callback (unless ``GSITRANSFER_FAST_PATHS=off``, which the server
+honours as the GSI server does) and, once a handshake
 completes, writes back the client's identity as ``key: value`` lines and
 closes. Protocol with the parent on stdin/stdout:
 
@@ -26,11 +28,10 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.protocols.basic import LineReceiver
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from gsitransfer.tls import ServerTLS, TrustConfig, identity_from_transport
-from gsitransfer.tls.transport import BulkTLSFactory
+from gsitransfer.fastpaths import FastPaths
+from gsitransfer.tls import ServerTLS, TrustConfig, identity_from_transport, server_protocol_factory
 
 
 @implementer(IHandshakeListener)
@@ -75,17 +76,16 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--ca-file")
     parser.add_argument("--crl-policy", default="if-present")
     parser.add_argument("--bulk", action="store_true",
-                        help="serve through gsitransfer's BulkTLSFactory (as the GSI server does)")
+                        help="serve through gsitransfer's bulk TLS transport (as the GSI server does)")
     options = parser.parse_args(argv)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     creator = ServerTLS(options.cert, options.key,
                         TrustConfig(options.ca_dir, options.ca_file, options.crl_policy))
     control = Control(creator)
     endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
-    if options.bulk:
-        factory = BulkTLSFactory(creator, False, Factory.forProtocol(IdentityEcho))
-    else:
-        factory = TLSMemoryBIOFactory(creator, False, Factory.forProtocol(IdentityEcho))
+    bulk = options.bulk and FastPaths.from_environment().bulk_tls
+    factory = server_protocol_factory(creator, Factory.forProtocol(IdentityEcho), bulk=bulk)
+    print(f"transport: {type(factory).__name__}", flush=True)
 
     def listening(port: object) -> None:
         stdio.StandardIO(control)
