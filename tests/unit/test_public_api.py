@@ -16,9 +16,11 @@ from zope.interface.interface import InterfaceClass
 
 import gsitransfer
 from gsitransfer.handler import IBatchPendingHandler, IListingHandler, ITransferHandler
+from gsitransfer.keys import MemoryTransferTable
 
 EXPECTED_ALL = {
     "TransferServer",
+    "TransferEngine",
     "HTTPTransferServer",
     "GSIHTTPTransferServer",
     "DirectoryStore",
@@ -120,8 +122,10 @@ def test_servers_listen_and_maintain_as_documented(server: str) -> None:
 
 def test_server_constructors_take_the_documented_keywords() -> None:
     """README builds servers with ``transfers=``, ``trusted_proxies=``, ``gridmap=`` and GSI's ``tls`` first."""
-    core = inspect.signature(gsitransfer.TransferServer).parameters
-    assert "transfers" in core and core["transfers"].kind is inspect.Parameter.KEYWORD_ONLY
+    engine = inspect.signature(gsitransfer.TransferEngine).parameters
+    assert "transfers" in engine and engine["transfers"].kind is inspect.Parameter.KEYWORD_ONLY
+    table = MemoryTransferTable()
+    assert gsitransfer.TransferServer(transfers=table).transfers is table  # the facade hands it to its engine
     http = inspect.signature(gsitransfer.HTTPTransferServer).parameters
     assert {"trusted_proxies", "gridmap", "fast_paths", "access_line_writer"} <= set(http)
     assert parameters(gsitransfer.GSIHTTPTransferServer.__init__)[0] == "tls"
