@@ -29,9 +29,10 @@ from twisted.web import http, static
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 
+from ..errors import FileNotFound, NotAuthorized
 from ..handler import DownloadTarget
 from .filebody import SMALL_BODY, send_body, send_small
-from .status import write_error
+from .status import refuse
 
 #: what an answer sends: the whole file (None), bytes (offset, length), or nothing (416)
 Unsatisfiable = tuple[()]
@@ -133,15 +134,15 @@ def serve_file(request: IRequest, target: DownloadTarget) -> None:
         fd = os.open(target.path, _OPEN_FLAGS)
     except OSError as error:
         if error.errno == errno.EACCES:
-            write_error(request, 403, "the file cannot be read")
+            refuse(request, NotAuthorized("the file cannot be read"))
         else:
-            write_error(request, 404, "no such file")
+            refuse(request, FileNotFound("no such file"))
         return
     try:
         file_stat = os.fstat(fd)
         if not stat.S_ISREG(file_stat.st_mode):
             os.close(fd)
-            write_error(request, 404, "no such file")
+            refuse(request, FileNotFound("no such file"))
             return
     except BaseException:
         os.close(fd)
