@@ -33,11 +33,11 @@ from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
-from . import queries
 from .credentials import DEFAULT_PROXY_DIR, PassphrasePrompt, find_credential, find_trust, load_credential
 from .download import DownloadJob, destination
 from .errors import ClientError
 from .progress import ProgressListener, as_listener
+from .queries import cancel, fetch_listing, fetch_status
 from .results import (
     DownloadReport,
     Listing,
@@ -181,7 +181,7 @@ def list_files(url: str, *, http: HTTPClient | None = None, reactor: Any = None)
         base = _base(url)
     except Exception:
         return defer.fail()
-    return _run(queries.fetch_listing(session, base))
+    return _run(fetch_listing(session, base))
 
 
 def transfer_status(url: str, *, http: HTTPClient | None = None, reactor: Any = None) -> "Deferred[TransferStatus]":
@@ -191,7 +191,7 @@ def transfer_status(url: str, *, http: HTTPClient | None = None, reactor: Any = 
         base = _base(url)
     except Exception:
         return defer.fail()
-    return _run(queries.fetch_status(session, base))
+    return _run(fetch_status(session, base))
 
 
 def cancel_transfer(url: str, *, http: HTTPClient | None = None, reactor: Any = None) -> "Deferred[str]":
@@ -201,7 +201,7 @@ def cancel_transfer(url: str, *, http: HTTPClient | None = None, reactor: Any = 
         base = _base(url)
     except Exception:
         return defer.fail()
-    return _run(queries.cancel(session, base))
+    return _run(cancel(session, base))
 
 
 __all__ = [

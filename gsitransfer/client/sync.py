@@ -36,7 +36,8 @@ from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from . import api
+import gsitransfer.client.api as api  # the module itself (its names are ours too), not the package
+
 from .credentials import PassphrasePrompt, terminal_prompt
 from .session import make_http_client
 from .tls import GSIClientPolicy
