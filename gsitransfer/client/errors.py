@@ -151,7 +151,7 @@ def explain(failure: Failure | BaseException, url: str) -> BaseException:
     unchanged, a cancellation (even wrapped by the Agent) as CancelledError;
     the caller raises what it gets.
     """
-    value = failure.value if isinstance(failure, Failure) else failure
+    value = _exception_of(failure)
     if isinstance(value, ClientError):
         return value
     if _cancelled(value):
@@ -168,10 +168,19 @@ def tls_refused(error: BaseException) -> TLSRefused:
     return TLSRefused(refusal.side, refusal.reason)
 
 
+def _exception_of(failure: Failure | BaseException) -> BaseException:
+    """The exception a Failure holds (a Failure without one stands for itself)."""
+    if isinstance(failure, Failure) and failure.value is not None:
+        return failure.value
+    return failure
+
+
 def _nested(value: BaseException) -> list[BaseException]:
     """The exceptions wrapped by Twisted's ``_WrapperException`` types (reasons lists)."""
-    reasons: list[Any] = list(getattr(value, "reasons", []) or [])
-    return [r.value if isinstance(r, Failure) else r for r in reasons]
+    reasons: object = getattr(value, "reasons", None) or []
+    if not isinstance(reasons, (list, tuple)):
+        return []
+    return [_exception_of(r) for r in reasons if isinstance(r, BaseException)]
 
 
 def _cancelled(value: BaseException) -> bool:
