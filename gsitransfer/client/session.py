@@ -159,10 +159,14 @@ class Session:
         ``body`` is bytes or an ``IBodyProducer``. Bytes are sent by our own
         producer (treq's would use the global reactor's cooperator).
         """
-        producer = FileBodyProducer(io.BytesIO(body), len(body)) if isinstance(body, bytes) and body else body
+        producer: IBodyProducer | None
+        if isinstance(body, bytes):
+            producer = FileBodyProducer(io.BytesIO(body), len(body)) if body else None
+        else:
+            producer = body
         try:
             return await self.http.request(
-                method, url, headers=_headers(headers), data=producer or None,
+                method, url, headers=_headers(headers), data=producer,
                 unbuffered=True, allow_redirects=False,
                 # treq's reactor type (TCP, time, name resolution) is private; IClientReactor has it all
                 reactor=self.reactor,  # type: ignore[arg-type]
