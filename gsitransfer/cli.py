@@ -30,7 +30,9 @@ import re
 import sys
 import time
 import traceback
-from typing import Any, Callable, Sequence, TextIO
+from typing import Callable, Mapping, Sequence, TextIO, TypeVar
+
+from treq.client import HTTPClient
 
 from .client import api, output, sync
 from .client.errors import (
@@ -99,7 +101,7 @@ def _count(text: str) -> int:
     return _whole_number(text, 0)
 
 
-_DEFAULTS: dict[str, Any] = {
+_DEFAULTS: dict[str, object] = {
     "cert": None, "key": None, "proxy": None, "ca_dir": None, "ca_file": None,
     "verbose": False, "quiet": False, "json": False, "debug": False, "jobs": 4,
 }
@@ -203,7 +205,7 @@ class Console:
             return NullProgress()
         return TerminalProgress(self.err)
 
-    def result(self, lines: list[str], data: dict[str, Any]) -> None:
+    def result(self, lines: list[str], data: Mapping[str, object]) -> None:
         if self.options.json:
             self.out.write(json.dumps(data, indent=1) + "\n")
         elif not self.options.quiet:
@@ -226,7 +228,7 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
-def _http_client(console: Console, url: str) -> Any:
+def _http_client(console: Console, url: str) -> HTTPClient:
     """The treq client for ``url``: credential and trust for https:// (told with --verbose)."""
     options = console.options
     policy: GSIClientPolicy | None = None
@@ -245,7 +247,11 @@ def _http_client(console: Console, url: str) -> Any:
     return sync.call(lambda: make_http_client(tls=policy, pool_size=options.jobs))
 
 
-def _with_progress(console: Console, work: Callable[[ProgressListener], Any]) -> Any:
+_Result = TypeVar("_Result")
+
+
+def _with_progress(console: Console, work: Callable[[ProgressListener], _Result]) -> _Result:
+    """``work(progress)`` with the run's progress listener, closed afterwards (a terminal bar's last line)."""
     progress = console.progress()
     try:
         return work(progress)
@@ -317,7 +323,7 @@ def report_error(console: Console, error: ClientError) -> None:
     for line in lines:
         console.error(line)
     if console.options.json:
-        data: dict[str, Any] = {"error": lines[-1] if len(lines) == 1 else lines, "exit_code": error.exit_code}
+        data: dict[str, object] = {"error": lines[-1] if len(lines) == 1 else lines, "exit_code": error.exit_code}
         if isinstance(error, UploadIncomplete):
             data.update(output.upload_json(error.report))
         console.out.write(json.dumps(data, indent=1) + "\n")

@@ -13,7 +13,23 @@
 * :mod:`.tls` -- the mutual-TLS policy for Twisted's Agent;
 * :mod:`.progress` -- progress listeners and terminal bars;
 * :mod:`.output` -- what the command line prints;
-* :mod:`.errors` -- one-line errors with the command line's exit codes.
+* :mod:`.errors` -- one-line errors with the command line's exit codes;
+* :mod:`.handshake` -- TLS handshake failures in words (who refused, why).
+
+The modules import one another in layers, never upwards (no import circle;
+none of them takes names from this package)::
+
+    handshake, results, progress, partial            (nothing of the client)
+    errors                                           handshake, results
+    credentials                                      errors
+    tls                                              credentials, errors, handshake
+    session                                          errors
+    queries                                          session, results, errors
+    upload, download                                 session, queries, partial, progress, results, errors
+    api                                              all of the above
+    sync                                             api and what it is built from
+    output                                           results, progress
+    this package                                     re-exports the public names
 
 The command line (``gsitransfer``) is :mod:`gsitransfer.cli`.
 """

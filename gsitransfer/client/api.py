@@ -26,18 +26,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Coroutine, Iterable, Mapping, TypeVar
 from urllib.parse import urlsplit
 
 from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
-from . import queries
 from .credentials import DEFAULT_PROXY_DIR, PassphrasePrompt, find_credential, find_trust, load_credential
 from .download import DownloadJob, destination
 from .errors import ClientError
 from .progress import ProgressListener, as_listener
+from .queries import cancel, fetch_listing, fetch_status
 from .results import (
     DownloadReport,
     Listing,
@@ -47,7 +47,7 @@ from .results import (
     UploadedFile,
     UploadReport,
 )
-from .session import RunBlocking, Session, make_http_client
+from .session import IClientReactor, RunBlocking, Session, make_http_client
 from .tls import GSIClientPolicy
 from .upload import OpenBody, UploadJob, open_for_upload
 
@@ -87,7 +87,7 @@ def globus_policy(
     return GSIClientPolicy(load_credential(credential, passphrase=passphrase), trust)
 
 
-def _session(url: str, http: HTTPClient | None, reactor: Any, run_blocking: RunBlocking | None,
+def _session(url: str, http: HTTPClient | None, reactor: IClientReactor | None, run_blocking: RunBlocking | None,
              pool_size: int = 4) -> Session:
     if http is None:
         tls = globus_policy() if urlsplit(url).scheme == "https" else None
@@ -102,7 +102,11 @@ def _base(url: str) -> str:
     return url.rstrip("/")
 
 
-def _run(coroutine: Any) -> "Deferred[Any]":
+_Result = TypeVar("_Result")
+
+
+def _run(coroutine: Coroutine[Deferred[Any], Any, _Result]) -> Deferred[_Result]:
+    """The operation's coroutine as a (cancellable) Deferred."""
     return Deferred.fromCoroutine(coroutine)
 
 
@@ -120,7 +124,7 @@ def upload_files(
     jobs: int = 4,
     retries: int = 3,
     transfer_key: str | None = None,
-    reactor: Any = None,
+    reactor: IClientReactor | None = None,
     run_blocking: RunBlocking | None = None,
     open_body: OpenBody | None = None,
 ) -> "Deferred[UploadReport]":
@@ -153,7 +157,7 @@ def download_file(
     resume: bool = True,
     retries: int = 2,
     retry_delay: float = 2.0,
-    reactor: Any = None,
+    reactor: IClientReactor | None = None,
     run_blocking: RunBlocking | None = None,
 ) -> "Deferred[DownloadReport]":
     """Download ``url`` to ``dest`` (a file, a directory, or None: the current directory).
@@ -174,40 +178,41 @@ def download_file(
     return _run(job.run(resume, max(retries, 0), retry_delay))
 
 
-def list_files(url: str, *, http: HTTPClient | None = None, reactor: Any = None) -> "Deferred[Listing]":
+def list_files(url: str, *, http: HTTPClient | None = None, reactor: IClientReactor | None = None) -> "Deferred[Listing]":
     """The files of a prefix (``GET /<prefix>/``), when its handler can list them."""
     try:
         session = _session(url, http, reactor, None)
         base = _base(url)
     except Exception:
         return defer.fail()
-    return _run(queries.fetch_listing(session, base))
+    return _run(fetch_listing(session, base))
 
 
-def transfer_status(url: str, *, http: HTTPClient | None = None, reactor: Any = None) -> "Deferred[TransferStatus]":
+def transfer_status(url: str, *, http: HTTPClient | None = None, reactor: IClientReactor | None = None) -> "Deferred[TransferStatus]":
     """The state of each file of a transfer (``url`` is ``.../<prefix>/<transfer_key>``)."""
     try:
         session = _session(url, http, reactor, None)
         base = _base(url)
     except Exception:
         return defer.fail()
-    return _run(queries.fetch_status(session, base))
+    return _run(fetch_status(session, base))
 
 
-def cancel_transfer(url: str, *, http: HTTPClient | None = None, reactor: Any = None) -> "Deferred[str]":
+def cancel_transfer(url: str, *, http: HTTPClient | None = None, reactor: IClientReactor | None = None) -> "Deferred[str]":
     """Cancel a transfer (``DELETE .../<prefix>/<transfer_key>``); fires with the server's line."""
     try:
         session = _session(url, http, reactor, None)
         base = _base(url)
     except Exception:
         return defer.fail()
-    return _run(queries.cancel(session, base))
+    return _run(cancel(session, base))
 
 
 __all__ = [
     "DownloadReport",
     "Listing",
     "OpenBody",
+    "Progress",
     "RemoteFile",
     "TransferFile",
     "TransferStatus",

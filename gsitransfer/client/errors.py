@@ -16,20 +16,22 @@ The hierarchy::
 
 :func:`explain` turns whatever a Twisted request failed with (connection
 errors, ``ResponseNeverReceived``'s nested reasons, OpenSSL errors) into one
-of these; TLS details come from :mod:`gsitransfer.client.tls`.
+of these; the words for TLS refusals come from :mod:`gsitransfer.client.handshake`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 from urllib.parse import urlsplit
 
 from twisted.internet import defer
 from twisted.internet import error as net_error
 from twisted.python.failure import Failure
 
+from .handshake import describe_refusal, is_tls_error
+
 if TYPE_CHECKING:
-    from .api import UploadReport
+    from .results import UploadReport
 
 #: exit statuses of the command line (see docs/client.md)
 EXIT_OK = 0
@@ -149,23 +151,36 @@ def explain(failure: Failure | BaseException, url: str) -> BaseException:
     unchanged, a cancellation (even wrapped by the Agent) as CancelledError;
     the caller raises what it gets.
     """
-    value = failure.value if isinstance(failure, Failure) else failure
+    value = _exception_of(failure)
     if isinstance(value, ClientError):
         return value
     if _cancelled(value):
         return defer.CancelledError()
-    from .tls import explain_tls_error  # late: tls imports pyOpenSSL
-
     tls = _first_tls_error(value)
     if tls is not None:
-        return explain_tls_error(tls)
+        return tls_refused(tls)
     return _explain_network(value, url)
+
+
+def tls_refused(error: BaseException) -> TLSRefused:
+    """The TLSRefused for a failed handshake: which side refused and why."""
+    refusal = describe_refusal(error)
+    return TLSRefused(refusal.side, refusal.reason)
+
+
+def _exception_of(failure: Failure | BaseException) -> BaseException:
+    """The exception a Failure holds (a Failure without one stands for itself)."""
+    if isinstance(failure, Failure) and failure.value is not None:
+        return failure.value
+    return failure
 
 
 def _nested(value: BaseException) -> list[BaseException]:
     """The exceptions wrapped by Twisted's ``_WrapperException`` types (reasons lists)."""
-    reasons: list[Any] = list(getattr(value, "reasons", []) or [])
-    return [r.value if isinstance(r, Failure) else r for r in reasons]
+    reasons: object = getattr(value, "reasons", None) or []
+    if not isinstance(reasons, (list, tuple)):
+        return []
+    return [_exception_of(r) for r in reasons if isinstance(r, BaseException)]
 
 
 def _cancelled(value: BaseException) -> bool:
@@ -176,9 +191,7 @@ def _cancelled(value: BaseException) -> bool:
 
 
 def _first_tls_error(value: BaseException) -> BaseException | None:
-    from OpenSSL import SSL
-
-    if isinstance(value, SSL.Error):
+    if is_tls_error(value):
         return value
     for inner in _nested(value):
         found = _first_tls_error(inner)
@@ -257,4 +270,5 @@ __all__ = [
     "UploadIncomplete",
     "UploadRefused",
     "explain",
+    "tls_refused",
 ]

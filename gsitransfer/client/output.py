@@ -1,16 +1,15 @@
 """What the command line prints: results for people and for scripts (``--json``).
 
-Each function turns one result value of :mod:`gsitransfer.client.api` into
+Each function turns one result value (:mod:`gsitransfer.client.results`) into
 lines of text or a JSON-ready dict. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import datetime
-from typing import Any
 
-from .api import DownloadReport, Listing, TransferStatus, UploadReport
 from .progress import human_duration, human_size
+from .results import DownloadReport, Listing, TransferStatus, UploadReport
 
 # -- upload ------------------------------------------------------------------------
 
@@ -20,7 +19,7 @@ def upload_lines(report: UploadReport) -> list[str]:
     return [f"{f.name}  {human_size(f.size)}  {f.url or '(stored)'}" for f in report.files if f.ok]
 
 
-def upload_json(report: UploadReport) -> dict[str, Any]:
+def upload_json(report: UploadReport) -> dict[str, object]:
     return {
         "url": report.url,
         "transfer_key": report.transfer_key,
@@ -42,7 +41,7 @@ def download_lines(report: DownloadReport) -> list[str]:
     return [f"{report.path}  {human_size(report.size)}  MD5 {report.checksum} {check}{resumed}"]
 
 
-def download_json(report: DownloadReport) -> dict[str, Any]:
+def download_json(report: DownloadReport) -> dict[str, object]:
     return {"url": report.url, "path": str(report.path), "size": report.size, "md5": report.checksum,
             "verified": report.verified, "resumed_from": report.resumed_from}
 
@@ -63,7 +62,7 @@ def listing_lines(listing: Listing) -> list[str]:
     return lines
 
 
-def listing_json(listing: Listing) -> dict[str, Any]:
+def listing_json(listing: Listing) -> dict[str, object]:
     return {
         "prefix": listing.prefix,
         "url": listing.url,

@@ -21,7 +21,7 @@ import shutil
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence, TextIO
+from typing import Callable, Protocol, Sequence, TextIO, cast
 
 
 class ProgressListener(Protocol):
@@ -90,9 +90,9 @@ def as_listener(progress: "ProgressListener | Callable[[str, int, int | None], o
     """A listener for what the caller gave: a listener, a plain callback, or None."""
     if progress is None:
         return NullProgress()
-    if hasattr(progress, "file_advanced"):
-        return progress  # type: ignore[return-value]
-    return CallbackProgress(progress)  # type: ignore[arg-type]
+    if hasattr(progress, "file_advanced"):  # a listener (a callable object may be one too)
+        return cast(ProgressListener, progress)
+    return CallbackProgress(progress)
 
 
 # ---------------------------------------------------------------------------

@@ -7,8 +7,10 @@ What this module owns:
   :class:`~gsitransfer.client.tls.GSIClientPolicy`;
 * :class:`Session` -- what every operation needs: the HTTP client, a clock
   (retry delays), a way to run blocking work (MD5 of a big file) off the
-  reactor thread, and :meth:`Session.request`, which turns every network or
-  TLS failure into a one-line :class:`~gsitransfer.client.errors.ClientError`;
+  reactor thread (:class:`RunBlocking`), and :meth:`Session.request`, which
+  turns every network or TLS failure into a one-line
+  :class:`~gsitransfer.client.errors.ClientError`;
+* :class:`IClientReactor` -- what the client needs of a reactor;
 * :class:`FileBodyProducer` -- an ``IBodyProducer`` reading a file in chunks
   as the connection asks for them (pause/resume from the transport), with a
   per-chunk progress hook: the upload body never sits in memory;
@@ -26,17 +28,27 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping
+from typing import BinaryIO, Callable, Mapping, ParamSpec, Protocol, TypeVar, cast
 
 from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import (
+    IConsumer,
+    IPushProducer,
+    IReactorPluggableNameResolver,
+    IReactorTCP,
+    IReactorThreads,
+    IReactorTime,
+)
+from twisted.internet.protocol import Protocol as BodyProtocol
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from .errors import ClientError, HTTPStatusError, ProtocolError, explain
@@ -48,52 +60,88 @@ SMALL_BODY_LIMIT = 16 * 1024 * 1024
 #: seconds to wait for a TCP connection
 CONNECT_TIMEOUT = 30.0
 
-RunBlocking = Callable[..., "Deferred[Any]"]
+_Params = ParamSpec("_Params")
+_Result = TypeVar("_Result")
+
+
+class IClientReactor(IReactorTCP, IReactorTime, IReactorPluggableNameResolver, IReactorThreads):
+    """What the client needs of a reactor: connections and name resolution (the Agent),
+    a clock (retry delays, timeouts) and a thread pool (MD5s of big files).
+
+    Every Twisted reactor provides these; a test passes a ``MemoryReactorClock``
+    with :func:`inline_runner` (then the thread pool is not used).
+    """
+
+
+class RunBlocking(Protocol):
+    """Runs a blocking function somewhere (a thread pool, or right here); a Deferred of its result."""
+
+    def __call__(
+        self, function: Callable[_Params, _Result], /, *args: _Params.args, **kwargs: _Params.kwargs
+    ) -> Deferred[_Result]: ...
+
+
+class Digest(Protocol):
+    """A running hash (``hashlib.md5()``)."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
 
 
 def make_http_client(
-    reactor: Any = None,
+    reactor: IClientReactor | None = None,
     *,
-    tls: Any = None,
+    tls: IPolicyForHTTPS | None = None,
     pool_size: int = 4,
     connect_timeout: float = CONNECT_TIMEOUT,
 ) -> HTTPClient:
     """A treq client whose HTTPS connections use ``tls`` (an ``IPolicyForHTTPS``: a GSIClientPolicy)."""
     reactor = _reactor(reactor)
+    # Twisted's HTTPConnectionPool and Agent constructors are not annotated
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = max(pool_size, 1)
-    options: dict[str, Any] = {"pool": pool, "connectTimeout": connect_timeout}
+    options: dict[str, object] = {"pool": pool, "connectTimeout": connect_timeout}
     if tls is not None:
         options["contextFactory"] = tls
-    agent: Any = Agent(reactor, **options)
+    agent = Agent(reactor, **options)
     return HTTPClient(agent)
 
 
-def _reactor(reactor: Any) -> Any:
+def _reactor(reactor: IClientReactor | None) -> IClientReactor:
+    """``reactor``, or the global one (which provides everything IClientReactor names)."""
     if reactor is None:
         from twisted.internet import reactor as default
 
-        return default
+        return cast(IClientReactor, default)
     return reactor
 
 
-def thread_runner(reactor: Any = None) -> RunBlocking:
+def thread_runner(reactor: IClientReactor | None = None) -> RunBlocking:
     """Run blocking functions in the reactor's thread pool."""
-    from twisted.internet.threads import deferToThreadPool
+    chosen = _reactor(reactor)
 
-    reactor = _reactor(reactor)
-    return lambda function, *args: deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
+    def run(
+        function: Callable[_Params, _Result], /, *args: _Params.args, **kwargs: _Params.kwargs
+    ) -> Deferred[_Result]:
+        return deferToThreadPool(chosen, chosen.getThreadPool(), function, *args, **kwargs)
+
+    return run
 
 
-def inline_runner(function: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+def inline_runner(
+    function: Callable[_Params, _Result], /, *args: _Params.args, **kwargs: _Params.kwargs
+) -> Deferred[_Result]:
     """Run a blocking function right here (tests, or a reactor with no threads)."""
-    return defer.maybeDeferred(function, *args)
+    return defer.maybeDeferred(function, *args, **kwargs)
 
 
 class Session:
     """The HTTP client, clock and blocking-work runner an operation uses."""
 
-    def __init__(self, http: HTTPClient, reactor: Any = None, run_blocking: RunBlocking | None = None) -> None:
+    def __init__(
+        self, http: HTTPClient, reactor: IClientReactor | None = None, run_blocking: RunBlocking | None = None
+    ) -> None:
         self.http = http
         self.reactor = _reactor(reactor)
         self.run_blocking = run_blocking or thread_runner(self.reactor)
@@ -104,29 +152,32 @@ class Session:
         url: str,
         *,
         headers: Mapping[str, str] | None = None,
-        body: Any = None,
+        body: bytes | IBodyProducer | None = None,
     ) -> IResponse:
         """Send one request; network and TLS failures become ClientErrors.
 
         ``body`` is bytes or an ``IBodyProducer``. Bytes are sent by our own
         producer (treq's would use the global reactor's cooperator).
         """
+        producer: IBodyProducer | None
         if isinstance(body, bytes):
-            body = FileBodyProducer(io.BytesIO(body), len(body)) if body else None
+            producer = FileBodyProducer(io.BytesIO(body), len(body)) if body else None
+        else:
+            producer = body
         try:
             return await self.http.request(
-                method, url, headers=_headers(headers), data=body,
-                unbuffered=True, allow_redirects=False, reactor=self.reactor,
+                method, url, headers=_headers(headers), data=producer,
+                unbuffered=True, allow_redirects=False,
+                # treq's reactor type (TCP, time, name resolution) is private; IClientReactor has it all
+                reactor=self.reactor,  # type: ignore[arg-type]
             )
         except defer.CancelledError:
             raise
         except Exception as error:
-            raise explain(Failure(error), url) from None
+            raise explain(error, url) from None
 
     async def sleep(self, seconds: float) -> None:
         """Wait on the session's clock (cancellable)."""
-        from twisted.internet.task import deferLater
-
         await deferLater(self.reactor, seconds, lambda: None)
 
     async def expect(self, response: IResponse, statuses: tuple[int, ...], method: str, url: str) -> bytes:
@@ -136,12 +187,12 @@ class Session:
         except (defer.CancelledError, ClientError):
             raise
         except Exception as error:
-            raise explain(Failure(error), url) from None
+            raise explain(error, url) from None
         if response.code not in statuses:
             raise HTTPStatusError(response.code, _reason(body, response), method, url)
         return body
 
-    def md5_of(self, path: Path, length: int | None = None) -> "Deferred[Any]":
+    def md5_of(self, path: Path, length: int | None = None) -> Deferred[Digest]:
         """MD5 (a hashlib object) of the first ``length`` bytes of ``path`` (all of it: None), off-thread."""
         return self.run_blocking(md5_file, path, length)
 
@@ -156,7 +207,7 @@ def _reason(body: bytes, response: IResponse) -> str:
     return line[:300] or (response.phrase or b"").decode("latin-1", "replace")
 
 
-def md5_file(path: Path, length: int | None = None, chunk: int = 1024 * 1024) -> Any:
+def md5_file(path: Path, length: int | None = None, chunk: int = 1024 * 1024) -> Digest:
     """A hashlib MD5 over the first ``length`` bytes of ``path`` (the whole file when None)."""
     digest = hashlib.md5()
     remaining = length
@@ -209,13 +260,13 @@ class FileBodyProducer:
         self._remaining = length
         self._on_bytes = on_bytes
         self._chunk_size = chunk_size
-        self._consumer: Any = None
+        self._consumer: IConsumer | None = None
         self._finished: Deferred[None] | None = None
         self._paused = False
         self._stopped = False
         self._pumping = False
 
-    def startProducing(self, consumer: Any) -> "Deferred[None]":
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         self._consumer = consumer
         self._finished = Deferred()
         self._pump()
@@ -238,7 +289,7 @@ class FileBodyProducer:
         self._stream.close()
 
     def _pump(self) -> None:
-        if self._pumping or self._finished is None or self._finished.called:
+        if self._pumping or self._consumer is None or self._finished is None or self._finished.called:
             return
         self._pumping = True
         try:
@@ -246,9 +297,9 @@ class FileBodyProducer:
                 data = self._stream.read(min(self._chunk_size, self._remaining))
                 if not data:
                     self._stopped = True
-                    self._finished.errback(Failure(ClientError(
+                    self._finished.errback(ClientError(
                         f"{getattr(self._stream, 'name', 'the file')} became shorter while it was being sent"
-                    )))
+                    ))
                     return
                 self._remaining -= len(data)
                 self._consumer.write(data)
@@ -260,7 +311,7 @@ class FileBodyProducer:
             self._pumping = False
 
 
-class BodyReader(Protocol):
+class BodyReader(BodyProtocol):
     """Hands a response body to ``sink`` chunk by chunk; ``done`` fires at its end.
 
     Cancelling ``done`` closes the connection. If ``sink`` raises, the
@@ -276,35 +327,36 @@ class BodyReader(Protocol):
             return
         try:
             self.sink(data)
-        except BaseException:
-            failure = Failure()
+        except BaseException as error:
             self._close()
             if not self.done.called:
-                self.done.errback(failure)
+                self.done.errback(error)
 
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        """The body ended (ResponseDone; None: likewise) or broke (the reason fails ``done``)."""
         if self.done.called:
             return
-        if reason.check(ResponseDone, PotentialDataLoss):
+        if reason is None or isinstance(reason.value, (ResponseDone, PotentialDataLoss)):
             self.done.callback(None)
         else:
             self.done.errback(reason)
 
-    def _cancel(self, _: "Deferred[None]") -> None:
+    def _cancel(self, _: Deferred[None]) -> None:
         self._close()
 
     def _close(self) -> None:
+        """Stop the body: stopping the response's transport (a push producer) closes the connection."""
         transport = self.transport
         if transport is not None:
-            transport.stopProducing()
+            cast(IPushProducer, transport).stopProducing()
 
 
-def stream_body(response: IResponse, sink: Callable[[bytes], None]) -> "Deferred[None]":
+def stream_body(response: IResponse, sink: Callable[[bytes], None]) -> Deferred[None]:
     """Deliver the body of ``response`` to ``sink``; fires at its end (cancellable)."""
     if response.length == 0:
         return defer.succeed(None)
     reader = BodyReader(sink)
-    response.deliverBody(reader)  # type: ignore[call-arg,misc]  # a zope interface method
+    response.deliverBody(reader)
     return reader.done
 
 
@@ -330,7 +382,10 @@ async def read_small_body(response: IResponse, limit: int = SMALL_BODY_LIMIT) ->
 __all__ = [
     "CHUNK_SIZE",
     "BodyReader",
+    "Digest",
     "FileBodyProducer",
+    "IClientReactor",
+    "RunBlocking",
     "Session",
     "header",
     "inline_runner",

@@ -30,19 +30,31 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-from typing import Any, Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, ParamSpec, TypeVar, cast, overload
 
 from treq.client import HTTPClient
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorCore
 from twisted.python.failure import Failure
 
-from . import api
+import gsitransfer.client.api as api  # the module itself (its names are ours too), not the package
+
 from .credentials import PassphrasePrompt, terminal_prompt
-from .session import make_http_client
+from .results import DownloadReport, Listing, TransferStatus, UploadReport
+from .session import IClientReactor, RunBlocking, make_http_client
 from .tls import GSIClientPolicy
+from .upload import OpenBody
 
 #: seconds a cancelled call may take to wind down after Ctrl-C
 CANCEL_GRACE = 10.0
+
+_Params = ParamSpec("_Params")
+_Result = TypeVar("_Result")
+
+
+class IScriptReactor(IClientReactor, IReactorCore):
+    """The reactor this module runs in its thread: the client's reactor, started and stopped here."""
 
 
 class ReactorThread:
@@ -53,12 +65,13 @@ class ReactorThread:
         self._thread: threading.Thread | None = None
 
     @property
-    def reactor(self) -> Any:
+    def reactor(self) -> IScriptReactor:
+        """The global reactor (it provides everything IScriptReactor names)."""
         from twisted.internet import reactor
 
-        return reactor
+        return cast(IScriptReactor, reactor)
 
-    def start(self) -> Any:
+    def start(self) -> IScriptReactor:
         """Start the reactor thread (once); the reactor."""
         with self._lock:
             if self._thread is None:
@@ -84,32 +97,47 @@ class ReactorThread:
             self.reactor.callFromThread(self.reactor.stop)
             self._thread.join(5)
 
-    def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    @overload
+    def call(
+        self, function: Callable[_Params, Deferred[_Result]], *args: _Params.args, **kwargs: _Params.kwargs
+    ) -> _Result: ...
+
+    @overload
+    def call(self, function: Callable[_Params, _Result], *args: _Params.args, **kwargs: _Params.kwargs) -> _Result: ...
+
+    def call(
+        self, function: Callable[_Params, Deferred[_Result] | _Result], *args: _Params.args, **kwargs: _Params.kwargs
+    ) -> _Result:
         """Run ``function`` (returning a value or a Deferred) on the reactor thread; its result."""
         reactor = self.start()
         if threading.current_thread() is self._thread:
             raise RuntimeError("a blocking call on the reactor thread would never return: use the Deferred API")
         done = threading.Event()
-        box: dict[str, Any] = {}
+        started: list[Deferred[_Result]] = []
+        outcomes: list[_Result | Failure] = []
 
-        def finished(outcome: Any) -> None:
-            box["outcome"] = outcome
+        def finished(outcome: _Result | Failure) -> None:
+            outcomes.append(outcome)
             done.set()
 
         def begin() -> None:
-            result = defer.maybeDeferred(function, *args, **kwargs)
-            box["deferred"] = result
+            result = cast("Deferred[_Result]", defer.maybeDeferred(function, *args, **kwargs))
+            started.append(result)
             result.addBoth(finished)
+
+        def cancel() -> None:
+            for deferred in started:
+                deferred.cancel()
 
         reactor.callFromThread(begin)
         try:
             while not done.wait(0.25):
                 pass
         except KeyboardInterrupt:
-            reactor.callFromThread(lambda: box["deferred"].cancel() if "deferred" in box else None)
+            reactor.callFromThread(cancel)
             done.wait(CANCEL_GRACE)
             raise
-        outcome = box["outcome"]
+        outcome = outcomes[0]
         if isinstance(outcome, Failure):
             outcome.raiseException()
         return outcome
@@ -118,9 +146,20 @@ class ReactorThread:
 _REACTOR_THREAD = ReactorThread()
 
 
-def call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a Deferred-returning function on the reactor thread and wait for it."""
-    return _REACTOR_THREAD.call(function, *args, **kwargs)
+@overload
+def call(function: Callable[_Params, Deferred[_Result]], *args: _Params.args, **kwargs: _Params.kwargs) -> _Result: ...
+
+
+@overload
+def call(function: Callable[_Params, _Result], *args: _Params.args, **kwargs: _Params.kwargs) -> _Result: ...
+
+
+def call(
+    function: Callable[_Params, Deferred[_Result] | _Result], *args: _Params.args, **kwargs: _Params.kwargs
+) -> _Result:
+    """Run a Deferred-returning function on the reactor thread and wait for it (its result, or it raises)."""
+    # the implementation's union does not pick an overload of the method: its result is the same _Result
+    return cast(_Result, _REACTOR_THREAD.call(function, *args, **kwargs))
 
 
 def client_for(
@@ -152,27 +191,51 @@ def _client(url: str, http: HTTPClient | None, pool_size: int = 4) -> HTTPClient
     return http if http is not None else client_for(url, pool_size=pool_size)
 
 
-def upload_files(url: str, paths: Iterable[str | os.PathLike[str]], *, http: HTTPClient | None = None,
-                 jobs: int = 4, **options: Any) -> api.UploadReport:
-    """Blocking :func:`gsitransfer.client.api.upload_files`."""
+def upload_files(
+    url: str,
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    http: HTTPClient | None = None,
+    jobs: int = 4,
+    progress: api.Progress = None,
+    retries: int = 3,
+    transfer_key: str | None = None,
+    reactor: IClientReactor | None = None,
+    run_blocking: RunBlocking | None = None,
+    open_body: OpenBody | None = None,
+) -> UploadReport:
+    """Blocking :func:`gsitransfer.client.api.upload_files` (the same keywords)."""
     client = _client(url, http, jobs)
-    return call(api.upload_files, url, list(paths), http=client, jobs=jobs, **options)
+    return call(api.upload_files, url, list(paths), http=client, jobs=jobs, progress=progress, retries=retries,
+                transfer_key=transfer_key, reactor=reactor, run_blocking=run_blocking, open_body=open_body)
 
 
-def download_file(url: str, dest: str | os.PathLike[str] | None = None, size: int | None = None,
-                  checksum: str | None = None, *, http: HTTPClient | None = None,
-                  **options: Any) -> api.DownloadReport:
-    """Blocking :func:`gsitransfer.client.api.download_file`."""
+def download_file(
+    url: str,
+    dest: str | os.PathLike[str] | None = None,
+    size: int | None = None,
+    checksum: str | None = None,
+    *,
+    http: HTTPClient | None = None,
+    progress: api.Progress = None,
+    resume: bool = True,
+    retries: int = 2,
+    retry_delay: float = 2.0,
+    reactor: IClientReactor | None = None,
+    run_blocking: RunBlocking | None = None,
+) -> DownloadReport:
+    """Blocking :func:`gsitransfer.client.api.download_file` (the same keywords)."""
     client = _client(url, http)
-    return call(api.download_file, url, dest, size, checksum, http=client, **options)
+    return call(api.download_file, url, dest, size, checksum, http=client, progress=progress, resume=resume,
+                retries=retries, retry_delay=retry_delay, reactor=reactor, run_blocking=run_blocking)
 
 
-def list_files(url: str, *, http: HTTPClient | None = None) -> api.Listing:
+def list_files(url: str, *, http: HTTPClient | None = None) -> Listing:
     """Blocking :func:`gsitransfer.client.api.list_files`."""
     return call(api.list_files, url, http=_client(url, http))
 
 
-def transfer_status(url: str, *, http: HTTPClient | None = None) -> api.TransferStatus:
+def transfer_status(url: str, *, http: HTTPClient | None = None) -> TransferStatus:
     """Blocking :func:`gsitransfer.client.api.transfer_status`."""
     return call(api.transfer_status, url, http=_client(url, http))
 

@@ -11,15 +11,15 @@ What this module owns:
   explicitly, and/or a CA file -- with every chain member checked against its
   CRL when CRLs are present, and the host name (or IP address) checked with
   ``service_identity``;
-* :func:`explain_tls_error` -- an OpenSSL error turned into one plain line
-  saying which side refused and why (our verification failure: unknown CA,
-  expired or revoked server certificate, name mismatch; the server's alert:
-  unknown CA, certificate expired or revoked, certificate required, ...).
+* the words for our verification failures (unknown CA, expired or revoked
+  server certificate, name mismatch).
 
 Our refusals are raised from the verify callback as
-:class:`ServerCertificateRejected`, a subclass of ``OpenSSL.SSL.Error``:
-pyOpenSSL re-raises it out of the handshake and Twisted hands it, as the
-connection's loss reason, to whoever made the request.
+:class:`~gsitransfer.client.handshake.ServerCertificateRejected`, a subclass
+of ``OpenSSL.SSL.Error``: pyOpenSSL re-raises it out of the handshake and
+Twisted hands it, as the connection's loss reason, to whoever made the
+request. :func:`explain_tls_error` (which side refused and why) is kept here for
+its callers; the words are in :mod:`gsitransfer.client.handshake`.
 """
 
 from __future__ import annotations
@@ -40,41 +40,14 @@ from zope.interface import implementer
 from ..identity import format_dn
 from ..tls.context import TLSConfigError, TrustConfig, TrustMaterial, load_trust, verify_error_text
 from .credentials import LoadedCredential, Trust
-from .errors import ClientError, TLSRefused, TrustError
+from .errors import ClientError, TrustError, tls_refused
+from .handshake import ServerCertificateRejected
 
 #: chain depth accepted from the server (host certificate, intermediates, root)
 VERIFY_DEPTH = 10
 
 _UNABLE_TO_GET_CRL = 3
 _UNKNOWN_ISSUER = {2, 18, 19, 20, 21}
-
-#: what the server's alert means for us, by OpenSSL's alert text
-_SERVER_ALERTS = {
-    "unknown ca": "it does not trust the CA that issued our certificate (unknown CA)",
-    "certificate expired": "it says our certificate has expired (certificate expired)",
-    "certificate revoked": "our certificate has been revoked (certificate revoked)",
-    "certificate required": "it requires a client certificate (certificate required)",
-    "bad certificate": "it refused our certificate (bad certificate)",
-    "certificate unknown": "it refused our certificate (certificate unknown)",
-    "unsupported certificate": "it cannot use our certificate (unsupported certificate)",
-    "access denied": "access denied",
-    "protocol version": "no TLS version in common (we need TLS 1.2 or newer)",
-    "handshake failure": "handshake failure (no cipher or key type in common)",
-    "decrypt error": "our signature did not verify (decrypt error: does the key match the certificate?)",
-}
-
-_NOT_TLS = ("wrong version number", "packet length too long", "record layer failure",
-            "unknown protocol", "http request")
-
-
-class ServerCertificateRejected(SSL.Error):
-    """We refused the server's certificate; ``reason`` says why in one line."""
-
-    def __init__(self, reason: str) -> None:
-        # shaped like OpenSSL's own errors: a list of (library, function, reason)
-        super().__init__([("gsitransfer", "verify server certificate", reason)])
-        self.reason = reason
-
 
 def load_trust_material(trust: Trust) -> TrustMaterial:
     """The CA certificates and CRLs ``trust`` points at, or :class:`TrustError`."""
@@ -249,31 +222,8 @@ def _names(cert: x509.Certificate) -> str:
 
 
 def explain_tls_error(error: BaseException) -> ClientError:
-    """One line saying which side refused the handshake and why."""
-    if isinstance(error, ServerCertificateRejected):
-        return TLSRefused("client", error.reason)
-    texts = _openssl_reasons(error)
-    for text in texts:
-        if "alert " in text:
-            alert = text.split("alert ", 1)[1].replace("_", " ").strip()
-            return TLSRefused("server", _SERVER_ALERTS.get(alert, f"TLS alert: {alert}"))
-    joined = "; ".join(texts) or str(error)
-    if any(marker in joined for marker in _NOT_TLS):
-        return TLSRefused("client", f"the server does not speak TLS on this port ({joined}); is it an http:// URL?")
-    return TLSRefused("client", f"TLS handshake failed: {joined}")
-
-
-def _openssl_reasons(error: BaseException) -> list[str]:
-    """The reason strings of an ``OpenSSL.SSL.Error`` (its args hold (lib, func, reason) triples)."""
-    texts: list[str] = []
-    for arg in getattr(error, "args", ()):
-        entries = arg if isinstance(arg, list) else [arg]
-        for entry in entries:
-            if isinstance(entry, tuple) and entry:
-                texts.append(str(entry[-1]))
-            elif isinstance(entry, str):
-                texts.append(entry)
-    return [" ".join(text.split()).lower() for text in texts if text]
+    """One line saying which side refused the handshake and why (a TLSRefused)."""
+    return tls_refused(error)
 
 
 __all__ = [

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Awaitable, BinaryIO, Callable, Sequence, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -203,9 +203,13 @@ def _local_file(path: Path) -> tuple[Path, str, int]:
     return path, path.name, status.st_size
 
 
-async def _pool(items: Sequence[Any], jobs: int, work: Callable[[Any], Any]) -> list[Any]:
+_Task = TypeVar("_Task")
+_Outcome = TypeVar("_Outcome")
+
+
+async def _pool(items: Sequence[_Task], jobs: int, work: Callable[[_Task], Awaitable[_Outcome]]) -> list[_Outcome]:
     """``work(item)`` for every item, at most ``jobs`` at a time; results in item order."""
-    results: list[Any] = [None] * len(items)
+    results: dict[int, _Outcome] = {}
     pending = list(enumerate(items))
 
     async def worker() -> None:
@@ -218,7 +222,7 @@ async def _pool(items: Sequence[Any], jobs: int, work: Callable[[Any], Any]) -> 
         await defer.gatherResults(workers, consumeErrors=True)
     except defer.FirstError as error:
         error.subFailure.raiseException()
-    return results
+    return [results[index] for index in range(len(items))]
 
 
 __all__ = ["OpenBody", "UploadJob", "open_for_upload"]

@@ -11,11 +11,12 @@
 * ``run_cli`` -- ``python -m gsitransfer.cli ARGS`` in a subprocess with a
   clean Globus environment (temporary HOME, no X509_* variables) plus what
   the test adds.
+
+Plain helper functions the tests share are in ``tests.client.support``.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -29,10 +30,11 @@ from gsitransfer.client.session import inline_runner
 from gsitransfer.store import DirectoryStore
 from gsitransfer.testca import TestPKI
 from gsitransfer.web import HTTPTransferServer
-from tests.support.server import REPO, ServerProcess
+from tests.support.server import ServerProcess
 from tests.tls.conftest import test_pki  # noqa: F401 -- the session PKI fixture
 
 from .memory import MemoryAgent
+from .support import clean_env
 
 CLI_TIMEOUT = 60.0
 
@@ -105,14 +107,6 @@ def servers(test_pki: TestPKI, tmp_path_factory: pytest.TempPathFactory) -> Iter
     yield running
     running.process.stop()
     assert "Unhandled Error" not in running.process.log_text()
-
-
-def clean_env(home: Path, **extra: str) -> dict[str, str]:
-    """The environment without any Globus variable, HOME at ``home``, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("X509_")}
-    env.update(HOME=str(home), PYTHONPATH=str(REPO))
-    env.update(extra)
-    return env
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from gsitransfer.client.credentials import (
 from gsitransfer.client.errors import CredentialError
 from gsitransfer.client.session import make_http_client
 
-from .conftest import clean_env
+from .support import clean_env
 
 # ---------------------------------------------------------------------------
 # The order (pure)

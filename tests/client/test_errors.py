@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from gsitransfer.testca import Issued, make_server_cert, write_certs
+from tests.support.http import request
 from tests.support.server import ServerProcess
+from tests.support.waiting import wait_for
 
-from .test_transfers import announce, make_files, tls_env
+from .support import announce, make_files, tls_env
 
 
 def one_line(result) -> str:
@@ -156,8 +158,6 @@ def test_404_no_such_file(run_cli, servers, test_pki, tmp_path):
 
 def test_409_cancel_while_a_file_is_arriving(run_cli, servers, tmp_path):
     """Cancelling a transfer whose body is on its way: 409 and why."""
-    from tests.support.http import request
-
     body = b"[manifest]\nnum_files = 1\n\n[0]\nname = slow-%d.bin\nsize = 1000000\nchecksum = %s\n" % (
         time.monotonic_ns(), b"0" * 32)
     key = request(servers.http, "POST", "/data/manifest", body).fields()["transfer_key"]
@@ -173,15 +173,13 @@ def test_409_cancel_while_a_file_is_arriving(run_cli, servers, tmp_path):
 
 
 def wait_for_state(base: str, key: str, state: str, timeout: float = 10.0) -> None:
-    from tests.support.http import request
+    """Wait until the first file of transfer ``key`` is in ``state`` (as the server reports it)."""
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def reached() -> bool:
         files = json.loads(request(base, "GET", f"/data/{key}").body)["files"]
-        if files[0]["state"] == state:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the file never became {state}")
+        return bool(files[0]["state"] == state)
+
+    wait_for(reached, timeout, f"the file to become {state}")
 
 
 def test_422_the_file_is_not_the_announced_one(run_cli, servers, test_pki, tmp_path):

@@ -25,7 +25,7 @@ from gsitransfer.client.session import make_http_client
 from gsitransfer.client.tls import GSIClientPolicy
 from tests.support.server import ServerProcess
 
-from .test_transfers import tls_env
+from .support import tls_env
 
 MiB = 1024 * 1024
 SIZE = 32 * MiB

@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import os
-import uuid
 from pathlib import Path
 
 import pytest
@@ -22,26 +21,9 @@ from gsitransfer.client.session import make_http_client
 from gsitransfer.client.tls import GSIClientPolicy
 from gsitransfer.client.credentials import Credential, Trust, load_credential
 
-from .conftest import clean_env
+from .support import announce, make_files, tls_env
 
 COMMANDS = ["upload", "download", "ls", "status", "cancel"]
-
-
-def make_files(directory: Path, count: int, size: int) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    paths = []
-    for number in range(count):
-        path = directory / f"part-{tag}-{number}.dat"
-        path.write_bytes(os.urandom(size // 2) + bytes([number]) * (size - size // 2))
-        paths.append(path)
-    return paths
-
-
-def tls_env(tmp_path: Path, pki) -> dict[str, str]:
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    return clean_env(home, X509_USER_PROXY=str(pki.users["alice"].proxy), X509_CERT_DIR=str(pki.ca_dir))
 
 
 def test_parallel_upload_then_download_back_over_mutual_tls(run_cli, servers, test_pki, tmp_path):
@@ -156,20 +138,3 @@ def test_help_of_every_command(command, capsys):
     text = capsys.readouterr().out
     assert text.startswith(f"usage: gsitransfer {command}")
     assert "exit status" in text and "--json" in text and "--proxy" in text
-
-
-def announce(servers, pki, files: list[tuple[str, bytes]], prefix: str = "data", sizes: dict[str, int] | None = None,
-             checksums: dict[str, str] | None = None) -> str:
-    """Post a manifest as alice (test helper, not the client under test); the transfer key."""
-    from tests.support.http import client_tls, request
-
-    lines = [f"[manifest]\nnum_files = {len(files)}\n"]
-    for num, (name, content) in enumerate(files):
-        size = (sizes or {}).get(name, len(content))
-        md5 = (checksums or {}).get(name, hashlib.md5(content).hexdigest())
-        lines.append(f"[{num}]\nname = {name}\nsize = {size}\nchecksum = {md5}\n")
-    alice = pki.users["alice"]
-    answer = request(servers.https, "POST", f"/{prefix}/manifest", "\n".join(lines).encode(),
-                     tls=client_tls(pki.ca_file, alice.proxy))
-    assert answer.status == 200 and answer.fields().get("return_code") == "0", answer.text
-    return answer.fields()["transfer_key"]
