@@ -29,6 +29,7 @@ refused, never served as anonymous.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Callable, Mapping
 
 from twisted.web import resource
@@ -70,21 +71,21 @@ _BUFFERED = _verbs(get_listing, get_transfer, get_file, delete_transfer, options
 _MANIFEST = Verb("post_manifest", buffered(post_manifest, manifest_limit))
 _UPLOAD = Verb("begin_upload", begin_upload, streams=True)
 _OPTIONS = _BUFFERED["options"]
-_GET: Mapping[type, Verb] = {
+_GET: Mapping[type, Verb] = MappingProxyType({
     ListingRoute: _BUFFERED["get_listing"],
     TransferRoute: _BUFFERED["get_transfer"],
     FileRoute: _BUFFERED["get_file"],
-}
+})
 
 #: the route table: one row per method
-ROUTES: Mapping[bytes, Mapping[type, Verb]] = {
+ROUTES: Mapping[bytes, Mapping[type, Verb]] = MappingProxyType({
     b"GET": _GET,
     b"HEAD": _GET,
-    b"POST": {ManifestRoute: _MANIFEST, UploadRoute: _UPLOAD},
-    b"DELETE": {TransferRoute: _BUFFERED["delete_transfer"]},
+    b"POST": MappingProxyType({ManifestRoute: _MANIFEST, UploadRoute: _UPLOAD}),
+    b"DELETE": MappingProxyType({TransferRoute: _BUFFERED["delete_transfer"]}),
     # OPTIONS routes as GET does (POST-only shapes are files to it): every path gets its Allow
-    b"OPTIONS": {kind: _OPTIONS for kind in (ListingRoute, TransferRoute, FileRoute)},
-}
+    b"OPTIONS": MappingProxyType({kind: _OPTIONS for kind in (ListingRoute, TransferRoute, FileRoute)}),
+})
 
 #: the verb that serves files (the keep-alive shortcut answers only for it)
 FILE_VERB = _GET[FileRoute]

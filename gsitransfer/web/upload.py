@@ -34,7 +34,6 @@ once on the reactor thread (:class:`~.offload.InlineSink`).
 from __future__ import annotations
 
 import enum
-from typing import Any
 
 from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.logger import Logger

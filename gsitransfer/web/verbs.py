@@ -20,7 +20,6 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from ..engine import ManifestOutcome
-from ..errors import TransferError
 from ..handler import DownloadTarget
 from .download import serve_file
 from .exchange import BodyControl, BodyReceiver, Exchange

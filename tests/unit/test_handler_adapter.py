@@ -23,7 +23,8 @@ from gsitransfer import (
 )
 from gsitransfer.handler import HandlerAdapter
 from gsitransfer.manifest import Manifest
-from tests.unit.test_core import ALICE, MANIFEST, RecordingHandler, result_of
+from tests.support.deferreds import result_of
+from tests.support.engine import ALICE, MANIFEST, RecordingHandler
 
 
 class Bare:

@@ -17,7 +17,7 @@ from gsitransfer.filesink import TEMP_PREFIX
 from gsitransfer.manifest import Manifest
 from gsitransfer.store import DirectoryStore
 from gsitransfer.testing import SiteConnection
-from gsitransfer.web import HTTPTransferServer, table
+from gsitransfer.web import HTTPTransferServer
 from gsitransfer.web.routes import (
     FileRoute,
     ListingRoute,
@@ -27,8 +27,7 @@ from gsitransfer.web.routes import (
     classify,
 )
 from gsitransfer.web.status import BadRequest, MethodNotAllowed, status_for
-from gsitransfer.web.table import Verb, select
-from gsitransfer.web.verbs import buffered
+from gsitransfer.web.table import select
 
 from .wire import KEY_SHAPED as KEY, upload_head
 
@@ -140,10 +139,10 @@ def test_trusted_proxy_header_is_the_identity(tmp_path):
 def test_render_bug_is_one_plain_line(server, monkeypatch):
     """An exception escaping a verb's answer is a text/plain 500 with no traceback or HTML."""
 
-    def get_listing(exchange, body):
+    def list_files(prefix, id_token):
         raise RuntimeError("secret detail")
 
-    monkeypatch.setitem(table.ROUTES[b"GET"], ListingRoute, Verb("get_listing", buffered(get_listing)))
+    monkeypatch.setattr(server.engine, "list_files", list_files)  # raised inside get_listing, as a bug would
     conn = SiteConnection(server.site())
     conn.send(b"GET /data/ HTTP/1.1\r\nHost: t\r\n\r\n")
     output = conn.output()
