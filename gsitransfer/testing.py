@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionLost
@@ -27,6 +27,9 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from .identity import IdToken
+
+if TYPE_CHECKING:
+    from .web.servers import HTTPTransferServer
 
 
 class SiteConnection:
@@ -98,11 +101,12 @@ class _PlainClientRequest:
         self.channel = type("Channel", (), {"transport": transport})()
 
 
-def identity_of(server: Any, peer: str = "127.0.0.1", headers: dict[bytes, bytes] | None = None) -> IdToken:
+def identity_of(
+    server: "HTTPTransferServer", peer: str = "127.0.0.1", headers: dict[bytes, bytes] | None = None
+) -> IdToken:
     """The identity ``server``'s identity source gives a plain-HTTP request from ``peer``."""
     raw = Headers({name: [value] for name, value in (headers or {}).items()})
-    token: IdToken = server.identity.identify(_PlainClientRequest(peer, raw))
-    return token
+    return server.identity.identify(_PlainClientRequest(peer, raw))
 
 
 __all__ = ["MemoryHandler", "SiteConnection", "identity_of"]

@@ -49,7 +49,7 @@ def _escape(value: bytes) -> str:
 _escape_remembered = functools.lru_cache(maxsize=2048)(_escape)
 
 
-def access_line(timestamp: str | None, request: Any) -> str:
+def access_line(timestamp: str | None, request: http.Request) -> str:
     """The combined-log line for ``request`` (as ``combinedLogFormatter``)."""
     return combined_line(
         timestamp,

@@ -50,6 +50,7 @@ from twisted.internet.base import DelayedCall
 from twisted.internet.interfaces import IAddress, IHandshakeListener
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.http import HTTPChannel
 from zope.interface import implementer
 
@@ -243,7 +244,7 @@ class TransferChannel(HTTPChannel):
         self.abort()
         return True
 
-    def requestDone(self, request: Any) -> None:  # twisted's own signature
+    def requestDone(self, request: http.Request) -> None:
         self._awaiting_head = True
         super().requestDone(request)
         if self.persistent and not self.requests and self.transport is not None:

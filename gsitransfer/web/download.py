@@ -27,7 +27,7 @@ from typing import Any
 
 from twisted.web import http, static
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 from ..errors import FileNotFound, NotAuthorized
 from ..handler import DownloadTarget
@@ -117,7 +117,7 @@ def file_headers(
     )
 
 
-def _plain_get(request: Any) -> bool:
+def _plain_get(request: Request) -> bool:
     """A GET with nothing that changes its answer: no Range, no conditions."""
     headers = request.requestHeaders
     return (
@@ -128,7 +128,7 @@ def _plain_get(request: Any) -> bool:
     )
 
 
-def serve_file(request: IRequest, target: DownloadTarget) -> None:
+def serve_file(request: Request, target: DownloadTarget) -> None:
     """Answer a GET or HEAD with the file ``target`` names."""
     try:
         fd = os.open(target.path, _OPEN_FLAGS)

@@ -25,6 +25,7 @@ import os
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
+from twisted.web.server import Request
 from zope.interface import implementer
 
 #: bytes read from the file per producer step (measured: see docs/benchmarks.md)
@@ -37,7 +38,7 @@ SMALL_BODY = DOWNLOAD_CHUNK
 CHUNKS_PER_TURN = 4
 
 
-def send_small(request: Any, fd: int, offset: int, length: int, head_lines: bytes = b"") -> None:
+def send_small(request: Request, fd: int, offset: int, length: int, head_lines: bytes = b"") -> None:
     """Read ``length`` bytes at ``offset`` and send them as the whole body; closes ``fd``.
 
     ``head_lines`` are header lines (``Name: value\r\n`` each) sent after the
@@ -53,7 +54,7 @@ def send_small(request: Any, fd: int, offset: int, length: int, head_lines: byte
         request.loseConnection()
         return
     if head_lines:
-        request.write_with_head(data, head_lines)
+        getattr(request, "write_with_head")(data, head_lines)  # TransferRequest's: head and body in one write
     elif data:
         getattr(request, "write_with_head", request.write)(data)
     request.finish()
@@ -63,7 +64,7 @@ def send_small(request: Any, fd: int, offset: int, length: int, head_lines: byte
 class FileBodyProducer:
     """Writes bytes ``[offset, offset + length)`` of ``fd``, one chunk per transport request."""
 
-    def __init__(self, request: Any, fd: int, offset: int, length: int, chunk: int = DOWNLOAD_CHUNK) -> None:
+    def __init__(self, request: Request, fd: int, offset: int, length: int, chunk: int = DOWNLOAD_CHUNK) -> None:
         self.request = request
         self._fd: int | None = fd
         self._offset = offset
@@ -133,7 +134,7 @@ class FileBodyProducer:
             os.close(fd)
 
 
-def send_body(request: Any, fd: int, offset: int, length: int) -> None:
+def send_body(request: Request, fd: int, offset: int, length: int) -> None:
     """Send ``length`` bytes of ``fd`` from ``offset`` as the body, then finish; ``fd`` is taken over."""
     if length <= SMALL_BODY:
         send_small(request, fd, offset, length)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import weakref
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from twisted.logger import Logger
 
@@ -33,12 +33,39 @@ CLIENT_DN_HEADER = b"x-client-dn"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+class HeaderLines(Protocol):
+    """The request's header lines (twisted.web's ``Headers``, or the fast path's parsed head)."""
+
+    def getRawHeaders(self, name: bytes) -> Sequence[bytes] | None:
+        """Every value of header ``name``, or None."""
+
+
+class ConnectionOf(Protocol):
+    """The request's connection: its transport (TCP, TLS, or a test's)."""
+
+    @property
+    def transport(self) -> Any:
+        """The transport (``getPeer()``; under TLS, the TLS layer)."""
+
+
+class IdentifiableRequest(Protocol):
+    """What an identity source reads of a request: its headers and its connection's transport."""
+
+    @property
+    def requestHeaders(self) -> HeaderLines:
+        """The header lines."""
+
+    @property
+    def channel(self) -> ConnectionOf:
+        """The connection the request came on."""
+
+
 class IdentitySource(Protocol):
-    def identify(self, request: Any) -> IdToken:
+    def identify(self, request: IdentifiableRequest) -> IdToken:
         """The identity of ``request``'s client; raise NotAuthorized to refuse it."""
 
 
-def peer_host(request: Any) -> str | None:
+def peer_host(request: IdentifiableRequest) -> str | None:
     """The client's IP address as text, or None for a non-IP transport."""
     transport = request.channel.transport
     peer = transport.getPeer()
@@ -74,7 +101,7 @@ class TrustedProxyIdentity:
             address = address.ipv4_mapped
         return any(address in network for network in self.trusted)
 
-    def identify(self, request: Any) -> IdToken:
+    def identify(self, request: IdentifiableRequest) -> IdToken:
         values = request.requestHeaders.getRawHeaders(CLIENT_DN_HEADER)
         if not values or not self.is_trusted(peer_host(request)):
             return ANONYMOUS
@@ -110,7 +137,7 @@ class CertificateIdentity:
         #: the token of each distinct (chain, fields) in use, held only by the connections' tokens
         self._shared: weakref.WeakValueDictionary[tuple[Any, ...], IdToken] = weakref.WeakValueDictionary()
 
-    def identify(self, request: Any) -> IdToken:
+    def identify(self, request: IdentifiableRequest) -> IdToken:
         transport = request.channel.transport
         handle = getattr(transport, "getHandle", None)
         connection = handle() if handle is not None else None
@@ -179,7 +206,7 @@ class GridMapAuthorizer:
         _log.info("grid-mapfile {path} reloaded", path=self.path)
         return True
 
-    def identify(self, request: Any) -> IdToken:
+    def identify(self, request: IdentifiableRequest) -> IdToken:
         token = self.source.identify(request)
         if token.dn is None:
             raise NotAuthorized("an identity is required (grid-mapfile in force)")

@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.web import server as web_server
+from twisted.web import http
 from twisted.web.http import combinedLogFormatter
 
 from ..core import TransferServer
@@ -127,7 +128,7 @@ class TransferSite(web_server.Site):
             plain_gets=self.fast_paths.keepalive_get,
         )
 
-    def log(self, request: Any) -> None:
+    def log(self, request: http.Request) -> None:
         """The access log line ``Site.log`` writes; with the fast writer, formatted and emitted more cheaply."""
         log_file = self._logFile
         if log_file is not None:
@@ -143,7 +144,7 @@ class TransferSite(web_server.Site):
         )
 
     def log_plain_get(
-        self, channel: Any, target: bytes, sent: int, referrer: bytes | None, agent: bytes | None
+        self, channel: TransferChannel, target: bytes, sent: int, referrer: bytes | None, agent: bytes | None
     ) -> None:
         """The access log line of a GET answered 200 by the keep-alive shortcut (``plainget``)."""
         log_file = self._logFile
