@@ -7,6 +7,10 @@
   every file, stores uploads under a directory and records every call.
 * :func:`identity_of` -- the identity a server gives a plain-HTTP client, as
   its identity source decides it (for driving the engine directly).
+* :class:`MemoryTLSClient` -- a pyOpenSSL client (a certificate and key, a
+  proxy file too) connected in memory to a server's TLS protocol factory
+  (``GSIHTTPTransferServer.protocol_factory()``): the whole mutual-TLS path,
+  handshake to handler, without a socket.
 
 Used by the project's own tests (tests/web, tests/unit); they are part of the
 public package so that handler authors can test theirs the same way.
@@ -18,6 +22,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IProtocolFactory
@@ -92,6 +97,88 @@ class MemoryHandler:
         self._record("CancelPendingUpload", id_token, filename)
 
 
+class _TCPStringTransport(StringTransport):
+    """A StringTransport that takes the TCP options twisted.web's channel sets."""
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """No Nagle here: nothing to do."""
+
+
+class MemoryTLSClient:
+    """A TLS client, in memory, of one connection to ``factory`` (a TLS-wrapping protocol factory)."""
+
+    #: most rounds of bytes moved back and forth before a handshake is given up
+    HANDSHAKE_ROUNDS = 20
+
+    def __init__(
+        self, factory: IProtocolFactory, certificate: str, key: str | None = None, clock: Clock | None = None
+    ) -> None:
+        """``certificate`` (and ``key``, unless the same PEM file holds it, as a proxy does) is the client's.
+
+        ``clock`` must be the reactor ``factory`` was made with
+        (``server.protocol_factory(clock)``): it runs the server's timers and
+        Twisted's flush of small TLS writes.
+        """
+        self.clock = Clock() if clock is None else clock
+        self.transport = _TCPStringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert protocol is not None
+        self.protocol: Any = protocol
+        self.protocol.makeConnection(self.transport)
+        channel: Any = getattr(self.protocol, "wrappedProtocol", self.protocol)
+        channel.callLater = self.clock.callLater
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        context.use_certificate_chain_file(certificate)
+        context.use_privatekey_file(key or certificate)
+        self.connection = SSL.Connection(context, None)
+        self.connection.set_connect_state()
+
+    def handshake(self) -> None:
+        """Run the TLS handshake to its end (AssertionError if it does not end)."""
+        for _ in range(self.HANDSHAKE_ROUNDS):
+            try:
+                self.connection.do_handshake()
+                self._to_server()
+                self._to_client()
+                return
+            except SSL.WantReadError:
+                pass
+            self._to_server()
+            self._to_client()
+        raise AssertionError("the TLS handshake did not finish")
+
+    def send(self, data: bytes) -> None:
+        """The client sends ``data`` (encrypted); the server reads it and the reactor takes one turn."""
+        self.connection.sendall(data)
+        self._to_server()
+        self.clock.advance(0)
+        self._to_client()
+
+    def received(self) -> bytes:
+        """Everything the client can decrypt now."""
+        self._to_client()
+        parts = []
+        while True:
+            try:
+                parts.append(self.connection.recv(1 << 20))
+            except (SSL.WantReadError, SSL.ZeroReturnError):
+                return b"".join(parts)
+
+    def _to_server(self) -> None:
+        while True:
+            try:
+                data = self.connection.bio_read(1 << 20)
+            except SSL.WantReadError:
+                return
+            self.protocol.dataReceived(data)
+
+    def _to_client(self) -> None:
+        data = bytes(self.transport.value())
+        self.transport.clear()
+        if data:
+            self.connection.bio_write(data)
+
+
 class _PlainClientRequest:
     """What an identity source reads of a plain-HTTP request from ``peer`` with ``headers``."""
 
@@ -109,4 +196,4 @@ def identity_of(
     return server.identity.identify(_PlainClientRequest(peer, raw))
 
 
-__all__ = ["MemoryHandler", "SiteConnection", "identity_of"]
+__all__ = ["MemoryHandler", "MemoryTLSClient", "SiteConnection", "identity_of"]

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.web import server as web_server
@@ -234,9 +234,9 @@ class HTTPTransferServer(TransferServer):
         """Uploads in flight plus requests being answered, over every site."""
         return self.engine.uploads_in_flight() + sum(site.active_requests for site in self._sites)
 
-    def protocol_factory(self) -> Any:
-        """The protocol factory to listen with (the Site; TLS-wrapped in the GSI variant)."""
-        return self.site()
+    def protocol_factory(self, reactor: Any = None) -> IProtocolFactory:
+        """The protocol factory to listen with on ``reactor`` (the Site; TLS-wrapped in the GSI variant)."""
+        return self.site(reactor)
 
     def listen(self, endpoint: str | IStreamServerEndpoint, reactor: Any = None) -> defer.Deferred[IListeningPort]:
         """Listen on a Twisted endpoint (object or string such as ``tcp:8080``)."""
@@ -246,7 +246,7 @@ class HTTPTransferServer(TransferServer):
             reactor = default_reactor
         where = serverFromString(reactor, endpoint) if isinstance(endpoint, str) else endpoint
         self._finish_discards_at_shutdown(reactor)
-        listening: defer.Deferred[IListeningPort] = where.listen(self.protocol_factory())
+        listening: defer.Deferred[IListeningPort] = where.listen(self.protocol_factory(reactor))
         listening.addCallback(self._listening)
         return listening
 
@@ -265,7 +265,7 @@ class HTTPTransferServer(TransferServer):
         finally:
             probe.detach()
         self._finish_discards_at_shutdown(reactor)
-        port: IListeningPort = reactor.adoptStreamPort(fd, family, self.protocol_factory())
+        port: IListeningPort = reactor.adoptStreamPort(fd, family, self.protocol_factory(reactor))
         self.ports.append(port)
         self._learn_public_url(port)
         return port
@@ -385,8 +385,9 @@ class GSIHTTPTransferServer(HTTPTransferServer):
     def _base_identity(self, trusted_proxies: tuple[str, ...]) -> IdentitySource:
         return CertificateIdentity()
 
-    def protocol_factory(self) -> Any:
-        return server_protocol_factory(self.tls, self.site(), bulk=self.fast_paths.bulk_tls)
+    def protocol_factory(self, reactor: Any = None) -> IProtocolFactory:
+        """The Site wrapped in the TLS transport the fast paths choose (``tls.server_protocol_factory``)."""
+        return server_protocol_factory(self.tls, self.site(reactor), bulk=self.fast_paths.bulk_tls, reactor=reactor)
 
     def reload(self, force: bool = False) -> None:
         """Re-read CAs, CRLs and the grid-mapfile; new connections see the new trust."""
