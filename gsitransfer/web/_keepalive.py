@@ -35,7 +35,6 @@ import stat
 import time
 from typing import Any, NamedTuple, Protocol
 
-from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from ..errors import TransferError
@@ -46,6 +45,7 @@ from .filebody import SMALL_BODY
 from .heads import SERVER_HEADER, answer_with_head, http_date
 from .routes import FileRoute
 from .table import FILE_VERB, select
+from .verbs import resolve_file
 
 #: longest head taken (twisted.web's own limit is 16 KiB)
 MAX_HEAD = 8192
@@ -205,10 +205,7 @@ def answer_plain_get(channel: KeepAliveChannel, data: bytes) -> bool:
         id_token = site.identity.identify(ParsedHeadRequest(channel, head))
     except TransferError:
         return False  # refused on twisted.web's path, with its answer
-    try:
-        target: object = site.serving.engine.resolve_download_now(route.prefix, route.url_path, id_token)
-    except Exception:
-        target = Failure()
+    target = resolve_file(site.serving, route, id_token)
     answer = _small_file_answer(target, head.close) if isinstance(target, DownloadTarget) else None
     if answer is None:
         channel.hand_over(HandlerAnswer(route.prefix, route.url_path, target))

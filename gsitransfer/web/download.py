@@ -23,7 +23,6 @@ import functools
 import math
 import os
 import stat
-from typing import Any
 
 from twisted.web import http, static
 from twisted.web.http_headers import Headers

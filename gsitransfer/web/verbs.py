@@ -21,8 +21,9 @@ from twisted.python.failure import Failure
 
 from ..engine import ManifestOutcome
 from ..handler import DownloadTarget
+from ..identity import IdToken
 from .download import serve_file
-from .exchange import BodyControl, BodyReceiver, Exchange
+from .exchange import BodyControl, BodyReceiver, Exchange, Serving
 from .routes import FileRoute, ListingRoute, ManifestRoute, TransferRoute
 from .status import BodyTooLarge, refusal_for, refuse, write_text
 
@@ -154,15 +155,24 @@ def get_file(exchange: Exchange, body: bytes) -> None:
     _serve(exchange, route)
 
 
+def resolve_file(serving: Serving, route: FileRoute, id_token: IdToken) -> object:
+    """The handler's answer for ``route``: a DownloadTarget, a Deferred firing with one, or a Failure.
+
+    The first step of ``get_file``, shared with the keep-alive fast path
+    (which then answers a small file itself, or hands this answer over).
+    """
+    try:
+        return serving.engine.resolve_download_now(route.prefix, route.url_path, id_token)
+    except Exception:
+        return Failure()
+
+
 def _serve(exchange: Exchange, route: FileRoute) -> None:
     known = exchange.handler_answer
     if known is not None and (known.prefix, known.url_path) == (route.prefix, route.url_path):
-        target: Any = known.outcome
+        target: object = known.outcome
     else:
-        try:
-            target = exchange.serving.engine.resolve_download_now(route.prefix, route.url_path, exchange.id_token)
-        except Exception:
-            target = Failure()
+        target = resolve_file(exchange.serving, route, exchange.id_token)
     if isinstance(target, Failure):
         _failed(exchange, target, "resolving a download")
     elif isinstance(target, defer.Deferred):
@@ -210,4 +220,5 @@ __all__ = [
     "get_transfer",
     "manifest_limit",
     "post_manifest",
+    "resolve_file",
 ]
