@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import pytest
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python import log
 
 from gsitransfer._internals import EVENT_LOOP, InternalsReport
@@ -75,19 +72,6 @@ def test_a_protocol_exception_is_logged_and_the_loop_goes_on(monkeypatch: pytest
     reactor = DirectDispatchReactor()
     outcome = _exchange(reactor, b"boom")
     assert logged and outcome is not None and outcome != b"boom"
-
-
-@pytest.fixture
-def log_lines() -> Iterator[list[str]]:
-    """The text of every log event emitted during the test."""
-    lines: list[str] = []
-
-    def observe(event: LogEvent) -> None:
-        lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
 
 
 def _close(reactor: EPollReactor) -> None:

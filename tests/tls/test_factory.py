@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import OpenSSL
 import pytest
 import twisted
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
 from gsitransfer._internals import BULK_TLS, EVENT_LOOP, InternalsReport, check_internals
@@ -21,19 +18,6 @@ from gsitransfer.tls._bulk import BulkTLSFactory, BulkTLSProtocol
 @pytest.fixture(scope="module")
 def server_tls(test_pki: TestPKI) -> ServerTLS:
     return ServerTLS(str(test_pki.server_cert), str(test_pki.server_key), TrustConfig(ca_dir=str(test_pki.ca_dir)))
-
-
-@pytest.fixture
-def log_lines() -> Iterator[list[str]]:
-    """The text of every log event emitted during the test."""
-    lines: list[str] = []
-
-    def observe(event: LogEvent) -> None:
-        lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
 
 
 def test_the_installed_twisted_and_pyopenssl_have_what_the_fast_paths_use() -> None:
