@@ -67,6 +67,14 @@ def receiver_of(conn: SiteConnection) -> UploadReceiver:
     return receiver
 
 
+def start_upload(server: HTTPTransferServer, key: str, first_bytes: bytes = b"") -> tuple[Any, SiteConnection, UploadReceiver]:
+    """A new connection sending the upload's head (and ``first_bytes`` of its body); its site, connection, receiver."""
+    site = server.site()
+    conn = SiteConnection(site)
+    conn.send(upload_head(key, len(BODY)) + first_bytes)
+    return site, conn, receiver_of(conn)
+
+
 def file_state(server: HTTPTransferServer, key: str) -> str:
     return server.transfers.states(key)[0].value
 
@@ -113,10 +121,7 @@ def test_table_is_the_documented_machine():
 
 def test_committed(server, engine, handler, key):
     """Accepted, received, verified: COMMITTED, 200, the file stored; a late loss changes nothing."""
-    site = server.site()
-    conn = SiteConnection(site)
-    conn.send(upload_head(key, len(BODY)))
-    receiver = receiver_of(conn)
+    site, conn, receiver = start_upload(server, key)
     assert receiver.state is UploadState.DECIDING and file_state(server, key) == "receiving"
     decision, path = handler.decisions[0]
     decision.callback(path)
@@ -132,10 +137,7 @@ def test_committed(server, engine, handler, key):
 
 def test_lost_while_deciding_undoes_the_late_decision(server, engine, handler, key):
     """The client goes while the handler decides: LOST; the acceptance arriving later is undone, the file pending again."""
-    site = server.site()
-    conn = SiteConnection(site)
-    conn.send(upload_head(key, len(BODY)) + BODY[:10])
-    receiver = receiver_of(conn)
+    site, conn, receiver = start_upload(server, key, BODY[:10])
     assert receiver.state is UploadState.DECIDING
     conn.drop()
     assert receiver.state is UploadState.LOST
@@ -150,10 +152,7 @@ def test_lost_while_deciding_undoes_the_late_decision(server, engine, handler, k
 
 def test_lost_while_receiving(server, engine, handler, key):
     """The client goes mid-body: LOST, the temporary file removed, the file pending again."""
-    site = server.site()
-    conn = SiteConnection(site)
-    conn.send(upload_head(key, len(BODY)))
-    receiver = receiver_of(conn)
+    site, conn, receiver = start_upload(server, key)
     decision, path = handler.decisions[0]
     decision.callback(path)
     conn.send(BODY[:100])
@@ -166,10 +165,7 @@ def test_lost_while_receiving(server, engine, handler, key):
 
 def test_refused_after_the_body(server, engine, handler, key):
     """The whole body is in before the handler refuses it: REFUSED, 403, the file pending, the connection kept."""
-    site = server.site()
-    conn = SiteConnection(site)
-    conn.send(upload_head(key, len(BODY)) + BODY)
-    receiver = receiver_of(conn)
+    site, conn, receiver = start_upload(server, key, BODY)
     assert receiver.state is UploadState.DECIDING and receiver.body_in
     decision, path = handler.decisions[0]
     decision.callback(None)  # the handler refuses the file
@@ -182,10 +178,7 @@ def test_refused_after_the_body(server, engine, handler, key):
 
 def test_refused_while_verifying(server, engine, handler, key):
     """A body whose checksum is wrong: REFUSED after the body (422), nothing stored, the file pending again."""
-    site = server.site()
-    conn = SiteConnection(site)
-    conn.send(upload_head(key, len(BODY)))
-    receiver = receiver_of(conn)
+    site, conn, receiver = start_upload(server, key)
     decision, path = handler.decisions[0]
     decision.callback(path)
     conn.send(bytes(len(BODY)))
@@ -197,10 +190,7 @@ def test_refused_while_verifying(server, engine, handler, key):
 
 def test_refused_while_deciding_before_the_body(server, engine, handler, key):
     """The handler refuses before any body byte: REFUSED, 403, the connection closed, the file pending."""
-    site = server.site()
-    conn = SiteConnection(site)
-    conn.send(upload_head(key, len(BODY)))
-    receiver = receiver_of(conn)
+    site, conn, receiver = start_upload(server, key)
     decision, path = handler.decisions[0]
     decision.callback(None)
     conn.clock.advance(0)  # a refusal before the body goes out on the next turn
