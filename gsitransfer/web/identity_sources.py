@@ -172,30 +172,33 @@ def _sharing_key(token: IdToken) -> tuple[Any, ...]:
 class GridMapAuthorizer:
     """Refuse DNs missing from the grid-mapfile; map the others to an account.
 
-    The file is re-read when ``reload()`` is called (on SIGHUP and
-    periodically) and only if it changed; a file that fails to parse on
-    reload keeps the previous map and logs one line.
+    The file is re-read when ``reload()`` is called (periodically) if it
+    changed, and always when ``reload(force=True)`` is (SIGHUP); a file that
+    fails to parse on reload keeps the previous map and logs one line.
+    "Changed" is judged as for the TLS trust: by the file's inode, ctime,
+    mtime and size, so an edit that keeps the size and the mtime (``cp -p``,
+    ``rsync -t``) still changes the inode or the ctime.
     """
 
     def __init__(self, source: IdentitySource, path: str, loader: Callable[[str], Any]) -> None:
         self.source = source
         self.path = path
         self._loader = loader
-        self._stamp: tuple[float, int] | None = None
-        self._map = loader(path)
+        self._stamp: tuple[int, int, int, int] | None = None
         self._stamp = self._file_stamp()
+        self._map = loader(path)
 
-    def _file_stamp(self) -> tuple[float, int] | None:
+    def _file_stamp(self) -> tuple[int, int, int, int] | None:
         try:
             stat = os.stat(self.path)
         except OSError:
             return None
-        return (stat.st_mtime, stat.st_size)
+        return (stat.st_ino, stat.st_ctime_ns, stat.st_mtime_ns, stat.st_size)
 
-    def reload(self) -> bool:
-        """Re-read the grid-mapfile if it changed; True when a new map is in force."""
+    def reload(self, force: bool = False) -> bool:
+        """Re-read the grid-mapfile if it changed (or ``force``); True when a new map is in force."""
         stamp = self._file_stamp()
-        if stamp == self._stamp:
+        if stamp == self._stamp and not force:
             return False
         try:
             new_map = self._loader(self.path)
