@@ -205,3 +205,29 @@ def test_an_unreadable_policy_file_makes_its_ca_sign_nothing(minted, tmp_path, f
     refused = answer(pki, tmp_path, fast_paths, users["eve"])
     assert refused.startswith(b"HTTP/1.1 403") and b"policy files of CA" in refused
     assert any("signing policy unreadable" in line for line in log_lines)
+
+
+# ---------------------------------------------------------------------------
+# The option
+# ---------------------------------------------------------------------------
+
+
+def test_signing_policy_option_reaches_the_trust_config(minted, tmp_path, capsys):
+    """--signing-policy defaults to if-present, is checked (one line, status 2), and is the TLS trust's mode."""
+    from gsitransfer import tap
+
+    pki, _ = minted
+    (tmp_path / "store").mkdir()
+    argv = ["--https", "tcp:0:interface=127.0.0.1", "--cert", str(pki.server_cert), "--key", str(pki.server_key),
+            "--ca-dir", str(pki.ca_dir), "--store", f"data={tmp_path / 'store'}"]
+    options = tap.Options()
+    options.parseOptions(argv)
+    assert options["signing-policy"] == "if-present"
+    options = tap.Options()
+    options.parseOptions([*argv, "--signing-policy", "require"])
+    https = tap.makeService(options).servers[0]
+    assert https.tls.trust.signing_policy == "require"
+    with pytest.raises(SystemExit) as exited:
+        tap.Options().parseOptions([*argv, "--signing-policy", "sometimes"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == f"{tap.PROGRAM}: error: --signing-policy is if-present, require or ignore\n"
