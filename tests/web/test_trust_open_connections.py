@@ -138,3 +138,26 @@ def test_proxy_expired_mid_connection_is_refused(pki, tmp_path, fast_paths):
     assert get(alice).startswith(b"HTTP/1.1 200")
     clock.now = proxy.not_valid_after_utc + datetime.timedelta(seconds=1)
     assert_refused_and_closed(alice, get(alice), b"expired")
+
+
+def test_chains_are_judged_once_per_connection_per_reload_not_per_request(pki, tmp_path, fast_paths):
+    """Policies judge a chain once for all its connections; a changing reload re-judges each open connection once."""
+    server = serve(pki, tmp_path, fast_paths)
+    judged: list[bool] = []
+    judge = server.tls.chain_refusal
+
+    def counting(chain, reverify):  # type: ignore[no-untyped-def]
+        judged.append(reverify)
+        return judge(chain, reverify)
+
+    server.tls.chain_refusal = counting
+    first = connect(server, pki.users["alice"].cert, pki.users["alice"].key)
+    second = connect(server, pki.users["alice"].cert, pki.users["alice"].key)
+    for client in (first, second, first, second):
+        assert get(client).startswith(b"HTTP/1.1 200")
+    assert judged == [False]
+    revoke(pki.directory, "bob")
+    server.reload()
+    for client in (first, second, first, second):
+        assert get(client).startswith(b"HTTP/1.1 200")
+    assert judged == [False, True, True]
