@@ -46,6 +46,12 @@ class NotAuthorized(TransferError):
     default_reason = "not authorized"
 
 
+class CredentialRefused(NotAuthorized):
+    """The client's certificate chain is not accepted (now): revoked, untrusted, expired, or outside its CA's policy."""
+
+    default_reason = "the client certificate is not accepted"
+
+
 class UploadFailed(TransferError):
     """An upload could not be accepted or completed."""
 
@@ -116,6 +122,7 @@ __all__ = [
     "TransferError",
     "FileNotFound",
     "NotAuthorized",
+    "CredentialRefused",
     "UploadFailed",
     "ManifestError",
     "ManifestTooLarge",

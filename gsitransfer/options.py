@@ -65,6 +65,9 @@ _PARAMETERS: list[list[object]] = [
     ["ca-dir", None, None, "Trusted CA directory, Globus layout (<hash>.0, <hash>.r0)."],
     ["ca-file", None, None, "Trusted CA bundle (PEM), in addition to or instead of --ca-dir."],
     ["crl-policy", None, "if-present", "CRL policy: if-present (default) or strict."],
+    ["signing-policy", None, "if-present",
+     "CA signing policies and namespaces (<hash>.signing_policy, <hash>.namespaces): "
+     "if-present (default), require or ignore."],
     ["gridmap", None, None, "Grid-mapfile: only DNs listed in it are served."],
     ["manifest-ttl", None, DEFAULT_MANIFEST_TTL, "Seconds a transfer key lives.", float],
     ["public-url", None, None, "Base URL given to clients (e.g. https://data.example.org:8443)."],
@@ -186,6 +189,8 @@ class Options(usage.Options):
                 raise usage.UsageError("--https needs --ca-dir and/or --ca-file")
         if self["crl-policy"] not in ("if-present", "strict"):
             raise usage.UsageError("--crl-policy is if-present or strict")
+        if self["signing-policy"] not in ("if-present", "require", "ignore"):
+            raise usage.UsageError("--signing-policy is if-present, require or ignore")
         if self["https"] and self["trusted_proxies"] and not self["http"]:
             raise usage.UsageError("--trusted-proxy applies to --http listeners only")
         if not 1 <= self["workers"] <= MAX_WORKERS:

@@ -217,6 +217,7 @@ def _server_tls(options: Options) -> ServerTLS:
                 ca_dir=options["ca-dir"],
                 ca_file=options["ca-file"],
                 crl_policy=options["crl-policy"],
+                signing_policy=options["signing-policy"],
             ),
         )
     except TLSConfigError as error:

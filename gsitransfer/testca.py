@@ -14,7 +14,9 @@ What this module owns:
 
       <dir>/ca/                 trusted CA directory (X509_CERT_DIR):
                                 <hash>.0 certificate, <hash>.r0 CRL,
-                                <hash>.signing_policy (Globus EACL)
+                                <hash>.signing_policy (Globus EACL) and
+                                <hash>.namespaces (IGTF): each CA may sign
+                                /C=US/O=Grid Test/*
       <dir>/ca-bundle.pem       the trusted CA certificates in one PEM file
       <dir>/private/<hash>.key  the CA keys (0600, directory 0700)
       <dir>/server/             hostcert.pem, hostkey.pem, hostcert-expired.pem
@@ -449,12 +451,25 @@ def signing_policy(ca_dn: str, namespace: str = SUBJECT_NAMESPACE) -> str:
     )
 
 
-def install_ca(ca_dir: Path, ca: Issued, crl: x509.CertificateRevocationList | None) -> str:
+def namespaces(ca_dn: str, namespace: str = SUBJECT_NAMESPACE) -> str:
+    """IGTF namespaces letting the CA ``ca_dn`` sign ``namespace`` (a ``*`` wildcard pattern)."""
+    pattern = "".join(".*" if char == "*" else "\\" + char if char in ".\\[](){}+?|^$" else char
+                      for char in namespace)
+    return (
+        f"# Namespaces of {ca_dn} (gsitransfer test CA: test only)\n"
+        f'TO Issuer "{ca_dn}" \\\n'
+        f'  PERMIT Subject "{pattern}"\n'
+    )
+
+
+def install_ca(ca_dir: Path, ca: Issued, crl: x509.CertificateRevocationList | None,
+               namespace: str = SUBJECT_NAMESPACE) -> str:
     """Put ``ca`` (and its CRL) in a trusted directory as ``<hash>.0`` / ``.r0`` /
-    ``.signing_policy``; return the hash."""
+    ``.signing_policy`` / ``.namespaces`` (letting it sign ``namespace``); return the hash."""
     digest = subject_hash(ca.cert.subject)
     write_certs(ca_dir / f"{digest}.0", ca.cert)
-    write_file(ca_dir / f"{digest}.signing_policy", signing_policy(ca.dn).encode())
+    write_file(ca_dir / f"{digest}.signing_policy", signing_policy(ca.dn, namespace).encode())
+    write_file(ca_dir / f"{digest}.namespaces", namespaces(ca.dn, namespace).encode())
     if crl is not None:
         write_crl(ca_dir / f"{digest}.r0", crl)
     return digest
@@ -562,7 +577,7 @@ class TestPKI:
     __test__ = False  # not a pytest test class
 
     directory: Path
-    #: Globus trusted directory (X509_CERT_DIR): <hash>.0, <hash>.r0, <hash>.signing_policy
+    #: Globus trusted directory (X509_CERT_DIR): <hash>.0, <hash>.r0, <hash>.signing_policy, <hash>.namespaces
     ca_dir: Path
     #: PEM bundle of the trusted CA certificates (root and intermediate)
     ca_file: Path

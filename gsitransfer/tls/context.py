@@ -13,6 +13,11 @@ What this module owns:
 * :class:`ServerTLS`, an ``IOpenSSLServerConnectionCreator`` for
   ``TLSMemoryBIOFactory(creator, False, factory)``, whose :meth:`ServerTLS.reload`
   swaps in a context freshly built from disk for new connections;
+* the trust *generation*, bumped by each reload that changed the CAs, CRLs or
+  signing policies, and :meth:`ServerTLS.chain_refusal`, which judges a chain
+  verified earlier (an open connection's) against the trust in force now;
+* the CAs' signing policies and namespaces (:mod:`gsitransfer.tls.policy`,
+  ``signing_policy`` in :class:`TrustConfig`);
 * logging a refused handshake once per connection, with the reason and the
   subject DN of the certificate that failed;
 * each context's app data: a :class:`~gsitransfer.tls.peer.ChainTokens`, the
@@ -24,6 +29,7 @@ Any start-up problem raises :class:`TLSConfigError` with one line naming the fil
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import re
 import weakref
@@ -41,8 +47,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gsitransfer._internals import connection_info_callback
-from gsitransfer.identity import format_dn
+from gsitransfer.identity import format_dn, is_proxy
 from gsitransfer.tls.peer import ChainTokens
+from gsitransfer.tls.policy import SIGNING_POLICY_MODES, SigningPolicies, load_policies, policy_file_names
 
 log = Logger(namespace="gsitransfer.tls")
 
@@ -129,6 +136,10 @@ class TrustConfig:
 
     A CRL past its nextUpdate is an error in both modes (OpenSSL's "CRL has
     expired"), as with Globus: keep the CRLs fresh (fetch-crl).
+
+    ``signing_policy``: how the CAs' ``<hash>.signing_policy`` and
+    ``<hash>.namespaces`` files are enforced (:mod:`gsitransfer.tls.policy`):
+    ``"if-present"`` (default), ``"require"`` or ``"ignore"``.
     """
 
     ca_dir: str | None = None
@@ -136,11 +147,17 @@ class TrustConfig:
     crl_policy: str = "if-present"
     #: the longest chain accepted (leaf, proxies and CAs) is depth + 2 certificates
     verify_depth: int = 10
+    signing_policy: str = "if-present"
 
     def __post_init__(self) -> None:
         if self.crl_policy not in CRL_POLICIES:
             raise TLSConfigError(
                 f"unknown CRL policy {self.crl_policy!r} (choose one of: {', '.join(CRL_POLICIES)})"
+            )
+        if self.signing_policy not in SIGNING_POLICY_MODES:
+            raise TLSConfigError(
+                f"unknown signing policy mode {self.signing_policy!r} "
+                f"(choose one of: {', '.join(SIGNING_POLICY_MODES)})"
             )
         if self.verify_depth < 1:
             raise TLSConfigError(f"verify depth must be at least 1, not {self.verify_depth}")
@@ -369,19 +386,40 @@ class ServerTLS:
         #: the info callback set on each connection whose transport does not report its handshake
         self._connection_info = connection_info_callback(self._info)
         self._stamp = self._files_stamp()
-        self._context, self.material = self._build()
+        #: bumped by each reload that changed the trust (CAs, CRLs, signing policies)
+        self._generation = 0
+        self._recheck_store: crypto.X509Store | None = None
+        self._context, self.material, self.policies = self._build()
+        self._trust_digest = _trust_digest(self.material, self.policies)
+        self._adopt(self._context)
 
     @property
     def context(self) -> SSL.Context:
         """The context new connections get."""
         return self._context
 
-    def _build(self) -> tuple[SSL.Context, TrustMaterial]:
+    @property
+    def generation(self) -> int:
+        """The trust generation: bumped by each reload that changed the CAs, CRLs or signing policies."""
+        return self._generation
+
+    def now(self) -> datetime.datetime:
+        """The time certificates' validity is judged at (the clock given, or the system's)."""
+        return self._clock()
+
+    def _adopt(self, context: SSL.Context) -> None:
+        """Stamp a context built for the current generation (its app data: a ChainTokens)."""
+        tokens = context.get_app_data()
+        if isinstance(tokens, ChainTokens):
+            tokens.judge, tokens.generation = self, self._generation
+
+    def _build(self) -> tuple[SSL.Context, TrustMaterial, SigningPolicies]:
         credential = load_host_credential(self.cert_file, self.key_file, self._clock())
         material = load_trust(self.trust)
         if self.trust.crl_policy == "strict":
             for dn in material.cas_without_crl():
                 log.warn("CRL policy strict: CA {ca} has no CRL, the certificates it issued are refused", ca=dn)
+        policies = self._load_policies(material)
         try:
             # with a per-connection callback available, the context has none: transports
             # that report the end of each handshake (handshake_completed / handshake_failed)
@@ -393,7 +431,21 @@ class ServerTLS:
         except (SSL.Error, crypto.Error) as error:
             raise TLSConfigError(f"server certificate {self.cert_file}: OpenSSL refused it ({error})") from None
         context.set_app_data(ChainTokens())
-        return context, material
+        return context, material, policies
+
+    def _load_policies(self, material: TrustMaterial) -> SigningPolicies:
+        cas = [(format_dn(ca.subject), f"{crypto.X509.from_cryptography(ca).subject_name_hash():08x}")
+               for ca in material.cas]
+        policies = load_policies(self.trust.ca_dir, cas, self.trust.signing_policy)
+        for policy in policies.by_ca.values():
+            if policy.broken is not None:
+                log.error("signing policy unreadable, the CA's certificates are refused: {reason}",
+                          reason=policy.broken)
+        if self.trust.signing_policy == "require":
+            for dn in policies.without_policy():
+                log.warn("signing policy require: CA {ca} has no signing_policy or namespaces file, "
+                         "the certificates it issued are refused", ca=dn)
+        return policies
 
     def reload(self, force: bool = False) -> bool:
         """Rebuild the context from disk for new connections if a file changed (or ``force``).
@@ -407,12 +459,79 @@ class ServerTLS:
             return False
         self._stamp = stamp
         try:
-            self._context, self.material = self._build()
+            context, material, policies = self._build()
         except TLSConfigError as error:
             log.error("TLS reload failed, keeping the previous trust: {error}", error=str(error))
             return False
+        digest = _trust_digest(material, policies)
+        if digest != self._trust_digest:
+            # open connections re-judge their chains at their next request
+            self._generation += 1
+            self._trust_digest = digest
+            self._recheck_store = None
+        self._context, self.material, self.policies = context, material, policies
+        self._adopt(context)
         log.info("TLS trust reloaded: {summary}", summary=self.material.summary())
         return True
+
+    def chain_refusal(self, chain: Sequence[x509.Certificate], reverify: bool) -> str | None:
+        """Why a chain OpenSSL verified earlier (leaf first, anchor last) is refused now; None: accepted.
+
+        The CAs' signing policies are always applied. With ``reverify`` (the
+        chain was verified under an older generation) the chain is verified
+        again against the current CAs (a removed CA: refused) and every
+        certificate checked against the current CRLs (``crl_policy`` as at a
+        handshake), at the time of this object's clock.
+        """
+        if reverify:
+            reason = self._untrusted(chain) or self._revoked(chain)
+            if reason is not None:
+                return reason
+        return self.policies.refusal(chain)
+
+    def _untrusted(self, chain: Sequence[x509.Certificate]) -> str | None:
+        store = self._recheck_store
+        if store is None:
+            store = crypto.X509Store()
+            for ca in self.material.cas:
+                store.add_cert(crypto.X509.from_cryptography(ca))
+            store.set_flags(crypto.X509StoreFlags.ALLOW_PROXY_CERTS)
+            self._recheck_store = store
+        store.set_time(self._clock())
+        leaf = crypto.X509.from_cryptography(chain[0])
+        others = [crypto.X509.from_cryptography(cert) for cert in chain[1:]]
+        try:
+            crypto.X509StoreContext(store, leaf, others).verify_certificate()
+        except crypto.X509StoreContextError as error:
+            code = error.errors[0] if error.errors and isinstance(error.errors[0], int) else -1
+            return f"the certificate chain is no longer trusted ({verify_error_text(code)})"
+        return None
+
+    def _revoked(self, chain: Sequence[x509.Certificate]) -> str | None:
+        crls: dict[x509.Name, list[x509.CertificateRevocationList]] = {}
+        for crl in self.material.crls:
+            crls.setdefault(crl.issuer, []).append(crl)
+        checking = bool(self.material.crls) or self.trust.crl_policy == "strict"
+        if not checking:
+            return None
+        now = self._clock()
+        for index, cert in enumerate(chain):
+            if cert.issuer == cert.subject:
+                continue
+            issuer = chain[index + 1] if index + 1 < len(chain) else None
+            found = [crl for crl in crls.get(cert.issuer, ())
+                     if issuer is not None and _crl_signed_by(crl, issuer)]
+            if not found:
+                if self.trust.crl_policy == "strict" and not is_proxy(cert):
+                    return f"no CRL for the CA of {format_dn(cert.subject)} (CRL policy strict)"
+                continue
+            for crl in found:
+                next_update = crl.next_update_utc
+                if next_update is not None and next_update < now:
+                    return f"the CRL of {format_dn(crl.issuer)} has expired"
+                if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+                    return f"certificate revoked: {format_dn(cert.subject)}"
+        return None
 
     def _files_stamp(self) -> tuple[tuple[str, int, int, int, int], ...]:
         """(path, mtime, ctime, size, inode) of every file a build reads; missing files count too."""
@@ -422,8 +541,9 @@ class ServerTLS:
                 names = sorted(os.listdir(self.trust.ca_dir))
             except OSError:
                 names = []
+            policy_files = set(policy_file_names(names))
             paths += [os.path.join(self.trust.ca_dir, name) for name in names
-                      if _CA_CERT_FILE.match(name) or _CA_CRL_FILE.match(name)]
+                      if _CA_CERT_FILE.match(name) or _CA_CRL_FILE.match(name) or name in policy_files]
         return tuple(_file_stamp(path) for path in paths if path)
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
@@ -494,6 +614,27 @@ class ServerTLS:
         if state.failure is None and state.asked_certificate and connection.get_peer_certificate() is None:
             alert = f"no client certificate ({alert})"
         _log_refusal(state, alert)
+
+
+def _trust_digest(material: TrustMaterial, policies: SigningPolicies) -> bytes:
+    """A digest of what a chain is judged by: the CAs, the CRLs and the signing policies."""
+    digest = hashlib.sha256()
+    for der in sorted(ca.public_bytes(serialization.Encoding.DER) for ca in material.cas):
+        digest.update(der)
+    digest.update(b"--crls--")
+    for der in sorted(crl.public_bytes(serialization.Encoding.DER) for crl in material.crls):
+        digest.update(der)
+    digest.update(b"--policies--")
+    digest.update(repr((policies.mode, sorted(policies.by_ca.items()))).encode("utf-8", "surrogateescape"))
+    return digest.digest()
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+    public_key = issuer.public_key()
+    try:
+        return crl.issuer == issuer.subject and crl.is_signature_valid(public_key)  # type: ignore[arg-type]
+    except (TypeError, ValueError, UnsupportedAlgorithm):
+        return False
 
 
 def _file_stamp(path: str) -> tuple[str, int, int, int, int]:

@@ -14,7 +14,8 @@ between requests (idle connections are most of a busy server's connections).
 
 from __future__ import annotations
 
-from typing import Sequence
+import datetime
+from typing import Protocol, Sequence
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
@@ -50,6 +51,20 @@ def verified_chain_der(connection: SSL.Connection) -> tuple[bytes, ...]:
     return tuple(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert) for cert in chain)
 
 
+class ChainJudge(Protocol):
+    """The trust in force now (``ServerTLS``), which judges chains verified earlier."""
+
+    @property
+    def generation(self) -> int:
+        """Bumped by each reload that changed the trust."""
+
+    def now(self) -> datetime.datetime:
+        """The time validity is judged at."""
+
+    def chain_refusal(self, chain: Sequence[x509.Certificate], reverify: bool) -> str | None:
+        """Why the chain is refused now (None: accepted); ``reverify``: against the current CAs and CRLs too."""
+
+
 class ChainTokens:
     """The :class:`IdToken` of each verified chain recently seen, looked up by the chain's DER.
 
@@ -64,11 +79,17 @@ class ChainTokens:
     At most ``size`` chains are kept, the least recently used one goes first.
     One belongs to one ``SSL.Context`` (its app data): a reload, which builds
     a new context, starts with an empty one.
+
+    ``judge`` (set by ``ServerTLS``) is the trust in force now and
+    ``generation`` the trust generation this context was built under: a
+    connection made on it was verified under that generation.
     """
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
         self._tokens: dict[tuple[bytes, ...], IdToken] = {}
+        self.judge: ChainJudge | None = None
+        self.generation = 0
 
     def __len__(self) -> int:
         return len(self._tokens)
@@ -129,5 +150,13 @@ def release_idle_buffers(transport: object) -> bool:
     return replace_idle_memory_bios(connection)
 
 
-__all__ = ["ChainTokens", "identity_from_connection", "identity_from_transport", "release_idle_buffers", "verified_chain",
+def chain_tokens_of(connection: object) -> ChainTokens | None:
+    """The :class:`ChainTokens` of the connection's context, if it is a connection and has one."""
+    if not isinstance(connection, SSL.Connection):
+        return None
+    tokens = connection.get_context().get_app_data()
+    return tokens if isinstance(tokens, ChainTokens) else None
+
+
+__all__ = ["ChainJudge", "ChainTokens", "chain_tokens_of", "identity_from_connection", "identity_from_transport", "release_idle_buffers", "verified_chain",
            "verified_chain_der"]

@@ -4,7 +4,10 @@
   ``X-Client-DN`` header is believed from peers listed as trusted
   TLS-terminating proxies; from anyone else it is ignored.
 * :class:`CertificateIdentity` (mutual TLS): the verified client chain, via
-  ``gsitransfer.tls.peer``. Headers are never consulted.
+  ``gsitransfer.tls.peer``. Headers are never consulted. The chain is judged
+  again on every request: its earliest not-after, and, after a trust reload
+  that changed something, the current CAs, CRLs and signing policies; a
+  refused chain gets 403 and its connection is closed after the answer.
 * :class:`GridMapAuthorizer` wraps either: with a grid-mapfile, a DN that is
   not in it is refused (403) before any handler callback, and the token
   carries the first mapped account as ``username``.
@@ -15,14 +18,16 @@ Each source's ``identify(request)`` returns an :class:`IdToken` or raises
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import os
 import weakref
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from twisted.logger import Logger
 
-from ..errors import NotAuthorized
+from ..errors import CredentialRefused, NotAuthorized
 from ..identity import ANONYMOUS, IdToken
 from ..tls import peer as tls_peer
 
@@ -116,6 +121,21 @@ class TrustedProxyIdentity:
         return IdToken(dn=dn)
 
 
+@dataclass(slots=True)
+class _Admitted:
+    """A connection's identity and what its chain was last judged by."""
+
+    token: IdToken
+    #: the trust in force (``ServerTLS``), None for a connection made elsewhere
+    judge: tls_peer.ChainJudge | None
+    #: the trust generation the chain was last judged under
+    generation: int
+    #: the earliest not-after of the chain's certificates
+    not_after: datetime.datetime | None
+    #: why the chain is refused (for good: every later request of the connection too)
+    refused: str | None = None
+
+
 class CertificateIdentity:
     """Mutual TLS: the identity of the verified client certificate chain.
 
@@ -124,18 +144,29 @@ class CertificateIdentity:
     (renegotiation is refused, TLS 1.3 post-handshake authentication is not
     offered), and deriving it costs a fifth of a keep-alive GET.
 
+    What is not remembered is that the chain is acceptable. Each request
+    checks the chain's earliest not-after (a proxy that expired while the
+    connection was open is refused); the first request, and the first one
+    after each trust reload that changed something (``ServerTLS.generation``),
+    also has the chain judged by the trust in force (``chain_refusal``: the
+    CAs' signing policies; after a reload the current CAs and CRLs too). A
+    refusal is 403 with the reason, for that request and every later one on
+    the connection, which is closed after the answer; it is logged once.
+
     Connections presenting the same chain share one token (and one copy of
     the chain's parsed certificates, several KiB): a client's many
     connections cost one identity, not one each.
     """
 
     def __init__(self) -> None:
-        #: the attribute of a connection object its token is kept in (one per source)
+        #: the attribute of a connection object its record is kept in (one per source)
         self._attribute = f"_gsitransfer_identity_{id(self):x}"
-        #: tokens of connections that take no attribute
-        self._known: weakref.WeakKeyDictionary[Any, IdToken] = weakref.WeakKeyDictionary()
+        #: records of connections that take no attribute
+        self._known: weakref.WeakKeyDictionary[Any, _Admitted] = weakref.WeakKeyDictionary()
         #: the token of each distinct (chain, fields) in use, held only by the connections' tokens
         self._shared: weakref.WeakValueDictionary[tuple[Any, ...], IdToken] = weakref.WeakValueDictionary()
+        #: id(shared token) -> (the token, weakly; the generation; the policies' verdict on its chain)
+        self._verdicts: dict[int, tuple[weakref.ref[IdToken], int, str | None]] = {}
 
     def identify(self, request: IdentifiableRequest) -> IdToken:
         transport = request.channel.transport
@@ -146,20 +177,80 @@ class CertificateIdentity:
         known = getattr(connection, self._attribute, None)
         if known is None:
             known = self._known.get(connection)
-        if known is not None:
-            return known
+        fresh = known is None
+        if known is None:
+            known = self._admit(connection)
+            try:
+                # kept on the connection object: read back with one getattr, gone with it
+                setattr(connection, self._attribute, known)
+            except AttributeError:
+                self._known[connection] = known
+        newly_refused = fresh and known.refused is not None
+        if known.refused is None:
+            judge = known.judge
+            if judge is not None and judge.generation != known.generation:
+                known.generation = judge.generation
+                known.refused = judge.chain_refusal(known.token.chain, reverify=True)
+            if known.refused is None and known.not_after is not None:
+                now = judge.now() if judge is not None else datetime.datetime.now(datetime.timezone.utc)
+                if now > known.not_after:
+                    known.refused = (f"the client certificate chain expired on "
+                                     f"{known.not_after:%Y-%m-%d %H:%M:%S} UTC")
+            newly_refused = known.refused is not None
+        if newly_refused:
+            _log.warn("client certificate refused from {peer} ({dn}): {reason}; closing the connection",
+                      peer=peer_host(request), dn=known.token.dn, reason=known.refused)
+        if known.refused is not None:
+            _close_after_answer(request)
+            raise CredentialRefused(known.refused)
+        return known.token
+
+    def _admit(self, connection: Any) -> _Admitted:
+        """The record of a connection's first request: its token, judged by the trust in force."""
         try:
             token = tls_peer.identity_from_connection(connection)
         except Exception as error:  # a chain we cannot read is no identity
             _log.warn("cannot read the client chain: {error}", error=error)
             raise NotAuthorized("no verified client certificate") from None
         token = self._shared.setdefault(_sharing_key(token), token)
-        try:
-            # kept on the connection object: read back with one getattr, gone with it
-            setattr(connection, self._attribute, token)
-        except AttributeError:
-            self._known[connection] = token
-        return token
+        tokens = tls_peer.chain_tokens_of(connection)
+        judge = tokens.judge if tokens is not None else None
+        not_after = min((cert.not_valid_after_utc for cert in token.chain), default=token.not_after)
+        if judge is None:
+            return _Admitted(token, None, 0, not_after)
+        assert tokens is not None
+        if tokens.generation != judge.generation:  # a reload came between its handshake and now
+            refused = judge.chain_refusal(token.chain, reverify=True)
+        else:
+            refused = self._policy_verdict(token, judge)
+        return _Admitted(token, judge, judge.generation, not_after, refused)
+
+    def _policy_verdict(self, token: IdToken, judge: tls_peer.ChainJudge) -> str | None:
+        """The CA policies' verdict on a shared token's chain, judged once per generation (~50 us saved a connection)."""
+        key = id(token)
+        known = self._verdicts.get(key)
+        if known is not None and known[0]() is token and known[1] == judge.generation:
+            return known[2]
+        refused = judge.chain_refusal(token.chain, reverify=False)
+        verdicts = self._verdicts
+        self._verdicts[key] = (weakref.ref(token, lambda _: verdicts.pop(key, None)), judge.generation, refused)
+        return refused
+
+
+def _close_after_answer(request: IdentifiableRequest) -> None:
+    """Have the connection closed once this request's refusal is sent (``Connection: close``).
+
+    Only for twisted.web's requests (they have response headers): the
+    keep-alive fast path's parsed head is declined and comes back as one,
+    and a channel marked not persistent before that would drop it unanswered.
+    """
+    headers = getattr(request, "responseHeaders", None)
+    if headers is None:
+        return
+    headers.setRawHeaders(b"connection", [b"close"])
+    channel = request.channel
+    if hasattr(channel, "persistent"):  # twisted.web's HTTPChannel: closes after the answer
+        setattr(channel, "persistent", False)
 
 
 def _sharing_key(token: IdToken) -> tuple[Any, ...]:
@@ -172,30 +263,33 @@ def _sharing_key(token: IdToken) -> tuple[Any, ...]:
 class GridMapAuthorizer:
     """Refuse DNs missing from the grid-mapfile; map the others to an account.
 
-    The file is re-read when ``reload()`` is called (on SIGHUP and
-    periodically) and only if it changed; a file that fails to parse on
-    reload keeps the previous map and logs one line.
+    The file is re-read when ``reload()`` is called (periodically) if it
+    changed, and always when ``reload(force=True)`` is (SIGHUP); a file that
+    fails to parse on reload keeps the previous map and logs one line.
+    "Changed" is judged as for the TLS trust: by the file's inode, ctime,
+    mtime and size, so an edit that keeps the size and the mtime (``cp -p``,
+    ``rsync -t``) still changes the inode or the ctime.
     """
 
     def __init__(self, source: IdentitySource, path: str, loader: Callable[[str], Any]) -> None:
         self.source = source
         self.path = path
         self._loader = loader
-        self._stamp: tuple[float, int] | None = None
-        self._map = loader(path)
+        self._stamp: tuple[int, int, int, int] | None = None
         self._stamp = self._file_stamp()
+        self._map = loader(path)
 
-    def _file_stamp(self) -> tuple[float, int] | None:
+    def _file_stamp(self) -> tuple[int, int, int, int] | None:
         try:
             stat = os.stat(self.path)
         except OSError:
             return None
-        return (stat.st_mtime, stat.st_size)
+        return (stat.st_ino, stat.st_ctime_ns, stat.st_mtime_ns, stat.st_size)
 
-    def reload(self) -> bool:
-        """Re-read the grid-mapfile if it changed; True when a new map is in force."""
+    def reload(self, force: bool = False) -> bool:
+        """Re-read the grid-mapfile if it changed (or ``force``); True when a new map is in force."""
         stamp = self._file_stamp()
-        if stamp == self._stamp:
+        if stamp == self._stamp and not force:
             return False
         try:
             new_map = self._loader(self.path)

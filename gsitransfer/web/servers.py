@@ -328,10 +328,10 @@ class HTTPTransferServer(TransferServer):
     def reload(self, force: bool = False) -> None:
         """Re-read changed configuration files (grid-mapfile; TLS trust in the GSI variant).
 
-        ``force`` rebuilds the TLS context even if no file looks changed (SIGHUP).
+        ``force`` re-reads them even if no file looks changed (SIGHUP).
         """
         if self.gridmap is not None:
-            self.gridmap.reload()
+            self.gridmap.reload(force)
 
     @defer.inlineCallbacks
     def stop(self, grace: float = 0.0, reactor: Any = None) -> Any:

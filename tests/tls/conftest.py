@@ -4,7 +4,7 @@
 a temporary directory (never into the repository). Its attributes:
 
 * ``ca_dir`` -- Globus trusted directory: ``<hash>.0`` (root and intermediate CA),
-  ``<hash>.r0`` (their CRLs), ``<hash>.signing_policy``; ``ca_file`` -- both CA
+  ``<hash>.r0`` (their CRLs), ``<hash>.signing_policy``, ``<hash>.namespaces``; ``ca_file`` -- both CA
   certificates in one PEM file;
 * ``root``, ``intermediate``, ``untrusted`` -- :class:`CAFiles` (``dn``,
   ``hash``, ``cert``, ``key``, ``crl``); the untrusted CA is in neither

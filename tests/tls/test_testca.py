@@ -52,13 +52,15 @@ def test_subject_hash_matches_openssl(test_pki: TestPKI) -> None:
 
 
 def test_trusted_directory_layout(test_pki: TestPKI) -> None:
-    """ca_dir holds <hash>.0, <hash>.r0 and <hash>.signing_policy for each trusted CA, nothing else."""
+    """ca_dir holds <hash>.0, <hash>.r0, <hash>.signing_policy and <hash>.namespaces for each trusted CA, nothing else."""
     expected = {f"{ca.hash}{suffix}" for ca in (test_pki.root, test_pki.intermediate)
-                for suffix in (".0", ".r0", ".signing_policy")}
+                for suffix in (".0", ".r0", ".signing_policy", ".namespaces")}
     assert {path.name for path in test_pki.ca_dir.iterdir()} == expected
     policy = (test_pki.ca_dir / f"{test_pki.root.hash}.signing_policy").read_text()
     assert f"access_id_CA      X509         '{test_pki.root.dn}'" in policy
     assert "cond_subjects     globus       '\"/C=US/O=Grid Test/*\"'" in policy
+    namespaces = (test_pki.ca_dir / f"{test_pki.root.hash}.namespaces").read_text()
+    assert f'TO Issuer "{test_pki.root.dn}" \\\n  PERMIT Subject "/C=US/O=Grid Test/.*"' in namespaces
     bundle = x509.load_pem_x509_certificates(test_pki.ca_file.read_bytes())
     assert [format_dn(cert.subject) for cert in bundle] == [test_pki.root.dn, test_pki.intermediate.dn]
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from cryptography.x509.oid import NameOID
 
+from gsitransfer.errors import NotAuthorized
 from gsitransfer.gridmap import GridMap, GridMapError, load_gridmap, parse_gridmap
-from gsitransfer.identity import format_dn
+from gsitransfer.identity import IdToken, format_dn
+from gsitransfer.web.identity_sources import GridMapAuthorizer
 from gsitransfer.testca import make_name, person_name
 
 ALICE = "/C=US/O=Grid Test/OU=People/CN=Alice Example"
@@ -139,3 +142,67 @@ def test_invalid_utf8_bytes_become_escapes(tmp_path: Path) -> None:
     path = tmp_path / "grid-mapfile"
     path.write_bytes(b'"/CN=Latin\xe9" latin\n')
     assert load_gridmap(path).first_account("/CN=Latin\\xE9") == "latin"
+
+
+# ---------------------------------------------------------------------------
+# Reloading (GridMapAuthorizer): issue 12, finding 9
+# ---------------------------------------------------------------------------
+
+
+class _Named:
+    """An identity source that always answers with ``dn``."""
+
+    def __init__(self, dn: str) -> None:
+        self.dn = dn
+
+    def identify(self, request: object) -> IdToken:
+        return IdToken(dn=self.dn)
+
+
+def _replace_keeping_size_and_mtime(path: Path, text: str) -> None:
+    """Install ``text`` (same length) as ``path`` by rename, with the old mtime (as ``rsync -t`` does)."""
+    old = os.stat(path)
+    assert len(text.encode()) == old.st_size
+    fresh = path.with_name(path.name + ".new")
+    fresh.write_text(text, encoding="utf-8")
+    os.utime(fresh, ns=(old.st_atime_ns, old.st_mtime_ns))
+    os.replace(fresh, path)
+
+
+def test_reload_sees_an_edit_that_keeps_size_and_mtime(tmp_path: Path) -> None:
+    """A replaced grid-mapfile with the same size and mtime is re-read (the inode and ctime changed)."""
+    path = tmp_path / "grid-mapfile"
+    path.write_text(f'"{ALICE}" alice\n', encoding="utf-8")
+    authorizer = GridMapAuthorizer(_Named(ALICE), str(path), load_gridmap)
+    assert authorizer.identify(object()).username == "alice"  # type: ignore[arg-type]
+    _replace_keeping_size_and_mtime(path, f'"{ALICE}" carol\n')
+    assert authorizer.reload() is True
+    assert authorizer.identify(object()).username == "carol"  # type: ignore[arg-type]
+    assert authorizer.reload() is False  # unchanged since: not read again
+
+
+def test_forced_reload_reads_the_file_whatever_its_stamp(tmp_path: Path) -> None:
+    """reload(force=True) (SIGHUP) re-reads even when nothing in the file's stat changed."""
+    path = tmp_path / "grid-mapfile"
+    path.write_text(f'"{ALICE}" alice\n', encoding="utf-8")
+    reads: list[str] = []
+
+    def loader(name: str) -> GridMap:
+        reads.append(name)
+        return load_gridmap(name)
+
+    authorizer = GridMapAuthorizer(_Named(ALICE), str(path), loader)
+    assert authorizer.reload() is False and len(reads) == 1
+    assert authorizer.reload(force=True) is True and len(reads) == 2
+
+
+def test_removed_dn_loses_access_after_a_stamp_keeping_edit(tmp_path: Path) -> None:
+    """A DN removed by an edit that keeps size and mtime is refused after the next reload."""
+    path = tmp_path / "grid-mapfile"
+    path.write_text(f'"{ALICE}" alice\n', encoding="utf-8")
+    authorizer = GridMapAuthorizer(_Named(ALICE), str(path), load_gridmap)
+    authorizer.identify(object())  # type: ignore[arg-type]
+    _replace_keeping_size_and_mtime(path, "# " + f'"{ALICE}" alice'[2:] + "\n")
+    authorizer.reload()
+    with pytest.raises(NotAuthorized, match="not in the grid-mapfile"):
+        authorizer.identify(object())  # type: ignore[arg-type]
