@@ -32,7 +32,8 @@ from __future__ import annotations
 import os
 import stat
 import time
-from typing import Any, NamedTuple, Protocol
+from types import MappingProxyType
+from typing import Any, Mapping, NamedTuple, Protocol
 
 from twisted.web.http_headers import Headers
 
@@ -55,6 +56,17 @@ MAX_HEADER_LINES = 64
 _TARGET_BYTES = bytes(range(0x21, 0x7F))
 #: the bytes a header name (an RFC 9110 token) may hold
 _TOKEN_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+#: header names clients send most, as they spell them, lower-cased (a token: no check needed)
+_COMMON_NAMES: Mapping[bytes, bytes] = MappingProxyType(
+    {
+        name: name.lower()
+        for name in (
+            b"Host", b"User-Agent", b"Accept", b"Accept-Encoding", b"Accept-Language", b"Connection",
+            b"Referer", b"Authorization", b"Cookie", b"X-Client-DN", b"Cache-Control",
+            b"host", b"user-agent", b"accept", b"accept-encoding", b"connection", b"referer",
+        )
+    }
+)
 #: header names whose presence changes the answer, or whose handling twisted.web must do
 _DECLINED = frozenset(
     {
@@ -131,13 +143,18 @@ def parse_plain_get(data: bytes) -> PlainGet | None:
         return None
     if count and (block.count(b"\r") != count or block.count(b"\n") != count or b"\x00" in block):
         return None  # a CR or LF outside a line end, or a NUL: twisted.web's path refuses it
+    lines = block.split(b"\r\n")
+    lines.pop()  # (what follows the last line's CRLF: nothing)
     pairs = []
-    for line in block.split(b"\r\n")[:-1]:
+    for line in lines:
         name, colon, value = line.partition(b":")
-        if not colon or not name or name.translate(None, _TOKEN_BYTES):
-            return None
+        lower = _COMMON_NAMES.get(name)
+        if lower is None or not colon:
+            if not colon or not name or name.translate(None, _TOKEN_BYTES):
+                return None
+            lower = name.lower()
         # the value without the spaces and tabs around it, as twisted.web strips it
-        pairs.append((name.lower(), value.strip(b" \t")))
+        pairs.append((lower, value.strip(b" \t")))
     headers = tuple(pairs)
     close = False
     connection_seen = False

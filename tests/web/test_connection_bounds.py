@@ -64,7 +64,7 @@ def closed(conn: SiteConnection) -> bool:
 LINEAR_OPERATIONS = {
     "len", "bytes.startswith", "bytes.endswith", "bytes.find", "bytes.translate", "bytes.count",
     "bytes.split", "bytes.partition", "bytes.strip", "bytes.lower", "list.append", "tuple.__new__",
-    "PlainGet.__new__",
+    "PlainGet.__new__", "list.pop", "mappingproxy.get",
 }
 
 
