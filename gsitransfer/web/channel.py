@@ -68,6 +68,8 @@ DEFAULT_HEAD_TIMEOUT = 30.0
 DEFAULT_MIN_BODY_RATE = 1024.0
 #: seconds a TLS client has, from the TCP connection, to finish its handshake
 DEFAULT_HANDSHAKE_TIMEOUT = 30.0
+#: bytes of one read handed to twisted.web's line parser at a time while a head is parsed (see ``_read_head``)
+HEAD_SLICE = 16 * 1024
 #: seconds a keep-alive connection waits for its next request before its TLS buffers are released
 DEFAULT_RELEASE_AFTER = 0.25
 #: seconds from the connection (after the TLS handshake) to the first byte of its first request (nginx's
@@ -243,13 +245,13 @@ class TransferChannel(HTTPChannel):
                         return
                     # a request to read and answer: silence inside it is bounded by the idle timeout
                     self.timeOut = self.idle_timeout
-                    super().dataReceived(data)
+                    self._read_head(data)
                 finally:
                     self._handed_over = None
             else:
                 if not self._buffer and not self.requests and self.timeOut is not None:
                     self.timeOut = self.idle_timeout  # (super() resets the timer with it)
-                super().dataReceived(data)
+                self._read_head(data)
             # a head still incomplete after these bytes gets its deadline now (most heads arrive whole)
             if self._awaiting_head and self._head_timer is None and self.head_timeout and self._head_begun():
                 self._head_timer = self.callLater(self.head_timeout, self._head_too_slow)
@@ -257,6 +259,27 @@ class TransferChannel(HTTPChannel):
         if not self._handlingRequest and self.min_body_rate and self._body_too_slow(len(data)):
             return
         super().dataReceived(data)
+
+    def _read_head(self, data: bytes) -> None:
+        """``data`` to twisted.web's parser, in slices of ``HEAD_SLICE`` bytes while a head is parsed.
+
+        ``LineReceiver`` splits its whole buffer once per line, so one large
+        read of many short lines costs lines x read size (quadratic); fed in
+        slices, a line costs at most a slice. Once the head is complete the
+        rest goes in one piece (a body is not split into lines).
+        """
+        if len(data) <= HEAD_SLICE:
+            super().dataReceived(data)
+            return
+        start = 0
+        while start < len(data):
+            if self._discarding or self.transport is None or getattr(self.transport, "disconnecting", False):
+                return
+            if not self._awaiting_head:
+                super().dataReceived(data[start:])
+                return
+            super().dataReceived(data[start : start + HEAD_SLICE])
+            start += HEAD_SLICE
 
     def lineReceived(self, line: bytes) -> None:
         """A line of a request head: counted against twisted.web's bounds, refused with 431 past them.

@@ -110,6 +110,28 @@ def test_head_parse_work_grows_linearly_with_lines():
     assert counts[2] - counts[1] == counts[1] - counts[0] > 0
 
 
+def test_one_large_read_of_short_lines_is_split_in_linear_work(store):
+    """One read of n or 2n short header lines: the bytes twisted.web's line splitter copies double, not quadruple."""
+
+    def copied(lines: int) -> int:
+        conn = connect(plain_server(store))
+        parser = channel(conn)
+        parser.maxHeaders = parser.totalHeadersSize = 10**9  # (this connection's bounds out of the way)
+        copies: list[int] = []
+        received = parser.lineReceived
+
+        def counting(line: bytes) -> None:
+            copies.append(len(line) + len(parser._buffer))  # each split copies the line and the rest
+            received(line)
+
+        parser.lineReceived = counting
+        conn.send(b"GET /data/small.bin HTTP/1.1\r\n" + b"X: 1\r\n" * lines + b"\r\n")
+        assert split(conn.output())[0] == b"HTTP/1.1 200 OK"
+        return sum(copies)
+
+    assert copied(10_000) < 2.5 * copied(5_000)
+
+
 # -- finding 12: an over-long head is answered 431 and the connection closed, on every transport --------
 
 
