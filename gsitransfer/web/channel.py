@@ -58,7 +58,7 @@ from ..tls.peer import release_idle_buffers
 from ._keepalive import answer_plain_get
 from .exchange import HandlerAnswer, ServingSite
 from .heads import SERVER_HEADER, http_date
-from .status import HeadTooLarge, head_refusal
+from .status import BodyTooLarge, HeadTooLarge, RequestError, head_refusal
 
 _log = Logger()
 
@@ -302,7 +302,20 @@ class TransferChannel(HTTPChannel):
         """A line of a request head longer than ``MAX_LENGTH``: 431, then the connection closes."""
         self.refuse_head(HeadTooLarge(f"request header line is longer than {self.MAX_LENGTH} bytes"))
 
-    def refuse_head(self, error: HeadTooLarge) -> None:
+    def headerReceived(self, line: bytes) -> bool:
+        """twisted.web's, except a ``Content-Length`` of more than 19 digits: 413 (twisted.web's
+        ``int()`` of thousands of digits raises, an unhandled error that dropped the connection)."""
+        if len(line) > 34:
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                value = value.strip(b" \t")
+                if value.isdigit() and len(value) > 19:
+                    self.refuse_head(BodyTooLarge(f"Content-Length of {len(value)} digits"))
+                    return False
+        accepted: bool = super().headerReceived(line)
+        return accepted
+
+    def refuse_head(self, error: RequestError) -> None:
         """Answer a head the channel will not parse with ``error``, drop the rest of the input, close.
 
         Closed by ``HTTPChannel.loseConnection``, which first unregisters the

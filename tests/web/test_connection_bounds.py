@@ -203,6 +203,15 @@ def test_oversized_heads_are_431_with_a_reason(store, head, reason):
     assert closed(conn)
 
 
+def test_content_length_of_thousands_of_digits_is_413(store):
+    """A Content-Length of 5000 digits (past Python's int limit) is 413 with its reason, never an exception."""
+    conn = connect(plain_server(store))
+    conn.send(b"POST /data/manifest HTTP/1.1\r\nHost: t\r\nContent-Length: " + b"1" * 5000 + b"\r\n\r\n")
+    status, _, body = split(conn.output())
+    assert status == b"HTTP/1.1 413 Request Entity Too Large" and body == b"Content-Length of 5000 digits\n"
+    assert closed(conn)
+
+
 def test_input_after_an_oversized_line_is_never_parsed(store):
     """What follows the refused line (here a second request) is dropped, never answered."""
     conn = connect(plain_server(store))
