@@ -90,7 +90,8 @@ def safety_headers(name: str) -> tuple[tuple[bytes, bytes], ...]:
     headers = [(b"X-Content-Type-Options", NOSNIFF), (b"Content-Security-Policy", DOWNLOAD_CSP)]
     kind, _ = content_type(name)
     if kind in ACTIVE_TYPES or kind.endswith(b"+xml"):
-        encoded = quote(name, safe="!#$&+^`|~").encode("ascii")
+        # (a name that is not UTF-8, from a handler: its bytes, percent-encoded)
+        encoded = quote(name, safe="!#$&+^`|~", errors="surrogateescape").encode("ascii")
         headers.append((b"Content-Disposition", b"attachment; filename*=UTF-8''" + encoded))
     return tuple(headers)
 
