@@ -68,6 +68,8 @@ DEFAULT_HEAD_TIMEOUT = 30.0
 DEFAULT_MIN_BODY_RATE = 1024.0
 #: seconds a TLS client has, from the TCP connection, to finish its handshake
 DEFAULT_HANDSHAKE_TIMEOUT = 30.0
+#: most digits of a Content-Length read as a number (Python refuses int() past 4300)
+MAX_LENGTH_DIGITS = 100
 #: bytes of one read handed to twisted.web's line parser at a time while a head is parsed (see ``_read_head``)
 HEAD_SLICE = 16 * 1024
 #: seconds a keep-alive connection waits for its next request before its TLS buffers are released
@@ -303,13 +305,14 @@ class TransferChannel(HTTPChannel):
         self.refuse_head(HeadTooLarge(f"request header line is longer than {self.MAX_LENGTH} bytes"))
 
     def headerReceived(self, line: bytes) -> bool:
-        """twisted.web's, except a ``Content-Length`` of more than 19 digits: 413 (twisted.web's
-        ``int()`` of thousands of digits raises, an unhandled error that dropped the connection)."""
-        if len(line) > 34:
+        """twisted.web's, except a ``Content-Length`` of more than ``MAX_LENGTH_DIGITS`` digits: 413
+        (twisted.web's ``int()`` of thousands of digits raises, an unhandled error that dropped the
+        connection). Shorter absurd lengths are the verbs' to judge, as before."""
+        if len(line) > MAX_LENGTH_DIGITS + 15:
             name, _, value = line.partition(b":")
             if name.lower() == b"content-length":
                 value = value.strip(b" \t")
-                if value.isdigit() and len(value) > 19:
+                if value.isdigit() and len(value) > MAX_LENGTH_DIGITS:
                     self.refuse_head(BodyTooLarge(f"Content-Length of {len(value)} digits"))
                     return False
         accepted: bool = super().headerReceived(line)
