@@ -75,6 +75,9 @@ _PARAMETERS: list[list[object]] = [
     ["idle-timeout", None, 300.0, "Seconds a silent connection is kept.", float],
     ["head-timeout", None, 30.0, "Seconds a client has to send a request's headers.", float],
     ["handshake-timeout", None, 30.0, "Seconds a client has to finish the TLS handshake (at most --idle-timeout).", float],
+    ["first-request-timeout", None, 60.0, "Seconds from the connection (after the TLS handshake) to the first byte of its first request (at most --idle-timeout).", float],
+    ["keepalive-timeout", None, 75.0, "Seconds a connection waits between requests for the next one (at most --idle-timeout).", float],
+    ["max-connection-age", None, 3600.0, "Seconds after which a connection is closed once its current request is answered (0: no limit).", float],
     ["min-body-rate", None, 1024.0, "Bytes/s a request body must at least arrive at (0: off).", float],
     ["reload-interval", None, 300.0, "Seconds between re-reads of CAs, CRLs, grid-mapfile.", float],
     ["handler-timeout", None, 60.0, "Seconds a handler callback may take (then 503).", float],
@@ -199,11 +202,13 @@ class Options(usage.Options):
             raise usage.UsageError("--shutdown-grace must not be negative")
         if self["min-body-rate"] < 0:
             raise usage.UsageError("--min-body-rate must not be negative")
+        if self["max-connection-age"] < 0:
+            raise usage.UsageError("--max-connection-age must not be negative")
         for limit in ("max-pending-files", "max-pending-bytes"):
             if self[limit] is not None and self[limit] < 0:
                 raise usage.UsageError(f"--{limit} must not be negative")
         for number in ("manifest-ttl", "idle-timeout", "head-timeout", "handshake-timeout",
-                       "reload-interval", "handler-timeout"):
+                       "first-request-timeout", "keepalive-timeout", "reload-interval", "handler-timeout"):
             if self[number] <= 0:
                 raise usage.UsageError(f"--{number} must be positive")
         for endpoint in self["http"] + self["https"]:

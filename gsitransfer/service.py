@@ -89,6 +89,9 @@ class _ServerSettings(TypedDict):
     idle_timeout: float
     head_timeout: float
     handshake_timeout: float
+    first_request_timeout: float
+    keepalive_timeout: float
+    max_connection_age: float | None
     min_body_rate: float
     handler_timeout: float
     timer: IReactorTime
@@ -177,6 +180,9 @@ def build_servers(
         idle_timeout=options["idle-timeout"],
         head_timeout=options["head-timeout"],
         handshake_timeout=options["handshake-timeout"],
+        first_request_timeout=options["first-request-timeout"],
+        keepalive_timeout=options["keepalive-timeout"],
+        max_connection_age=options["max-connection-age"] or None,
         min_body_rate=options["min-body-rate"],
         handler_timeout=options["handler-timeout"],
         timer=reactor,

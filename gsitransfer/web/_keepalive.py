@@ -30,10 +30,10 @@ makes next, so the handler is asked once per request either way.
 from __future__ import annotations
 
 import os
-import re
 import stat
 import time
-from typing import Any, NamedTuple, Protocol
+from types import MappingProxyType
+from typing import Any, Mapping, NamedTuple, Protocol
 
 from twisted.web.http_headers import Headers
 
@@ -52,13 +52,21 @@ MAX_HEAD = 8192
 #: most header lines taken (twisted.web's own limit is 500)
 MAX_HEADER_LINES = 64
 
-#: ``GET <target> HTTP/1.1``, the target an absolute path of printable ASCII (no spaces)
-_REQUEST_LINE = re.compile(rb"GET (/[\x21-\x7e]*) HTTP/1\.1\r\n")
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-#: header lines, each ``name:value`` + CRLF with a token name and a value without NUL, CR or LF
-_HEADER_BLOCK = re.compile(rb"(?:" + _TOKEN + rb":[^\x00\r\n]*\r\n)*")
-#: one header line: its name, and its value without the spaces and tabs around it (as twisted.web strips)
-_HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00\r\n]*?)[ \t]*\r\n")
+#: the bytes a request target may hold (printable ASCII, no space), deleted by ``bytes.translate``
+_TARGET_BYTES = bytes(range(0x21, 0x7F))
+#: the bytes a header name (an RFC 9110 token) may hold
+_TOKEN_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+#: header names clients send most, as they spell them, lower-cased (a token: no check needed)
+_COMMON_NAMES: Mapping[bytes, bytes] = MappingProxyType(
+    {
+        name: name.lower()
+        for name in (
+            b"Host", b"User-Agent", b"Accept", b"Accept-Encoding", b"Accept-Language", b"Connection",
+            b"Referer", b"Authorization", b"Cookie", b"X-Client-DN", b"Cache-Control",
+            b"host", b"user-agent", b"accept", b"accept-encoding", b"connection", b"referer",
+        )
+    }
+)
 #: header names whose presence changes the answer, or whose handling twisted.web must do
 _DECLINED = frozenset(
     {
@@ -120,16 +128,34 @@ def parse_plain_get(data: bytes) -> PlainGet | None:
     """
     if len(data) > MAX_HEAD or not data.endswith(b"\r\n\r\n") or not data.startswith(b"GET /"):
         return None
-    request_line = _REQUEST_LINE.match(data)
-    if request_line is None:
+    # linear by construction: a fixed number of bytes methods (split, count, partition, strip,
+    # translate), each one pass over its input; no regular expression, nothing that backtracks
+    line_end = data.find(b"\r\n")
+    if line_end < 14 or not data.startswith(b" HTTP/1.1", line_end - 9):
+        return None
+    target = data[4 : line_end - 9]
+    if not target or target.translate(None, _TARGET_BYTES):
         return None
     # the header lines, each with its CRLF (the head's final empty line left out)
-    if _HEADER_BLOCK.fullmatch(data, request_line.end(), len(data) - 2) is None:
+    block = data[line_end + 2 : -2]
+    count = block.count(b"\r\n")
+    if count > MAX_HEADER_LINES:
         return None
-    pairs = _HEADER.findall(data, request_line.end(), len(data) - 2)
-    if len(pairs) > MAX_HEADER_LINES:
-        return None
-    headers = tuple((name.lower(), value) for name, value in pairs)
+    if count and (block.count(b"\r") != count or block.count(b"\n") != count or b"\x00" in block):
+        return None  # a CR or LF outside a line end, or a NUL: twisted.web's path refuses it
+    lines = block.split(b"\r\n")
+    lines.pop()  # (what follows the last line's CRLF: nothing)
+    pairs = []
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        lower = _COMMON_NAMES.get(name)
+        if lower is None or not colon:
+            if not colon or not name or name.translate(None, _TOKEN_BYTES):
+                return None
+            lower = name.lower()
+        # the value without the spaces and tabs around it, as twisted.web strips it
+        pairs.append((lower, value.strip(b" \t")))
+    headers = tuple(pairs)
     close = False
     connection_seen = False
     for name, value in headers:
@@ -141,7 +167,7 @@ def parse_plain_get(data: bytes) -> PlainGet | None:
             connection_seen = True
             # as HTTPChannel.checkPersistence reads it
             close = b"close" in [token.lower() for token in value.split(b" ")]
-    return PlainGet(request_line.group(1), headers, close)
+    return PlainGet(target, headers, close)
 
 
 class ParsedHeadRequest:

@@ -57,6 +57,8 @@ from zope.interface import implementer
 from ..tls.peer import release_idle_buffers
 from ._keepalive import answer_plain_get
 from .exchange import HandlerAnswer, ServingSite
+from .heads import SERVER_HEADER, http_date
+from .status import BodyTooLarge, HeadTooLarge, RequestError, head_refusal
 
 _log = Logger()
 
@@ -66,8 +68,19 @@ DEFAULT_HEAD_TIMEOUT = 30.0
 DEFAULT_MIN_BODY_RATE = 1024.0
 #: seconds a TLS client has, from the TCP connection, to finish its handshake
 DEFAULT_HANDSHAKE_TIMEOUT = 30.0
+#: most digits of a Content-Length read as a number (Python refuses int() past 4300)
+MAX_LENGTH_DIGITS = 100
+#: bytes of one read handed to twisted.web's line parser at a time while a head is parsed (see ``_read_head``)
+HEAD_SLICE = 16 * 1024
 #: seconds a keep-alive connection waits for its next request before its TLS buffers are released
 DEFAULT_RELEASE_AFTER = 0.25
+#: seconds from the connection (after the TLS handshake) to the first byte of its first request (nginx's
+#: ``client_header_timeout``)
+DEFAULT_FIRST_REQUEST_TIMEOUT = 60.0
+#: seconds a connection may wait, between requests, for the next one (nginx's ``keepalive_timeout``)
+DEFAULT_KEEPALIVE_TIMEOUT = 75.0
+#: seconds after which a connection is closed once its current request is answered (0: no limit)
+DEFAULT_MAX_CONNECTION_AGE = 3600.0
 
 
 class _ConnectionTransport(Protocol):
@@ -109,11 +122,40 @@ class TransferChannel(HTTPChannel):
     _handed_over: HandlerAnswer | None = None
     #: the rest of the input is an unread body of a refused request: dropped
     _discarding = False
+    #: the period of twisted.web's one connection timer (TimeoutMixin's), in seconds (it says int)
+    timeOut: float | None  # type: ignore[assignment]
+    #: seconds from the connection (after the handshake) to the first byte of the first request
+    first_request_timeout: float | None = None
+    #: seconds between requests (from an answer's end to the next request's first byte)
+    keepalive_timeout: float | None = None
+    #: seconds of silence inside a request or its answer (twisted.web's idle timeout, the site's)
+    idle_timeout: float | None = None
+    #: seconds after which the connection is closed once no request is in progress (None: no limit)
+    max_age: float | None = None
+    _age_timer: DelayedCall | None = None
+    #: the connection is older than ``max_age``: closed after the current answer
+    _too_old = False
+    #: bytes and lines of the request head being parsed (twisted.web's bounds, answered 431 here)
+    _head_bytes = 0
+    _head_lines = 0
+    #: aborts a connection refused at its head whose peer never finishes closing
+    _closing_timer: DelayedCall | None = None
 
     def connectionMade(self) -> None:
+        # the waits for a request, never longer than the idle timeout (set on the channel by the site)
+        idle = self.idle_timeout = self.timeOut
+        if self.first_request_timeout:
+            self.first_request_timeout = _at_most(self.first_request_timeout, idle)
+            if not self.handshake_timeout:
+                # plain HTTP: the wait for the first request starts now (under TLS: after the handshake)
+                self.timeOut = self.first_request_timeout
+        if self.keepalive_timeout:
+            self.keepalive_timeout = _at_most(self.keepalive_timeout, idle)
         super().connectionMade()
         if self.handshake_timeout:
             self._handshake_timer = self.callLater(self.handshake_timeout, self._handshake_too_slow)
+        if self.max_age:
+            self._age_timer = self.callLater(self.max_age, self._old_enough)
 
     def peer_address(self) -> Any:
         """The client's address (the transport's ``getPeer()``, asked once per connection)."""
@@ -123,8 +165,10 @@ class TransferChannel(HTTPChannel):
         return peer
 
     def handshakeCompleted(self) -> None:
-        """``IHandshakeListener``: the TLS layer finished its handshake."""
+        """``IHandshakeListener``: the TLS layer finished its handshake; the wait for a first request begins."""
         self.handshake_completed()
+        if self.first_request_timeout and self._between_requests() and self.timeOut is not None:
+            self.setTimeout(self.first_request_timeout)
 
     def handshake_completed(self) -> None:
         """The TLS handshake finished: its deadline no longer applies."""
@@ -132,6 +176,10 @@ class TransferChannel(HTTPChannel):
             if self._handshake_timer.active():
                 self._handshake_timer.cancel()
             self._handshake_timer = None
+
+    def _between_requests(self) -> bool:
+        """No request is being read or answered (the connection waits for the next one)."""
+        return self._awaiting_head and not self._buffer and not self.requests
 
     def _handshake_too_slow(self) -> None:
         self._handshake_timer = None
@@ -189,17 +237,23 @@ class TransferChannel(HTTPChannel):
                 and self.persistent
                 and not self._handlingRequest
             ):
+                # answered at once: the wait for the next request starts again
+                self.timeOut = self.keepalive_timeout or self.idle_timeout
                 self.resetTimeout()
                 try:
                     if answer_plain_get(self, data):
                         if self.persistent:
                             self._release_buffers_when_idle()
                         return
-                    super().dataReceived(data)
+                    # a request to read and answer: silence inside it is bounded by the idle timeout
+                    self.timeOut = self.idle_timeout
+                    self._read_head(data)
                 finally:
                     self._handed_over = None
             else:
-                super().dataReceived(data)
+                if not self._buffer and not self.requests and self.timeOut is not None:
+                    self.timeOut = self.idle_timeout  # (super() resets the timer with it)
+                self._read_head(data)
             # a head still incomplete after these bytes gets its deadline now (most heads arrive whole)
             if self._awaiting_head and self._head_timer is None and self.head_timeout and self._head_begun():
                 self._head_timer = self.callLater(self.head_timeout, self._head_too_slow)
@@ -207,6 +261,107 @@ class TransferChannel(HTTPChannel):
         if not self._handlingRequest and self.min_body_rate and self._body_too_slow(len(data)):
             return
         super().dataReceived(data)
+
+    def _read_head(self, data: bytes) -> None:
+        """``data`` to twisted.web's parser, in slices of ``HEAD_SLICE`` bytes while a head is parsed.
+
+        ``LineReceiver`` splits its whole buffer once per line, so one large
+        read of many short lines costs lines x read size (quadratic); fed in
+        slices, a line costs at most a slice. Once the head is complete the
+        rest goes in one piece (a body is not split into lines).
+        """
+        if len(data) <= HEAD_SLICE:
+            super().dataReceived(data)
+            return
+        start = 0
+        while start < len(data):
+            if self._discarding or self.transport is None or getattr(self.transport, "disconnecting", False):
+                return
+            if not self._awaiting_head:
+                super().dataReceived(data[start:])
+                return
+            super().dataReceived(data[start : start + HEAD_SLICE])
+            start += HEAD_SLICE
+
+    def lineReceived(self, line: bytes) -> None:
+        """A line of a request head: counted against twisted.web's bounds, refused with 431 past them.
+
+        twisted.web's own checks answer a bare ``400`` without a reason and
+        count folded lines only by their bytes; here every line counts, and
+        the answer is ``431`` with one line saying which bound was passed.
+        """
+        self._head_bytes += len(line)
+        self._head_lines += 1
+        if self._head_bytes > self.totalHeadersSize:
+            self.refuse_head(HeadTooLarge(f"request head is larger than {self.totalHeadersSize} bytes"))
+            return
+        if self._head_lines > self.maxHeaders + 1:
+            self.refuse_head(HeadTooLarge(f"request head has more than {self.maxHeaders} header lines"))
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A line of a request head longer than ``MAX_LENGTH``: 431, then the connection closes."""
+        self.refuse_head(HeadTooLarge(f"request header line is longer than {self.MAX_LENGTH} bytes"))
+
+    def headerReceived(self, line: bytes) -> bool:
+        """twisted.web's, except a ``Content-Length`` of more than ``MAX_LENGTH_DIGITS`` digits: 413
+        (twisted.web's ``int()`` of thousands of digits raises, an unhandled error that dropped the
+        connection). Shorter absurd lengths are the verbs' to judge, as before."""
+        if len(line) > MAX_LENGTH_DIGITS + 15:
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                value = value.strip(b" \t")
+                if value.isdigit() and len(value) > MAX_LENGTH_DIGITS:
+                    self.refuse_head(BodyTooLarge(f"Content-Length of {len(value)} digits"))
+                    return False
+        accepted: bool = super().headerReceived(line)
+        return accepted
+
+    def refuse_head(self, error: RequestError) -> None:
+        """Answer a head the channel will not parse with ``error``, drop the rest of the input, close.
+
+        Closed by ``HTTPChannel.loseConnection``, which first unregisters the
+        channel as its transport's producer: ``LineReceiver``'s own
+        ``transport.loseConnection()`` left Twisted's TLS transports (both
+        ``TLSMemoryBIOProtocol`` and the bulk one) waiting for that producer
+        before sending their ``close_notify``, so the connection stayed open
+        until the idle timeout. A peer that never finishes closing is aborted
+        after ``abortTimeout`` seconds.
+        """
+        self.discard_input()
+        self._cancel_head_timer()
+        transport = self.transport
+        if transport is None or getattr(transport, "disconnecting", False):
+            return
+        self.persistent = False
+        self.write_raw(head_refusal(error, http_date(int(time.time())), SERVER_HEADER))
+        self.loseConnection()
+        if self.abortTimeout is not None and self._closing_timer is None:
+            self._closing_timer = self.callLater(self.abortTimeout, self.abort)
+
+    def checkPersistence(self, request: http.Request, version: bytes) -> bool:
+        """twisted.web's answer, except that a connection past its maximum age is not kept."""
+        persistent: bool = super().checkPersistence(request, version)
+        if persistent and self._too_old:
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        return persistent
+
+    def _old_enough(self) -> None:
+        """``max_age`` has passed: close now if no request is in progress, else after its answer."""
+        self._age_timer = None
+        self._too_old = True
+        if self.transport is None or getattr(self.transport, "disconnecting", False):
+            return
+        if self._between_requests():
+            _log.info("connection older than {t}s, closing {peer}", t=self.max_age, peer=self.peer_address())
+            self.loseConnection()
+            return
+        self.persistent = False
+        for request in self.requests:
+            if not request.startedWriting:
+                request.responseHeaders.setRawHeaders(b"connection", [b"close"])
 
     def _head_begun(self) -> bool:
         """Part of a request head is here: a partial line, or a request line read (its Request made)."""
@@ -217,6 +372,7 @@ class TransferChannel(HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         self._awaiting_head = False
+        self._head_bytes = self._head_lines = 0
         self._cancel_head_timer()
         self.restart_rate_window()
         super().allHeadersReceived()
@@ -248,6 +404,9 @@ class TransferChannel(HTTPChannel):
         self._awaiting_head = True
         super().requestDone(request)
         if self.persistent and not self.requests and self.transport is not None:
+            if not self._buffer and self.keepalive_timeout and self.timeOut is not None:
+                # no next request begun: the wait between requests
+                self.setTimeout(self.keepalive_timeout)
             self._release_buffers_when_idle()
 
     def _release_buffers_when_idle(self) -> None:
@@ -288,6 +447,10 @@ class TransferChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._cancel_head_timer()
+        for timer in (self._age_timer, self._closing_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._age_timer = self._closing_timer = None
         if self._release_timer is not None:
             if self._release_timer.active():
                 self._release_timer.cancel()
@@ -308,12 +471,20 @@ class TransferChannel(HTTPChannel):
         self.abort()
 
 
+def _at_most(seconds: float, idle: float | None) -> float:
+    """``seconds``, never longer than the idle timeout ``idle`` (when there is one)."""
+    return min(seconds, idle) if idle else seconds
+
+
 def channel_protocol(
     head_timeout: float,
     min_body_rate: float,
     rate_window: float,
     handshake_timeout: float | None = None,
     plain_gets: bool = True,
+    first_request_timeout: float | None = DEFAULT_FIRST_REQUEST_TIMEOUT,
+    keepalive_timeout: float | None = DEFAULT_KEEPALIVE_TIMEOUT,
+    max_age: float | None = DEFAULT_MAX_CONNECTION_AGE,
 ) -> TransferChannel:
     """A protocol for HTTPFactory.protocol: a TransferChannel.
 
@@ -321,6 +492,10 @@ def channel_protocol(
     to switch to HTTP/2 after ALPN (this server offers no ALPN): one object
     and one call fewer per connection and per read.
     ``handshake_timeout`` is for channels under TLS only (None: no deadline).
+    ``first_request_timeout`` and ``keepalive_timeout`` (each at most the
+    site's idle timeout) bound the waits for the first and for each next
+    request; ``max_age`` (None or 0: none) closes the connection between
+    requests once it is that old.
     """
     channel = TransferChannel()
     channel.head_timeout = head_timeout
@@ -328,4 +503,7 @@ def channel_protocol(
     channel.rate_window = rate_window
     channel.handshake_timeout = handshake_timeout
     channel.plain_gets = plain_gets
+    channel.first_request_timeout = first_request_timeout
+    channel.keepalive_timeout = keepalive_timeout
+    channel.max_age = max_age or None
     return channel

@@ -5,7 +5,14 @@ The answer has ``static.File``'s headers and statuses (``Accept-Ranges``,
 file name's extension, HEAD, one ``Range`` -> 206 or 416), a strong ``ETag``
 from the file's stat (``If-None-Match`` -> 304) and, when the handler knows the
 MD5, ``Repr-Digest: md5=:<base64>:`` (RFC 9530). ``Range`` is honoured for one
-well-formed range and ignored otherwise (:func:`parse_range`).
+well-formed range and ignored otherwise (:func:`parse_range`), and only while
+``If-Range`` (if sent) names this version of the file (:func:`if_range_holds`).
+
+Every download carries ``X-Content-Type-Options: nosniff`` and
+``Content-Security-Policy: default-src 'none'; sandbox``; a type a browser
+would run or render as a page (:data:`ACTIVE_TYPES`, any ``+xml``) is served
+as an attachment (:func:`safety_headers`): a stored file never runs on the
+server's origin with its visitor's certificate.
 
 The file is opened once and everything comes from that descriptor's
 ``fstat``; the body is sent by :mod:`gsitransfer.web.filebody` (one write for a
@@ -23,6 +30,7 @@ import functools
 import math
 import os
 import stat
+from urllib.parse import quote
 
 from twisted.web import http, static
 from twisted.web.http_headers import Headers
@@ -47,6 +55,45 @@ def content_type(name: str) -> tuple[bytes, bytes | None]:
         name, static.File.contentTypes, static.File.contentEncodings, "application/octet-stream"
     )
     return kind.encode("ascii"), None if encoding is None else encoding.encode("ascii")
+
+
+#: types a browser would run, or render as a page of the server's origin (scripts, HTML, XML with
+#: its stylesheets and SVG's scripts, Flash, XSLT): always served as attachments. Any ``+xml`` type too.
+ACTIVE_TYPES = frozenset(
+    {
+        b"text/html",
+        b"application/xhtml+xml",
+        b"image/svg+xml",
+        b"text/xml",
+        b"application/xml",
+        b"text/xsl",
+        b"application/xslt+xml",
+        b"text/javascript",
+        b"application/javascript",
+        b"application/x-javascript",
+        b"application/ecmascript",
+        b"text/ecmascript",
+        b"application/x-shockwave-flash",
+        b"text/cache-manifest",
+        b"multipart/x-mixed-replace",
+    }
+)
+#: every download: no content sniffing; nothing a rendered file may load or run (RFC 9110 leaves it to us)
+NOSNIFF = b"nosniff"
+DOWNLOAD_CSP = b"default-src 'none'; sandbox"
+
+
+@functools.lru_cache(maxsize=1024)
+def safety_headers(name: str) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers every download carries for a file called ``name``: nosniff, a CSP, and for a
+    type a browser would run, ``Content-Disposition: attachment`` with the name (RFC 6266, RFC 8187)."""
+    headers = [(b"X-Content-Type-Options", NOSNIFF), (b"Content-Security-Policy", DOWNLOAD_CSP)]
+    kind, _ = content_type(name)
+    if kind in ACTIVE_TYPES or kind.endswith(b"+xml"):
+        # (a name that is not UTF-8, from a handler: its bytes, percent-encoded)
+        encoded = quote(name, safe="!#$&+^`|~", errors="surrogateescape").encode("ascii")
+        headers.append((b"Content-Disposition", b"attachment; filename*=UTF-8''" + encoded))
+    return tuple(headers)
 
 
 def repr_digest(md5_hex: str) -> bytes:
@@ -81,14 +128,44 @@ def parse_range(header: bytes | None, size: int) -> tuple[int, int] | Unsatisfia
     if not first:
         if not last.isdigit():
             return None
-        start, end = max(0, size - int(last)), size
-    elif not first.isdigit() or (last and (not last.isdigit() or int(last) < int(first))):
+        start, end = max(0, size - _offset(last)), size
+    elif not first.isdigit() or (last and (not last.isdigit() or _offset(last) < _offset(first))):
         return None
     else:
-        start, end = int(first), min(int(last) + 1, size) if last else size
+        start, end = _offset(first), min(_offset(last) + 1, size) if last else size
     if start >= size:
         return UNSATISFIABLE
     return start, end - start
+
+
+#: larger than any file: what an offset of more digits than this reads as
+_BEYOND_ANY_FILE = 10**19
+
+
+def _offset(digits: bytes) -> int:
+    """A byte offset from ASCII digits; past 19 digits, larger than any file (``int`` of thousands
+    of digits is slow, and refused past Python's limit)."""
+    digits = digits.lstrip(b"0") or b"0"
+    return int(digits) if len(digits) <= 19 else _BEYOND_ANY_FILE
+
+
+def if_range_holds(validator: bytes | None, etag: bytes, mtime: float) -> bool:
+    """Whether a ``Range`` may be honoured under ``If-Range: validator`` (RFC 9110 §13.1.5).
+
+    No ``If-Range``: yes. An entity tag: only the file's own strong ETag
+    (a weak one never matches). A date: only exactly the file's
+    ``Last-Modified``. Anything else does not match: the whole file is sent.
+    """
+    if validator is None:
+        return True
+    validator = validator.strip(b" \t")
+    if validator.startswith(b'"') or validator.startswith(b"W/"):
+        return validator == etag
+    try:
+        when: int = http.stringToDatetime(validator)
+    except Exception:  # twisted.web's date parser raises whatever its input leads it to: not a date
+        return False
+    return when == int(math.ceil(mtime))
 
 
 @functools.lru_cache(maxsize=256)
@@ -108,6 +185,8 @@ def file_headers(
     headers.setRawHeaders(b"content-type", [kind])
     if encoding is not None:
         headers.setRawHeaders(b"content-encoding", [encoding])
+    for header, value in safety_headers(name):
+        headers.setRawHeaders(header, [value])
     headers.setRawHeaders(b"content-length", [b"%d" % size])
     headers.setRawHeaders(b"Last-Modified", [http.datetimeToString(int(math.ceil(mtime)))])
     headers.setRawHeaders(b"ETag", [etag])
@@ -147,16 +226,18 @@ def serve_file(request: Request, target: DownloadTarget) -> None:
         os.close(fd)
         raise
     size = file_stat.st_size
+    name = os.path.basename(target.path)
     if 0 < size <= SMALL_BODY and hasattr(request, "write_with_head") and _plain_get(request):
         # the usual answer: 200 with the whole file, its headers rendered once per file state
-        block = file_headers(
-            os.path.basename(target.path), size, file_stat.st_mtime, entity_tag(file_stat), target.checksum
-        )
+        block = file_headers(name, size, file_stat.st_mtime, entity_tag(file_stat), target.checksum)
         send_small(request, fd, 0, size, block)
         return
+    for header, value in safety_headers(name):
+        request.setHeader(header, value)
     if target.checksum:
         request.setHeader(b"repr-digest", repr_digest(target.checksum))
-    if request.setETag(entity_tag(file_stat)) is http.CACHED:
+    etag = entity_tag(file_stat)
+    if request.setETag(etag) is http.CACHED:
         os.close(fd)
         request.finish()
         return
@@ -166,6 +247,8 @@ def serve_file(request: Request, target: DownloadTarget) -> None:
         request.finish()
         return
     wanted = parse_range(request.getHeader(b"range"), size)
+    if wanted is not None and not if_range_holds(request.getHeader(b"if-range"), etag, file_stat.st_mtime):
+        wanted = None  # the client's part is of another version of the file: the whole of this one
     if wanted is None:
         offset, length = 0, size
     elif len(wanted) == 0:  # UNSATISFIABLE
@@ -176,7 +259,7 @@ def serve_file(request: Request, target: DownloadTarget) -> None:
         offset, length = wanted
         request.setResponseCode(http.PARTIAL_CONTENT)
         request.setHeader(b"content-range", b"bytes %d-%d/%d" % (offset, offset + length - 1, size))
-    kind, encoding = content_type(os.path.basename(target.path))
+    kind, encoding = content_type(name)
     request.setHeader(b"content-type", kind)
     if encoding is not None:
         request.setHeader(b"content-encoding", encoding)

@@ -34,8 +34,11 @@ from ..fastpaths import FastPaths
 from ..tls.factory import server_protocol_factory
 from .accesslog import AccessLineWriter, access_line, emit_access_line, plain_get_line
 from .channel import (
+    DEFAULT_FIRST_REQUEST_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_HEAD_TIMEOUT,
+    DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_CONNECTION_AGE,
     DEFAULT_MIN_BODY_RATE,
     TransferChannel,
     channel_protocol,
@@ -69,8 +72,18 @@ class TransferSite(web_server.Site):
         handshake_timeout: float | None = None,
         fast_paths: FastPaths = FastPaths(),
         access_line_writer: AccessLineWriter | None = None,
+        first_request_timeout: float = DEFAULT_FIRST_REQUEST_TIMEOUT,
+        keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
+        max_connection_age: float | None = DEFAULT_MAX_CONNECTION_AGE,
     ) -> None:
         """``handshake_timeout`` is for a site served under TLS (None: no deadline).
+
+        ``first_request_timeout`` (from the connection, or the end of its TLS
+        handshake, to its first request) and ``keepalive_timeout`` (between
+        requests) are never longer than ``timeout``, the idle timeout, which
+        bounds silence inside a request or its answer; ``max_connection_age``
+        (None or 0: none) closes a connection once it is that old, between
+        requests (never during one).
 
         ``access_line_writer``: where access lines meant for the global log go
         as text instead (a worker's stdout), used when ``fast_paths.access_log_writer``.
@@ -83,6 +96,9 @@ class TransferSite(web_server.Site):
         #: never longer than the idle timeout
         self.head_timeout = min(head_timeout, timeout)
         self.handshake_timeout = None if handshake_timeout is None else min(handshake_timeout, timeout)
+        self.first_request_timeout = min(first_request_timeout, timeout)
+        self.keepalive_timeout = min(keepalive_timeout, timeout)
+        self.max_connection_age = max_connection_age or None
         self.min_body_rate = min_body_rate
         #: the body rate is judged over windows as long as the idle timeout (at most 60 s)
         self.rate_window = min(timeout, 60.0)
@@ -126,6 +142,9 @@ class TransferSite(web_server.Site):
             self.rate_window,
             self.handshake_timeout,
             plain_gets=self.fast_paths.keepalive_get,
+            first_request_timeout=self.first_request_timeout,
+            keepalive_timeout=self.keepalive_timeout,
+            max_age=self.max_connection_age,
         )
 
     def log(self, request: http.Request) -> None:
@@ -169,6 +188,9 @@ class HTTPTransferServer(TransferServer):
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         fast_paths: FastPaths | None = None,
         access_line_writer: Callable[[str], object] | None = None,
+        first_request_timeout: float = DEFAULT_FIRST_REQUEST_TIMEOUT,
+        keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
+        max_connection_age: float | None = DEFAULT_MAX_CONNECTION_AGE,
         **core_options: Any,
     ) -> None:
         """``fast_paths``: which fast paths to use (default: ``FastPaths.from_environment()``).
@@ -182,6 +204,10 @@ class HTTPTransferServer(TransferServer):
         #: applies to the TLS (GSI) variant only
         self.handshake_timeout = handshake_timeout
         self.min_body_rate = min_body_rate
+        self.first_request_timeout = first_request_timeout
+        self.keepalive_timeout = keepalive_timeout
+        #: seconds after which a connection is closed between requests (None: no limit)
+        self.max_connection_age = max_connection_age
         self.identity: IdentitySource = self._base_identity(tuple(trusted_proxies))
         self.gridmap: GridMapAuthorizer | None = None
         if gridmap is not None:
@@ -226,6 +252,9 @@ class HTTPTransferServer(TransferServer):
             handshake_timeout=self.handshake_timeout if self.scheme == "https" else None,
             fast_paths=self.fast_paths,
             access_line_writer=self.access_line_writer,
+            first_request_timeout=self.first_request_timeout,
+            keepalive_timeout=self.keepalive_timeout,
+            max_connection_age=self.max_connection_age,
         )
         self._sites.append(site)
         return site

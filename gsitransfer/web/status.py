@@ -3,7 +3,8 @@
 Every refusal the server sends is a status and a one-line plain-text reason,
 and every status comes from :data:`STATUS_FOR_ERROR`: the core's errors
 (:mod:`gsitransfer.errors`) and the edge's own (:class:`BadRequest`,
-:class:`MethodNotAllowed`, :class:`BodyTooLarge`, :class:`Unidentified`),
+:class:`MethodNotAllowed`, :class:`BodyTooLarge`, :class:`Unidentified`,
+:class:`HeadTooLarge`),
 raised wherever a request is judged and answered here by :func:`refuse`.
 An exception that is not a :class:`TransferError` is a bug: it is logged with
 its traceback and the client gets ``500`` and a generic line, never the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.iweb import IRequest
 
 from .. import errors
@@ -53,6 +55,12 @@ class Unidentified(RequestError):
     default_reason = "the request has no identity"
 
 
+class HeadTooLarge(RequestError):
+    """A request head over the channel's bounds (a line, the header bytes or the header lines): answered and closed."""
+
+    default_reason = "request header fields too large"
+
+
 class InternalError(RequestError):
     """A bug while answering (logged with its traceback where it happened): one generic line."""
 
@@ -65,6 +73,7 @@ STATUS_FOR_ERROR: tuple[tuple[type[errors.TransferError], int], ...] = (
     (MethodNotAllowed, 405),
     (BodyTooLarge, 413),
     (Unidentified, 403),
+    (HeadTooLarge, 431),
     (InternalError, 500),
     (errors.ManifestTooLarge, 413),
     (errors.ManifestError, 400),
@@ -89,6 +98,27 @@ def status_for(error: errors.TransferError) -> int:
         if isinstance(error, error_class):
             return status
     return 500
+
+
+#: reason phrases twisted.web's ``http.RESPONSES`` lacks
+_PHRASES: dict[int, bytes] = {431: b"Request Header Fields Too Large"}
+
+
+def head_refusal(error: errors.TransferError, date: bytes, server: bytes) -> bytes:
+    """The whole answer to a request head refused by the channel itself (no Request made): status,
+    one plain-text line, ``Connection: close``."""
+    status = status_for(error)
+    phrase = _PHRASES.get(status) or http.RESPONSES.get(status, b"Error")
+    body = (_one_line(error.reason) + "\n").encode("utf-8")
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\n" % (status, phrase),
+            b"Server: %s\r\nDate: %s\r\n" % (server, date),
+            b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
+            b"Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+            body,
+        )
+    )
 
 
 def refusal_for(failure: Failure, what: str) -> errors.TransferError:

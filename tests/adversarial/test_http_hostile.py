@@ -24,10 +24,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import ssl
 
 import pytest
 
-from tests.support.http import request
+from tests.support.http import client_tls, request
 from tests.support.server import ServerProcess
 from tests.support.waiting import has_answer, wait_for
 
@@ -36,6 +38,7 @@ from .support import (
     assert_healthy,
     connect,
     exchange,
+    host_port,
     first_status,
     http_args,
     log_size,
@@ -120,6 +123,54 @@ def test_headers_just_under_the_limits_are_served(base, stored):
     data, _ = exchange(base, f"GET /data/{stored} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode()
                        + headers + b"\r\n")
     assert first_status(data) == 200
+
+
+#: a resumed download asking for 5,000 ranges: one Range line of about 50 kB (issue 12 #12)
+LONG_RANGE = (b"GET /data/x HTTP/1.1\r\nHost: x\r\nRange: bytes="
+              + b",".join(b"%d-%d" % (i * 10, i * 10 + 5) for i in range(5000)) + b"\r\n\r\n")
+
+
+def test_overlong_header_line_is_431_with_a_reason(base):
+    """A 50 kB Range line on --http: 431 and one plain-text line, then the server closes."""
+    data, how = exchange(base, LONG_RANGE, timeout=10)
+    assert how == "eof" and first_status(data) == 431, (how, data[:200])
+    assert data.endswith(b"\r\n\r\nrequest header line is longer than 16384 bytes\n")
+
+
+@pytest.fixture(scope="module")
+def gsi(adv_pki, tmp_path_factory):
+    """A --https server whose idle timeout (60 s) is far longer than the test waits."""
+    work = tmp_path_factory.mktemp("http-hostile-tls")
+    args = ["--https", "tcp:0:interface=127.0.0.1", "--cert", str(adv_pki.server_cert),
+            "--key", str(adv_pki.server_key), "--ca-dir", str(adv_pki.ca_dir),
+            "--store", f"data={work / 'store'}", "--idle-timeout", "60"]
+    with running(ServerProcess(work, args)) as process:
+        yield process
+        assert_clean_log(process)
+
+
+def test_overlong_header_line_over_tls_is_431_and_closed(gsi, adv_pki):
+    """The same line under mutual TLS: 431 and the server's close at once, not after the idle timeout (issue 12 #12)."""
+    alice = adv_pki.users["alice"]
+    context = client_tls(adv_pki.ca_file, alice.cert, alice.key)
+    with socket.create_connection(host_port(gsi.url("https")), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(LONG_RANGE)
+            tls.settimeout(20)  # far less than the idle timeout: before the fix, nothing came until then
+            data, how = b"", "eof"
+            while True:
+                try:
+                    chunk = tls.recv(65536)
+                except (ssl.SSLEOFError, ConnectionResetError):
+                    break
+                except socket.timeout:
+                    how = "left open"
+                    break
+                if not chunk:
+                    break
+                data += chunk
+    assert how == "eof" and first_status(data) == 431, (how, data[:200])
+    assert data.endswith(b"request header line is longer than 16384 bytes\n")
 
 
 def test_header_floods_keep_memory_bounded(server, base):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from twisted.internet.address import IPv4Address
@@ -203,3 +204,78 @@ def test_plain_get_line_is_the_combined_line(target, sent, referrer, agent):
     assert plain_get_line(stamp, client, target, sent, referrer, agent) == combined_line(
         stamp, client, b"GET", target, b"HTTP/1.1", 200, sent, referrer, agent
     )
+
+
+# -- issue 12, finding 7: a stored file never runs on the server's origin ------------------------
+
+
+ACTIVE_NAMES = ["page.html", "page.htm", "x.xhtml", "pic.svg", "feed.xml", "run.js", "style.xsl", "a b é.html"]
+
+
+@pytest.mark.parametrize("name", ACTIVE_NAMES)
+@pytest.mark.parametrize("size", [len(SMALL), len(BIG)], ids=["small", "large"])
+def test_active_types_are_attachments(store, server, name, size):
+    """HTML, SVG, XML, scripts: nosniff, a sandboxing CSP and an RFC 6266 attachment, on the small and large paths."""
+    body = (SMALL if size == len(SMALL) else BIG)
+    (Path(store.root) / name).write_bytes(body)
+    conn = tcp_like(SiteConnection(server.site()))
+    conn.send(get("/data/" + quote(name)))
+    drain(conn)
+    status, headers, received = split(conn.output())
+    assert status == b"HTTP/1.1 200 OK" and received == body
+    assert headers[b"x-content-type-options"] == b"nosniff"
+    assert headers[b"content-security-policy"] == b"default-src 'none'; sandbox"
+    assert headers[b"content-disposition"] == (b"attachment; filename*=UTF-8''" + quote(name).encode()).lower()
+
+
+@pytest.mark.parametrize("request_head", [
+    get("/data/small.txt"), get("/data/big.bin"), get("/data/big.bin", "Range: bytes=0-9"),
+    get("/data/big.bin", method="HEAD"), get("/data/big.bin", "Range: bytes=99999999-"),
+])
+def test_every_download_is_nosniff(server, request_head):
+    """Every download answer (200, 206, 416, HEAD) carries nosniff and the CSP; inert types are not attachments."""
+    conn = tcp_like(SiteConnection(server.site()))
+    conn.send(request_head)
+    drain(conn)
+    _, headers, _ = split(conn.output())
+    assert headers[b"x-content-type-options"] == b"nosniff"
+    assert headers[b"content-security-policy"] == b"default-src 'none'; sandbox"
+    assert b"content-disposition" not in headers
+
+
+# -- issue 12, finding 8: If-Range ----------------------------------------------------------------
+
+
+def test_if_range_of_a_replaced_file_is_the_whole_file(store, server):
+    """A resumed download whose file changed since (ETag or date validator): 200 with the whole new file, not 206."""
+    path = Path(store.root) / "grows.bin"
+    path.write_bytes(BIG[:50_000])
+    os.utime(path, (1_700_000_000, 1_700_000_000))
+    first = SiteConnection(server.site())
+    first.send(get("/data/grows.bin"))
+    drain(first)
+    _, old, _ = split(first.output())
+    for validator in (old[b"etag"], old[b"last-modified"]):
+        conn = SiteConnection(server.site())
+        conn.send(get("/data/grows.bin", "Range: bytes=1000-", "If-Range: " + validator.decode()))
+        drain(conn)
+        status, _, body = split(conn.output())
+        assert status.startswith(b"HTTP/1.1 206") and body == BIG[1000:50_000]
+    path.write_bytes(BIG[:60_000][::-1])  # replaced: another content, another mtime
+    os.utime(path, (1_700_000_100, 1_700_000_100))
+    for validator in (old[b"etag"], old[b"last-modified"], b'W/' + old[b"etag"], b"not a date"):
+        conn = SiteConnection(server.site())
+        conn.send(get("/data/grows.bin", "Range: bytes=1000-", "If-Range: " + validator.decode()))
+        drain(conn)
+        status, headers, body = split(conn.output())
+        assert status == b"HTTP/1.1 200 OK" and body == BIG[:60_000][::-1], validator
+        assert b"content-range" not in headers
+
+
+def test_range_with_thousands_of_digits_is_not_an_error():
+    """Offsets of thousands of digits (past Python's int limit) read as past any file, never an exception."""
+    huge = b"9" * 5000
+    assert parse_range(b"bytes=" + huge + b"-", 100) == UNSATISFIABLE
+    assert parse_range(b"bytes=0-" + huge, 100) == (0, 100)
+    assert parse_range(b"bytes=-" + huge, 100) == (0, 100)
+    assert parse_range(b"bytes=" + b"0" * 5000 + b"5-9", 100) == (5, 5)
