@@ -105,7 +105,7 @@ class TransferSite(web_server.Site):
         #: requests of this site being answered now (graceful shutdown waits for them)
         self.active_requests = 0
         #: protocols of the connections made (closed gracefully at shutdown)
-        self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.connections: weakref.WeakSet[TransferChannel] = weakref.WeakSet()
 
     @property
     def reactor(self) -> Any:
@@ -129,10 +129,12 @@ class TransferSite(web_server.Site):
 
     def close_connections(self) -> None:
         """Close every connection once what was written to it is sent (shutdown)."""
-        for protocol in list(self.connections):
-            transport = getattr(protocol, "transport", None)
+        for channel in list(self.connections):
+            transport = channel.transport
             if transport is not None and not getattr(transport, "disconnecting", False):
-                transport.loseConnection()
+                # the channel's own loseConnection unregisters it as its transport's producer first:
+                # under TLS, that is what lets the TLS layer send close_notify and close
+                channel.loseConnection()
 
     def protocol(self) -> TransferChannel:  # type: ignore[override]
         """Each connection's protocol: a TransferChannel (deadline on request heads)."""
