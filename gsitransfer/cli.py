@@ -12,7 +12,10 @@ What this module owns: the options (global ones are accepted before or after
 the command), choosing the credential and trust (Globus lookup, see
 :mod:`gsitransfer.client.credentials`), progress bars on a terminal only,
 results on stdout (``--json`` for scripts), and errors as one line each on
-stderr -- a traceback only with ``--debug``. The work is done by
+stderr -- a traceback only with ``--debug``. Everything written goes through
+:class:`Console`, which escapes control characters
+(:mod:`gsitransfer.client.text`): names, reasons and JSON from a server cannot
+drive the terminal. The work is done by
 :mod:`gsitransfer.client.sync` (the Twisted client with its reactor in a
 daemon thread).
 
@@ -25,7 +28,6 @@ interrupted.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -48,6 +50,7 @@ from .client.errors import (
 from .client.credentials import terminal_prompt
 from .client.progress import NullProgress, ProgressListener, TerminalProgress
 from .client.session import make_http_client
+from .client.text import json_text, printable, printable_lines
 from .client.tls import GSIClientPolicy
 
 PROG = "gsitransfer"
@@ -192,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Console:
-    """Where results, progress and errors go for one run."""
+    """Where results, progress and errors go for one run: every line escaped (server text is untrusted)."""
 
     def __init__(self, options: argparse.Namespace, out: TextIO, err: TextIO) -> None:
         self.options = options
@@ -207,18 +210,26 @@ class Console:
 
     def result(self, lines: list[str], data: Mapping[str, object]) -> None:
         if self.options.json:
-            self.out.write(json.dumps(data, indent=1) + "\n")
+            self.json(data)
         elif not self.options.quiet:
-            self.out.write("".join(line + "\n" for line in lines))
+            self.out.write("".join(printable(line) + "\n" for line in lines))
         self.out.flush()
+
+    def json(self, data: Mapping[str, object]) -> None:
+        """One JSON document on stdout (control characters escaped by JSON, DEL too)."""
+        self.out.write(json_text(data) + "\n")
 
     def note(self, line: str) -> None:
         if self.options.verbose:
-            self.err.write(f"{PROG}: {line}\n")
+            self.err.write(f"{PROG}: {printable(line)}\n")
 
     def error(self, line: str) -> None:
-        self.err.write(f"{PROG}: {line}\n")
+        self.err.write(f"{PROG}: {printable(line)}\n")
         self.err.flush()
+
+    def print_traceback(self) -> None:
+        """The exception being handled, as ``--debug`` shows it (escaped like everything else)."""
+        self.err.write(printable_lines(traceback.format_exc()))
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -326,7 +337,7 @@ def report_error(console: Console, error: ClientError) -> None:
         data: dict[str, object] = {"error": lines[-1] if len(lines) == 1 else lines, "exit_code": error.exit_code}
         if isinstance(error, UploadIncomplete):
             data.update(output.upload_json(error.report))
-        console.out.write(json.dumps(data, indent=1) + "\n")
+        console.json(data)
         console.out.flush()
 
 
@@ -344,7 +355,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return int(options.run(console))
     except ClientError as error:
         if options.debug:
-            traceback.print_exc(file=err)
+            console.print_traceback()
         report_error(console, error)
         return error.exit_code
     except KeyboardInterrupt:
@@ -354,7 +365,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return EXIT_INTERRUPTED
     except Exception as error:  # a bug: say so in one line, trace with --debug
         if options.debug:
-            traceback.print_exc(file=err)
+            console.print_traceback()
         console.error(f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)")
         return EXIT_FAILED
 

@@ -13,11 +13,12 @@ needed, never at import time: a worker installs its own reactor first.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import os
 import signal
-from typing import TYPE_CHECKING, Callable, Protocol, TypedDict
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol, TypedDict
 
 from twisted.application import service
 from twisted.internet import defer
@@ -238,6 +239,51 @@ def endpoints_of(options: Options, servers: list[Server]) -> list[tuple[Server, 
     return endpoints
 
 
+def hold_sighup() -> None:
+    """Block SIGHUP in this thread: one sent before the service's handler is installed waits.
+
+    Until :meth:`TransferService.startService` installs the reload handler,
+    SIGHUP's default action would kill the process (a ``fetch-crl`` cron job
+    at the wrong second). Blocked, it stays pending and is delivered, as one
+    reload, when :func:`release_sighup` unblocks it. The mask is kept across
+    ``fork`` and ``exec``: a worker spawned meanwhile starts with it blocked too.
+    """
+    if hasattr(signal, "SIGHUP") and hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+
+
+def release_sighup() -> None:
+    """Unblock SIGHUP in this thread (a pending one is delivered now, to the handler just installed)."""
+    if hasattr(signal, "SIGHUP") and hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+
+@contextlib.contextmanager
+def sighup_held() -> Iterator[None]:
+    """SIGHUP blocked in this thread for the block's duration (a child spawned inside inherits it blocked)."""
+    if not (hasattr(signal, "SIGHUP") and hasattr(signal, "pthread_sigmask")):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def ignore_sighup_from_now(previous: signal.Handlers | int | Callable[..., object] | None) -> None:
+    """On stop: SIGHUP may no longer reload, and must not kill the process either.
+
+    The handler the service replaced comes back if it was a function (a test
+    harness's); the default action or none becomes "ignore" until the process
+    exits, so a SIGHUP during the shutdown grace cannot cut the transfers the
+    grace is for.
+    """
+    if not hasattr(signal, "SIGHUP"):
+        return
+    signal.signal(signal.SIGHUP, previous if callable(previous) else signal.SIG_IGN)
+
+
 class TransferService(service.MultiService):
     """Listens on every endpoint, keeps keys expiring and trust fresh."""
 
@@ -284,6 +330,8 @@ class TransferService(service.MultiService):
             self._previous_sighup = signal.signal(
                 signal.SIGHUP, lambda *_: IReactorThreads(reactor).callFromThread(self.reload)
             )
+        # held since makeService (or the worker's first line): a SIGHUP sent meanwhile reloads now
+        release_sighup()
         # what start-up made lives as long as the process: keep it out of every GC pass
         gc.freeze()
 
@@ -297,9 +345,12 @@ class TransferService(service.MultiService):
                 _log.failure("reload failed")
 
     def stopService(self) -> defer.Deferred[None]:
-        """Stop accepting, give uploads in flight ``shutdown_grace`` seconds, then stop."""
-        if self._previous_sighup is not None:
-            signal.signal(signal.SIGHUP, self._previous_sighup)
+        """Stop accepting, give uploads in flight ``shutdown_grace`` seconds, then stop.
+
+        From here SIGHUP is ignored (never its default action, which would kill
+        the uploads the grace is for).
+        """
+        ignore_sighup_from_now(self._previous_sighup)
         return defer.Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
@@ -309,4 +360,14 @@ class TransferService(service.MultiService):
         await service.MultiService.stopService(self)
 
 
-__all__ = ["Server", "TransferService", "build_servers", "endpoints_of", "load_factory"]
+__all__ = [
+    "Server",
+    "TransferService",
+    "build_servers",
+    "endpoints_of",
+    "hold_sighup",
+    "ignore_sighup_from_now",
+    "load_factory",
+    "release_sighup",
+    "sighup_held",
+]

@@ -19,12 +19,18 @@ from __future__ import annotations
 from twisted.application.service import IService
 
 from .options import MAX_WORKERS, PROGRAM, ConfigError, Options, Role, fail
-from .service import Server, TransferService, build_servers, endpoints_of, load_factory
+from .service import Server, TransferService, build_servers, endpoints_of, hold_sighup, load_factory
 from .workers import SupervisorService
 
 
 def makeService(options: Options) -> IService:
-    """Build the service twistd runs (the plugin's makeService)."""
+    """Build the service twistd runs (the plugin's makeService).
+
+    SIGHUP is held (blocked) from here: building the servers reads stores,
+    CAs and handlers, and a SIGHUP meanwhile would otherwise kill the process.
+    It is delivered, as a reload, once the service has started.
+    """
+    hold_sighup()
     role: Role = "supervisor" if options["workers"] > 1 else "single"
     try:
         servers = build_servers(options, role, fast_paths=options.fast_paths())

@@ -14,6 +14,11 @@ which). The kernel hands each new connection to one of the workers. Rules:
   before any worker starts, and it alone expires transfer keys; workers only
   serve, and re-read trust (SIGHUP is passed on; each also re-reads every
   ``--reload-interval``);
+* SIGHUP never stops a process: a worker starts with it blocked (the
+  supervisor spawns it so, and ``worker_main`` blocks it first thing), so one
+  sent while the worker starts waits and becomes one reload once the worker
+  serves; from SIGTERM on it is ignored, in the supervisor and in every worker,
+  so it cannot cut the shutdown grace short;
 * a worker that dies is restarted; the files it was receiving are pending
   again and its temporary files are removed (their names carry its pid);
 * SIGTERM: the supervisor passes it on, each worker stops accepting and lets
@@ -55,7 +60,15 @@ from zope.interface import implementer
 
 from . import eventloop
 from .options import ConfigError, Options, fail
-from .service import Server, TransferService, build_servers
+from .service import (
+    Server,
+    TransferService,
+    build_servers,
+    hold_sighup,
+    ignore_sighup_from_now,
+    release_sighup,
+    sighup_held,
+)
 
 _log = Logger()
 
@@ -209,7 +222,11 @@ class SupervisorService(TransferService):
                 shared_socket(port).stopReading()
 
     def startService(self) -> None:
-        """Start housekeeping (the supervisor alone expires keys), SIGHUP, and the workers."""
+        """Start housekeeping (the supervisor alone expires keys), SIGHUP, and the workers.
+
+        SIGHUP, held since ``makeService``, is released once the handler is in
+        place and the workers are spawned (each starts with it blocked).
+        """
         service.MultiService.startService(self)
         for server in self.servers:
             server.maintain(self.reactor, interval=self.reload_interval)
@@ -220,6 +237,7 @@ class SupervisorService(TransferService):
         _log.info("starting {n} worker processes", n=self.worker_count)
         for index in range(1, self.worker_count + 1):
             self.spawn(index)
+        release_sighup()
 
     def listening_fds(self) -> tuple[dict[int, int], str]:
         """Parent descriptor per child descriptor, and the ``scheme:fd`` list for the child."""
@@ -244,13 +262,15 @@ class SupervisorService(TransferService):
         env["GSITRANSFER_SUPERVISOR_PID"] = str(os.getpid())
         child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
         child_fds.update(mapping)
-        self.reactor.spawnProcess(
-            worker,
-            sys.executable,
-            [sys.executable, "-m", "gsitransfer.workers", *self.argv],
-            env=env,
-            childFDs=child_fds,
-        )
+        # the worker inherits SIGHUP blocked: until its handler is installed one waits, never kills
+        with sighup_held():
+            self.reactor.spawnProcess(
+                worker,
+                sys.executable,
+                [sys.executable, "-m", "gsitransfer.workers", *self.argv],
+                env=env,
+                childFDs=child_fds,
+            )
         self.workers[index] = worker
         _log.info("worker {index} started (pid {pid})", index=index, pid=worker.pid)
         return worker
@@ -319,17 +339,18 @@ class SupervisorService(TransferService):
                     _log.info("removed {n} temporary file(s) of worker pid {pid}", n=len(removed), pid=pid)
 
     def reload(self) -> None:
-        """SIGHUP: re-read here and in every worker."""
+        """SIGHUP: re-read here and in every worker (one still starting reloads once it serves)."""
+        if self.stopping:
+            return
         super().reload()
         for worker in list(self.workers.values()):
             worker.signal("HUP")
 
     def stopService(self) -> defer.Deferred[None]:
-        """Pass SIGTERM on, wait for the workers (killing stragglers), then stop."""
+        """Pass SIGTERM on, wait for the workers (killing stragglers), then stop; SIGHUP ignored from now."""
         self.stopping = True
-        if self._previous_sighup is not None:
-            signal.signal(signal.SIGHUP, self._previous_sighup)
-            self._previous_sighup = None
+        ignore_sighup_from_now(self._previous_sighup)
+        self._previous_sighup = None
         return defer.Deferred.fromCoroutine(self._stop_workers())
 
     async def _stop_workers(self) -> None:
@@ -444,6 +465,9 @@ def _log_to_stdout(reactor: IReactorCore) -> io.TextIOWrapper:
 
 def worker_main(argv: list[str]) -> None:
     """Entry point of a worker process (``python -m gsitransfer.workers OPTIONS``)."""
+    # before anything slow: a SIGHUP now waits for the handler startService installs
+    # (the supervisor spawns workers with it blocked already; this covers any other start)
+    hold_sighup()
     parent = int(os.environ.get("GSITRANSFER_SUPERVISOR_PID", "0") or 0)
     if parent:
         _die_with_parent(parent)

@@ -18,6 +18,11 @@ What this module owns:
   proxy file (certificate, key, issuing certificates), a pass phrase asked
   for an encrypted key, the key checked against the certificate and the
   certificate's validity period checked against the clock;
+* :func:`check_private_file` -- what Globus checks of a proxy or key file
+  before using it (``globus_gsi_sysconfig_check_keyfile``): owned by the
+  user, and no access for group or others (nor execute): a proxy another
+  local user planted as ``/tmp/x509up_u<uid>``, or a key others can read, is
+  refused with one line saying why and what to do (``chmod 600 FILE``);
 * ``describe()`` on :class:`Credential`, :class:`Trust` and
   :class:`LoadedCredential` -- the lines ``--verbose`` prints.
 
@@ -30,6 +35,7 @@ import datetime
 import getpass
 import os
 import re
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,17 +222,53 @@ def terminal_prompt() -> PassphrasePrompt | None:
     return lambda path: getpass.getpass(f"Enter pass phrase for {path}: ")
 
 
+#: permission bits a proxy or key file must not have (Globus: S_IXUSR | S_IRWXG | S_IRWXO)
+LOOSE_PRIVATE_BITS = stat.S_IXUSR | stat.S_IRWXG | stat.S_IRWXO
+
+
+def check_private_file(path: Path, what: str, source: str, uid: int) -> None:
+    """Refuse a proxy or key file that user ``uid`` does not own, or that group or others may use.
+
+    As Globus does (``globus_gsi_sysconfig_check_keyfile``: "File is not
+    owned by current user", "File has bad permissions"). A file that cannot
+    be stat'ed is left to the reading, which says why.
+    """
+    try:
+        status = path.stat()
+    except OSError:
+        return
+    if status.st_uid != uid:
+        raise CredentialError(
+            f"{what} {path} ({source}) belongs to uid {status.st_uid}, not to you (uid {uid}): "
+            "refusing it (another user may have put it there); use your own with --proxy FILE or X509_USER_PROXY"
+        )
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & LOOSE_PRIVATE_BITS:
+        raise CredentialError(
+            f"{what} {path} ({source}) has mode {mode:04o}; a {what} file must be for you alone "
+            f"(0600 or 0400): chmod 600 {path}"
+        )
+
+
 def load_credential(
     credential: Credential,
     *,
     passphrase: PassphrasePrompt | None = None,
     now: datetime.datetime | None = None,
+    uid: int | None = None,
 ) -> LoadedCredential:
     """Read ``credential`` from disk and check it can be used ``now``.
 
-    ``passphrase`` is asked for an encrypted key; without it such a key is a
-    :class:`CredentialError`. Every problem is one CredentialError line.
+    The key file (a proxy's one file) must be private to ``uid`` (default:
+    this process's user; :func:`check_private_file`). ``passphrase`` is asked
+    for an encrypted key; without it such a key is a :class:`CredentialError`.
+    Every problem is one CredentialError line.
     """
+    if uid is None and hasattr(os, "getuid"):
+        uid = os.getuid()
+    if uid is not None:
+        what = "proxy" if credential.single_file and "proxy" in credential.source.lower() else "key"
+        check_private_file(credential.key_file, what, credential.source, uid)
     chain = _read_chain(credential)
     key = _read_key(credential, passphrase)
     if key.public_key() != chain[0].public_key():
@@ -302,6 +344,7 @@ __all__ = [
     "LoadedCredential",
     "PassphrasePrompt",
     "Trust",
+    "check_private_file",
     "find_credential",
     "find_trust",
     "load_credential",

@@ -3,9 +3,10 @@
 ::
 
     resume record + partial bytes?  -> GET with Range: bytes=N- and If-Range: <validator>
-        206 from N                  -> append
+        206 from N, same validator  -> append
+        206, another validator      -> the file changed and the server ignored If-Range: start over
         200                         -> the file changed (or no range support): start over
-        416, size == N              -> already complete: verify
+        416, size == N              -> already complete (unless its validator changed): verify
     no record                       -> GET, bytes to .<name>.gsitransfer-download
     body cut                        -> DownloadInterrupted (partial kept; retried ``retries`` times)
     end of body                     -> size and MD5 (Repr-Digest or the given checksum) checked,
@@ -36,7 +37,7 @@ from .errors import (
     TLSRefused,
     explain,
 )
-from .partial import PartialDownload, PartialMeta
+from .partial import PartialDownload, PartialMeta, same_representation
 from .progress import ProgressListener
 from .results import DownloadReport
 from .session import Session, header, read_small_body, stream_body
@@ -111,7 +112,13 @@ class DownloadJob:
         if headers and response.code == 416:
             return await self._unsatisfiable(response, offset, record)
         if headers and response.code == 206:
+            assert record is not None
+            self._check_version(response, record)
             total = await self._check_range(response, offset)
+            if total is not None and record.total is not None and total != record.total:
+                stream_body(response, lambda data: None).cancel()
+                self.progress.file_restarted(self.name, "the file changed size on the server")
+                raise _StartOver()
         elif response.code == 200:
             offset = 0
             total = None if response.length is UNKNOWN_LENGTH else int(response.length)
@@ -126,6 +133,20 @@ class DownloadJob:
                                       total, expected))
         return await self._receive(response, offset, total, expected)
 
+    def _check_version(self, response: IResponse, record: PartialMeta) -> None:
+        """A resumed answer must be of the version the partial bytes are from; else start over.
+
+        The server should answer a changed file's ``If-Range`` with ``200``;
+        one that ignores If-Range answers ``206`` with the new version's
+        validator, and splicing its bytes onto the old ones would make a file
+        that never existed (undetected without an MD5).
+        """
+        if same_representation(record, header(response, "etag"), header(response, "last-modified")):
+            return
+        stream_body(response, lambda data: None).cancel()
+        self.progress.file_restarted(self.name, "the file changed on the server")
+        raise _StartOver()
+
     async def _check_range(self, response: IResponse, offset: int) -> int | None:
         match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", header(response, "content-range") or "")
         if match is None or int(match.group(1)) != offset:
@@ -138,6 +159,9 @@ class DownloadJob:
         await read_small_body(response)
         match = re.fullmatch(r"bytes \*/(\d+)", header(response, "content-range") or "")
         if match is None or int(match.group(1)) != offset or record is None or record.total != offset:
+            raise _StartOver()
+        etag, modified = header(response, "etag"), header(response, "last-modified")
+        if (etag or modified) and not same_representation(record, etag, modified):
             raise _StartOver()
         digest = await self.session.md5_of(self.partial.temp)
         self.progress.file_started(self.name, offset, offset)

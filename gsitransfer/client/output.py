@@ -1,7 +1,10 @@
 """What the command line prints: results for people and for scripts (``--json``).
 
 Each function turns one result value (:mod:`gsitransfer.client.results`) into
-lines of text or a JSON-ready dict. Nothing here does I/O.
+lines of text or a JSON-ready dict. Nothing here does I/O. What a server sent
+(names, owners, URLs, states) is made :func:`~gsitransfer.client.text.printable`
+in the lines (before a table's columns are measured); the command line's
+``Console`` escapes every line again on the way out (escaping is idempotent).
 """
 
 from __future__ import annotations
@@ -10,13 +13,14 @@ import datetime
 
 from .progress import human_duration, human_size
 from .results import DownloadReport, Listing, TransferStatus, UploadReport
+from .text import printable
 
 # -- upload ------------------------------------------------------------------------
 
 
 def upload_lines(report: UploadReport) -> list[str]:
     """One line per stored file: name, size, where to download it."""
-    return [f"{f.name}  {human_size(f.size)}  {f.url or '(stored)'}" for f in report.files if f.ok]
+    return [printable(f"{f.name}  {human_size(f.size)}  {f.url or '(stored)'}") for f in report.files if f.ok]
 
 
 def upload_json(report: UploadReport) -> dict[str, object]:
@@ -38,7 +42,7 @@ def upload_json(report: UploadReport) -> dict[str, object]:
 def download_lines(report: DownloadReport) -> list[str]:
     check = "verified" if report.verified else "not verified: the server sent no digest (use --md5)"
     resumed = f", resumed at {human_size(report.resumed_from)}" if report.resumed_from else ""
-    return [f"{report.path}  {human_size(report.size)}  MD5 {report.checksum} {check}{resumed}"]
+    return [printable(f"{report.path}  {human_size(report.size)}  MD5 {report.checksum} {check}{resumed}")]
 
 
 def download_json(report: DownloadReport) -> dict[str, object]:
@@ -52,8 +56,11 @@ def download_json(report: DownloadReport) -> dict[str, object]:
 def listing_lines(listing: Listing) -> list[str]:
     """A table: size, modification time (UTC), owner, name."""
     if not listing.files:
-        return [f"(no files in {listing.url}/)"]
-    rows = [(human_size(f.size), _iso_to_text(f.modified), f.owner or "-", f.name) for f in listing.files]
+        return [printable(f"(no files in {listing.url}/)")]
+    rows = [
+        (human_size(f.size), printable(_iso_to_text(f.modified)), printable(f.owner or "-"), printable(f.name))
+        for f in listing.files
+    ]
     size_w = max(len("SIZE"), *(len(r[0]) for r in rows))
     time_w = max(len("MODIFIED (UTC)"), *(len(r[1]) for r in rows))
     owner_w = max(len("OWNER"), *(len(r[2]) for r in rows))
@@ -100,9 +107,9 @@ def status_lines(status: TransferStatus, now: float) -> list[str]:
         f"{sum(f.state == 'stored' for f in status.files)} of {len(status.files)} files stored",
     ]
     for f in status.files:
-        lines.append(f"  {f.file_num:>4}  {f.state:<9}  {human_size(f.size):>10}  {f.name}"
+        lines.append(f"  {f.file_num:>4}  {printable(f.state):<9}  {human_size(f.size):>10}  {f.name}"
                      + (f"  {f.url}" if f.state == "stored" and f.url else ""))
-    return lines
+    return [printable(line) for line in lines]
 
 
 def _epoch_to_text(value: float) -> str:

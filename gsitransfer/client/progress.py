@@ -23,6 +23,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence, TextIO, cast
 
+from .text import printable
+
 
 class ProgressListener(Protocol):
     """What a transfer reports while it runs (every method is called on the reactor thread)."""
@@ -246,6 +248,8 @@ class TerminalProgress(NullProgress):
         self.stream.flush()
 
     def _fit(self, line: str) -> str:
+        """``line`` escaped (names and reasons may come from the server) and cut to the terminal's width."""
+        line = printable(line)
         return line if len(line) < self.width else line[: self.width - 2] + "…"
 
     def _file_line(self, bar: _Bar) -> str:
