@@ -7,7 +7,9 @@ servers built (stores in a temporary directory, certificates minted by
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from twisted.python import usage
@@ -31,6 +33,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
 def fast_paths_not_chosen_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test sees no ``GSITRANSFER_FAST_PATHS`` unless it sets one (CI runs with it off)."""
     monkeypatch.delenv(ENVIRONMENT_VARIABLE, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def signal_mask_restored() -> Iterator[None]:
+    """makeService blocks SIGHUP until the service starts (it never starts here): give the mask back."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def parsed(*argv: str) -> tap.Options:
