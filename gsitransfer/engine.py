@@ -17,7 +17,8 @@ The upload state machine, per file of a transfer::
 
 Rules:
 
-* only the transfer's owner (same DN, ``None`` for anonymous) may upload,
+* only the transfer's owner (the same person: IdToken.person, the end-entity
+  DN of a proxy chain; ``None`` for anonymous) may upload,
   query or cancel it;
 * ``begin`` on a file that is receiving or stored is a conflict (409);
 * a file is ``stored`` only after its bytes are verified and in place, and
@@ -215,7 +216,7 @@ class TransferEngine:
             TransferRecord(
                 key=key,
                 prefix=prefix,
-                owner_dn=id_token.dn,
+                owner_dn=id_token.person,
                 manifest=manifest,
                 created=now,
                 expires=now + self.manifest_ttl,
@@ -312,8 +313,8 @@ class TransferEngine:
         """Raise QuotaExceeded if ``manifest`` would take its owner over the pending limits."""
         if self.max_pending_files is None and self.max_pending_bytes is None:
             return
-        files, size = self.transfers.pending_totals(id_token.dn, self.clock())
-        who = "anonymous clients" if id_token.dn is None else id_token.dn
+        files, size = self.transfers.pending_totals(id_token.person, self.clock())
+        who = "anonymous clients" if id_token.person is None else id_token.person
         advice = "upload or cancel (DELETE) pending transfers first, or wait until their keys expire"
         if self.max_pending_files is not None and files + manifest.num_files > self.max_pending_files:
             raise QuotaExceeded(
@@ -365,7 +366,7 @@ class TransferEngine:
         if record.prefix != prefix:
             raise FileNotFound(f"no transfer {transfer_key} under /{prefix}/")
         entry = self._entry(record, file_num)
-        if id_token.dn != record.owner_dn:
+        if id_token.person != record.owner_dn:
             raise NotAuthorized("this transfer belongs to another identity")
         state = self.transfers.states(record.key).get(entry.num, FileState.PENDING)
         receiving = next_state(state, "begin")
@@ -604,7 +605,7 @@ class TransferEngine:
         record = self._live_record(transfer_key)
         if record.prefix != prefix:
             raise FileNotFound("unknown or expired transfer key")
-        if id_token.dn != record.owner_dn:
+        if id_token.person != record.owner_dn:
             raise NotAuthorized("this transfer belongs to another identity")
         return record
 

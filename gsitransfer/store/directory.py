@@ -272,13 +272,13 @@ class DirectoryStore:
         ``CanUpload`` said yes (by a manifest on another ``--workers`` process).
         """
         now = self.clock()
-        if not self.metadata.add_pending(filename, id_token.dn, now, now - self.pending_ttl):
+        if not self.metadata.add_pending(filename, id_token.person, now, now - self.pending_ttl):
             raise NotAuthorized(f"a file named {filename} is already being uploaded")
 
     def AddPendingUploads(self, id_token: IdToken, filenames: list[str]) -> None:
         """Batch ``AddPendingUpload`` (IBatchPendingHandler): all names or none, in one transaction."""
         now = self.clock()
-        taken = self.metadata.add_pending_many(filenames, id_token.dn, now, now - self.pending_ttl)
+        taken = self.metadata.add_pending_many(filenames, id_token.person, now, now - self.pending_ttl)
         if taken is not None:
             raise NotAuthorized(f"a file named {taken} is already being uploaded")
 
@@ -295,7 +295,7 @@ class DirectoryStore:
         key = file_info.get("transfer_key")
         bound = self.metadata.bind_pending(
             name,
-            id_token.dn,
+            id_token.person,
             None if key is None else str(key),
             _file_num(file_info.get("file_num")),
         )
@@ -312,7 +312,7 @@ class DirectoryStore:
         key = file_info.get("transfer_key")
         self.metadata.mark_stored(
             name,
-            id_token.dn,
+            id_token.person,
             size=int(file_info["size"]),
             md5=None if checksum is None else str(checksum).lower(),
             mtime_ns=mtime_ns,
@@ -323,7 +323,7 @@ class DirectoryStore:
 
     def CancelPendingUpload(self, id_token: IdToken, filename: str) -> None:
         """Seed ``CancelPendingUpload``: forget ``filename``'s pending row (never a stored one)."""
-        self.metadata.cancel_pending(filename, id_token.dn)
+        self.metadata.cancel_pending(filename, id_token.person)
 
     # -- listing ------------------------------------------------------------------
 
