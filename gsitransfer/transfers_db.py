@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections import OrderedDict
 from typing import Iterable
 
 from .keys import FileState, TransferRecord
@@ -79,7 +80,16 @@ class TransferDBError(ValueError):
 
 
 class SQLiteTransferTable:
-    """A TransferTable kept in an SQLite file."""
+    """A TransferTable kept in an SQLite file.
+
+    Parsed records are kept in a least-recently-used cache of at most
+    :attr:`cache_size` entries (issue 12 finding 5: a worker never expires
+    keys, so an unbounded cache grew with every manifest it saw); a record
+    evicted, removed or removed by another process is read again from SQLite.
+    """
+
+    #: parsed records kept per process (one manifest of up to --max-manifest-files each)
+    cache_size = 64
 
     def __init__(self, path: str, *, reset_receiving: bool = True) -> None:
         self.path = path
@@ -103,7 +113,13 @@ class SQLiteTransferTable:
                 )
         except (OSError, sqlite3.Error) as error:
             raise TransferDBError(f"cannot open transfer database {path}: {error}") from None
-        self._cache: dict[str, TransferRecord] = {}
+        self._cache: OrderedDict[str, TransferRecord] = OrderedDict()
+
+    def _remember(self, record: TransferRecord) -> None:
+        self._cache[record.key] = record
+        self._cache.move_to_end(record.key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
     def add(self, record: TransferRecord) -> None:
         with self._db:
@@ -123,13 +139,14 @@ class SQLiteTransferTable:
                 "INSERT INTO transfer_files (key, num, state) VALUES (?, ?, ?)",
                 [(record.key, e.num, FileState.PENDING.value) for e in record.manifest.files],
             )
-        self._cache[record.key] = record
+        self._remember(record)
 
     def get(self, key: str) -> TransferRecord | None:
         cached = self._cache.get(key)
         if cached is not None:
             # another process may have removed it: one indexed lookup, no JSON
             if self._db.execute("SELECT 1 FROM transfers WHERE key = ?", (key,)).fetchone():
+                self._cache.move_to_end(key)
                 return cached
             del self._cache[key]
             return None
@@ -140,7 +157,7 @@ class SQLiteTransferTable:
         if row is None:
             return None
         record = _record_from_row(row)
-        self._cache[key] = record
+        self._remember(record)
         return record
 
     def states(self, key: str) -> dict[int, FileState]:
