@@ -269,9 +269,8 @@ class TransferEngine:
                 if reason is not None:
                     return ManifestOutcome(None, reason)
                 yield self._breathe(entry.num)
-        # again, with no return to the reactor before the key is registered
-        self._check_pending_quota(manifest, id_token)
-        key = self.register_manifest(manifest, id_token, prefix)
+        # again, in the one transaction that registers the key (other workers share the table)
+        key = self._register_within_quota(manifest, id_token, prefix)
         names = [entry.name for entry in manifest.files]
         added: list[str] = []
         refusal: str | None = None
@@ -309,11 +308,32 @@ class TransferEngine:
             return defer.succeed(None)
         return task.deferLater(self.timer, 0, lambda: None)
 
-    def _check_pending_quota(self, manifest: Manifest, id_token: IdToken) -> None:
+    def _register_within_quota(self, manifest: Manifest, id_token: IdToken, prefix: str) -> str:
+        """Register ``manifest`` if it fits its owner's pending limits, as one step; its key."""
+        now = self.clock()
+        key = mint_transfer_key()
+        record = TransferRecord(
+            key=key,
+            prefix=prefix,
+            owner_dn=id_token.person,
+            manifest=manifest,
+            created=now,
+            expires=now + self.manifest_ttl,
+        )
+        totals = self.transfers.add_within(record, self.max_pending_files, self.max_pending_bytes, now)
+        if totals is not None:
+            self._check_pending_quota(manifest, id_token, totals)
+        return key
+
+    def _check_pending_quota(
+        self, manifest: Manifest, id_token: IdToken, totals: tuple[int, int] | None = None
+    ) -> None:
         """Raise QuotaExceeded if ``manifest`` would take its owner over the pending limits."""
         if self.max_pending_files is None and self.max_pending_bytes is None:
             return
-        files, size = self.transfers.pending_totals(id_token.person, self.clock())
+        if totals is None:
+            totals = self.transfers.pending_totals(id_token.person, self.clock())
+        files, size = totals
         who = "anonymous clients" if id_token.person is None else id_token.person
         advice = "upload or cancel (DELETE) pending transfers first, or wait until their keys expire"
         if self.max_pending_files is not None and files + manifest.num_files > self.max_pending_files:

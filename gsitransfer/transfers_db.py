@@ -21,7 +21,7 @@ import sqlite3
 from collections import OrderedDict
 from typing import Iterable
 
-from .keys import FileState, TransferRecord
+from .keys import FileState, TransferRecord, fits
 from .manifest import FileEntry, Manifest, ManifestLimits, parse_manifest
 
 _SCHEMA = """
@@ -124,22 +124,38 @@ class SQLiteTransferTable:
     def add(self, record: TransferRecord) -> None:
         with self._db:
             self._db.execute("BEGIN")
-            self._db.execute(
-                "INSERT INTO transfers VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    record.key,
-                    record.prefix,
-                    record.owner_dn,
-                    manifest_to_json(record.manifest),
-                    record.created,
-                    record.expires,
-                ),
-            )
-            self._db.executemany(
-                "INSERT INTO transfer_files (key, num, state) VALUES (?, ?, ?)",
-                [(record.key, e.num, FileState.PENDING.value) for e in record.manifest.files],
-            )
+            self._insert(record)
         self._remember(record)
+
+    def add_within(
+        self, record: TransferRecord, max_files: int | None, max_bytes: int | None, now: float
+    ) -> tuple[int, int] | None:
+        with self._db:
+            # the write lock first: no other process registers between the totals and the insert
+            self._db.execute("BEGIN IMMEDIATE")
+            totals = self.pending_totals(record.owner_dn, now)
+            if not fits(totals, record, max_files, max_bytes):
+                return totals
+            self._insert(record)
+        self._remember(record)
+        return None
+
+    def _insert(self, record: TransferRecord) -> None:
+        self._db.execute(
+            "INSERT INTO transfers VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                record.key,
+                record.prefix,
+                record.owner_dn,
+                manifest_to_json(record.manifest),
+                record.created,
+                record.expires,
+            ),
+        )
+        self._db.executemany(
+            "INSERT INTO transfer_files (key, num, state) VALUES (?, ?, ?)",
+            [(record.key, e.num, FileState.PENDING.value) for e in record.manifest.files],
+        )
 
     def get(self, key: str) -> TransferRecord | None:
         cached = self._cache.get(key)
