@@ -88,8 +88,9 @@ class SQLiteTransferTable:
     evicted, removed or removed by another process is read again from SQLite.
     """
 
-    #: parsed records kept per process (one manifest of up to --max-manifest-files each)
-    cache_size = 64
+    #: parsed records kept per process (each one manifest of up to --max-manifest-files:
+    #: a 10,000-file record is a few MB, so the bound is small)
+    cache_size = 16
 
     def __init__(self, path: str, *, reset_receiving: bool = True) -> None:
         self.path = path
