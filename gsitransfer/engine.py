@@ -17,7 +17,8 @@ The upload state machine, per file of a transfer::
 
 Rules:
 
-* only the transfer's owner (same DN, ``None`` for anonymous) may upload,
+* only the transfer's owner (the same person: IdToken.person, the end-entity
+  DN of a proxy chain; ``None`` for anonymous) may upload,
   query or cancel it;
 * ``begin`` on a file that is receiving or stored is a conflict (409);
 * a file is ``stored`` only after its bytes are verified and in place, and
@@ -215,7 +216,7 @@ class TransferEngine:
             TransferRecord(
                 key=key,
                 prefix=prefix,
-                owner_dn=id_token.dn,
+                owner_dn=id_token.person,
                 manifest=manifest,
                 created=now,
                 expires=now + self.manifest_ttl,
@@ -268,9 +269,8 @@ class TransferEngine:
                 if reason is not None:
                     return ManifestOutcome(None, reason)
                 yield self._breathe(entry.num)
-        # again, with no return to the reactor before the key is registered
-        self._check_pending_quota(manifest, id_token)
-        key = self.register_manifest(manifest, id_token, prefix)
+        # again, in the one transaction that registers the key (other workers share the table)
+        key = self._register_within_quota(manifest, id_token, prefix)
         names = [entry.name for entry in manifest.files]
         added: list[str] = []
         refusal: str | None = None
@@ -308,12 +308,33 @@ class TransferEngine:
             return defer.succeed(None)
         return task.deferLater(self.timer, 0, lambda: None)
 
-    def _check_pending_quota(self, manifest: Manifest, id_token: IdToken) -> None:
+    def _register_within_quota(self, manifest: Manifest, id_token: IdToken, prefix: str) -> str:
+        """Register ``manifest`` if it fits its owner's pending limits, as one step; its key."""
+        now = self.clock()
+        key = mint_transfer_key()
+        record = TransferRecord(
+            key=key,
+            prefix=prefix,
+            owner_dn=id_token.person,
+            manifest=manifest,
+            created=now,
+            expires=now + self.manifest_ttl,
+        )
+        totals = self.transfers.add_within(record, self.max_pending_files, self.max_pending_bytes, now)
+        if totals is not None:
+            self._check_pending_quota(manifest, id_token, totals)
+        return key
+
+    def _check_pending_quota(
+        self, manifest: Manifest, id_token: IdToken, totals: tuple[int, int] | None = None
+    ) -> None:
         """Raise QuotaExceeded if ``manifest`` would take its owner over the pending limits."""
         if self.max_pending_files is None and self.max_pending_bytes is None:
             return
-        files, size = self.transfers.pending_totals(id_token.dn, self.clock())
-        who = "anonymous clients" if id_token.dn is None else id_token.dn
+        if totals is None:
+            totals = self.transfers.pending_totals(id_token.person, self.clock())
+        files, size = totals
+        who = "anonymous clients" if id_token.person is None else id_token.person
         advice = "upload or cancel (DELETE) pending transfers first, or wait until their keys expire"
         if self.max_pending_files is not None and files + manifest.num_files > self.max_pending_files:
             raise QuotaExceeded(
@@ -365,7 +386,7 @@ class TransferEngine:
         if record.prefix != prefix:
             raise FileNotFound(f"no transfer {transfer_key} under /{prefix}/")
         entry = self._entry(record, file_num)
-        if id_token.dn != record.owner_dn:
+        if id_token.person != record.owner_dn:
             raise NotAuthorized("this transfer belongs to another identity")
         state = self.transfers.states(record.key).get(entry.num, FileState.PENDING)
         receiving = next_state(state, "begin")
@@ -604,7 +625,7 @@ class TransferEngine:
         record = self._live_record(transfer_key)
         if record.prefix != prefix:
             raise FileNotFound("unknown or expired transfer key")
-        if id_token.dn != record.owner_dn:
+        if id_token.person != record.owner_dn:
             raise NotAuthorized("this transfer belongs to another identity")
         return record
 

@@ -7,8 +7,10 @@ from. Every callback may return a plain value, a ``Deferred`` or a coroutine.
 ``file_info`` is a dict with at least ``name`` (str), ``size`` (int bytes) and
 ``checksum`` (MD5, 32 lowercase hex). ``CanUpload`` also gets
 ``transfer_size``, the sum of the manifest's sizes (to check space for the
-whole transfer); the later upload callbacks get ``transfer_key`` and ``file_num``; any extra keys a client put in the manifest
-section are passed through as strings.
+whole transfer); the later upload callbacks get ``transfer_key`` and ``file_num``; any other
+keys a client put in the manifest section are passed through as strings. A
+manifest naming ``transfer_key``, ``file_num`` or ``transfer_size`` in a file's
+section is refused (400), so those keys always come from the server.
 
 Optional capabilities are separate interfaces, so a minimal handler (like the
 seed's) implements only :class:`ITransferHandler`.

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Sequence
 
 from cryptography import x509
@@ -44,6 +45,21 @@ class IdToken:
     not_after: datetime.datetime | None = None
     #: first local account mapped by the grid-mapfile, when one is configured
     username: str | None = None
+
+    @cached_property
+    def person(self) -> str | None:
+        """The DN per-identity limits and transfer ownership count against.
+
+        The end-entity certificate the chain comes from (the first certificate
+        from the leaf that is not a proxy), so every proxy of one user,
+        independent ones included, is that user, as dCache maps a proxy to its
+        end-entity certificate's DN for authorization. ``dn`` when there is no
+        chain (plain HTTP identities, tokens built by hand).
+        """
+        for cert in self.chain:
+            if proxy_cert_info(cert) is None:
+                return format_dn(cert.subject)
+        return self.dn
 
     @property
     def anonymous(self) -> bool:

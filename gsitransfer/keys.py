@@ -96,6 +96,15 @@ class TransferTable(Protocol):
     def records(self) -> Iterable[TransferRecord]:
         """Every record."""
 
+    def add_within(
+        self, record: TransferRecord, max_files: int | None, max_bytes: int | None, now: float
+    ) -> tuple[int, int] | None:
+        """Add ``record`` only if its owner's pending totals plus it stay within the limits.
+
+        One transaction (issue 12 finding 14): None when added, else the
+        owner's (files, bytes) pending that refused it.
+        """
+
 
 class MemoryTransferTable:
     """A TransferTable in a dict: for tests and for servers that need no restart."""
@@ -146,3 +155,21 @@ class MemoryTransferTable:
 
     def records(self) -> Iterable[TransferRecord]:
         return list(self._records.values())
+
+    def add_within(
+        self, record: TransferRecord, max_files: int | None, max_bytes: int | None, now: float
+    ) -> tuple[int, int] | None:
+        totals = self.pending_totals(record.owner_dn, now)
+        if not fits(totals, record, max_files, max_bytes):
+            return totals
+        self.add(record)
+        return None
+
+
+def fits(totals: tuple[int, int], record: TransferRecord, max_files: int | None, max_bytes: int | None) -> bool:
+    """True when ``record`` added to pending ``totals`` stays within the limits (None: no limit)."""
+    files, size = totals
+    manifest = record.manifest
+    if max_files is not None and files + manifest.num_files > max_files:
+        return False
+    return max_bytes is None or size + manifest.total_size <= max_bytes

@@ -46,6 +46,9 @@ MAX_NAME_BYTES = 255
 #: backtracks quadratically on long lines)
 MAX_LINE_CHARS = 1024
 _REQUIRED_KEYS = ("name", "size", "checksum")
+#: keys the server itself puts in a handler's ``file_info``: a client may not
+#: name them in a file's section (a handler must be able to trust them)
+RESERVED_KEYS = ("transfer_key", "file_num", "transfer_size")
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,9 @@ def _read_entry(parser: configparser.ConfigParser, num: int, limits: ManifestLim
     for key, value in section.items():
         if "\n" in value or "\r" in value:
             raise ManifestError(f"{key} in [{section_name}] spans several lines")
+    for key in RESERVED_KEYS:
+        if key in section:
+            raise ManifestError(f"{key} in [{section_name}] is reserved for the server")
     for key in _REQUIRED_KEYS:
         if key not in section:
             raise ManifestError(f"section [{section_name}] has no {key}")

@@ -86,6 +86,7 @@ _PARAMETERS: list[list[object]] = [
     ["max-files", None, 10_000, "Most files one manifest may announce.", int],
     ["max-transfer-size", None, None, "Largest total size (bytes) of one manifest's files.", int],
     ["max-pending-files", None, 100_000, "Most files one identity (all anonymous clients: one) may have announced and not stored (0: no limit).", int],
+    ["listing-owners", None, "own", "Whose uploader DN a listing shows: all, own (the asking person's only; none to anonymous clients) or none."],
     ["max-pending-bytes", None, None, "Most bytes one identity may have announced and not stored (0 or absent: no limit).", int],
     ["workers", None, 1, "Processes serving the listeners (1: this one; N > 1: a supervisor and N workers).", int],
 ]
@@ -204,6 +205,8 @@ class Options(usage.Options):
             raise usage.UsageError("--min-body-rate must not be negative")
         if self["max-connection-age"] < 0:
             raise usage.UsageError("--max-connection-age must not be negative")
+        if self["listing-owners"] not in ("all", "own", "none"):
+            raise usage.UsageError("--listing-owners is one of all, own, none")
         for limit in ("max-pending-files", "max-pending-bytes"):
             if self[limit] is not None and self[limit] < 0:
                 raise usage.UsageError(f"--{limit} must not be negative")

@@ -151,7 +151,10 @@ def build_servers(
                 (
                     prefix,
                     DirectoryStore(
-                        directory, pending_ttl=options["manifest-ttl"], recover=recovering
+                        directory,
+                        pending_ttl=options["manifest-ttl"],
+                        recover=recovering,
+                        listing_owners=options["listing-owners"],
                     ),
                 )
             )

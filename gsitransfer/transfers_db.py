@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections import OrderedDict
 from typing import Iterable
 
-from .keys import FileState, TransferRecord
+from .keys import FileState, TransferRecord, fits
 from .manifest import FileEntry, Manifest, ManifestLimits, parse_manifest
 
 _SCHEMA = """
@@ -79,7 +80,17 @@ class TransferDBError(ValueError):
 
 
 class SQLiteTransferTable:
-    """A TransferTable kept in an SQLite file."""
+    """A TransferTable kept in an SQLite file.
+
+    Parsed records are kept in a least-recently-used cache of at most
+    :attr:`cache_size` entries (issue 12 finding 5: a worker never expires
+    keys, so an unbounded cache grew with every manifest it saw); a record
+    evicted, removed or removed by another process is read again from SQLite.
+    """
+
+    #: parsed records kept per process (each one manifest of up to --max-manifest-files:
+    #: a 10,000-file record is a few MB, so the bound is small)
+    cache_size = 16
 
     def __init__(self, path: str, *, reset_receiving: bool = True) -> None:
         self.path = path
@@ -103,33 +114,56 @@ class SQLiteTransferTable:
                 )
         except (OSError, sqlite3.Error) as error:
             raise TransferDBError(f"cannot open transfer database {path}: {error}") from None
-        self._cache: dict[str, TransferRecord] = {}
+        self._cache: OrderedDict[str, TransferRecord] = OrderedDict()
+
+    def _remember(self, record: TransferRecord) -> None:
+        self._cache[record.key] = record
+        self._cache.move_to_end(record.key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
     def add(self, record: TransferRecord) -> None:
         with self._db:
             self._db.execute("BEGIN")
-            self._db.execute(
-                "INSERT INTO transfers VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    record.key,
-                    record.prefix,
-                    record.owner_dn,
-                    manifest_to_json(record.manifest),
-                    record.created,
-                    record.expires,
-                ),
-            )
-            self._db.executemany(
-                "INSERT INTO transfer_files (key, num, state) VALUES (?, ?, ?)",
-                [(record.key, e.num, FileState.PENDING.value) for e in record.manifest.files],
-            )
-        self._cache[record.key] = record
+            self._insert(record)
+        self._remember(record)
+
+    def add_within(
+        self, record: TransferRecord, max_files: int | None, max_bytes: int | None, now: float
+    ) -> tuple[int, int] | None:
+        with self._db:
+            # the write lock first: no other process registers between the totals and the insert
+            self._db.execute("BEGIN IMMEDIATE")
+            totals = self.pending_totals(record.owner_dn, now)
+            if not fits(totals, record, max_files, max_bytes):
+                return totals
+            self._insert(record)
+        self._remember(record)
+        return None
+
+    def _insert(self, record: TransferRecord) -> None:
+        self._db.execute(
+            "INSERT INTO transfers VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                record.key,
+                record.prefix,
+                record.owner_dn,
+                manifest_to_json(record.manifest),
+                record.created,
+                record.expires,
+            ),
+        )
+        self._db.executemany(
+            "INSERT INTO transfer_files (key, num, state) VALUES (?, ?, ?)",
+            [(record.key, e.num, FileState.PENDING.value) for e in record.manifest.files],
+        )
 
     def get(self, key: str) -> TransferRecord | None:
         cached = self._cache.get(key)
         if cached is not None:
             # another process may have removed it: one indexed lookup, no JSON
             if self._db.execute("SELECT 1 FROM transfers WHERE key = ?", (key,)).fetchone():
+                self._cache.move_to_end(key)
                 return cached
             del self._cache[key]
             return None
@@ -140,7 +174,7 @@ class SQLiteTransferTable:
         if row is None:
             return None
         record = _record_from_row(row)
-        self._cache[key] = record
+        self._remember(record)
         return record
 
     def states(self, key: str) -> dict[int, FileState]:

@@ -130,7 +130,12 @@ def _file_num(value: Any) -> int | None:
         return None
 
 
+#: the --listing-owners choices
+LISTING_OWNERS = ("all", "own", "none")
+
+
 @implementer(ITransferHandler, IListingHandler, IBatchPendingHandler)
+
 class DirectoryStore:
     """A handler that keeps uploaded files in ``root`` and serves them back."""
 
@@ -141,14 +146,20 @@ class DirectoryStore:
         pending_ttl: float = DEFAULT_PENDING_TTL,
         clock: Callable[[], float] = time.time,
         recover: bool = True,
+        listing_owners: str = "own",
     ) -> None:
-        """``recover=False`` skips the start-up clean-up: a ``--workers`` worker
+        """``listing_owners`` (``--listing-owners``): whose uploader DN a listing
+        shows: ``all``, ``own`` (only the asking person's own, never to
+        anonymous clients; the default) or ``none``. ``recover=False`` skips the start-up clean-up: a ``--workers`` worker
         process shares a directory whose supervisor already recovered it, and
         other workers' temporary files in it are live."""
         if pending_ttl <= 0:
             raise ValueError("pending_ttl must be positive")
+        if listing_owners not in LISTING_OWNERS:
+            raise ValueError(f"listing_owners must be one of {', '.join(LISTING_OWNERS)}")
         self.root = os.path.abspath(root)
         self.pending_ttl = pending_ttl
+        self.listing_owners = listing_owners
         self.clock = clock
         _make_directory(self.root)
         self._real_root = os.path.realpath(self.root)
@@ -272,13 +283,13 @@ class DirectoryStore:
         ``CanUpload`` said yes (by a manifest on another ``--workers`` process).
         """
         now = self.clock()
-        if not self.metadata.add_pending(filename, id_token.dn, now, now - self.pending_ttl):
+        if not self.metadata.add_pending(filename, id_token.person, now, now - self.pending_ttl):
             raise NotAuthorized(f"a file named {filename} is already being uploaded")
 
     def AddPendingUploads(self, id_token: IdToken, filenames: list[str]) -> None:
         """Batch ``AddPendingUpload`` (IBatchPendingHandler): all names or none, in one transaction."""
         now = self.clock()
-        taken = self.metadata.add_pending_many(filenames, id_token.dn, now, now - self.pending_ttl)
+        taken = self.metadata.add_pending_many(filenames, id_token.person, now, now - self.pending_ttl)
         if taken is not None:
             raise NotAuthorized(f"a file named {taken} is already being uploaded")
 
@@ -295,7 +306,7 @@ class DirectoryStore:
         key = file_info.get("transfer_key")
         bound = self.metadata.bind_pending(
             name,
-            id_token.dn,
+            id_token.person,
             None if key is None else str(key),
             _file_num(file_info.get("file_num")),
         )
@@ -312,7 +323,7 @@ class DirectoryStore:
         key = file_info.get("transfer_key")
         self.metadata.mark_stored(
             name,
-            id_token.dn,
+            id_token.person,
             size=int(file_info["size"]),
             md5=None if checksum is None else str(checksum).lower(),
             mtime_ns=mtime_ns,
@@ -323,7 +334,7 @@ class DirectoryStore:
 
     def CancelPendingUpload(self, id_token: IdToken, filename: str) -> None:
         """Seed ``CancelPendingUpload``: forget ``filename``'s pending row (never a stored one)."""
-        self.metadata.cancel_pending(filename, id_token.dn)
+        self.metadata.cancel_pending(filename, id_token.person)
 
     # -- listing ------------------------------------------------------------------
 
@@ -350,12 +361,21 @@ class DirectoryStore:
                     "name": name,
                     "size": status.st_size,
                     "checksum": _checksum(record, status),
-                    "owner": None if record is None else record.owner_dn,
+                    "owner": self._shown_owner(record, id_token),
                     "modified": _iso8601(status.st_mtime),
                     "uploaded": None if record is None else _iso8601(record.completed),
                 }
             )
         return listing
+
+    def _shown_owner(self, record: Any, id_token: IdToken) -> str | None:
+        """The uploader DN a listing shows to ``id_token`` under ``listing_owners``."""
+        owner: str | None = None if record is None else record.owner_dn
+        if self.listing_owners == "all":
+            return owner
+        if self.listing_owners == "own" and owner is not None and owner == id_token.person:
+            return owner
+        return None
 
     # -- start-up -----------------------------------------------------------------
 

@@ -52,6 +52,14 @@ def test_extra_keys_pass_through():
     assert info == {"description": "hi", "name": "a", "size": 1, "checksum": MD5}
 
 
+@pytest.mark.parametrize("key", ["transfer_key", "file_num", "transfer_size"])
+def test_reserved_keys_refused(key):
+    """A file section naming a key the server fills for handlers is refused (issue 12 finding 10)."""
+    body = written_by_configparser([("a", 1, MD5)]).replace(b"[0]\n", f"[0]\n{key} = forged\n".encode())
+    with pytest.raises(ManifestError, match=f"{key} in \\[0\\] is reserved"):
+        parse_manifest(body)
+
+
 @pytest.mark.parametrize(
     "body, reason",
     [

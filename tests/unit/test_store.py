@@ -461,7 +461,8 @@ def test_list_files(store: DirectoryStore, root: Path, tmp_path: Path, clock: Cl
         "uploaded": None,
     }
     b = listing[1]
-    assert (b["size"], b["checksum"], b["owner"]) == (3, hashlib.md5(b"bee").hexdigest(), ALICE.dn)
+    assert (b["size"], b["checksum"], b["owner"]) == (3, hashlib.md5(b"bee").hexdigest(), None)
+    assert store.ListFiles(ALICE)[1]["owner"] == ALICE.dn
     assert b["uploaded"] == "2023-11-14T22:13:21Z"
     assert b["modified"].endswith("Z")
 
@@ -529,7 +530,7 @@ def test_recover_keeps_an_expired_pending_file_that_is_in_place(
     report = store.recover()
     assert report.promoted_pending == ("landed.txt",)
     assert store.GetDownloadFilename(BOB, "landed.txt").checksum is None
-    assert store.ListFiles(BOB)[0]["owner"] == ALICE.dn
+    assert store.ListFiles(ALICE)[0]["owner"] == ALICE.dn
 
 
 def test_recover_forgets_stored_rows_whose_file_vanished(store: DirectoryStore, root: Path) -> None:
@@ -555,9 +556,27 @@ def test_metadata_persists_across_reopen(root: Path, clock: Clock) -> None:
     try:
         target = second.GetDownloadFilename(ANONYMOUS, "persist.txt")
         assert target.checksum == hashlib.md5(b"durable").hexdigest()
-        assert second.ListFiles(ANONYMOUS)[0]["owner"] == ALICE.dn
+        assert second.ListFiles(ALICE)[0]["owner"] == ALICE.dn
         with pytest.raises(NotAuthorized, match="already being uploaded"):
             second.CanUpload(ALICE, info("later.txt"))
         assert second.GetUploadFilename(BOB, info("later.txt")) == str(root / "later.txt")
     finally:
         second.close()
+
+
+@pytest.mark.parametrize(
+    "mode, seen_by_anonymous, seen_by_bob, seen_by_alice",
+    [("own", None, None, ALICE.dn), ("none", None, None, None), ("all", ALICE.dn, ALICE.dn, ALICE.dn)],
+)
+def test_listing_owners_option(
+    root: Path, mode: str, seen_by_anonymous: str | None, seen_by_bob: str | None, seen_by_alice: str | None
+) -> None:
+    """--listing-owners: by default (own) only the uploader sees its DN; anonymous clients never (issue 12 finding 14)."""
+    now = [T0]
+    store = DirectoryStore(str(root), listing_owners=mode, clock=lambda: now[0])
+    store.AddPendingUpload(ALICE, "f.txt")
+    (root / "f.txt").write_bytes(b"x")
+    now[0] += DAY + 1
+    store.recover()  # the landed file is recorded as Alice's
+    seen = [store.ListFiles(who)[0]["owner"] for who in (ANONYMOUS, BOB, ALICE)]
+    assert seen == [seen_by_anonymous, seen_by_bob, seen_by_alice]
