@@ -2,7 +2,9 @@
 
 POSTs a 10,000-file manifest, DELETEs its key over a new connection, N times,
 against a ``--workers 2 --http`` server on loopback, and prints each worker's
-VmRSS before and after. A figure for the note, not a test:
+VmRSS growth at four checkpoints and at the end (a bounded cache levels off;
+an unbounded one grows with every round whose DELETE another worker
+answered). A figure for the note, not a test:
 ``.venv/bin/python bench/cache_rss.py [rounds]``.
 """
 
@@ -52,7 +54,11 @@ def main(rounds: int) -> None:
             netloc = urlsplit(server.url("http")).netloc
             workers = server.worker_pids()
             before = {pid: rss_kib(pid) for pid in workers}
+            checkpoint = max(1, rounds // 4)
             for n in range(rounds):
+                if n and n % checkpoint == 0:
+                    now = ", ".join(f"{pid}: +{rss_kib(pid) - before[pid]} KiB" for pid in workers)
+                    print(f"after {n} rounds: {now}", flush=True)
                 body = Manifest.of(*((f"r{n}f{i}", 1, MD5) for i in range(10_000))).to_ini().encode()
                 status, text = request(netloc, "POST", "/data/manifest", body)
                 fields = dict(line.split(": ", 1) for line in text.decode().splitlines() if ": " in line)
