@@ -210,19 +210,9 @@ class TransferEngine:
             manifest = manifest.encode("utf-8")
         if isinstance(manifest, bytes):
             manifest = parse_manifest(manifest, self.manifest_limits)
-        now = self.clock()
-        key = mint_transfer_key()
-        self.transfers.add(
-            TransferRecord(
-                key=key,
-                prefix=prefix,
-                owner_dn=id_token.person,
-                manifest=manifest,
-                created=now,
-                expires=now + self.manifest_ttl,
-            )
-        )
-        return key
+        record = self._new_record(manifest, id_token, prefix)
+        self.transfers.add(record)
+        return record.key
 
     def upload_information(self, transfer_key: str, file_num: int | str) -> dict[str, object]:
         """The ``file_info`` of one file of a live transfer; FileNotFound otherwise."""
@@ -308,22 +298,25 @@ class TransferEngine:
             return defer.succeed(None)
         return task.deferLater(self.timer, 0, lambda: None)
 
-    def _register_within_quota(self, manifest: Manifest, id_token: IdToken, prefix: str) -> str:
-        """Register ``manifest`` if it fits its owner's pending limits, as one step; its key."""
+    def _new_record(self, manifest: Manifest, id_token: IdToken, prefix: str) -> TransferRecord:
+        """A new transfer under a fresh key, owned by ``id_token``'s person, expiring after the TTL."""
         now = self.clock()
-        key = mint_transfer_key()
-        record = TransferRecord(
-            key=key,
+        return TransferRecord(
+            key=mint_transfer_key(),
             prefix=prefix,
             owner_dn=id_token.person,
             manifest=manifest,
             created=now,
             expires=now + self.manifest_ttl,
         )
-        totals = self.transfers.add_within(record, self.max_pending_files, self.max_pending_bytes, now)
+
+    def _register_within_quota(self, manifest: Manifest, id_token: IdToken, prefix: str) -> str:
+        """Register ``manifest`` if it fits its owner's pending limits, as one step; its key."""
+        record = self._new_record(manifest, id_token, prefix)
+        totals = self.transfers.add_within(record, self.max_pending_files, self.max_pending_bytes, record.created)
         if totals is not None:
             self._check_pending_quota(manifest, id_token, totals)
-        return key
+        return record.key
 
     def _check_pending_quota(
         self, manifest: Manifest, id_token: IdToken, totals: tuple[int, int] | None = None
