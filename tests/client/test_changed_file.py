@@ -80,14 +80,20 @@ def download(agent: MemoryAgent, target: Path, **options: object):
                                           run_blocking=inline_runner, **options))
 
 
-def test_a_file_replaced_between_the_cut_and_the_resume_is_fetched_whole(tmp_path: Path) -> None:
-    """Cut after 40 000 bytes of version 1; version 2 answers the resume with 206 and a new ETag: fetched again from 0."""
+def cut_download(tmp_path: Path) -> tuple[ChangingFile, MemoryAgent, Path]:
+    """Version 1 served, the download cut after 40 000 bytes (kept as a partial): server, agent, target."""
     server = ChangingFile(OLD, '"v1"')
     server.cut_after = 40_000
     agent = serve(server)
     target = tmp_path / "report.csv"
     with pytest.raises(DownloadInterrupted):
         download(agent, target, retries=0)
+    return server, agent, target
+
+
+def test_a_file_replaced_between_the_cut_and_the_resume_is_fetched_whole(tmp_path: Path) -> None:
+    """Cut after 40 000 bytes of version 1; version 2 answers the resume with 206 and a new ETag: fetched again from 0."""
+    server, agent, target = cut_download(tmp_path)
     partial = PartialDownload.beside(target)
     assert partial.temp.read_bytes() == OLD[:40_000] and not target.exists()
 
@@ -103,12 +109,7 @@ def test_a_file_replaced_between_the_cut_and_the_resume_is_fetched_whole(tmp_pat
 
 def test_a_206_of_the_same_version_is_appended(tmp_path: Path) -> None:
     """The same file and ETag after the cut: the resume appends to the 40 000 bytes kept."""
-    server = ChangingFile(OLD, '"v1"')
-    server.cut_after = 40_000
-    agent = serve(server)
-    target = tmp_path / "report.csv"
-    with pytest.raises(DownloadInterrupted):
-        download(agent, target, retries=0)
+    server, agent, target = cut_download(tmp_path)
     server.cut_after = None
     report = download(agent, target)
     assert target.read_bytes() == OLD and report.resumed_from == 40_000
