@@ -39,11 +39,16 @@ class TransferServer:
 
         ``public_url`` (``scheme://host:port``) is where clients reach this
         server; protocol subclasses learn it when they listen if it is None.
+        Given here, it names every URL the server hands out; else the URLs
+        in an answer name the host the request came to (``download_url``'s
+        ``origin``).
         """
         if engine is not None and engine_options:
             raise TypeError(f"pass either engine or engine options, not both: {sorted(engine_options)}")
         self.engine = engine if engine is not None else TransferEngine(**engine_options)
         self.public_url = public_url.rstrip("/") if public_url else None
+        #: the administrator gave the public URL: answers name it, whatever host a client used
+        self.public_url_given = self.public_url is not None
 
     # -- the seed's API -------------------------------------------------------
 
@@ -83,11 +88,15 @@ class TransferServer:
             raise RuntimeError("the server has no public URL yet: listen() first or pass public_url")
         return self.public_url
 
-    def download_url(self, prefix: str, name: str) -> str | None:
-        """:meth:`GetDownloadDescriptor`, or None while the server has no public URL.
+    def download_url(self, prefix: str, name: str, origin: str | None = None) -> str | None:
+        """The URL of file ``name`` under ``prefix``; None when the server has no URL yet.
 
-        The ``locate`` an edge passes to ``engine.transfer_status``.
+        ``origin`` (``scheme://host:port``) is where the asking client reached
+        the server: the URL is under it unless a public URL was given. The
+        ``locate`` an edge passes to ``engine.transfer_status``.
         """
+        if origin is not None and not self.public_url_given:
+            return f"{origin}/{quote(prefix, safe='')}/{quote(name.lstrip('/'), safe='/')}"
         try:
             return self.GetDownloadDescriptor(prefix, name)
         except RuntimeError:

@@ -202,6 +202,16 @@ class TransferEngine:
         """The registered prefixes, sorted."""
         return sorted(self._adapters)
 
+    def check_prefix(self, prefix: str) -> None:
+        """Raise FileNotFound, naming the prefixes this server has, unless ``prefix`` is registered."""
+        if prefix not in self._adapters:
+            raise self._no_such_prefix(prefix)
+
+    def _no_such_prefix(self, prefix: str) -> FileNotFound:
+        known = " ".join(f"/{name}/" for name in self.prefixes())
+        has = f"this server has {known}" if known else "this server has no prefixes"
+        return FileNotFound(f"no such prefix /{prefix}/; {has}")
+
     # -- manifests ------------------------------------------------------------
 
     def register_manifest(self, manifest: Manifest | str | bytes, id_token: IdToken, prefix: str = "") -> str:
@@ -485,8 +495,15 @@ class TransferEngine:
         return _download_target(answer, url_path)
 
     def list_files(self, prefix: str, id_token: IdToken) -> defer.Deferred[Any]:
-        """The handler's listing of ``prefix``; FileNotFound when it cannot list."""
-        adapter = self._adapter(prefix)
+        """The handler's listing of ``prefix``; fails with FileNotFound when it cannot list.
+
+        Like every engine method that returns a Deferred, a refusal is a failed
+        Deferred, never an exception raised at the call.
+        """
+        try:
+            adapter = self._adapter(prefix)
+        except TransferError:
+            return defer.fail()
         return self._timed(adapter.list_files(id_token), "ListFiles")
 
     # -- transfer state, cancel, expiry ----------------------------------------
@@ -605,7 +622,7 @@ class TransferEngine:
     def _adapter(self, prefix: str) -> HandlerAdapter:
         adapter = self._adapters.get(prefix)
         if adapter is None:
-            raise FileNotFound(f"no such prefix /{prefix}/")
+            raise self._no_such_prefix(prefix)
         return adapter
 
     def _live_record(self, transfer_key: str) -> TransferRecord:

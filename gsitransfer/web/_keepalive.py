@@ -221,7 +221,7 @@ def answer_plain_get(channel: KeepAliveChannel, data: bytes) -> bool:
     if not site.plain_access_log():
         return False
     try:
-        route, verb = select(b"GET", head.target)
+        route, verb = select(b"GET", head.target, site.serving.engine)
     except TransferError:
         return False  # refused on twisted.web's path, with its answer
     if verb is not FILE_VERB:

@@ -30,6 +30,11 @@ answer, the handler's answer is handed over (:meth:`TransferChannel.hand_over`)
 to the request twisted.web makes of the same head, and taken by it
 (:meth:`TransferChannel.take_handler_answer`) when its head is complete.
 
+On a plain-HTTP listener, a connection whose first byte starts a TLS
+handshake record (a client speaking TLS to the plain port) is answered at
+once, ``400`` with one line saying the port speaks plain HTTP, and closed, as
+nginx does: the client fails at once instead of waiting for a timeout.
+
 A request refused before its body arrived closes the connection, and the
 bytes still arriving are dropped (:meth:`TransferChannel.discard_input`):
 never parsed as a request.
@@ -58,7 +63,7 @@ from ..tls.peer import release_idle_buffers
 from ._keepalive import answer_plain_get
 from .exchange import HandlerAnswer, ServingSite
 from .heads import SERVER_HEADER, http_date
-from .status import BodyTooLarge, HeadTooLarge, RequestError, head_refusal
+from .status import BadRequest, BodyTooLarge, HeadTooLarge, RequestError, head_refusal
 
 _log = Logger()
 
@@ -74,6 +79,10 @@ MAX_LENGTH_DIGITS = 100
 HEAD_SLICE = 16 * 1024
 #: seconds a keep-alive connection waits for its next request before its TLS buffers are released
 DEFAULT_RELEASE_AFTER = 0.25
+#: the first byte of a TLS record carrying a handshake (a ClientHello)
+TLS_HANDSHAKE_RECORD = b"\x16"
+#: the answer to a TLS ClientHello sent to a plain-HTTP listener (as nginx answers one)
+NOT_TLS_HERE = "this port speaks plain HTTP, not TLS: use http:// (or the server's TLS port for https://)"
 #: seconds from the connection (after the TLS handshake) to the first byte of its first request (nginx's
 #: ``client_header_timeout``)
 DEFAULT_FIRST_REQUEST_TIMEOUT = 60.0
@@ -140,6 +149,10 @@ class TransferChannel(HTTPChannel):
     _head_lines = 0
     #: aborts a connection refused at its head whose peer never finishes closing
     _closing_timer: DelayedCall | None = None
+    #: the connection is plain HTTP (no TLS under the channel): a ClientHello gets a 400 at once
+    plain_listener = False
+    #: no byte of the connection has arrived yet
+    _first_read = True
 
     def connectionMade(self) -> None:
         # the waits for a request, never longer than the idle timeout (set on the channel by the site)
@@ -228,6 +241,12 @@ class TransferChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._discarding:
             return
+        if self._first_read:
+            self._first_read = False
+            if self.plain_listener and data[:1] == TLS_HANDSHAKE_RECORD:
+                # a TLS client on the plain port: answered now, not after its handshake times out
+                self.refuse_head(BadRequest(NOT_TLS_HERE))
+                return
         if self._awaiting_head:
             if (
                 self.plain_gets
@@ -485,6 +504,7 @@ def channel_protocol(
     first_request_timeout: float | None = DEFAULT_FIRST_REQUEST_TIMEOUT,
     keepalive_timeout: float | None = DEFAULT_KEEPALIVE_TIMEOUT,
     max_age: float | None = DEFAULT_MAX_CONNECTION_AGE,
+    plain_listener: bool = False,
 ) -> TransferChannel:
     """A protocol for HTTPFactory.protocol: a TransferChannel.
 
@@ -506,4 +526,5 @@ def channel_protocol(
     channel.first_request_timeout = first_request_timeout
     channel.keepalive_timeout = keepalive_timeout
     channel.max_age = max_age or None
+    channel.plain_listener = plain_listener
     return channel

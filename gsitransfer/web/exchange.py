@@ -23,6 +23,7 @@ from ..identity import IdToken
 from .identity_sources import IdentitySource
 from .offload import UploadDiscards
 from .routes import Route
+from .urls import request_origin
 
 if TYPE_CHECKING:
     from ..engine import TransferEngine
@@ -34,14 +35,17 @@ class Serving:
 
     #: the core: prefixes, manifests, transfer keys, the handlers
     engine: "TransferEngine"
-    #: the URL of a file, ``(prefix, name) -> URL``, or None before the server listens
-    locate: Callable[[str, str], str | None]
+    #: the URL of a file, ``(prefix, name, origin) -> URL`` (None before the server listens); ``origin``
+    #: is where the client reached the server (``urls.request_origin``), used unless a public URL was given
+    locate: Callable[[str, str, str | None], str | None]
     #: the reactor (its threads run large uploads' disk work)
     reactor: IReactorTime
     #: bodies larger than this are written by worker threads (None: never)
     offload_threshold: int | None
     #: the writer threads told to discard, waited for at shutdown
     discards: UploadDiscards
+    #: the scheme of this server's URLs (``http`` or ``https``)
+    scheme: str = "http"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,10 @@ class Exchange:
     expects_continue: bool
     #: the handler's answer to this download, when the keep-alive shortcut already asked it
     handler_answer: HandlerAnswer | None = None
+
+    def locate(self, prefix: str, name: str) -> str | None:
+        """The URL of file ``name`` under ``prefix``, on the host this request came to."""
+        return self.serving.locate(prefix, name, request_origin(self.request, self.serving.scheme))
 
 
 class ServingSite(Protocol):

@@ -6,7 +6,8 @@ and only then renders. :class:`TransferRequest` instead acts in ``gotLength``
 
 * the identity is established (``site.identity.identify``); a refusal is 403;
 * the request is routed once, against the route table
-  (:func:`~.table.select`): a bad path or method is answered at once;
+  (:func:`~.table.select`): a bad path, an unknown prefix or a method the
+  path does not take is answered at once;
 * the verb the table chose starts the exchange and returns the receiver of
   the body: bounded in memory for most verbs (413 from Content-Length, or as
   soon as the body passes the limit), streamed to disk for a file upload
@@ -74,7 +75,7 @@ class TransferRequest(server.Request):
         handler_answer = self.channel.take_handler_answer()
         try:
             self.id_token = site.identity.identify(self)
-            route, verb = select(self.method, self.uri)
+            route, verb = select(self.method, self.uri, site.serving.engine)
         except TransferError as error:
             self.refuse(error)
             return

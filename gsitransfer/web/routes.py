@@ -2,6 +2,7 @@
 
 ::
 
+    *      /                             the server's prefixes    -> RootRoute
     POST   /<prefix>/manifest            post a manifest          -> ManifestRoute
     POST   /<prefix>/<key>/<n>           a file's body            -> UploadRoute
     *      /<prefix>/  (or /<prefix>)    the prefix's files       -> ListingRoute
@@ -37,6 +38,11 @@ from .status import BadRequest
 
 #: longest path whose route is remembered
 _REMEMBERED_PATH = 512
+
+
+@dataclass(frozen=True, slots=True)
+class RootRoute:
+    """``/``: which prefixes the server has."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +84,10 @@ class FileRoute:
     url_path: str
 
 
-Route = Union[ManifestRoute, UploadRoute, ListingRoute, TransferRoute, FileRoute]
+Route = Union[RootRoute, ManifestRoute, UploadRoute, ListingRoute, TransferRoute, FileRoute]
+
+#: the routes under a prefix (every route but the root's)
+PrefixRoute = Union[ManifestRoute, UploadRoute, ListingRoute, TransferRoute, FileRoute]
 
 #: the route of a target, or the refusal of one that names none
 Routing = Union[Route, TransferError]
@@ -117,6 +126,8 @@ def classify(method: bytes, segments: list[bytes]) -> Route:
     texts = _decode(segments)
     if texts is None:
         raise BadRequest("the path is not valid UTF-8")
+    if texts == [""]:
+        return RootRoute()
     if not texts or texts[0] == "":
         raise FileNotFound("no prefix in the path: use /<prefix>/")
     prefix, rest = texts[0], texts[1:]
@@ -156,6 +167,8 @@ __all__ = [
     "FileRoute",
     "ListingRoute",
     "ManifestRoute",
+    "PrefixRoute",
+    "RootRoute",
     "Route",
     "Routing",
     "TransferRoute",

@@ -75,8 +75,11 @@ class TransferSite(web_server.Site):
         first_request_timeout: float = DEFAULT_FIRST_REQUEST_TIMEOUT,
         keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
         max_connection_age: float | None = DEFAULT_MAX_CONNECTION_AGE,
+        under_tls: bool = False,
     ) -> None:
-        """``handshake_timeout`` is for a site served under TLS (None: no deadline).
+        """``handshake_timeout`` is for a site served under TLS (None: no deadline);
+        ``under_tls`` says the site is served under TLS (else a TLS ClientHello
+        on a connection is answered ``400`` at once).
 
         ``first_request_timeout`` (from the connection, or the end of its TLS
         handshake, to its first request) and ``keepalive_timeout`` (between
@@ -99,6 +102,7 @@ class TransferSite(web_server.Site):
         self.first_request_timeout = min(first_request_timeout, timeout)
         self.keepalive_timeout = min(keepalive_timeout, timeout)
         self.max_connection_age = max_connection_age or None
+        self.under_tls = under_tls
         self.min_body_rate = min_body_rate
         #: the body rate is judged over windows as long as the idle timeout (at most 60 s)
         self.rate_window = min(timeout, 60.0)
@@ -147,6 +151,7 @@ class TransferSite(web_server.Site):
             first_request_timeout=self.first_request_timeout,
             keepalive_timeout=self.keepalive_timeout,
             max_age=self.max_connection_age,
+            plain_listener=not self.under_tls,
         )
 
     def log(self, request: http.Request) -> None:
@@ -241,6 +246,7 @@ class HTTPTransferServer(TransferServer):
             reactor=reactor,
             offload_threshold=self.offload_threshold,
             discards=self.discards,
+            scheme=self.scheme,
         )
 
     def site(self, reactor: Any = None) -> TransferSite:
@@ -257,6 +263,7 @@ class HTTPTransferServer(TransferServer):
             first_request_timeout=self.first_request_timeout,
             keepalive_timeout=self.keepalive_timeout,
             max_connection_age=self.max_connection_age,
+            under_tls=self.scheme == "https",
         )
         self._sites.append(site)
         return site

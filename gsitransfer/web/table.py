@@ -3,7 +3,8 @@
 ::
 
     method    route kind       verb (gsitransfer.web.verbs, .upload)
-    GET       ListingRoute     get_listing       the prefix's files (JSON)
+    GET       RootRoute        get_root          the server's prefixes (JSON)
+              ListingRoute     get_listing       the prefix's files (JSON)
               TransferRoute    get_transfer      a live transfer's state (JSON), else a file
               FileRoute        get_file          the file the handler names
     HEAD      (as GET)
@@ -15,9 +16,11 @@
 A request is routed once, when its head is complete
 (:meth:`RouteTable.select`, called by the request layer and by the
 keep-alive shortcut alike): the target gives a route
-(:func:`~.routes.route_target`), the method's row gives the verb; a route
-the method's row lacks is 405 with ``Allow`` listing the methods whose rows
-have it. Adding a method is one row here and one small verb.
+(:func:`~.routes.route_target`), a route under a prefix the server does not
+have is 404 (naming the prefixes it has, whatever the method), the method's
+row gives the verb; a route the method's row lacks is 405 with ``Allow``
+listing the methods whose rows have it. Adding a method is one row here and
+one small verb.
 
 :class:`RouteTable` is also the Site's root resource (twisted.web stays the
 HTTP engine and a Resource its entry): it is a leaf, and rendering a request
@@ -30,17 +33,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Protocol
 
 from twisted.web import resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ..errors import TransferError
 from .exchange import BodyControl, BodyReceiver, Exchange
-from .routes import FileRoute, ListingRoute, ManifestRoute, Route, TransferRoute, UploadRoute, route_target
+from .routes import FileRoute, ListingRoute, ManifestRoute, RootRoute, Route, TransferRoute, UploadRoute, route_target
 from .status import MethodNotAllowed, Unidentified, refuse, write_text
 from .upload import begin_upload
-from .verbs import buffered, delete_transfer, get_file, get_listing, get_transfer, manifest_limit, post_manifest
+from .verbs import (
+    buffered,
+    delete_transfer,
+    get_file,
+    get_listing,
+    get_root,
+    get_transfer,
+    manifest_limit,
+    post_manifest,
+)
 
 #: a verb's start: given the exchange (and the request as a body's controller), the body's receiver
 Start = Callable[[Exchange, BodyControl], BodyReceiver]
@@ -67,11 +79,12 @@ def _verbs(*answers: Callable[[Exchange, bytes], None]) -> dict[str, Verb]:
     return {answer.__name__: Verb(answer.__name__, buffered(answer)) for answer in answers}
 
 
-_BUFFERED = _verbs(get_listing, get_transfer, get_file, delete_transfer, options)
+_BUFFERED = _verbs(get_root, get_listing, get_transfer, get_file, delete_transfer, options)
 _MANIFEST = Verb("post_manifest", buffered(post_manifest, manifest_limit))
 _UPLOAD = Verb("begin_upload", begin_upload, streams=True)
 _OPTIONS = _BUFFERED["options"]
 _GET: Mapping[type, Verb] = MappingProxyType({
+    RootRoute: _BUFFERED["get_root"],
     ListingRoute: _BUFFERED["get_listing"],
     TransferRoute: _BUFFERED["get_transfer"],
     FileRoute: _BUFFERED["get_file"],
@@ -84,18 +97,31 @@ ROUTES: Mapping[bytes, Mapping[type, Verb]] = MappingProxyType({
     b"POST": MappingProxyType({ManifestRoute: _MANIFEST, UploadRoute: _UPLOAD}),
     b"DELETE": MappingProxyType({TransferRoute: _BUFFERED["delete_transfer"]}),
     # OPTIONS routes as GET does (POST-only shapes are files to it): every path gets its Allow
-    b"OPTIONS": MappingProxyType({kind: _OPTIONS for kind in (ListingRoute, TransferRoute, FileRoute)}),
+    b"OPTIONS": MappingProxyType({kind: _OPTIONS for kind in (RootRoute, ListingRoute, TransferRoute, FileRoute)}),
 })
 
 #: the verb that serves files (the keep-alive shortcut answers only for it)
 FILE_VERB = _GET[FileRoute]
 
 
-def select(method: bytes, target: bytes) -> tuple[Route, Verb]:
-    """The route and verb of ``method`` on ``target``; raises the refusal (400, 404, 405)."""
+class Prefixes(Protocol):
+    """What routing asks of the core: is a prefix registered (``TransferEngine.check_prefix``)."""
+
+    def check_prefix(self, prefix: str) -> None:
+        """Raise FileNotFound (naming the prefixes there are) unless ``prefix`` is registered."""
+
+
+def select(method: bytes, target: bytes, prefixes: Prefixes | None = None) -> tuple[Route, Verb]:
+    """The route and verb of ``method`` on ``target``; raises the refusal (400, 404, 405).
+
+    With ``prefixes`` (the request layer and the keep-alive shortcut pass the
+    engine), a route under a prefix not registered is 404 for every method.
+    """
     route = route_target(method, target)
     if isinstance(route, TransferError):
         raise route
+    if prefixes is not None and not isinstance(route, RootRoute):
+        prefixes.check_prefix(route.prefix)
     verb = ROUTES.get(method, {}).get(type(route))
     if verb is None:
         raise MethodNotAllowed(allowed_methods(method, target))
@@ -126,4 +152,4 @@ class RouteTable(resource.Resource):
         return NOT_DONE_YET
 
 
-__all__ = ["FILE_VERB", "ROUTES", "RouteTable", "Verb", "allowed_methods", "options", "select"]
+__all__ = ["FILE_VERB", "Prefixes", "ROUTES", "RouteTable", "Verb", "allowed_methods", "options", "select"]

@@ -243,7 +243,7 @@ class UploadReceiver:
             f"size: {entry.size}",
             f"checksum: {entry.checksum}",
         ]
-        url = self.exchange.serving.locate(ticket.prefix, entry.name)
+        url = self.exchange.locate(ticket.prefix, entry.name)
         if url is not None:
             lines.append(f"url: {url}")
         _log.info(

@@ -104,6 +104,12 @@ def _manifest_answered(exchange: Exchange, outcome: ManifestOutcome) -> None:
     write_text(exchange.request, 200, outcome.to_text())
 
 
+def get_root(exchange: Exchange, body: bytes) -> None:
+    """``GET /``: the server's prefixes, as JSON (``{"prefixes": ["/data/", ...]}``)."""
+    prefixes = [f"/{prefix}/" for prefix in exchange.serving.engine.prefixes()]
+    write_text(exchange.request, 200, _json({"prefixes": prefixes}), b"application/json")
+
+
 def get_listing(exchange: Exchange, body: bytes) -> None:
     """``GET /<prefix>/``: the handler's listing, as JSON."""
     route = exchange.route
@@ -128,7 +134,7 @@ def get_transfer(exchange: Exchange, body: bytes) -> None:
         _serve(exchange, FileRoute(route.prefix, route.name))
         return
     try:
-        status = engine.transfer_status(route.prefix, route.name, exchange.id_token, locate=exchange.serving.locate)
+        status = engine.transfer_status(route.prefix, route.name, exchange.id_token, locate=exchange.locate)
     except Exception:
         refuse(exchange.request, refusal_for(Failure(), "reading a transfer's state"))
         return
@@ -217,6 +223,7 @@ __all__ = [
     "delete_transfer",
     "get_file",
     "get_listing",
+    "get_root",
     "get_transfer",
     "manifest_limit",
     "post_manifest",

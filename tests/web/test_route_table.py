@@ -37,11 +37,11 @@ def server(tmp_path: Path) -> HTTPTransferServer:
         (f"/data/{KEY_SHAPED}", TRANSFER_METHODS),
         ("/data/manifest", POST_TOO),
         (f"/data/{KEY_SHAPED}/0", POST_TOO),
-        ("/nope/x.bin", FILE_METHODS),
+        ("/", b"GET, HEAD, OPTIONS"),
     ],
 )
 def test_options_answers_allow_for_the_route(server, path, allow):
-    """OPTIONS on any route is 200 with Allow listing its methods and no body, even under an unknown prefix."""
+    """OPTIONS on any route (the root too) is 200 with Allow listing its methods and no body."""
     conn = SiteConnection(server.site())
     conn.send(get(path, method="OPTIONS"))
     status, headers, body = split(conn.output())
@@ -71,9 +71,9 @@ def test_method_not_allowed_lists_options_too(server, method, path, allow):
 
 
 def test_options_on_no_route_is_refused(server):
-    """OPTIONS on a target naming no route is refused as any method would be (404 without a prefix, 400 not a path)."""
+    """OPTIONS on a target naming no route is refused as any method would be (404 unknown prefix, 400 not a path)."""
     conn = SiteConnection(server.site())
-    conn.send(get("/", method="OPTIONS"))
+    conn.send(get("/nope/x.bin", method="OPTIONS"))
     assert split(conn.output())[0].startswith(b"HTTP/1.1 404")
     conn = SiteConnection(server.site())
     conn.send(get("/data/%ff", method="OPTIONS"))
