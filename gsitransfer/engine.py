@@ -4,9 +4,11 @@ The engine is the protocol-neutral heart of the server. It owns the prefix
 registry (each handler adapted once into a :class:`HandlerAdapter`), manifest
 registration, transfer keys and the per-file upload state machine, and it calls
 the handler callbacks (bounded by ``handler_timeout``). It knows no URL and no
-scheme, and it does no I/O of its own: an edge (``gsitransfer.web``) parses
-requests, moves bytes, maps the errors raised here to statuses and, where an
-answer names a file's URL, says how (``transfer_status(..., locate=...)``).
+scheme, and it does no I/O of its own (but one ``stat`` of a file a handler
+names, to compare its size with a manifest's, for the dedupe below): an edge
+(``gsitransfer.web``) parses requests, moves bytes, maps the errors raised
+here to statuses and, where an answer names a file's URL, says how
+(``transfer_status(..., locate=...)``).
 
 The upload state machine, per file of a transfer::
 
@@ -20,7 +22,11 @@ Rules:
 * only the transfer's owner (the same person: IdToken.person, the end-entity
   DN of a proxy chain; ``None`` for anonymous) may upload,
   query or cancel it;
-* ``begin`` on a file that is receiving or stored is a conflict (409);
+* ``begin`` on a file that is receiving or stored is a conflict (409),
+  except on a file found already stored when its manifest was posted
+  (manifest-time dedupe: the prefix held a file of that name, size and MD5):
+  that file starts ``stored``, takes no pending quota, and a body posted for
+  it is read and discarded, answered as a successful upload;
 * a file is ``stored`` only after its bytes are verified and in place, and
   ``CompleteUpload`` is called only then;
 * when a key expires or is cancelled, ``CancelPendingUpload`` is called for
@@ -29,6 +35,8 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Generator, TypeVar
@@ -44,6 +52,7 @@ from .errors import (
     HandlerTimeout,
     LengthMismatch,
     LengthRequired,
+    NameTaken,
     NotAuthorized,
     QuotaExceeded,
     TransferError,
@@ -94,16 +103,28 @@ class ManifestOutcome:
 
     transfer_key: str | None
     error_reason: str | None = None
+    #: numbers of the files found already stored (manifest-time dedupe), ascending
+    already_stored: tuple[int, ...] = ()
+    #: the refusal is a name conflict (the handler raised NameTaken, or another manifest holds the name)
+    conflict: bool = False
 
     @property
     def accepted(self) -> bool:
         """True when every file was accepted and a key was issued."""
         return self.transfer_key is not None
 
+    def refusal(self) -> NotAuthorized:
+        """The refusal as a typed error (NameTaken for a conflict), for an answer with a status."""
+        reason = self.error_reason or "the manifest was refused"
+        return NameTaken(reason) if self.conflict else NotAuthorized(reason)
+
     def to_text(self) -> str:
-        """The seed's ``key: value`` response body."""
+        """The seed's ``key: value`` response body (``already_stored:`` after the key, when any)."""
         if self.accepted:
-            return f"return_code: 0\ntransfer_key: {self.transfer_key}\n"
+            text = f"return_code: 0\ntransfer_key: {self.transfer_key}\n"
+            if self.already_stored:
+                text += f"already_stored: {' '.join(str(num) for num in self.already_stored)}\n"
+            return text
         return f"return_code: 1\nerror_reason: {self.error_reason}\n"
 
 
@@ -117,6 +138,9 @@ class UploadTicket:
     entry: FileEntry
     id_token: IdToken
     final_path: str
+    #: the file was found already stored when its manifest was posted: its body is read and
+    #: discarded (``final_path`` is empty, nothing is written) and the answer is a success
+    already_stored: bool = False
 
     @property
     def file_info(self) -> dict[str, object]:
@@ -128,6 +152,22 @@ def _upload_file_info(key: str, entry: FileEntry) -> dict[str, object]:
     info = entry.file_info()
     info.update(transfer_key=key, file_num=entry.num)
     return info
+
+
+def _refusal(error: TransferError, context: str) -> NotAuthorized:
+    """A handler's refusal of a manifest's file, its reason after ``context``; a conflict stays NameTaken."""
+    reason = f"{context}: {error.reason}"
+    return NameTaken(reason) if isinstance(error, NameTaken) else NotAuthorized(reason)
+
+
+def _holds(target: DownloadTarget, entry: FileEntry) -> bool:
+    """True when ``target`` is ``entry``'s file: the handler's MD5 is the manifest's, its size too (a stat)."""
+    if not target.path or target.checksum is None or target.checksum.lower() != entry.checksum:
+        return False
+    try:
+        return os.stat(target.path).st_size == entry.size
+    except (OSError, ValueError):
+        return False
 
 
 def _download_target(answer: object, url_path: str) -> DownloadTarget:
@@ -243,12 +283,14 @@ class TransferEngine:
         """
         adapter = self._adapter(prefix)
         manifest = parse_manifest(body, self.manifest_limits)
-        self._check_pending_quota(manifest, id_token)
+        if not adapter.serves_downloads:
+            # nothing can be found already stored: refused before the handler is asked anything
+            self._check_pending_quota(manifest, id_token)
         held = self._announcing.setdefault(prefix, set())
         for entry in manifest.files:
             if entry.name in held:
                 return ManifestOutcome(
-                    None, f"Upload error for file {entry.name}: another manifest is announcing it"
+                    None, f"Upload error for file {entry.name}: another manifest is announcing it", conflict=True
                 )
         names = [entry.name for entry in manifest.files]
         held.update(names)
@@ -262,45 +304,80 @@ class TransferEngine:
     def _check_and_register(
         self, prefix: str, adapter: HandlerAdapter, manifest: Manifest, id_token: IdToken
     ) -> _Steps[ManifestOutcome]:
+        stored: frozenset[int] = yield self._find_already_stored(prefix, adapter, manifest, id_token)
+        self._check_pending_quota(manifest, id_token, stored=stored)
+        to_store = [entry for entry in manifest.files if entry.num not in stored]
         transfer_size = manifest.total_size
         if adapter.gates_uploads:
-            for entry in manifest.files:
-                reason = yield self._ask_can_upload(adapter, id_token, entry, transfer_size)
-                if reason is not None:
-                    return ManifestOutcome(None, reason)
+            for entry in to_store:
+                refused = yield self._ask_can_upload(adapter, id_token, entry, transfer_size)
+                if refused is not None:
+                    return ManifestOutcome(None, refused.reason, conflict=isinstance(refused, NameTaken))
                 yield self._breathe(entry.num)
         # again, in the one transaction that registers the key (other workers share the table)
-        key = self._register_within_quota(manifest, id_token, prefix)
-        names = [entry.name for entry in manifest.files]
+        key = self._register_within_quota(manifest, id_token, prefix, stored)
+        names = [entry.name for entry in to_store]
         added: list[str] = []
-        refusal: str | None = None
+        refusal: NotAuthorized | None = None
         try:
-            if adapter.batches_pending:
+            if adapter.batches_pending and names:
                 added = names  # a batch that failed otherwise may have added some
                 try:
                     yield self._timed(adapter.add_pending_uploads(id_token, list(names)), "AddPendingUploads")
                 except NotAuthorized as error:  # taken meanwhile: the batch added none
-                    added, refusal = [], f"Upload error: {error.reason}"
-            else:
+                    added, refusal = [], _refusal(error, "Upload error")
+            elif not adapter.batches_pending:
                 for num, name in enumerate(names):
                     try:
                         yield self._timed(adapter.add_pending_upload(id_token, name), "AddPendingUpload")
                     except NotAuthorized as error:  # taken meanwhile (another process)
-                        refusal = f"Upload error for file {name}: {error.reason}"
+                        refusal = _refusal(error, f"Upload error for file {name}")
                         break
                     added.append(name)
                     yield self._breathe(num)
             if refusal is not None:
-                raise NotAuthorized(refusal)
+                raise refusal
         except BaseException as failure:
             self.transfers.remove(key)
             for num, name in enumerate(added):
                 yield self._cancel_quietly(adapter, id_token, name)
                 yield self._breathe(num)
-            if isinstance(failure, NotAuthorized) and refusal is not None:
-                return ManifestOutcome(None, refusal)
+            if refusal is not None and failure is refusal:
+                return ManifestOutcome(None, refusal.reason, conflict=isinstance(refusal, NameTaken))
             raise
-        return ManifestOutcome(key)
+        return ManifestOutcome(key, already_stored=tuple(sorted(stored)))
+
+    @defer.inlineCallbacks
+    def _find_already_stored(
+        self, prefix: str, adapter: HandlerAdapter, manifest: Manifest, id_token: IdToken
+    ) -> _Steps[frozenset[int]]:
+        """The numbers of the manifest's files the prefix already holds, byte for byte (dedupe).
+
+        For each file the handler's ``GetDownloadFilename`` is asked, as for
+        a download of ``/<prefix>/<name>`` by this identity. A file is
+        already stored when the answer gives its MD5 (``DownloadTarget.checksum``)
+        equal to the manifest's and its size (one ``stat``) equals the
+        manifest's; the MD5 is never computed here. Any refusal or error, a
+        handler without downloads or without the MD5: not stored (but a
+        handler that does not answer in time fails the manifest, 503).
+        """
+        if not adapter.serves_downloads:
+            return frozenset()
+        found: set[int] = set()
+        for entry in manifest.files:
+            try:
+                target: DownloadTarget = yield self.resolve_download(prefix, entry.name, id_token)
+            except HandlerTimeout:
+                raise  # a handler that does not answer fails the manifest (503), as CanUpload's would
+            except TransferError:
+                target = DownloadTarget("")
+            except Exception:
+                _log.failure("GetDownloadFilename failed for {name} (dedupe)", name=entry.name)
+                target = DownloadTarget("")
+            if _holds(target, entry):
+                found.add(entry.num)
+            yield self._breathe(entry.num)
+        return frozenset(found)
 
     def _breathe(self, done: int) -> defer.Deferred[None]:
         """After every :attr:`manifest_batch` items, let the reactor run (needs ``timer``)."""
@@ -320,31 +397,41 @@ class TransferEngine:
             expires=now + self.manifest_ttl,
         )
 
-    def _register_within_quota(self, manifest: Manifest, id_token: IdToken, prefix: str) -> str:
-        """Register ``manifest`` if it fits its owner's pending limits, as one step; its key."""
-        record = self._new_record(manifest, id_token, prefix)
+    def _register_within_quota(
+        self, manifest: Manifest, id_token: IdToken, prefix: str, stored: frozenset[int] = frozenset()
+    ) -> str:
+        """Register ``manifest`` if it fits its owner's pending limits, as one step; its key.
+
+        The files numbered in ``stored`` start stored and count against no limit.
+        """
+        record = dataclasses.replace(self._new_record(manifest, id_token, prefix), already_stored=stored)
         totals = self.transfers.add_within(record, self.max_pending_files, self.max_pending_bytes, record.created)
         if totals is not None:
-            self._check_pending_quota(manifest, id_token, totals)
+            self._check_pending_quota(manifest, id_token, totals, stored)
         return record.key
 
     def _check_pending_quota(
-        self, manifest: Manifest, id_token: IdToken, totals: tuple[int, int] | None = None
+        self,
+        manifest: Manifest,
+        id_token: IdToken,
+        totals: tuple[int, int] | None = None,
+        stored: frozenset[int] = frozenset(),
     ) -> None:
-        """Raise QuotaExceeded if ``manifest`` would take its owner over the pending limits."""
+        """Raise QuotaExceeded if ``manifest`` (but its ``stored`` files) would take its owner over the limits."""
         if self.max_pending_files is None and self.max_pending_bytes is None:
             return
         if totals is None:
             totals = self.transfers.pending_totals(id_token.person, self.clock())
         files, size = totals
+        new = [entry for entry in manifest.files if entry.num not in stored]
         who = "anonymous clients" if id_token.person is None else id_token.person
         advice = "upload or cancel (DELETE) pending transfers first, or wait until their keys expire"
-        if self.max_pending_files is not None and files + manifest.num_files > self.max_pending_files:
+        if self.max_pending_files is not None and files + len(new) > self.max_pending_files:
             raise QuotaExceeded(
                 f"too many pending files for {who}: {files} pending, this manifest adds "
-                f"{manifest.num_files}, at most {self.max_pending_files}; {advice}"
+                f"{len(new)}, at most {self.max_pending_files}; {advice}"
             )
-        total = manifest.total_size
+        total = sum(entry.size for entry in new)
         if self.max_pending_bytes is not None and size + total > self.max_pending_bytes:
             raise QuotaExceeded(
                 f"too many pending bytes for {who}: {size} pending, this manifest adds "
@@ -354,8 +441,8 @@ class TransferEngine:
     @defer.inlineCallbacks
     def _ask_can_upload(
         self, adapter: HandlerAdapter, id_token: IdToken, entry: FileEntry, transfer_size: int
-    ) -> _Steps[str | None]:
-        """None when the handler accepts the file, else the refusal reason."""
+    ) -> _Steps[NotAuthorized | None]:
+        """None when the handler accepts the file, else the refusal (NameTaken for a name conflict)."""
         refusal = f"Upload error for file {entry.name}"
         try:
             file_info = entry.file_info()
@@ -364,8 +451,8 @@ class TransferEngine:
         except HandlerTimeout:
             raise
         except TransferError as error:
-            return f"{refusal}: {error.reason}"
-        return None if allowed else refusal
+            return _refusal(error, refusal)
+        return None if allowed else NotAuthorized(refusal)
 
     # -- uploads --------------------------------------------------------------
 
@@ -382,7 +469,9 @@ class TransferEngine:
 
         Fires with an :class:`UploadTicket` (the file is now receiving) or
         fails with FileNotFound, NotAuthorized, UploadConflict,
-        LengthRequired or LengthMismatch.
+        LengthRequired or LengthMismatch. A file its manifest found already
+        stored gives a ticket marked ``already_stored`` (the file stays
+        stored, the handler is not asked: the body is to be discarded).
         """
         adapter = self._adapter(prefix)
         record = self._live_record(transfer_key)
@@ -392,13 +481,17 @@ class TransferEngine:
         if id_token.person != record.owner_dn:
             raise NotAuthorized("this transfer belongs to another identity")
         state = self.transfers.states(record.key).get(entry.num, FileState.PENDING)
-        receiving = next_state(state, "begin")
+        found_stored = state is FileState.STORED and entry.num in record.already_stored
+        receiving = state if found_stored else next_state(state, "begin")
         if content_length is None:
             raise LengthRequired("Content-Length is required for a file upload")
         if content_length != entry.size:
             raise LengthMismatch(
                 f"Content-Length {content_length} differs from the manifest size {entry.size}"
             )
+        if found_stored:
+            # stored before the manifest came: the body is read and discarded, the answer a success
+            return UploadTicket(prefix, record.key, entry.num, entry, id_token, "", already_stored=True)
         if not self.transfers.transition(record.key, entry.num, state, receiving):
             # another connection (or worker process) moved it first, or it was cancelled
             now = self.transfers.states(record.key).get(entry.num)

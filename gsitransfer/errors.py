@@ -5,6 +5,7 @@ The hierarchy (the seed's names are the public contract)::
     TransferError                    base of everything below; ``reason`` is plain text
     ├── FileNotFound                 unknown prefix, transfer key, file number or file
     ├── NotAuthorized                the identity may not do this (handler or grid-mapfile)
+    │   └── NameTaken                a file of that name exists, or is being uploaded (a conflict)
     ├── UploadFailed                 an upload could not be accepted or completed
     │   ├── ManifestError            the manifest breaks a rule (unparsable, unsafe name, ...)
     │   │   └── ManifestTooLarge     the manifest body is over the size limit
@@ -44,6 +45,17 @@ class NotAuthorized(TransferError):
     """The identity is not allowed to do this."""
 
     default_reason = "not authorized"
+
+
+class NameTaken(NotAuthorized):
+    """The name is taken: a (different) file of that name exists or is being uploaded.
+
+    A handler's ``CanUpload`` or ``AddPendingUpload`` raises it, rather than
+    plain NotAuthorized, so that a strict client is told ``409`` (a conflict)
+    rather than ``403``.
+    """
+
+    default_reason = "a file of that name exists"
 
 
 class CredentialRefused(NotAuthorized):
@@ -122,6 +134,7 @@ __all__ = [
     "TransferError",
     "FileNotFound",
     "NotAuthorized",
+    "NameTaken",
     "CredentialRefused",
     "UploadFailed",
     "ManifestError",

@@ -56,17 +56,33 @@ class TransferRecord:
     manifest: Manifest
     created: float
     expires: float
+    #: files found already stored when the manifest was posted (manifest-time dedupe): they start
+    #: ``stored``, take no pending quota, and a body posted for one is read and discarded
+    already_stored: frozenset[int] = frozenset()
 
     def expired(self, now: float) -> bool:
         """True once the key's lifetime is over."""
         return now >= self.expires
+
+    def initial_state(self, num: int) -> FileState:
+        """The state file ``num`` starts in: stored if it was already stored, else pending."""
+        return FileState.STORED if num in self.already_stored else FileState.PENDING
+
+    def to_store(self) -> tuple[int, int]:
+        """(files, bytes) this transfer adds to its owner's pending totals (not the already stored)."""
+        files = size = 0
+        for entry in self.manifest.files:
+            if entry.num not in self.already_stored:
+                files += 1
+                size += entry.size
+        return files, size
 
 
 class TransferTable(Protocol):
     """Storage for transfer records and the state of each of their files."""
 
     def add(self, record: TransferRecord) -> None:
-        """Store a new record with every file pending."""
+        """Store a new record, each file in its ``initial_state`` (pending, or already stored)."""
 
     def get(self, key: str) -> TransferRecord | None:
         """The record, expired or not, or None."""
@@ -115,7 +131,7 @@ class MemoryTransferTable:
 
     def add(self, record: TransferRecord) -> None:
         self._records[record.key] = record
-        self._states[record.key] = {e.num: FileState.PENDING for e in record.manifest.files}
+        self._states[record.key] = {e.num: record.initial_state(e.num) for e in record.manifest.files}
 
     def get(self, key: str) -> TransferRecord | None:
         return self._records.get(key)
@@ -169,7 +185,7 @@ class MemoryTransferTable:
 def fits(totals: tuple[int, int], record: TransferRecord, max_files: int | None, max_bytes: int | None) -> bool:
     """True when ``record`` added to pending ``totals`` stays within the limits (None: no limit)."""
     files, size = totals
-    manifest = record.manifest
-    if max_files is not None and files + manifest.num_files > max_files:
+    new_files, new_bytes = record.to_store()
+    if max_files is not None and files + new_files > max_files:
         return False
-    return max_bytes is None or size + manifest.total_size <= max_bytes
+    return max_bytes is None or size + new_bytes <= max_bytes

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS transfers (
     owner_dn TEXT,
     manifest TEXT NOT NULL,
     created REAL NOT NULL,
-    expires REAL NOT NULL
+    expires REAL NOT NULL,
+    already_stored TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS transfer_files (
     key TEXT NOT NULL REFERENCES transfers(key) ON DELETE CASCADE,
@@ -107,6 +108,9 @@ class SQLiteTransferTable:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(transfer_files)")}
             if "holder" not in columns:  # tables made by 0.1 development builds
                 self._db.execute("ALTER TABLE transfer_files ADD COLUMN holder INTEGER")
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(transfers)")}
+            if "already_stored" not in columns:  # tables made before manifest-time dedupe
+                self._db.execute("ALTER TABLE transfers ADD COLUMN already_stored TEXT NOT NULL DEFAULT ''")
             if reset_receiving:
                 self._db.execute(
                     "UPDATE transfer_files SET state = ?, holder = NULL WHERE state = ?",
@@ -143,7 +147,8 @@ class SQLiteTransferTable:
 
     def _insert(self, record: TransferRecord) -> None:
         self._db.execute(
-            "INSERT INTO transfers VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO transfers (key, prefix, owner_dn, manifest, created, expires, already_stored) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 record.key,
                 record.prefix,
@@ -151,11 +156,12 @@ class SQLiteTransferTable:
                 manifest_to_json(record.manifest),
                 record.created,
                 record.expires,
+                " ".join(str(num) for num in sorted(record.already_stored)),
             ),
         )
         self._db.executemany(
             "INSERT INTO transfer_files (key, num, state) VALUES (?, ?, ?)",
-            [(record.key, e.num, FileState.PENDING.value) for e in record.manifest.files],
+            [(record.key, e.num, record.initial_state(e.num).value) for e in record.manifest.files],
         )
 
     def get(self, key: str) -> TransferRecord | None:
@@ -168,7 +174,7 @@ class SQLiteTransferTable:
             del self._cache[key]
             return None
         row = self._db.execute(
-            "SELECT key, prefix, owner_dn, manifest, created, expires FROM transfers WHERE key = ?",
+            "SELECT key, prefix, owner_dn, manifest, created, expires, already_stored FROM transfers WHERE key = ?",
             (key,),
         ).fetchone()
         if row is None:
@@ -214,7 +220,7 @@ class SQLiteTransferTable:
 
     def expired(self, now: float) -> list[TransferRecord]:
         rows = self._db.execute(
-            "SELECT key, prefix, owner_dn, manifest, created, expires FROM transfers "
+            "SELECT key, prefix, owner_dn, manifest, created, expires, already_stored FROM transfers "
             "WHERE expires <= ?",
             (now,),
         ).fetchall()
@@ -239,7 +245,7 @@ class SQLiteTransferTable:
 
     def records(self) -> Iterable[TransferRecord]:
         rows = self._db.execute(
-            "SELECT key, prefix, owner_dn, manifest, created, expires FROM transfers"
+            "SELECT key, prefix, owner_dn, manifest, created, expires, already_stored FROM transfers"
         ).fetchall()
         return [_record_from_row(row) for row in rows]
 
@@ -253,8 +259,8 @@ def _holder(state: FileState) -> int | None:
     return os.getpid() if state is FileState.RECEIVING else None
 
 
-def _record_from_row(row: tuple[str, str, str | None, str, float, float]) -> TransferRecord:
-    key, prefix, owner_dn, manifest_text, created, expires = row
+def _record_from_row(row: tuple[str, str, str | None, str, float, float, str]) -> TransferRecord:
+    key, prefix, owner_dn, manifest_text, created, expires, already_stored = row
     return TransferRecord(
         key=key,
         prefix=prefix,
@@ -262,4 +268,5 @@ def _record_from_row(row: tuple[str, str, str | None, str, float, float]) -> Tra
         manifest=manifest_from_json(manifest_text),
         created=created,
         expires=expires,
+        already_stored=frozenset(int(num) for num in already_stored.split()),
     )

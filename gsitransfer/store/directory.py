@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..errors import FileNotFound, NotAuthorized
+from ..errors import FileNotFound, NameTaken, NotAuthorized
 from ..filesink import FREE_SPACE_MARGIN, remove_stale_temporaries
 from ..handler import DownloadTarget, IBatchPendingHandler, IListingHandler, ITransferHandler
 from ..identity import IdToken
@@ -243,8 +243,8 @@ class DirectoryStore:
         """Seed ``CanUpload``: True for a new, safe name that fits on the disk.
 
         Raises NotAuthorized with the reason otherwise: unsafe or hidden name,
-        a file of that name exists, it is being uploaded (pending row younger
-        than ``pending_ttl``), or the transfer's files together
+        a file of that name exists or it is being uploaded (pending row younger
+        than ``pending_ttl``; both NameTaken, a conflict), or the transfer's files together
         (``transfer_size``) are larger than the free space.
         """
         name = file_info.get("name")
@@ -253,14 +253,14 @@ class DirectoryStore:
             raise NotAuthorized(f"refused: {unsafe}")
         assert isinstance(name, str)
         if os.path.lexists(os.path.join(self.root, name)):
-            raise NotAuthorized(f"a file named {name} already exists")
+            raise NameTaken(f"a file named {name} already exists")
         record = self.metadata.get(name)
         if record is not None:
             if record.state is FileState.STORED:
                 # stored, but the file has been removed since: the row is stale
                 self.metadata.delete_stored(name)
             elif self.clock() - record.created < self.pending_ttl:
-                raise NotAuthorized(f"a file named {name} is already being uploaded")
+                raise NameTaken(f"a file named {name} is already being uploaded")
         size = int(file_info.get("size", 0))
         self._check_free_space(name, max(size, int(file_info.get("transfer_size", size))))
         return True
@@ -284,14 +284,14 @@ class DirectoryStore:
         """
         now = self.clock()
         if not self.metadata.add_pending(filename, id_token.person, now, now - self.pending_ttl):
-            raise NotAuthorized(f"a file named {filename} is already being uploaded")
+            raise NameTaken(f"a file named {filename} is already being uploaded")
 
     def AddPendingUploads(self, id_token: IdToken, filenames: list[str]) -> None:
         """Batch ``AddPendingUpload`` (IBatchPendingHandler): all names or none, in one transaction."""
         now = self.clock()
         taken = self.metadata.add_pending_many(filenames, id_token.person, now, now - self.pending_ttl)
         if taken is not None:
-            raise NotAuthorized(f"a file named {taken} is already being uploaded")
+            raise NameTaken(f"a file named {taken} is already being uploaded")
 
     def GetUploadFilename(self, id_token: IdToken, file_info: Mapping[str, Any]) -> str | None:
         """Seed ``GetUploadFilename``: the final path if the name is pending for this DN, else None.

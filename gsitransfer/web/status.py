@@ -78,6 +78,7 @@ STATUS_FOR_ERROR: tuple[tuple[type[errors.TransferError], int], ...] = (
     (errors.ManifestTooLarge, 413),
     (errors.ManifestError, 400),
     (errors.FileNotFound, 404),
+    (errors.NameTaken, 409),
     (errors.NotAuthorized, 403),
     (errors.UploadConflict, 409),
     (errors.LengthRequired, 411),

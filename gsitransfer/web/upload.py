@@ -25,6 +25,11 @@ of a path already left)::
 * LOST -- the client went away: the temporary file is gone, the file is
   pending again (a decision that arrives later is undone).
 
+A file its manifest found already stored (manifest-time dedupe) goes the same
+way with a :class:`DiscardedBody` for its writer: the body is read and
+dropped, nothing is written, verified or completed, and the answer is the
+usual ``200`` (the stored file is untouched).
+
 A body larger than the site's ``offload_threshold`` is written, hashed and
 committed by worker threads (:class:`~.offload.OffloadedSink`); reading
 pauses while they are more than a few MiB behind. A smaller one is written at
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import enum
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -87,7 +93,7 @@ class UploadReceiver:
         self.body_in = False
         self.ticket: UploadTicket | None = None
         self.sink: FileSink | None = None
-        self.writer: InlineSink | OffloadedSink | None = None
+        self.writer: InlineSink | OffloadedSink | DiscardedBody | None = None
         self._early: list[bytes] = []
 
     def _move(self, event: str) -> bool:
@@ -119,8 +125,11 @@ class UploadReceiver:
             return
         self.ticket = ticket
         try:
-            self.sink = FileSink(ticket.final_path, ticket.entry.size)
-            self.writer = self._writer(self.sink, ticket.entry.size)
+            if ticket.already_stored:
+                self.writer = DiscardedBody()
+            else:
+                self.sink = FileSink(ticket.final_path, ticket.entry.size)
+                self.writer = self._writer(self.sink, ticket.entry.size)
             early, self._early = self._early, []
             for chunk in early:
                 self.writer.write(chunk)
@@ -201,6 +210,9 @@ class UploadReceiver:
     # -- VERIFYING ---------------------------------------------------------------
 
     def _verify(self, _: object) -> None:
+        if self.ticket is not None and self.ticket.already_stored:
+            self._completed(None)  # nothing written, nothing to verify: the file is stored
+            return
         ticket, sink, writer = self.ticket, self.sink, self.writer
         assert ticket is not None and sink is not None and writer is not None
         try:
@@ -247,7 +259,8 @@ class UploadReceiver:
         if url is not None:
             lines.append(f"url: {url}")
         _log.info(
-            "stored {name} ({size} bytes) for {dn}",
+            "{what} {name} ({size} bytes) for {dn}",
+            what="already stored (body discarded):" if ticket.already_stored else "stored",
             name=entry.name,
             size=entry.size,
             dn=ticket.id_token.dn or "anonymous",
@@ -283,6 +296,26 @@ class UploadReceiver:
             self.sink.discard()
 
 
+class DiscardedBody:
+    """The writer of a body for a file found already stored: counts the bytes, writes nothing."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    def write(self, data: bytes) -> None:
+        """Drop ``data``."""
+        self.received += len(data)
+
+    def drain(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+    def commit(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+    def discard(self) -> None:
+        """Nothing was written: nothing to remove."""
+
+
 def begin_upload(exchange: Exchange, control: BodyControl) -> UploadReceiver:
     """The upload verb's start: a receiver deciding about ``exchange``'s body."""
     receiver = UploadReceiver(exchange, control)
@@ -290,4 +323,4 @@ def begin_upload(exchange: Exchange, control: BodyControl) -> UploadReceiver:
     return receiver
 
 
-__all__ = ["TRANSITIONS", "UploadReceiver", "UploadState", "begin_upload"]
+__all__ = ["TRANSITIONS", "DiscardedBody", "UploadReceiver", "UploadState", "begin_upload"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -88,11 +88,34 @@ def buffered(answer: Answer, limit: Callable[[Exchange], int] | None = None) -> 
 
 
 def post_manifest(exchange: Exchange, body: bytes) -> None:
-    """``POST /<prefix>/manifest``: register the manifest (the seed's key: value answer)."""
+    """``POST /<prefix>/manifest``: register the manifest (the seed's key: value answer).
+
+    A refusal by the handler is ``200`` with ``return_code: 1`` (AccessGrid
+    clients read it so), unless the client sent ``Prefer: handling=strict``
+    (RFC 7240): then it is ``409`` for a name conflict, ``403`` otherwise,
+    with the ``error_reason`` as its one line, and every answer says
+    ``Preference-Applied: handling=strict``.
+    """
     route = exchange.route
     assert isinstance(route, ManifestRoute)
+    if prefers_strict(exchange.request.requestHeaders.getRawHeaders(b"prefer") or []):
+        exchange.request.setHeader(b"preference-applied", b"handling=strict")
+        answered = _strict_manifest_answered
+    else:
+        answered = _manifest_answered
     outcome = exchange.serving.engine.post_manifest(route.prefix, body, exchange.id_token)
-    _answer(exchange, outcome, _manifest_answered, "registering a manifest")
+    _answer(exchange, outcome, answered, "registering a manifest")
+
+
+def prefers_strict(values: Sequence[bytes]) -> bool:
+    """True when ``Prefer`` header values ask for ``handling=strict`` (RFC 7240 §4.4; names and values
+    case-insensitive, the value optionally quoted, parameters after ``;`` ignored)."""
+    for value in values:
+        for preference in value.split(b","):
+            name, _, token = preference.split(b";", 1)[0].partition(b"=")
+            if name.strip().lower() == b"handling" and token.strip().strip(b'"').lower() == b"strict":
+                return True
+    return False
 
 
 def manifest_limit(exchange: Exchange) -> int:
@@ -102,6 +125,13 @@ def manifest_limit(exchange: Exchange) -> int:
 
 def _manifest_answered(exchange: Exchange, outcome: ManifestOutcome) -> None:
     write_text(exchange.request, 200, outcome.to_text())
+
+
+def _strict_manifest_answered(exchange: Exchange, outcome: ManifestOutcome) -> None:
+    if outcome.accepted:
+        write_text(exchange.request, 200, outcome.to_text())
+    else:
+        refuse(exchange.request, outcome.refusal())
 
 
 def get_root(exchange: Exchange, body: bytes) -> None:
@@ -227,5 +257,6 @@ __all__ = [
     "get_transfer",
     "manifest_limit",
     "post_manifest",
+    "prefers_strict",
     "resolve_file",
 ]

@@ -80,11 +80,11 @@ def test_manifest_accepted(base):
 
 
 def test_manifest_refused_by_handler(base):
-    """A name that exists is refused: 200, return_code 1, the seed's error_reason."""
+    """A name that exists with other bytes is refused: 200, return_code 1, the seed's error_reason."""
     name = unique("dup")
     key = post_manifest(base, "data", [(name, b"abc")])
     assert request(base, "POST", f"/data/{key}/0", b"abc").status == 200
-    answer = request(base, "POST", "/data/manifest", manifest_for([(name, b"abc")]))
+    answer = request(base, "POST", "/data/manifest", manifest_for([(name, b"abd")]))
     assert answer.status == 200
     assert answer.fields()["return_code"] == "1"
     assert answer.fields()["error_reason"].startswith(f"Upload error for file {name}")

@@ -88,9 +88,11 @@ def test_register_and_lookup(engine, clock):
 
 
 def test_manifest_accepted_calls_handler_in_order(engine, handler):
-    """CanUpload for every file, then AddPendingUpload for every file."""
+    """GetDownloadFilename (already stored?), then CanUpload, then AddPendingUpload, each for every file."""
     post(engine)
-    assert [c[0] for c in handler.calls] == ["CanUpload", "CanUpload", "AddPendingUpload", "AddPendingUpload"]
+    assert [c[0] for c in handler.calls] == [
+        "GetDownloadFilename", "GetDownloadFilename", "CanUpload", "CanUpload", "AddPendingUpload", "AddPendingUpload"
+    ]
 
 
 def test_manifest_refused_registers_nothing(clock):

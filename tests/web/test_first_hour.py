@@ -185,3 +185,90 @@ def test_a_given_public_url_wins(tmp_path):
 def test_host_values_not_believed(value):
     """Host values that are not a valid host[:port] are refused (None)."""
     assert valid_host(value) is None
+
+
+def fields_of(output: bytes) -> dict[str, str]:
+    """The ``key: value`` lines of one answer's body."""
+    return dict(line.split(": ", 1) for line in split(output)[2].decode().splitlines())
+
+
+def post_manifest(conn: SiteConnection, files: list[tuple[str, bytes]], *headers: str) -> bytes:
+    """The whole answer to a manifest of ``files`` (``headers``: more header lines)."""
+    body = Manifest.of(*((n, len(d), hashlib.md5(d).hexdigest()) for n, d in files)).to_ini().encode()
+    head = "\r\n".join(["POST /data/manifest HTTP/1.1", "Host: t", f"Content-Length: {len(body)}", *headers])
+    conn.transport.clear()
+    conn.send(head.encode() + b"\r\n\r\n" + body)
+    return conn.output()
+
+
+def post_body(conn: SiteConnection, key: str, num: int, data: bytes) -> bytes:
+    """The whole answer to file ``num``'s body."""
+    conn.transport.clear()
+    conn.send(b"POST /data/%s/%d HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (key.encode(), num, len(data), data))
+    return conn.output()
+
+
+def test_already_stored_file_body_is_discarded_and_answered_as_stored(tmp_path):
+    """Re-uploading an identical file: already_stored in the manifest answer; its body, posted anyway, is discarded
+    with the normal 200 answer; the stored file is untouched and nothing else is written."""
+    server = make_server(tmp_path, True)
+    conn = SiteConnection(server.site())
+    first = fields_of(post_manifest(conn, [("results.csv", BODY)]))
+    first_answer = post_body(conn, first["transfer_key"], 0, BODY)
+    stored = tmp_path / "store" / "results.csv"
+    before = stored.stat()
+    again = post_manifest(conn, [("notes.txt", b"n"), ("results.csv", BODY)])
+    lines = split(again)[2].decode().splitlines()
+    assert lines[0] == "return_code: 0" and lines[1].startswith("transfer_key: ") and lines[2:] == ["already_stored: 1"]
+    key = lines[1].split(": ")[1]
+    different = b"X" * len(BODY)  # an AccessGrid client ignoring already_stored sends its bytes: never written
+    answer = post_body(conn, key, 1, different)
+    assert split(answer)[0] == b"HTTP/1.1 200 OK"
+    assert split(answer)[2] == split(first_answer)[2]
+    after = stored.stat()
+    assert (after.st_ino, after.st_mtime_ns, stored.read_bytes()) == (before.st_ino, before.st_mtime_ns, BODY)
+    assert sorted(p.name for p in (tmp_path / "store").iterdir() if not p.name.startswith(".gsitransfer-store")) == [
+        "results.csv"
+    ]
+    conn.transport.clear()
+    conn.send(get(f"/data/{key}"))
+    assert [f["state"] for f in json.loads(split(conn.output())[2])["files"]] == ["pending", "stored"]
+
+
+class Refusing(DirectoryStore):
+    """A store whose CanUpload says no (False: a refusal that is no conflict)."""
+
+    def CanUpload(self, id_token, file_info):
+        return False
+
+
+@pytest.mark.parametrize("prefer", ["Prefer: handling=strict", "Prefer: respond-async, HANDLING=\"Strict\"; x=1"])
+def test_strict_manifest_refusals_are_statuses(tmp_path, prefer):
+    """Prefer: handling=strict turns a return_code 1 refusal into 409 (name taken) or 403 (other refusal), one line,
+    with Preference-Applied; a success stays 200 and says Preference-Applied too."""
+    server = make_server(tmp_path, True)
+    server.RegisterPrefix("no", Refusing(str(tmp_path / "no")))
+    conn = SiteConnection(server.site())
+    ok = post_manifest(conn, [("results.csv", BODY)], prefer)
+    status, headers, _ = split(ok)
+    assert status == b"HTTP/1.1 200 OK" and headers[b"preference-applied"] == b"handling=strict"
+    post_body(conn, fields_of(ok)["transfer_key"], 0, BODY)
+    taken = post_manifest(conn, [("results.csv", b"other bytes")], prefer)
+    status, headers, body = split(taken)
+    assert status == b"HTTP/1.1 409 Conflict" and headers[b"preference-applied"] == b"handling=strict"
+    assert body == b"Upload error for file results.csv: a file named results.csv already exists\n"
+    conn.transport.clear()
+    manifest = Manifest.of(("x.csv", 1, hashlib.md5(b"x").hexdigest())).to_ini().encode()
+    conn.send(b"POST /no/manifest HTTP/1.1\r\nHost: t\r\n%s\r\nContent-Length: %d\r\n\r\n%s" % (prefer.encode(), len(manifest), manifest))
+    status, headers, body = split(conn.output())
+    assert status == b"HTTP/1.1 403 Forbidden" and body == b"Upload error for file x.csv\n"
+
+
+def test_without_prefer_a_refusal_stays_200_return_code_1(tmp_path):
+    """AccessGrid compatibility: no Prefer header, a refused manifest is 200 with return_code 1 and no Preference-Applied."""
+    server = make_server(tmp_path, True)
+    conn = SiteConnection(server.site())
+    post_body(conn, fields_of(post_manifest(conn, [("results.csv", BODY)]))["transfer_key"], 0, BODY)
+    status, headers, body = split(post_manifest(conn, [("results.csv", b"other bytes")], "Prefer: handling=lenient"))
+    assert status == b"HTTP/1.1 200 OK" and b"preference-applied" not in headers
+    assert body == b"return_code: 1\nerror_reason: Upload error for file results.csv: a file named results.csv already exists\n"

@@ -71,7 +71,8 @@ def test_upload_and_download_as_the_certificate_says(server, pki):
     assert downloaded.startswith(b"HTTP/1.1 200") and downloaded.endswith(BODY)
     assert {dn for _, dn, _ in handler.calls} == {alice.dn}
     assert [name for name, _, _ in handler.calls] == [
-        "CanUpload", "AddPendingUpload", "GetUploadFilename", "CompleteUpload", "GetDownloadFilename",
+        "GetDownloadFilename", "CanUpload", "AddPendingUpload", "GetUploadFilename", "CompleteUpload",
+        "GetDownloadFilename",
     ]
 
 
