@@ -110,7 +110,13 @@ class SQLiteTransferTable:
                 self._db.execute("ALTER TABLE transfer_files ADD COLUMN holder INTEGER")
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(transfers)")}
             if "already_stored" not in columns:  # tables made before manifest-time dedupe
-                self._db.execute("ALTER TABLE transfers ADD COLUMN already_stored TEXT NOT NULL DEFAULT ''")
+                try:
+                    self._db.execute("ALTER TABLE transfers ADD COLUMN already_stored TEXT NOT NULL DEFAULT ''")
+                except sqlite3.OperationalError:
+                    # another process sharing the file (--workers) added it first
+                    columns = {row[1] for row in self._db.execute("PRAGMA table_info(transfers)")}
+                    if "already_stored" not in columns:
+                        raise
             if reset_receiving:
                 self._db.execute(
                     "UPDATE transfer_files SET state = ?, holder = NULL WHERE state = ?",

@@ -6,6 +6,7 @@ Real DirectoryStores on disk, both transfer tables; no reactor (the store answer
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from pathlib import Path
 from typing import Any, Callable
 
@@ -178,3 +179,23 @@ def test_no_md5_known_is_the_old_behaviour(tmp_path):
     upload(engine, [("old.txt", OLD)])
     outcome = result_of(engine.post_manifest("data", manifest([("old.txt", OLD)]), ALICE))
     assert not outcome.accepted and "already exists" in str(outcome.error_reason)
+
+
+def test_a_table_from_before_dedupe_is_upgraded(tmp_path):
+    """A transfers database without the already_stored column gains it on open; its keys read as before."""
+    path = str(tmp_path / "old.db")
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE transfers (key TEXT PRIMARY KEY, prefix TEXT NOT NULL, owner_dn TEXT, manifest TEXT NOT NULL,"
+        " created REAL NOT NULL, expires REAL NOT NULL);"
+        "CREATE TABLE transfer_files (key TEXT NOT NULL, num INTEGER NOT NULL, state TEXT NOT NULL, holder INTEGER,"
+        " PRIMARY KEY (key, num));"
+        "INSERT INTO transfers VALUES ('k', 'data', NULL, '[[\"a.txt\",1,\"" + md5(b"a") + "\",[]]]', 0, 1e12);"
+        "INSERT INTO transfer_files VALUES ('k', 0, 'pending', NULL);"
+    )
+    db.commit()
+    db.close()
+    table = SQLiteTransferTable(path)
+    record = table.get("k")
+    assert record is not None and record.already_stored == frozenset()
+    assert table.states("k") == {0: FileState.PENDING}
