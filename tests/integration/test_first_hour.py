@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import ssl
 import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -153,3 +155,19 @@ def test_urls_name_the_host_the_client_used(server, tmp_path):
     answer = fields(curl("-X", "POST", "-T", str(data), f"{base}/{key}/0").stdout)
     assert answer["url"] == f"http://localhost:{port}/data/local.csv"
     assert json.loads(curl(f"{base}/{key}").stdout)["files"][0]["url"] == answer["url"]
+
+
+def test_cli_upload_to_localhost_prints_localhost_urls(server, tmp_path):
+    """The real gsitransfer command uploading to http://localhost:PORT prints the file's URL on localhost."""
+    port = server.url().rsplit(":", 1)[1]
+    data = tmp_path / "cli.csv"
+    data.write_bytes(b"from the command line\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("X509_")}
+    env["HOME"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "gsitransfer.cli", "upload", f"http://localhost:{port}/data", str(data)],
+        capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"http://localhost:{port}/data/cli.csv" in result.stdout
+    assert "127.0.0.1" not in result.stdout
