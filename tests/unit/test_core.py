@@ -370,3 +370,16 @@ def test_facade_has_no_second_core():
     server = TransferServer()
     for name in ("post_manifest", "begin_upload", "resolve_download_now", "transfer_status", "expire_transfers"):
         assert not hasattr(server, name) and callable(getattr(server.engine, name))
+
+
+def test_unknown_prefix_is_a_failed_deferred_naming_the_prefixes(engine):
+    """list_files on an unknown prefix fails its Deferred (it raised at the call: a 500), naming the prefixes."""
+    listing = engine.list_files("dta", ALICE)
+    with pytest.raises(FileNotFound, match=r"^no such prefix /dta/; this server has /data/$"):
+        result_of(listing)
+    with pytest.raises(FileNotFound, match="this server has /data/"):
+        engine.check_prefix("dta")
+    engine.check_prefix("data")
+    engine.unregister("data")
+    with pytest.raises(FileNotFound, match=r"^no such prefix /data/; this server has no prefixes$"):
+        result_of(engine.post_manifest("data", MANIFEST, ALICE))
