@@ -3,7 +3,9 @@
 ::
 
     gsitransfer upload https://host:8443/data results/*.csv
+    gsitransfer upload https://host:8443/data/new-name.csv results.csv   (or --as new-name.csv)
     gsitransfer download https://host:8443/data/results.csv [DEST]
+    gsitransfer download https://host:8443/data/a.csv https://host:8443/data/b.csv DEST/
     gsitransfer ls https://host:8443/data
     gsitransfer status https://host:8443/data/<transfer_key>
     gsitransfer cancel https://host:8443/data/<transfer_key>
@@ -19,10 +21,12 @@ drive the terminal. The work is done by
 :mod:`gsitransfer.client.sync` (the Twisted client with its reactor in a
 daemon thread).
 
-Exit statuses: 0 success; 1 the server refused or a transfer failed (HTTP
-error, handler refusal, checksum); 2 bad usage; 3 credential or trust
-problem; 4 server unreachable, TLS refused, connection lost; 130
-interrupted.
+Exit statuses: 0 success (files the server already had count as
+success); 1 the server refused or a transfer failed (HTTP error, handler
+refusal of the manifest, checksum); 2 bad usage (options, and URLs that
+cannot mean what is asked: no prefix, a prefix to download); 3 credential or
+trust problem; 4 server unreachable, TLS refused, plain HTTP on an https://
+URL, connection lost; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import re
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Callable, Mapping, Sequence, TextIO, TypeVar
 
 from treq.client import HTTPClient
@@ -46,8 +51,10 @@ from .client.errors import (
     TLSRefused,
     UploadIncomplete,
     UploadRefused,
+    UsageError,
 )
 from .client.credentials import terminal_prompt
+from .client.results import DownloadReport
 from .client.progress import NullProgress, ProgressListener, TerminalProgress
 from .client.session import make_http_client
 from .client.text import json_text, printable, printable_lines
@@ -68,9 +75,11 @@ phrase). Trusted CAs: --ca-dir/--ca-file, else $X509_CERT_DIR, else
 """
 
 _EPILOG = """\
-exit status: 0 success; 1 refused or failed transfer; 2 bad usage;
-3 credential or trust problem; 4 unreachable server, TLS refusal or lost
-connection; 130 interrupted.  See docs/client.md.
+exit status: 0 success (already stored files included); 1 refused or failed
+transfer (a refused manifest too); 2 bad usage (a URL with no prefix, a prefix
+to download); 3 credential or trust problem; 4 unreachable server, TLS refusal,
+plain HTTP on an https:// URL, or lost connection; 130 interrupted.
+See docs/client.md.
 """
 
 
@@ -152,23 +161,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     upload = command("upload", "upload files", (
         "Compute each file's MD5, post the manifest, send the files (-j at once), re-send a file\n"
-        "whose checksum failed, and print where each file can be downloaded."))
-    upload.add_argument("url", metavar="URL", help="upload URL, e.g. https://host:8443/data")
+        "whose checksum failed, and print where each file can be downloaded. A file the server\n"
+        "already has (same name, size and MD5) is not sent again."))
+    upload.add_argument("url", metavar="URL", help=(
+        "the prefix, e.g. https://host:8443/data; or the prefix and a new name for one FILE, "
+        "e.g. https://host:8443/data/new-name.csv"))
     upload.add_argument("files", metavar="FILE", nargs="+", help="files to upload (they keep their names)")
+    upload.add_argument("--as", dest="as_name", metavar="NAME", help="store the one FILE under NAME")
     upload.add_argument("--retries", type=_count, default=3, metavar="N",
                         help="re-sends of a file refused with 422 or cut off (default 3)")
     upload.add_argument("--transfer-key", metavar="KEY",
                         help="send FILEs as the pending files of this existing transfer (no new manifest)")
     upload.set_defaults(run=_upload)
 
-    download = command("download", "download a file", (
+    download = command("download", "download files", (
         "Stream a file to .<name>.gsitransfer-download beside DEST, resume an interrupted download\n"
-        "with Range, verify the MD5 (Repr-Digest or --md5), then move it into place."))
-    download.add_argument("url", metavar="URL", help="file URL, e.g. https://host:8443/data/results.csv")
-    download.add_argument("dest", metavar="DEST", nargs="?",
-                          help="destination file or directory (default: the current directory)")
-    download.add_argument("--md5", type=_md5, help="expected MD5 (hex), checked instead of the server's")
-    download.add_argument("--size", type=_count, help="expected size in bytes")
+        "with Range, verify the MD5 (Repr-Digest or --md5), then move it into place. Several URLs\n"
+        "are downloaded one after the other into the directory DEST (default: the current one)."))
+    download.add_argument("targets", metavar="URL [URL...] [DEST]", nargs="+", help=(
+        "file URLs, e.g. https://host:8443/data/results.csv, then the destination file or directory "
+        "(default: the current directory; a directory when there are several URLs)"))
+    download.add_argument("--md5", type=_md5, help="expected MD5 (hex), checked instead of the server's (one URL)")
+    download.add_argument("--size", type=_count, help="expected size in bytes (one URL)")
     download.add_argument("--no-resume", dest="resume", action="store_false",
                           help="start again even if a partial download is there")
     download.add_argument("--retries", type=_count, default=2, metavar="N",
@@ -277,20 +291,65 @@ def _upload(console: Console) -> int:
     http = _http_client(console, options.url)
     report = _with_progress(console, lambda progress: sync.call(
         api.upload_files, options.url, options.files, http=http, progress=progress,
-        jobs=options.jobs, retries=options.retries, transfer_key=options.transfer_key,
+        jobs=options.jobs, retries=options.retries, transfer_key=options.transfer_key, name=options.as_name,
     ))
     console.result(output.upload_lines(report), output.upload_json(report))
     return EXIT_OK
 
 
+def _is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
+
+
+def _download_plan(options: argparse.Namespace) -> tuple[list[str], str | None]:
+    """(the URLs, DEST or None) of ``download URL [URL...] [DEST]``; UsageError when they cannot work."""
+    targets: list[str] = list(options.targets)
+    if len(targets) > 1 and not _is_url(targets[-1]):
+        urls, dest = targets[:-1], targets[-1]
+    else:
+        urls, dest = targets, None
+    if len(urls) > 1:
+        if options.md5 is not None or options.size is not None:
+            raise UsageError("--md5 and --size are for one URL: download the files one at a time to check them")
+        if dest is not None and not Path(dest).is_dir():
+            raise UsageError(f"DEST must be a directory when downloading several files: {dest} is not one")
+    return urls, dest
+
+
 def _download(console: Console) -> int:
     options = console.options
-    http = _http_client(console, options.url)
-    report = _with_progress(console, lambda progress: sync.call(
-        api.download_file, options.url, options.dest, options.size, options.md5, http=http,
-        progress=progress, resume=options.resume, retries=options.retries,
-    ))
-    console.result(output.download_lines(report), output.download_json(report))
+    urls, dest = _download_plan(options)
+    clients: dict[bool, HTTPClient] = {}
+
+    def one(url: str) -> DownloadReport:
+        tls = url.startswith("https:")
+        if tls not in clients:
+            clients[tls] = _http_client(console, url)
+        return _with_progress(console, lambda progress: sync.call(
+            api.download_file, url, dest, options.size, options.md5, http=clients[tls],
+            progress=progress, resume=options.resume, retries=options.retries,
+        ))
+
+    if len(urls) == 1:
+        report = one(urls[0])
+        console.result(output.download_lines(report), output.download_json(report))
+        return EXIT_OK
+    reports: list[DownloadReport] = []
+    failures: list[tuple[str, ClientError]] = []
+    for url in urls:
+        try:
+            reports.append(one(url))
+        except ClientError as error:
+            failures.append((url, error))
+            console.error(f"{url}: {error.message}")
+    lines = [line for report in reports for line in output.download_lines(report)]
+    data: dict[str, object] = {"downloads": [output.download_json(report) for report in reports],
+                               "errors": [{"url": url, "error": error.message, "exit_code": error.exit_code}
+                                          for url, error in failures]}
+    console.result(lines, data)
+    if failures:
+        console.error(f"{len(failures)} of {len(urls)} downloads failed")
+        return failures[0][1].exit_code
     return EXIT_OK
 
 
@@ -324,7 +383,7 @@ def report_error(console: Console, error: ClientError) -> None:
     """One line per problem on stderr (and a JSON document on stdout with --json)."""
     lines: list[str]
     if isinstance(error, UploadRefused):
-        lines = list(error.reasons)
+        lines = list(error.reasons) + list(error.hints)
     elif isinstance(error, UploadIncomplete):
         lines = [f"{f.name}: {f.error}" for f in error.report.files if f.error is not None] + [error.message]
     elif isinstance(error, TLSRefused) and error.side == "server" and console.credential_hint:
@@ -334,7 +393,7 @@ def report_error(console: Console, error: ClientError) -> None:
     for line in lines:
         console.error(line)
     if console.options.json:
-        data: dict[str, object] = {"error": lines[-1] if len(lines) == 1 else lines, "exit_code": error.exit_code}
+        data: dict[str, object] = {"error": lines[0] if len(lines) == 1 else lines, "exit_code": error.exit_code}
         if isinstance(error, UploadIncomplete):
             data.update(output.upload_json(error.report))
         console.json(data)

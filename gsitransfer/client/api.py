@@ -37,7 +37,7 @@ from .credentials import DEFAULT_PROXY_DIR, PassphrasePrompt, find_credential, f
 from .download import DownloadJob, destination
 from .errors import ClientError
 from .progress import ProgressListener, as_listener
-from .queries import cancel, fetch_listing, fetch_status
+from .queries import cancel, fetch_listing, fetch_status, require_prefix
 from .results import (
     DownloadReport,
     Listing,
@@ -50,6 +50,7 @@ from .results import (
 from .session import IClientReactor, RunBlocking, Session, make_http_client
 from .tls import GSIClientPolicy
 from .upload import OpenBody, UploadJob, open_for_upload
+from .urls import download_source
 
 #: a progress listener, a plain ``callback(name, done_bytes, total_bytes)``, or None
 Progress = ProgressListener | Callable[[str, int, int | None], object] | None
@@ -110,6 +111,17 @@ def _run(coroutine: Coroutine[Deferred[Any], Any, _Result]) -> Deferred[_Result]
     return Deferred.fromCoroutine(coroutine)
 
 
+async def _with_prefix(session: Session, url: str, command: str,
+                       work: Coroutine[Deferred[Any], Any, _Result]) -> _Result:
+    """``work``'s result, once ``url`` is known to name a prefix (NoPrefix otherwise)."""
+    try:
+        await require_prefix(session, url, command)
+    except BaseException:
+        work.close()
+        raise
+    return await work
+
+
 # ---------------------------------------------------------------------------
 # Operations (the work is done by upload.py, download.py and queries.py)
 # ---------------------------------------------------------------------------
@@ -124,13 +136,18 @@ def upload_files(
     jobs: int = 4,
     retries: int = 3,
     transfer_key: str | None = None,
+    name: str | None = None,
     reactor: IClientReactor | None = None,
     run_blocking: RunBlocking | None = None,
     open_body: OpenBody | None = None,
 ) -> "Deferred[UploadReport]":
     """Upload ``paths`` to ``url`` (``https://host:8443/<prefix>``); fires with an UploadReport.
 
-    The files keep their base names. ``jobs`` bodies are sent at once; a
+    The files keep their base names; one file may be stored under another
+    ``name``, or under the last segment of ``https://host:8443/<prefix>/NAME``.
+    A file the server reports already stored (same name, size and MD5: the
+    manifest answer's ``already_stored``) is not sent and counts as success.
+    ``jobs`` bodies are sent at once; a
     body refused with ``422`` (checksum mismatch) or cut by the network is
     sent again up to ``retries`` times. With ``transfer_key`` the files are
     sent as the pending files of that existing transfer (no new manifest;
@@ -139,11 +156,12 @@ def upload_files(
     """
     try:
         session = _session(url, http, reactor, run_blocking, pool_size=jobs)
-        job = UploadJob(session, _base(url), as_listener(progress), max(jobs, 1), max(retries, 0),
+        _base(url)
+        job = UploadJob(session, url, as_listener(progress), max(jobs, 1), max(retries, 0),
                         open_body or open_for_upload)
     except Exception:
         return defer.fail()
-    return _run(job.run([Path(p) for p in paths], transfer_key))
+    return _run(job.run([Path(p) for p in paths], transfer_key, name))
 
 
 def download_file(
@@ -162,6 +180,10 @@ def download_file(
 ) -> "Deferred[DownloadReport]":
     """Download ``url`` to ``dest`` (a file, a directory, or None: the current directory).
 
+    A URL that names no file -- no prefix, a prefix, a path ending in ``/``,
+    or one the server answers with a listing -- is refused (``NoPrefix``,
+    ``NotAFile``) and nothing is saved.
+
     The body goes to ``.<name>.gsitransfer-download`` beside the destination
     and is renamed into place only when complete and its MD5 matches
     ``checksum`` (or the server's ``Repr-Digest``). An interrupted download
@@ -171,11 +193,17 @@ def download_file(
     """
     try:
         session = _session(url, http, reactor, run_blocking, pool_size=1)
-        job = DownloadJob(session, _base(url), destination(url, dest), size,
-                          checksum.lower() if checksum else None, as_listener(progress))
+        base = _base(url)
     except Exception:
         return defer.fail()
-    return _run(job.run(resume, max(retries, 0), retry_delay))
+
+    async def run() -> DownloadReport:
+        download_source(await require_prefix(session, url, "download"))
+        job = DownloadJob(session, base, destination(url, dest), size,
+                          checksum.lower() if checksum else None, as_listener(progress))
+        return await job.run(resume, max(retries, 0), retry_delay)
+
+    return _run(run())
 
 
 def list_files(url: str, *, http: HTTPClient | None = None, reactor: IClientReactor | None = None) -> "Deferred[Listing]":
@@ -185,7 +213,7 @@ def list_files(url: str, *, http: HTTPClient | None = None, reactor: IClientReac
         base = _base(url)
     except Exception:
         return defer.fail()
-    return _run(fetch_listing(session, base))
+    return _run(_with_prefix(session, url, "ls", fetch_listing(session, base)))
 
 
 def transfer_status(url: str, *, http: HTTPClient | None = None, reactor: IClientReactor | None = None) -> "Deferred[TransferStatus]":
@@ -195,7 +223,7 @@ def transfer_status(url: str, *, http: HTTPClient | None = None, reactor: IClien
         base = _base(url)
     except Exception:
         return defer.fail()
-    return _run(fetch_status(session, base))
+    return _run(_with_prefix(session, url, "status", fetch_status(session, base)))
 
 
 def cancel_transfer(url: str, *, http: HTTPClient | None = None, reactor: IClientReactor | None = None) -> "Deferred[str]":
@@ -205,7 +233,7 @@ def cancel_transfer(url: str, *, http: HTTPClient | None = None, reactor: IClien
         base = _base(url)
     except Exception:
         return defer.fail()
-    return _run(cancel(session, base))
+    return _run(_with_prefix(session, url, "cancel", cancel(session, base)))
 
 
 __all__ = [

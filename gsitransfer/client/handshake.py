@@ -63,6 +63,22 @@ def is_tls_error(error: BaseException) -> bool:
     return isinstance(error, SSL.Error)
 
 
+def speaks_no_tls(error: BaseException) -> bool:
+    """True when the handshake failed because the peer's answer is not TLS (plain HTTP, say).
+
+    OpenSSL says ``wrong version number`` (or ``packet length too long``,
+    ``record layer failure``) when the first bytes it reads are not a TLS
+    record, as when a plain-HTTP port answers ``HTTP/1.1 400``.
+    """
+    if isinstance(error, ServerCertificateRejected):
+        return False
+    texts = _openssl_reasons(error)
+    if any("alert " in text for text in texts):
+        return False
+    joined = "; ".join(texts) or str(error)
+    return any(marker in joined for marker in _NOT_TLS)
+
+
 def describe_refusal(error: BaseException) -> Refusal:
     """Which side refused the handshake that failed with ``error``, and why."""
     if isinstance(error, ServerCertificateRejected):
@@ -91,4 +107,4 @@ def _openssl_reasons(error: BaseException) -> list[str]:
     return [" ".join(text.split()).lower() for text in texts if text]
 
 
-__all__ = ["Refusal", "ServerCertificateRejected", "describe_refusal", "is_tls_error"]
+__all__ = ["Refusal", "ServerCertificateRejected", "describe_refusal", "is_tls_error", "speaks_no_tls"]

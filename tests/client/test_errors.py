@@ -127,14 +127,19 @@ def test_server_name_mismatch(run_cli, misnamed, test_pki):
 # -- the handler and the protocol's statuses ------------------------------------------------------
 
 
-def test_handler_refusal_one_line_per_file(run_cli, servers, test_pki, tmp_path):
-    """A manifest refused by the handler prints its error_reason; exit 1."""
+def test_handler_refusal_one_line_per_file_and_a_hint(run_cli, servers, test_pki, tmp_path):
+    """Another file under a taken name: the handler's error_reason, then what to do about it; exit 1."""
     env = tls_env(tmp_path, test_pki)
     [path] = make_files(tmp_path, 1, 100)
     assert run_cli("upload", f"{servers.https}/data", str(path), env=env).returncode == 0
+    path.write_bytes(b"another content under the same name")
     again = run_cli("upload", f"{servers.https}/data", str(path), env=env)
-    assert again.returncode == 1
-    assert one_line(again) == f"Upload error for file {path.name}: a file named {path.name} already exists"
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert again.stderr.splitlines() == [
+        f"gsitransfer: Upload error for file {path.name}: a file named {path.name} already exists",
+        "gsitransfer: hint: a different file is stored under that name: upload under another name "
+        "(--as NEWNAME) or ask the server's administrator to remove it",
+    ]
 
 
 def test_403_not_the_owner(run_cli, servers, test_pki, tmp_path):
