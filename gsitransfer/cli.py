@@ -48,6 +48,7 @@ from .client.errors import (
     EXIT_OK,
     EXIT_USAGE,
     ClientError,
+    NotTLS,
     TLSRefused,
     UploadIncomplete,
     UploadRefused,
@@ -325,10 +326,13 @@ def _download(console: Console) -> int:
         tls = url.startswith("https:")
         if tls not in clients:
             clients[tls] = _http_client(console, url)
-        return _with_progress(console, lambda progress: sync.call(
-            api.download_file, url, dest, options.size, options.md5, http=clients[tls],
-            progress=progress, resume=options.resume, retries=options.retries,
-        ))
+        try:
+            return _with_progress(console, lambda progress: sync.call(
+                api.download_file, url, dest, options.size, options.md5, http=clients[tls],
+                progress=progress, resume=options.resume, retries=options.retries,
+            ))
+        except NotTLS as error:
+            raise error.for_url(url) from None
 
     if len(urls) == 1:
         report = one(urls[0])
@@ -415,6 +419,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     except ClientError as error:
         if options.debug:
             console.print_traceback()
+        if isinstance(error, NotTLS) and isinstance(getattr(options, "url", None), str):
+            error = error.for_url(options.url)
         report_error(console, error)
         return error.exit_code
     except KeyboardInterrupt:

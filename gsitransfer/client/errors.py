@@ -97,6 +97,15 @@ class NotTLS(TLSRefused):
         self.side = "client"
         self.reason = self.message
 
+    @classmethod
+    def at(cls, url: str) -> "NotTLS":
+        """The error for ``url`` (``https://``): its ``host:port`` and the same URL with ``http://``."""
+        return cls(_where(url), urlunsplit(("http", *urlsplit(url)[1:])))
+
+    def for_url(self, url: str) -> "NotTLS":
+        """The same error told with the URL the user gave (not the request's, ``.../manifest``)."""
+        return NotTLS.at(url) if urlsplit(url).scheme == "https" else self
+
 
 class DownloadInterrupted(ConnectionFailed):
     """The download stopped at ``received`` of ``total`` bytes; the partial file is kept."""
@@ -230,7 +239,7 @@ def explain(failure: Failure | BaseException, url: str) -> BaseException:
     tls = _first_tls_error(value)
     if tls is not None:
         if urlsplit(url).scheme == "https" and speaks_no_tls(tls):
-            return NotTLS(_where(url), urlunsplit(("http", *urlsplit(url)[1:])))
+            return NotTLS.at(url)
         return tls_refused(tls)
     return _explain_network(value, url)
 

@@ -73,14 +73,16 @@ def test_server_refuses_our_certificate(run_cli, servers, test_pki, user, why):
     assert one_line(result) == f"TLS: the server refused us: {why} (our credential: {files.cert})"
 
 
-def test_expired_proxy(run_cli, servers, test_pki):
-    """An expired proxy is caught before connecting: when, and what to do. Exit 3."""
+def test_expired_proxy(run_cli, servers, test_pki, tmp_path):
+    """An expired proxy named by X509_USER_PROXY is caught before connecting: renew that file. Exit 3."""
     proxy = test_pki.users["alice"].expired_proxy
-    result = run_cli("ls", "--proxy", str(proxy), "--ca-dir", str(test_pki.ca_dir), f"{servers.https}/data")
+    env = {**tls_env(tmp_path, test_pki), "X509_USER_PROXY": str(proxy)}
+    result = run_cli("ls", f"{servers.https}/data", env=env)
     assert result.returncode == 3
     line = one_line(result)
-    assert line.startswith(f"your proxy {test_pki.users['alice'].dn}/CN=") and line.endswith(": run grid-proxy-init")
-    assert f"in {proxy} expired on " in line
+    assert line.startswith(f"your proxy {proxy} expired at ")
+    assert line.endswith(f" UTC: renew it with grid-proxy-init -out {proxy} "
+                         f"(this test CA's: scripts/make-test-ca --out {test_pki.directory} --renew alice)")
 
 
 # -- TLS: we refuse the server ------------------------------------------------------------------
