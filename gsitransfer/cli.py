@@ -59,7 +59,7 @@ from .client.results import DownloadReport
 from .client.progress import NullProgress, ProgressListener, TerminalProgress
 from .client.session import make_http_client
 from .client.text import json_text, printable, printable_lines
-from .client.tls import GSIClientPolicy
+from .client.tls import HANDSHAKE_TIMEOUT, GSIClientPolicy
 
 PROG = "gsitransfer"
 
@@ -106,6 +106,16 @@ def _whole_number(text: str, minimum: int) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {text}")
+    return value
+
+
 def _positive(text: str) -> int:
     return _whole_number(text, 1)
 
@@ -116,7 +126,7 @@ def _count(text: str) -> int:
 
 _DEFAULTS: dict[str, object] = {
     "cert": None, "key": None, "proxy": None, "ca_dir": None, "ca_file": None,
-    "verbose": False, "quiet": False, "json": False, "debug": False, "jobs": 4,
+    "verbose": False, "quiet": False, "json": False, "debug": False, "jobs": 4, "handshake_timeout": HANDSHAKE_TIMEOUT,
 }
 
 
@@ -132,6 +142,8 @@ def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     group.add_argument("--ca-dir", metavar="DIR", default=default,
                        help="trusted CAs, Globus layout (<hash>.0, <hash>.r0)")
     group.add_argument("--ca-file", metavar="FILE", default=default, help="trusted CAs, one PEM bundle")
+    group.add_argument("--handshake-timeout", type=_seconds, metavar="SECONDS", default=default,
+                       help="give up on a server that has not finished the TLS handshake by then (default 10)")
     out = parser.add_argument_group("output")
     out.add_argument("-v", "--verbose", action="store_true", default=default,
                      help="say which credential and trust are used")
@@ -262,7 +274,7 @@ def _http_client(console: Console, url: str) -> HTTPClient:
         policy = api.globus_policy(
             cert=options.cert, key=options.key, proxy=options.proxy,
             ca_dir=options.ca_dir, ca_file=options.ca_file,
-            passphrase=terminal_prompt(),
+            passphrase=terminal_prompt(), handshake_timeout=options.handshake_timeout,
         )
         assert policy.credential is not None
         console.credential_hint = f"our credential: {policy.credential.credential.cert_file}"

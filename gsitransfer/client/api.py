@@ -48,7 +48,7 @@ from .results import (
     UploadReport,
 )
 from .session import IClientReactor, RunBlocking, Session, make_http_client
-from .tls import GSIClientPolicy
+from .tls import HANDSHAKE_TIMEOUT, GSIClientPolicy
 from .upload import OpenBody, UploadJob, open_for_upload
 from .urls import download_source
 
@@ -73,6 +73,7 @@ def globus_policy(
     ca_file: str | None = None,
     passphrase: PassphrasePrompt | None = None,
     proxy_dir: Path = DEFAULT_PROXY_DIR,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
 ) -> GSIClientPolicy:
     """The TLS policy a Globus user expects: credential and trust found as Globus finds them.
 
@@ -85,7 +86,8 @@ def globus_policy(
     credential = find_credential(env, home=home, uid=uid, cert=cert, key=key, proxy=proxy,
                                  proxy_dir=proxy_dir)
     trust = find_trust(env, home=home, ca_dir=ca_dir, ca_file=ca_file)
-    return GSIClientPolicy(load_credential(credential, passphrase=passphrase), trust)
+    return GSIClientPolicy(load_credential(credential, passphrase=passphrase), trust,
+                           handshake_timeout=handshake_timeout)
 
 
 def _session(url: str, http: HTTPClient | None, reactor: IClientReactor | None, run_blocking: RunBlocking | None,

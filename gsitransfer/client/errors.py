@@ -33,7 +33,7 @@ from twisted.internet import defer
 from twisted.internet import error as net_error
 from twisted.python.failure import Failure
 
-from .handshake import describe_refusal, is_tls_error, speaks_no_tls
+from .handshake import HandshakeTimedOut, describe_refusal, is_tls_error, speaks_no_tls
 
 if TYPE_CHECKING:
     from .results import UploadReport
@@ -86,25 +86,30 @@ class TLSRefused(ConnectionFailed):
 
 
 class NotTLS(TLSRefused):
-    """An ``https://`` URL's port does not speak TLS: it answered in plain HTTP (or not in TLS at all)."""
+    """An ``https://`` URL's port does not speak TLS: it answered in plain HTTP, or (``silent_for``
+    seconds) did not answer the handshake at all."""
 
-    def __init__(self, where: str, plain_url: str) -> None:
+    def __init__(self, where: str, plain_url: str, silent_for: float | None = None) -> None:
         self.where = where
         self.plain_url = plain_url
-        ConnectionFailed.__init__(
-            self, f"{where} answered in plain HTTP, not TLS: use {plain_url} (or the server's TLS port)"
-        )
+        self.silent_for = silent_for
+        if silent_for is None:
+            text = f"{where} answered in plain HTTP, not TLS: use {plain_url} (or the server's TLS port)"
+        else:
+            text = (f"{where} did not answer the TLS handshake in {silent_for:g} s: if it speaks plain HTTP, "
+                    f"use {plain_url} (or the server's TLS port)")
+        ConnectionFailed.__init__(self, text)
         self.side = "client"
         self.reason = self.message
 
     @classmethod
-    def at(cls, url: str) -> "NotTLS":
+    def at(cls, url: str, silent_for: float | None = None) -> "NotTLS":
         """The error for ``url`` (``https://``): its ``host:port`` and the same URL with ``http://``."""
-        return cls(_where(url), urlunsplit(("http", *urlsplit(url)[1:])))
+        return cls(_where(url), urlunsplit(("http", *urlsplit(url)[1:])), silent_for)
 
     def for_url(self, url: str) -> "NotTLS":
         """The same error told with the URL the user gave (not the request's, ``.../manifest``)."""
-        return NotTLS.at(url) if urlsplit(url).scheme == "https" else self
+        return NotTLS.at(url, self.silent_for) if urlsplit(url).scheme == "https" else self
 
 
 class DownloadInterrupted(ConnectionFailed):
@@ -238,6 +243,8 @@ def explain(failure: Failure | BaseException, url: str) -> BaseException:
         return defer.CancelledError()
     tls = _first_tls_error(value)
     if tls is not None:
+        if isinstance(tls, HandshakeTimedOut):
+            return NotTLS.at(url, tls.seconds)
         if urlsplit(url).scheme == "https" and speaks_no_tls(tls):
             return NotTLS.at(url)
         return tls_refused(tls)

@@ -6,6 +6,8 @@ What this module owns:
   (:mod:`gsitransfer.client.tls`) when we refuse the server's certificate; a
   subclass of ``OpenSSL.SSL.Error``, so pyOpenSSL re-raises it out of the
   handshake and Twisted hands it to whoever made the request;
+* :class:`HandshakeTimedOut` -- raised into a connection whose server did not
+  answer our ClientHello in time (an older plain-HTTP port waits for a line);
 * :func:`describe_refusal` -- an OpenSSL error turned into a
   :class:`Refusal`: the side that refused and the plain reason (our
   verification failure, or the meaning of the server's alert: unknown CA,
@@ -48,6 +50,14 @@ class ServerCertificateRejected(SSL.Error):
         # shaped like OpenSSL's own errors: a list of (library, function, reason)
         super().__init__([("gsitransfer", "verify server certificate", reason)])
         self.reason = reason
+
+
+class HandshakeTimedOut(SSL.Error):
+    """The server sent nothing back to our ClientHello within ``seconds`` (a port that does not speak TLS)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__([("gsitransfer", "handshake", f"no answer to the TLS handshake in {seconds:g} s")])
+        self.seconds = seconds
 
 
 @dataclass(frozen=True)
@@ -107,4 +117,4 @@ def _openssl_reasons(error: BaseException) -> list[str]:
     return [" ".join(text.split()).lower() for text in texts if text]
 
 
-__all__ = ["Refusal", "ServerCertificateRejected", "describe_refusal", "is_tls_error", "speaks_no_tls"]
+__all__ = ["HandshakeTimedOut", "Refusal", "ServerCertificateRejected", "describe_refusal", "is_tls_error", "speaks_no_tls"]

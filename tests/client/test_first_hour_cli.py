@@ -100,6 +100,25 @@ def test_https_to_a_port_answering_plain_http(run_cli, plain_answerer, test_pki,
                                 f"use http://localhost:{plain_answerer}/data (or the server's TLS port)")
 
 
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections and never answers (an older plain-HTTP port waiting for a line)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    yield listener.getsockname()[1]
+    listener.close()
+
+
+def test_https_to_a_port_that_never_answers(run_cli, silent_port, test_pki, tmp_path):
+    """No answer to the ClientHello: the client gives up after --handshake-timeout, with the http:// hint; exit 4."""
+    result = run_cli("--handshake-timeout", "0.5", "ls", f"https://localhost:{silent_port}/data",
+                     env=tls_env(tmp_path, test_pki))
+    assert result.returncode == 4
+    assert one_line(result) == (f"localhost:{silent_port} did not answer the TLS handshake in 0.5 s: if it speaks "
+                                f"plain HTTP, use http://localhost:{silent_port}/data (or the server's TLS port)")
+
+
 def test_https_to_the_servers_plain_port(run_cli, servers, test_pki, tmp_path):
     """contract: the real server's plain port answers the ClientHello at once; the client says use http://."""
     port = port_of(servers.http)
