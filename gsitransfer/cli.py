@@ -166,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(**_DEFAULTS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=description, epilog=_EPILOG,
+    def command(name: str, help_text: str, description: str, usage: str | None = None) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=description, epilog=_EPILOG, usage=usage,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_common(sub, suppress=True)
         return sub
@@ -190,8 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     download = command("download", "download files", (
         "Stream a file to .<name>.gsitransfer-download beside DEST, resume an interrupted download\n"
         "with Range, verify the MD5 (Repr-Digest or --md5), then move it into place. Several URLs\n"
-        "are downloaded one after the other into the directory DEST (default: the current one)."))
-    download.add_argument("targets", metavar="URL [URL...] [DEST]", nargs="+", help=(
+        "are downloaded one after the other into the directory DEST (default: the current one)."),
+        usage="%(prog)s [options] URL [DEST]\n       %(prog)s [options] URL URL... [DEST/]")
+    download.add_argument("targets", metavar="URL", nargs="+", help=(
         "file URLs, e.g. https://host:8443/data/results.csv, then the destination file or directory "
         "(default: the current directory; a directory when there are several URLs)"))
     download.add_argument("--md5", type=_md5, help="expected MD5 (hex), checked instead of the server's (one URL)")

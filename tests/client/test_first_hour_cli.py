@@ -180,6 +180,21 @@ def test_download_several_names_into_a_directory(run_cli, servers, tmp_path):
                                          "file.bin is not one")
 
 
+def test_one_failed_download_of_several(run_cli, servers, tmp_path):
+    """The others are still downloaded; each failure is one line, then a count; the first failure's status."""
+    [a] = make_files(tmp_path / "up", 1, 2000)
+    assert run_cli("upload", f"{servers.http}/data", str(a)).returncode == 0
+    (tmp_path / "dl").mkdir()
+    missing = f"{servers.http}/data/missing-{a.name}"
+    result = run_cli("download", missing, f"{servers.http}/data/{a.name}", "dl")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        f"gsitransfer: {missing}: 404 no file 'missing-{a.name}' (GET {missing})",
+        "gsitransfer: 1 of 2 downloads failed",
+    ]
+    assert (tmp_path / "dl" / a.name).read_bytes() == a.read_bytes()
+
+
 # -- item 6: storing under another name ---------------------------------------------------------------
 
 
