@@ -3,7 +3,9 @@
 ::
 
     gsitransfer upload https://host:8443/data results/*.csv
+    gsitransfer upload https://host:8443/data/new-name.csv results.csv   (or --as new-name.csv)
     gsitransfer download https://host:8443/data/results.csv [DEST]
+    gsitransfer download https://host:8443/data/a.csv https://host:8443/data/b.csv DEST/
     gsitransfer ls https://host:8443/data
     gsitransfer status https://host:8443/data/<transfer_key>
     gsitransfer cancel https://host:8443/data/<transfer_key>
@@ -19,10 +21,12 @@ drive the terminal. The work is done by
 :mod:`gsitransfer.client.sync` (the Twisted client with its reactor in a
 daemon thread).
 
-Exit statuses: 0 success; 1 the server refused or a transfer failed (HTTP
-error, handler refusal, checksum); 2 bad usage; 3 credential or trust
-problem; 4 server unreachable, TLS refused, connection lost; 130
-interrupted.
+Exit statuses: 0 success (files the server already had count as
+success); 1 the server refused or a transfer failed (HTTP error, handler
+refusal of the manifest, checksum); 2 bad usage (options, and URLs that
+cannot mean what is asked: no prefix, a prefix to download); 3 credential or
+trust problem; 4 server unreachable, TLS refused, plain HTTP on an https://
+URL, connection lost; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import re
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Callable, Mapping, Sequence, TextIO, TypeVar
 
 from treq.client import HTTPClient
@@ -43,15 +48,18 @@ from .client.errors import (
     EXIT_OK,
     EXIT_USAGE,
     ClientError,
+    NotTLS,
     TLSRefused,
     UploadIncomplete,
     UploadRefused,
+    UsageError,
 )
 from .client.credentials import terminal_prompt
+from .client.results import DownloadReport
 from .client.progress import NullProgress, ProgressListener, TerminalProgress
 from .client.session import make_http_client
 from .client.text import json_text, printable, printable_lines
-from .client.tls import GSIClientPolicy
+from .client.tls import HANDSHAKE_TIMEOUT, GSIClientPolicy
 
 PROG = "gsitransfer"
 
@@ -68,9 +76,11 @@ phrase). Trusted CAs: --ca-dir/--ca-file, else $X509_CERT_DIR, else
 """
 
 _EPILOG = """\
-exit status: 0 success; 1 refused or failed transfer; 2 bad usage;
-3 credential or trust problem; 4 unreachable server, TLS refusal or lost
-connection; 130 interrupted.  See docs/client.md.
+exit status: 0 success (already stored files included); 1 refused or failed
+transfer (a refused manifest too); 2 bad usage (a URL with no prefix, a prefix
+to download); 3 credential or trust problem; 4 unreachable server, TLS refusal,
+plain HTTP on an https:// URL, or lost connection; 130 interrupted.
+See docs/client.md.
 """
 
 
@@ -96,6 +106,16 @@ def _whole_number(text: str, minimum: int) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {text}")
+    return value
+
+
 def _positive(text: str) -> int:
     return _whole_number(text, 1)
 
@@ -106,7 +126,7 @@ def _count(text: str) -> int:
 
 _DEFAULTS: dict[str, object] = {
     "cert": None, "key": None, "proxy": None, "ca_dir": None, "ca_file": None,
-    "verbose": False, "quiet": False, "json": False, "debug": False, "jobs": 4,
+    "verbose": False, "quiet": False, "json": False, "debug": False, "jobs": 4, "handshake_timeout": HANDSHAKE_TIMEOUT,
 }
 
 
@@ -122,6 +142,8 @@ def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     group.add_argument("--ca-dir", metavar="DIR", default=default,
                        help="trusted CAs, Globus layout (<hash>.0, <hash>.r0)")
     group.add_argument("--ca-file", metavar="FILE", default=default, help="trusted CAs, one PEM bundle")
+    group.add_argument("--handshake-timeout", type=_seconds, metavar="SECONDS", default=default,
+                       help="give up on a server that has not finished the TLS handshake by then (default 10)")
     out = parser.add_argument_group("output")
     out.add_argument("-v", "--verbose", action="store_true", default=default,
                      help="say which credential and trust are used")
@@ -144,31 +166,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(**_DEFAULTS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=description, epilog=_EPILOG,
+    def command(name: str, help_text: str, description: str, usage: str | None = None) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=description, epilog=_EPILOG, usage=usage,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_common(sub, suppress=True)
         return sub
 
     upload = command("upload", "upload files", (
         "Compute each file's MD5, post the manifest, send the files (-j at once), re-send a file\n"
-        "whose checksum failed, and print where each file can be downloaded."))
-    upload.add_argument("url", metavar="URL", help="upload URL, e.g. https://host:8443/data")
+        "whose checksum failed, and print where each file can be downloaded. A file the server\n"
+        "already has (same name, size and MD5) is not sent again."))
+    upload.add_argument("url", metavar="URL", help=(
+        "the prefix, e.g. https://host:8443/data; or the prefix and a new name for one FILE, "
+        "e.g. https://host:8443/data/new-name.csv"))
     upload.add_argument("files", metavar="FILE", nargs="+", help="files to upload (they keep their names)")
+    upload.add_argument("--as", dest="as_name", metavar="NAME", help="store the one FILE under NAME")
     upload.add_argument("--retries", type=_count, default=3, metavar="N",
                         help="re-sends of a file refused with 422 or cut off (default 3)")
     upload.add_argument("--transfer-key", metavar="KEY",
                         help="send FILEs as the pending files of this existing transfer (no new manifest)")
     upload.set_defaults(run=_upload)
 
-    download = command("download", "download a file", (
+    download = command("download", "download files", (
         "Stream a file to .<name>.gsitransfer-download beside DEST, resume an interrupted download\n"
-        "with Range, verify the MD5 (Repr-Digest or --md5), then move it into place."))
-    download.add_argument("url", metavar="URL", help="file URL, e.g. https://host:8443/data/results.csv")
-    download.add_argument("dest", metavar="DEST", nargs="?",
-                          help="destination file or directory (default: the current directory)")
-    download.add_argument("--md5", type=_md5, help="expected MD5 (hex), checked instead of the server's")
-    download.add_argument("--size", type=_count, help="expected size in bytes")
+        "with Range, verify the MD5 (Repr-Digest or --md5), then move it into place. Several URLs\n"
+        "are downloaded one after the other into the directory DEST (default: the current one)."),
+        usage="%(prog)s [options] URL [DEST]\n       %(prog)s [options] URL URL... [DEST/]")
+    download.add_argument("targets", metavar="URL", nargs="+", help=(
+        "file URLs, e.g. https://host:8443/data/results.csv, then the destination file or directory "
+        "(default: the current directory; a directory when there are several URLs)"))
+    download.add_argument("--md5", type=_md5, help="expected MD5 (hex), checked instead of the server's (one URL)")
+    download.add_argument("--size", type=_count, help="expected size in bytes (one URL)")
     download.add_argument("--no-resume", dest="resume", action="store_false",
                           help="start again even if a partial download is there")
     download.add_argument("--retries", type=_count, default=2, metavar="N",
@@ -247,7 +275,7 @@ def _http_client(console: Console, url: str) -> HTTPClient:
         policy = api.globus_policy(
             cert=options.cert, key=options.key, proxy=options.proxy,
             ca_dir=options.ca_dir, ca_file=options.ca_file,
-            passphrase=terminal_prompt(),
+            passphrase=terminal_prompt(), handshake_timeout=options.handshake_timeout,
         )
         assert policy.credential is not None
         console.credential_hint = f"our credential: {policy.credential.credential.cert_file}"
@@ -277,20 +305,68 @@ def _upload(console: Console) -> int:
     http = _http_client(console, options.url)
     report = _with_progress(console, lambda progress: sync.call(
         api.upload_files, options.url, options.files, http=http, progress=progress,
-        jobs=options.jobs, retries=options.retries, transfer_key=options.transfer_key,
+        jobs=options.jobs, retries=options.retries, transfer_key=options.transfer_key, name=options.as_name,
     ))
     console.result(output.upload_lines(report), output.upload_json(report))
     return EXIT_OK
 
 
+def _is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
+
+
+def _download_plan(options: argparse.Namespace) -> tuple[list[str], str | None]:
+    """(the URLs, DEST or None) of ``download URL [URL...] [DEST]``; UsageError when they cannot work."""
+    targets: list[str] = list(options.targets)
+    if len(targets) > 1 and not _is_url(targets[-1]):
+        urls, dest = targets[:-1], targets[-1]
+    else:
+        urls, dest = targets, None
+    if len(urls) > 1:
+        if options.md5 is not None or options.size is not None:
+            raise UsageError("--md5 and --size are for one URL: download the files one at a time to check them")
+        if dest is not None and not Path(dest).is_dir():
+            raise UsageError(f"DEST must be a directory when downloading several files: {dest} is not one")
+    return urls, dest
+
+
 def _download(console: Console) -> int:
     options = console.options
-    http = _http_client(console, options.url)
-    report = _with_progress(console, lambda progress: sync.call(
-        api.download_file, options.url, options.dest, options.size, options.md5, http=http,
-        progress=progress, resume=options.resume, retries=options.retries,
-    ))
-    console.result(output.download_lines(report), output.download_json(report))
+    urls, dest = _download_plan(options)
+    clients: dict[bool, HTTPClient] = {}
+
+    def one(url: str) -> DownloadReport:
+        tls = url.startswith("https:")
+        if tls not in clients:
+            clients[tls] = _http_client(console, url)
+        try:
+            return _with_progress(console, lambda progress: sync.call(
+                api.download_file, url, dest, options.size, options.md5, http=clients[tls],
+                progress=progress, resume=options.resume, retries=options.retries,
+            ))
+        except NotTLS as error:
+            raise error.for_url(url) from None
+
+    if len(urls) == 1:
+        report = one(urls[0])
+        console.result(output.download_lines(report), output.download_json(report))
+        return EXIT_OK
+    reports: list[DownloadReport] = []
+    failures: list[tuple[str, ClientError]] = []
+    for url in urls:
+        try:
+            reports.append(one(url))
+        except ClientError as error:
+            failures.append((url, error))
+            console.error(f"{url}: {error.message}")
+    lines = [line for report in reports for line in output.download_lines(report)]
+    data: dict[str, object] = {"downloads": [output.download_json(report) for report in reports],
+                               "errors": [{"url": url, "error": error.message, "exit_code": error.exit_code}
+                                          for url, error in failures]}
+    console.result(lines, data)
+    if failures:
+        console.error(f"{len(failures)} of {len(urls)} downloads failed")
+        return failures[0][1].exit_code
     return EXIT_OK
 
 
@@ -324,7 +400,7 @@ def report_error(console: Console, error: ClientError) -> None:
     """One line per problem on stderr (and a JSON document on stdout with --json)."""
     lines: list[str]
     if isinstance(error, UploadRefused):
-        lines = list(error.reasons)
+        lines = list(error.reasons) + list(error.hints)
     elif isinstance(error, UploadIncomplete):
         lines = [f"{f.name}: {f.error}" for f in error.report.files if f.error is not None] + [error.message]
     elif isinstance(error, TLSRefused) and error.side == "server" and console.credential_hint:
@@ -334,7 +410,7 @@ def report_error(console: Console, error: ClientError) -> None:
     for line in lines:
         console.error(line)
     if console.options.json:
-        data: dict[str, object] = {"error": lines[-1] if len(lines) == 1 else lines, "exit_code": error.exit_code}
+        data: dict[str, object] = {"error": lines[0] if len(lines) == 1 else lines, "exit_code": error.exit_code}
         if isinstance(error, UploadIncomplete):
             data.update(output.upload_json(error.report))
         console.json(data)
@@ -356,6 +432,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     except ClientError as error:
         if options.debug:
             console.print_traceback()
+        if isinstance(error, NotTLS) and isinstance(getattr(options, "url", None), str):
+            error = error.for_url(options.url)
         report_error(console, error)
         return error.exit_code
     except KeyboardInterrupt:

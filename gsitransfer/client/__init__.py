@@ -9,6 +9,7 @@
 * :mod:`.sync` -- the same as blocking calls for scripts (reactor in a
   daemon thread);
 * :mod:`.session` -- the HTTP plumbing: treq client, streamed bodies;
+* :mod:`.urls` -- what a URL names (server, prefix, a name under it);
 * :mod:`.credentials` -- Globus credential and trust discovery;
 * :mod:`.tls` -- the mutual-TLS policy for Twisted's Agent;
 * :mod:`.progress` -- progress listeners and terminal bars;
@@ -21,11 +22,11 @@ none of them takes names from this package)::
 
     handshake, results, progress, partial            (nothing of the client)
     errors                                           handshake, results
-    credentials                                      errors
+    credentials, urls                                errors
     tls                                              credentials, errors, handshake
     session                                          errors
-    queries                                          session, results, errors
-    upload, download                                 session, queries, partial, progress, results, errors
+    queries                                          session, results, errors, urls
+    upload, download                                 session, queries, partial, progress, results, errors, urls
     api                                              all of the above
     sync                                             api and what it is built from
     output                                           results, progress
@@ -57,11 +58,15 @@ from .errors import (
     CredentialError,
     DownloadInterrupted,
     HTTPStatusError,
+    NoPrefix,
+    NotAFile,
+    NotTLS,
     ProtocolError,
     TLSRefused,
     TrustError,
     UploadIncomplete,
     UploadRefused,
+    UsageError,
 )
 from .progress import CallbackProgress, NullProgress, ProgressListener, TerminalProgress
 from .session import FileBodyProducer, make_http_client
@@ -81,6 +86,9 @@ __all__ = [
     "HTTPStatusError",
     "Listing",
     "LoadedCredential",
+    "NoPrefix",
+    "NotAFile",
+    "NotTLS",
     "NullProgress",
     "ProgressListener",
     "ProtocolError",
@@ -95,6 +103,7 @@ __all__ = [
     "UploadRefused",
     "UploadReport",
     "UploadedFile",
+    "UsageError",
     "cancel_transfer",
     "download_file",
     "find_credential",

@@ -37,7 +37,7 @@ from .credentials import DEFAULT_PROXY_DIR, PassphrasePrompt, find_credential, f
 from .download import DownloadJob, destination
 from .errors import ClientError
 from .progress import ProgressListener, as_listener
-from .queries import cancel, fetch_listing, fetch_status
+from .queries import cancel, fetch_listing, fetch_status, require_prefix
 from .results import (
     DownloadReport,
     Listing,
@@ -48,8 +48,9 @@ from .results import (
     UploadReport,
 )
 from .session import IClientReactor, RunBlocking, Session, make_http_client
-from .tls import GSIClientPolicy
+from .tls import HANDSHAKE_TIMEOUT, GSIClientPolicy
 from .upload import OpenBody, UploadJob, open_for_upload
+from .urls import download_source
 
 #: a progress listener, a plain ``callback(name, done_bytes, total_bytes)``, or None
 Progress = ProgressListener | Callable[[str, int, int | None], object] | None
@@ -72,6 +73,7 @@ def globus_policy(
     ca_file: str | None = None,
     passphrase: PassphrasePrompt | None = None,
     proxy_dir: Path = DEFAULT_PROXY_DIR,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
 ) -> GSIClientPolicy:
     """The TLS policy a Globus user expects: credential and trust found as Globus finds them.
 
@@ -84,7 +86,8 @@ def globus_policy(
     credential = find_credential(env, home=home, uid=uid, cert=cert, key=key, proxy=proxy,
                                  proxy_dir=proxy_dir)
     trust = find_trust(env, home=home, ca_dir=ca_dir, ca_file=ca_file)
-    return GSIClientPolicy(load_credential(credential, passphrase=passphrase), trust)
+    return GSIClientPolicy(load_credential(credential, passphrase=passphrase), trust,
+                           handshake_timeout=handshake_timeout)
 
 
 def _session(url: str, http: HTTPClient | None, reactor: IClientReactor | None, run_blocking: RunBlocking | None,
@@ -110,6 +113,17 @@ def _run(coroutine: Coroutine[Deferred[Any], Any, _Result]) -> Deferred[_Result]
     return Deferred.fromCoroutine(coroutine)
 
 
+async def _with_prefix(session: Session, url: str, command: str,
+                       work: Coroutine[Deferred[Any], Any, _Result]) -> _Result:
+    """``work``'s result, once ``url`` is known to name a prefix (NoPrefix otherwise)."""
+    try:
+        await require_prefix(session, url, command)
+    except BaseException:
+        work.close()
+        raise
+    return await work
+
+
 # ---------------------------------------------------------------------------
 # Operations (the work is done by upload.py, download.py and queries.py)
 # ---------------------------------------------------------------------------
@@ -124,13 +138,18 @@ def upload_files(
     jobs: int = 4,
     retries: int = 3,
     transfer_key: str | None = None,
+    name: str | None = None,
     reactor: IClientReactor | None = None,
     run_blocking: RunBlocking | None = None,
     open_body: OpenBody | None = None,
 ) -> "Deferred[UploadReport]":
     """Upload ``paths`` to ``url`` (``https://host:8443/<prefix>``); fires with an UploadReport.
 
-    The files keep their base names. ``jobs`` bodies are sent at once; a
+    The files keep their base names; one file may be stored under another
+    ``name``, or under the last segment of ``https://host:8443/<prefix>/NAME``.
+    A file the server reports already stored (same name, size and MD5: the
+    manifest answer's ``already_stored``) is not sent and counts as success.
+    ``jobs`` bodies are sent at once; a
     body refused with ``422`` (checksum mismatch) or cut by the network is
     sent again up to ``retries`` times. With ``transfer_key`` the files are
     sent as the pending files of that existing transfer (no new manifest;
@@ -139,11 +158,12 @@ def upload_files(
     """
     try:
         session = _session(url, http, reactor, run_blocking, pool_size=jobs)
-        job = UploadJob(session, _base(url), as_listener(progress), max(jobs, 1), max(retries, 0),
+        _base(url)
+        job = UploadJob(session, url, as_listener(progress), max(jobs, 1), max(retries, 0),
                         open_body or open_for_upload)
     except Exception:
         return defer.fail()
-    return _run(job.run([Path(p) for p in paths], transfer_key))
+    return _run(job.run([Path(p) for p in paths], transfer_key, name))
 
 
 def download_file(
@@ -162,6 +182,10 @@ def download_file(
 ) -> "Deferred[DownloadReport]":
     """Download ``url`` to ``dest`` (a file, a directory, or None: the current directory).
 
+    A URL that names no file -- no prefix, a prefix, a path ending in ``/``,
+    or one the server answers with a listing -- is refused (``NoPrefix``,
+    ``NotAFile``) and nothing is saved.
+
     The body goes to ``.<name>.gsitransfer-download`` beside the destination
     and is renamed into place only when complete and its MD5 matches
     ``checksum`` (or the server's ``Repr-Digest``). An interrupted download
@@ -171,11 +195,17 @@ def download_file(
     """
     try:
         session = _session(url, http, reactor, run_blocking, pool_size=1)
-        job = DownloadJob(session, _base(url), destination(url, dest), size,
-                          checksum.lower() if checksum else None, as_listener(progress))
+        base = _base(url)
     except Exception:
         return defer.fail()
-    return _run(job.run(resume, max(retries, 0), retry_delay))
+
+    async def run() -> DownloadReport:
+        download_source(await require_prefix(session, url, "download"))
+        job = DownloadJob(session, base, destination(url, dest), size,
+                          checksum.lower() if checksum else None, as_listener(progress))
+        return await job.run(resume, max(retries, 0), retry_delay)
+
+    return _run(run())
 
 
 def list_files(url: str, *, http: HTTPClient | None = None, reactor: IClientReactor | None = None) -> "Deferred[Listing]":
@@ -185,7 +215,7 @@ def list_files(url: str, *, http: HTTPClient | None = None, reactor: IClientReac
         base = _base(url)
     except Exception:
         return defer.fail()
-    return _run(fetch_listing(session, base))
+    return _run(_with_prefix(session, url, "ls", fetch_listing(session, base)))
 
 
 def transfer_status(url: str, *, http: HTTPClient | None = None, reactor: IClientReactor | None = None) -> "Deferred[TransferStatus]":
@@ -195,7 +225,7 @@ def transfer_status(url: str, *, http: HTTPClient | None = None, reactor: IClien
         base = _base(url)
     except Exception:
         return defer.fail()
-    return _run(fetch_status(session, base))
+    return _run(_with_prefix(session, url, "status", fetch_status(session, base)))
 
 
 def cancel_transfer(url: str, *, http: HTTPClient | None = None, reactor: IClientReactor | None = None) -> "Deferred[str]":
@@ -205,7 +235,7 @@ def cancel_transfer(url: str, *, http: HTTPClient | None = None, reactor: IClien
         base = _base(url)
     except Exception:
         return defer.fail()
-    return _run(cancel(session, base))
+    return _run(_with_prefix(session, url, "cancel", cancel(session, base)))
 
 
 __all__ = [

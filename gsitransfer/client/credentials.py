@@ -176,6 +176,13 @@ def find_credential(
 
 
 def _existing(credential: Credential) -> Credential:
+    if credential.single_file and credential.source in ("X509_USER_PROXY", "--proxy") \
+            and not credential.cert_file.is_file():
+        raise CredentialError(
+            f"proxy {credential.cert_file} ({credential.source}) does not exist: make it with "
+            f"grid-proxy-init -out {credential.cert_file}"
+            + (", or unset X509_USER_PROXY" if credential.source == "X509_USER_PROXY" else "")
+        )
     for path, what in ((credential.cert_file, "certificate"), (credential.key_file, "key")):
         if not path.is_file():
             raise CredentialError(f"{what} {path} ({credential.source}) does not exist")
@@ -321,20 +328,56 @@ def _read_key(credential: Credential, passphrase: PassphrasePrompt | None) -> Pr
 
 
 def _check_validity(loaded: LoadedCredential, now: datetime.datetime) -> None:
-    hint = "run grid-proxy-init" if loaded.credential.single_file else "renew it"
+    credential = loaded.credential
     for cert in loaded.chain:
         what = "proxy" if is_proxy(cert) else "certificate"
-        subject = format_dn(cert.subject)
         if cert.not_valid_after_utc < now:
+            if credential.single_file:
+                raise CredentialError(
+                    f"your {what} {credential.cert_file} expired at {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: "
+                    f"{renewal_hint(credential)}"
+                )
             raise CredentialError(
-                f"your {what} {subject} in {loaded.credential.cert_file} expired on "
-                f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: {hint}"
+                f"your {what} {format_dn(cert.subject)} in {credential.cert_file} expired at "
+                f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: {renewal_hint(credential)}"
             )
         if cert.not_valid_before_utc > now:
             raise CredentialError(
-                f"your {what} {subject} in {loaded.credential.cert_file} is not valid before "
+                f"your {what} {format_dn(cert.subject)} in {credential.cert_file} is not valid before "
                 f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (is the clock right?)"
             )
+
+
+def renewal_hint(credential: Credential) -> str:
+    """What to run to renew ``credential``, naming the file this run reads.
+
+    A proxy: ``renew it with grid-proxy-init -out FILE`` (plain
+    ``grid-proxy-init`` writes ``/tmp/x509up_u<uid>``, which a set
+    ``X509_USER_PROXY`` hides); a certificate: ask its CA. A file inside a
+    test CA made by ``gsitransfer.testca`` (``DIR/users/USER/...``) adds
+    ``scripts/make-test-ca --out DIR --renew USER``.
+    """
+    if credential.single_file:
+        out = "" if credential.source == "default proxy" else f" -out {credential.cert_file}"
+        hint = f"renew it with grid-proxy-init{out}"
+    else:
+        hint = "renew it with your CA"
+    test_ca = inside_test_ca(credential.cert_file)
+    if test_ca is not None:
+        directory, user = test_ca
+        hint += f" (this test CA's: scripts/make-test-ca --out {directory} --renew {user})"
+    return hint
+
+
+def inside_test_ca(path: Path) -> tuple[Path, str] | None:
+    """(the test CA's directory, the user) when ``path`` is a user's file in a ``gsitransfer.testca`` layout."""
+    user_dir = path.parent
+    directory = user_dir.parent.parent
+    if user_dir.parent.name != "users":
+        return None
+    if not ((directory / "ca").is_dir() and (directory / "private").is_dir() and (directory / "ca-bundle.pem").is_file()):
+        return None
+    return directory, user_dir.name
 
 
 __all__ = [
@@ -348,5 +391,7 @@ __all__ = [
     "find_credential",
     "find_trust",
     "load_credential",
+    "renewal_hint",
     "terminal_prompt",
+    "inside_test_ca",
 ]

@@ -33,6 +33,7 @@ from .errors import (
     ClientError,
     ConnectionFailed,
     DownloadInterrupted,
+    NotAFile,
     ProtocolError,
     TLSRefused,
     explain,
@@ -41,6 +42,7 @@ from .partial import PartialDownload, PartialMeta, same_representation
 from .progress import ProgressListener
 from .results import DownloadReport
 from .session import Session, header, read_small_body, stream_body
+from .urls import not_a_file_message
 
 
 def destination(url: str, dest: str | os.PathLike[str] | None) -> Path:
@@ -120,6 +122,9 @@ class DownloadJob:
                 self.progress.file_restarted(self.name, "the file changed size on the server")
                 raise _StartOver()
         elif response.code == 200:
+            if _is_listing(response):
+                stream_body(response, lambda data: None).cancel()
+                raise NotAFile(self.url, not_a_file_message(self.url, "a listing or a transfer's state"))
             offset = 0
             total = None if response.length is UNKNOWN_LENGTH else int(response.length)
         else:
@@ -209,6 +214,12 @@ class DownloadJob:
         self.partial.commit()
         self.progress.file_finished(self.name, None)
         return DownloadReport(self.url, self.target, size, md5, bool(expected), resumed_from)
+
+
+def _is_listing(response: IResponse) -> bool:
+    """A JSON answer with no validator and no ranges: a listing or a transfer's state, not a stored file."""
+    json_type = (header(response, "content-type") or "").split(";")[0].strip().lower() == "application/json"
+    return json_type and not header(response, "etag") and not header(response, "accept-ranges")
 
 
 def _repr_digest_md5(response: IResponse) -> str | None:

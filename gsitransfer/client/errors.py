@@ -8,8 +8,12 @@ The hierarchy::
     ├── ConnectionFailed        the server cannot be reached, or the connection broke               4
     │   ├── TLSRefused          the TLS handshake failed; ``side`` says who refused and why          4
     │   └── DownloadInterrupted the body stopped before its end (the partial file is kept)          4
+    │   └── NotTLS              an https:// URL's port answered in plain HTTP (not TLS)             4
+    ├── UsageError              the command cannot mean what it says (checked before any transfer)  2
+    │   ├── NoPrefix            the URL names no prefix; ``prefixes`` are the server's              2
+    │   └── NotAFile            a download URL names a prefix or a directory, not a file            2
     ├── HTTPStatusError         the server answered with an error status and a one-line reason      1
-    ├── UploadRefused           the handler refused the manifest (``return_code: 1``)               1
+    ├── UploadRefused           the handler refused the manifest (``return_code: 1``); ``hints``    1
     ├── UploadIncomplete        some files of an upload failed (``report`` has each outcome)        1
     ├── ChecksumError           the bytes do not have the expected MD5                              1
     └── ProtocolError           the server's answer is not what the protocol says                   1
@@ -22,13 +26,14 @@ of these; the words for TLS refusals come from :mod:`gsitransfer.client.handshak
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable
-from urllib.parse import urlsplit
+import re
+from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet import defer
 from twisted.internet import error as net_error
 from twisted.python.failure import Failure
 
-from .handshake import describe_refusal, is_tls_error
+from .handshake import HandshakeTimedOut, describe_refusal, is_tls_error, speaks_no_tls
 
 if TYPE_CHECKING:
     from .results import UploadReport
@@ -80,6 +85,33 @@ class TLSRefused(ConnectionFailed):
         super().__init__(f"TLS: {who}: {reason}")
 
 
+class NotTLS(TLSRefused):
+    """An ``https://`` URL's port does not speak TLS: it answered in plain HTTP, or (``silent_for``
+    seconds) did not answer the handshake at all."""
+
+    def __init__(self, where: str, plain_url: str, silent_for: float | None = None) -> None:
+        self.where = where
+        self.plain_url = plain_url
+        self.silent_for = silent_for
+        if silent_for is None:
+            text = f"{where} answered in plain HTTP, not TLS: use {plain_url} (or the server's TLS port)"
+        else:
+            text = (f"{where} did not answer the TLS handshake in {silent_for:g} s: if it speaks plain HTTP, "
+                    f"use {plain_url} (or the server's TLS port)")
+        ConnectionFailed.__init__(self, text)
+        self.side = "client"
+        self.reason = self.message
+
+    @classmethod
+    def at(cls, url: str, silent_for: float | None = None) -> "NotTLS":
+        """The error for ``url`` (``https://``): its ``host:port`` and the same URL with ``http://``."""
+        return cls(_where(url), urlunsplit(("http", *urlsplit(url)[1:])), silent_for)
+
+    def for_url(self, url: str) -> "NotTLS":
+        """The same error told with the URL the user gave (not the request's, ``.../manifest``)."""
+        return NotTLS.at(url, self.silent_for) if urlsplit(url).scheme == "https" else self
+
+
 class DownloadInterrupted(ConnectionFailed):
     """The download stopped at ``received`` of ``total`` bytes; the partial file is kept."""
 
@@ -94,6 +126,46 @@ class DownloadInterrupted(ConnectionFailed):
         )
 
 
+class UsageError(ClientError):
+    """What was asked cannot work as written (a URL of the wrong kind, options that conflict)."""
+
+    exit_code = EXIT_USAGE
+
+
+#: what follows the prefix URL in a command's example, by command
+_EXAMPLE_TAIL = {"upload": " FILE", "download": "/NAME DEST", "ls": "", "status": "/KEY", "cancel": "/KEY"}
+
+
+class NoPrefix(UsageError):
+    """``url`` names no prefix; ``prefixes`` are the ones the server lists (None: it did not say).
+
+    The message ends with an example of ``command`` with the first prefix:
+    ``https://localhost:8443/ names no prefix; this server has /data/ — e.g.
+    gsitransfer upload https://localhost:8443/data FILE``.
+    """
+
+    def __init__(self, url: str, origin: str, prefixes: tuple[str, ...] | None, command: str) -> None:
+        self.url = url
+        self.prefixes = prefixes
+        if prefixes is None:
+            has = "the server does not list its prefixes: add one to the URL, e.g. " \
+                  f"gsitransfer {command} {origin}/PREFIX{_EXAMPLE_TAIL.get(command, '')}"
+        elif prefixes:
+            example = f"{origin}/{prefixes[0].strip('/')}{_EXAMPLE_TAIL.get(command, '')}"
+            has = f"this server has {' '.join(prefixes)} \u2014 e.g. gsitransfer {command} {example}"
+        else:
+            has = "this server has no prefixes"
+        super().__init__(f"{url} names no prefix; {has}")
+
+
+class NotAFile(UsageError):
+    """A download URL names a prefix (or a directory, or a listing) instead of a file."""
+
+    def __init__(self, url: str, message: str) -> None:
+        self.url = url
+        super().__init__(message)
+
+
 class HTTPStatusError(ClientError):
     """The server answered ``status`` with the one-line ``reason``."""
 
@@ -106,11 +178,24 @@ class HTTPStatusError(ClientError):
         super().__init__(f"{status} {self.reason}{where}")
 
 
+#: the handler's reason when another file is stored under a manifest's name
+_NAME_TAKEN = re.compile(r"a file named .+ already exists")
+
+#: what to do about a name that another file already has (there is no DELETE of files yet)
+NAME_TAKEN_HINT = ("hint: a different file is stored under that name: upload under another name "
+                   "(--as NEWNAME) or ask the server's administrator to remove it")
+
+
 class UploadRefused(ClientError):
-    """The handler refused the manifest; ``reasons`` has one ``error_reason`` per refused file."""
+    """The handler refused the manifest; ``reasons`` has one ``error_reason`` per refused file.
+
+    ``hints`` are lines saying what to do about the refusal, when known (a
+    taken name: :data:`NAME_TAKEN_HINT`).
+    """
 
     def __init__(self, reasons: Iterable[str]) -> None:
         self.reasons = tuple(reasons) or ("the server refused the upload (no reason given)",)
+        self.hints = (NAME_TAKEN_HINT,) if any(_NAME_TAKEN.search(r) for r in self.reasons) else ()
         super().__init__("; ".join(self.reasons))
 
 
@@ -158,6 +243,10 @@ def explain(failure: Failure | BaseException, url: str) -> BaseException:
         return defer.CancelledError()
     tls = _first_tls_error(value)
     if tls is not None:
+        if isinstance(tls, HandshakeTimedOut):
+            return NotTLS.at(url, tls.seconds)
+        if urlsplit(url).scheme == "https" and speaks_no_tls(tls):
+            return NotTLS.at(url)
         return tls_refused(tls)
     return _explain_network(value, url)
 
@@ -264,11 +353,16 @@ __all__ = [
     "CredentialError",
     "DownloadInterrupted",
     "HTTPStatusError",
+    "NAME_TAKEN_HINT",
+    "NoPrefix",
+    "NotAFile",
+    "NotTLS",
     "ProtocolError",
     "TLSRefused",
     "TrustError",
     "UploadIncomplete",
     "UploadRefused",
+    "UsageError",
     "explain",
     "tls_refused",
 ]

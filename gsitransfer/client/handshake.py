@@ -6,6 +6,8 @@ What this module owns:
   (:mod:`gsitransfer.client.tls`) when we refuse the server's certificate; a
   subclass of ``OpenSSL.SSL.Error``, so pyOpenSSL re-raises it out of the
   handshake and Twisted hands it to whoever made the request;
+* :class:`HandshakeTimedOut` -- raised into a connection whose server did not
+  answer our ClientHello in time (an older plain-HTTP port waits for a line);
 * :func:`describe_refusal` -- an OpenSSL error turned into a
   :class:`Refusal`: the side that refused and the plain reason (our
   verification failure, or the meaning of the server's alert: unknown CA,
@@ -50,6 +52,14 @@ class ServerCertificateRejected(SSL.Error):
         self.reason = reason
 
 
+class HandshakeTimedOut(SSL.Error):
+    """The server sent nothing back to our ClientHello within ``seconds`` (a port that does not speak TLS)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__([("gsitransfer", "handshake", f"no answer to the TLS handshake in {seconds:g} s")])
+        self.seconds = seconds
+
+
 @dataclass(frozen=True)
 class Refusal:
     """Who refused a handshake (``"server"``, or ``"client"``: us) and why, in one line."""
@@ -61,6 +71,22 @@ class Refusal:
 def is_tls_error(error: BaseException) -> bool:
     """True for the errors OpenSSL (or our verify callback) raises."""
     return isinstance(error, SSL.Error)
+
+
+def speaks_no_tls(error: BaseException) -> bool:
+    """True when the handshake failed because the peer's answer is not TLS (plain HTTP, say).
+
+    OpenSSL says ``wrong version number`` (or ``packet length too long``,
+    ``record layer failure``) when the first bytes it reads are not a TLS
+    record, as when a plain-HTTP port answers ``HTTP/1.1 400``.
+    """
+    if isinstance(error, ServerCertificateRejected):
+        return False
+    texts = _openssl_reasons(error)
+    if any("alert " in text for text in texts):
+        return False
+    joined = "; ".join(texts) or str(error)
+    return any(marker in joined for marker in _NOT_TLS)
 
 
 def describe_refusal(error: BaseException) -> Refusal:
@@ -91,4 +117,4 @@ def _openssl_reasons(error: BaseException) -> list[str]:
     return [" ".join(text.split()).lower() for text in texts if text]
 
 
-__all__ = ["Refusal", "ServerCertificateRejected", "describe_refusal", "is_tls_error"]
+__all__ = ["HandshakeTimedOut", "Refusal", "ServerCertificateRejected", "describe_refusal", "is_tls_error", "speaks_no_tls"]

@@ -19,8 +19,20 @@ from .text import printable
 
 
 def upload_lines(report: UploadReport) -> list[str]:
-    """One line per stored file: name, size, where to download it."""
-    return [printable(f"{f.name}  {human_size(f.size)}  {f.url or '(stored)'}") for f in report.files if f.ok]
+    """One line per stored file: name (``FILE → NEWNAME`` when renamed), size, where to download it.
+
+    A file the server already had is ``NAME: already stored (same size and MD5), not sent``.
+    """
+    lines = []
+    for f in report.files:
+        if not f.ok:
+            continue
+        if f.already_stored:
+            lines.append(f"{f.name}: already stored (same size and MD5), not sent")
+            continue
+        name = f.name if f.path.name == f.name else f"{f.path} \u2192 {f.name}"
+        lines.append(f"{name}  {human_size(f.size)}  {f.url or '(stored)'}")
+    return [printable(line) for line in lines]
 
 
 def upload_json(report: UploadReport) -> dict[str, object]:
@@ -30,7 +42,7 @@ def upload_json(report: UploadReport) -> dict[str, object]:
         "ok": report.ok,
         "files": [
             {"name": f.name, "path": str(f.path), "size": f.size, "md5": f.checksum, "url": f.url,
-             "attempts": f.attempts, "error": f.error, "status": f.status}
+             "attempts": f.attempts, "error": f.error, "status": f.status, "already_stored": f.already_stored}
             for f in report.files
         ],
     }

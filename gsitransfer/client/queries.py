@@ -1,4 +1,4 @@
-"""The small requests: a prefix's listing, a transfer's state, cancelling a transfer.
+"""The small requests: the server's prefixes, a prefix's listing, a transfer's state, cancelling a transfer.
 
 Each is a coroutine over a :class:`~gsitransfer.client.session.Session`;
 :mod:`gsitransfer.client.api` wraps them in Deferreds, and the upload reads
@@ -11,9 +11,34 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from .errors import HTTPStatusError, ProtocolError
+from .errors import HTTPStatusError, NoPrefix, ProtocolError
 from .results import Listing, RemoteFile, TransferFile, TransferStatus
-from .session import Session, header
+from .session import Session, header, read_small_body
+from .urls import Target, parse
+
+
+async def fetch_prefixes(session: Session, origin: str) -> tuple[str, ...] | None:
+    """``GET /``: the server's prefixes (``/data/``), or None when it does not list them (an older server)."""
+    url = origin + "/"
+    response = await session.request("GET", url, headers={"Accept": "application/json"})
+    body = await read_small_body(response)
+    if response.code != 200:
+        return None
+    try:
+        prefixes = json.loads(body)["prefixes"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(prefixes, list) or not all(isinstance(p, str) for p in prefixes):
+        return None
+    return tuple(prefixes)
+
+
+async def require_prefix(session: Session, url: str, command: str) -> Target:
+    """``url`` split at its prefix; a URL without one is NoPrefix, naming the server's prefixes."""
+    target = parse(url)
+    if target.prefix is None:
+        raise NoPrefix(url, target.origin, await fetch_prefixes(session, target.origin), command)
+    return target
 
 
 async def fetch_listing(session: Session, base: str) -> Listing:
@@ -73,4 +98,4 @@ def _json(body: bytes, url: str) -> Any:
         raise ProtocolError(f"{url} did not answer with JSON") from None
 
 
-__all__ = ["cancel", "fetch_listing", "fetch_status"]
+__all__ = ["cancel", "fetch_listing", "fetch_prefixes", "fetch_status", "require_prefix"]

@@ -28,6 +28,8 @@ class UploadedFile:
     error: str | None = None
     #: the HTTP status of the last refusal, if any
     status: int | None = None
+    #: True when the server already had this file (same name, size and MD5) and it was not sent
+    already_stored: bool = False
 
     @property
     def ok(self) -> bool:

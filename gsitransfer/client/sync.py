@@ -200,6 +200,7 @@ def upload_files(
     progress: api.Progress = None,
     retries: int = 3,
     transfer_key: str | None = None,
+    name: str | None = None,
     reactor: IClientReactor | None = None,
     run_blocking: RunBlocking | None = None,
     open_body: OpenBody | None = None,
@@ -207,7 +208,8 @@ def upload_files(
     """Blocking :func:`gsitransfer.client.api.upload_files` (the same keywords)."""
     client = _client(url, http, jobs)
     return call(api.upload_files, url, list(paths), http=client, jobs=jobs, progress=progress, retries=retries,
-                transfer_key=transfer_key, reactor=reactor, run_blocking=run_blocking, open_body=open_body)
+                transfer_key=transfer_key, name=name, reactor=reactor, run_blocking=run_blocking,
+                open_body=open_body)
 
 
 def download_file(

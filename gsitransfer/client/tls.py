@@ -27,13 +27,14 @@ from __future__ import annotations
 import ipaddress
 import weakref
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, cast
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
+from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -41,10 +42,12 @@ from ..identity import format_dn
 from ..tls.context import TLSConfigError, TrustConfig, TrustMaterial, load_trust, verify_error_text
 from .credentials import LoadedCredential, Trust
 from .errors import ClientError, TrustError, tls_refused
-from .handshake import ServerCertificateRejected
+from .handshake import HandshakeTimedOut, ServerCertificateRejected
 
 #: chain depth accepted from the server (host certificate, intermediates, root)
 VERIFY_DEPTH = 10
+#: seconds a server has to finish the TLS handshake (it answers in one round trip or two)
+HANDSHAKE_TIMEOUT = 10.0
 
 _UNABLE_TO_GET_CRL = 3
 _UNKNOWN_ISSUER = {2, 18, 19, 20, 21}
@@ -107,13 +110,20 @@ class GSIClientPolicy:
     ``trust`` says which CAs may have issued the server's certificate. What
     each connection expects (its host name) is kept in a weak mapping from
     the ``SSL.Connection`` (Twisted uses the connection's app data itself).
+    A server that does not finish the handshake within ``handshake_timeout``
+    seconds (on ``reactor``'s clock; default the global reactor) fails the
+    connection with :class:`HandshakeTimedOut` -- a port that does not speak
+    TLS may otherwise keep us waiting for its own timeout.
     """
 
     def __init__(
-        self, credential: LoadedCredential | None, trust: Trust, material: TrustMaterial | None = None
+        self, credential: LoadedCredential | None, trust: Trust, material: TrustMaterial | None = None,
+        *, handshake_timeout: float = HANDSHAKE_TIMEOUT, reactor: IReactorTime | None = None,
     ) -> None:
         self.credential = credential
         self.trust = trust
+        self.handshake_timeout = handshake_timeout
+        self.reactor = reactor
         self.material = material if material is not None else load_trust_material(trust)
         self._expected: weakref.WeakKeyDictionary[SSL.Connection, _Expected] = weakref.WeakKeyDictionary()
         self.context = build_client_context(credential, self.material, self._verify)
@@ -162,7 +172,43 @@ class ClientConnectionCreator:
         self.expected = expected
 
     def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
-        return self.policy.new_connection(self.expected)
+        connection = self.policy.new_connection(self.expected)
+        _HandshakeWatch(self.policy, tlsProtocol, connection)
+        return connection
+
+
+class _HandshakeWatch:
+    """Fails a connection whose handshake has not finished ``policy.handshake_timeout`` seconds after it began."""
+
+    def __init__(self, policy: GSIClientPolicy, tls_protocol: object, connection: SSL.Connection) -> None:
+        self.tls_protocol = tls_protocol
+        self.seconds = policy.handshake_timeout
+        self.done = False
+        connection.set_info_callback(self._info)
+        self.timer = _clock(policy.reactor).callLater(self.seconds, self._expire)
+
+    def _info(self, connection: SSL.Connection, where: int, ret: int) -> None:
+        if where & SSL.SSL_CB_HANDSHAKE_DONE and not self.done:
+            self.done = True
+            if self.timer.active():
+                self.timer.cancel()
+
+    def _expire(self) -> None:
+        transport = getattr(self.tls_protocol, "transport", None)
+        if self.done or transport is None or getattr(transport, "disconnected", False):
+            return
+        fail = getattr(self.tls_protocol, "failVerification", None)
+        if fail is not None:
+            fail(Failure(HandshakeTimedOut(self.seconds)))
+
+
+def _clock(reactor: IReactorTime | None) -> IReactorTime:
+    """``reactor``, or the global one."""
+    if reactor is None:
+        from twisted.internet import reactor as default
+
+        return cast(IReactorTime, default)
+    return reactor
 
 
 def _is_ip(host: str) -> bool:
@@ -227,6 +273,7 @@ def explain_tls_error(error: BaseException) -> ClientError:
 
 
 __all__ = [
+    "HANDSHAKE_TIMEOUT",
     "GSIClientPolicy",
     "ClientConnectionCreator",
     "ServerCertificateRejected",

@@ -2,9 +2,12 @@
 
 ::
 
+    URL without a prefix     -> GET / for the server's prefixes -> NoPrefix
+    URL /<prefix>/NAME       -> one file stored as NAME (several files: UsageError)
     files on disk --MD5 (off the reactor thread)--> manifest --POST /<prefix>/manifest-->
-        return_code 1        -> UploadRefused(error_reason lines)
-        transfer key         -> POST /<prefix>/<key>/<n> per file (FileBodyProducer)
+        return_code 1        -> UploadRefused(error_reason lines; a taken name adds a hint)
+        already_stored: N..  -> those files are not sent: the server has them (same name, size, MD5)
+        transfer key         -> POST /<prefix>/<key>/<n> per other file (FileBodyProducer)
             422              -> the file still has its announced MD5? send it again
                                 (``retries`` times); else it changed: fail that file
             network broke    -> send it again after a pause (``retries`` times)
@@ -20,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, BinaryIO, Callable, Sequence, TypeVar
+from urllib.parse import quote
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -36,9 +40,10 @@ from .errors import (
     UploadRefused,
 )
 from .progress import ProgressListener, human_size
-from .queries import fetch_status
+from .queries import fetch_status, require_prefix
 from .results import UploadedFile, UploadReport
 from .session import FileBodyProducer, Session, parse_fields
+from .urls import upload_destination
 
 #: opens the body of one upload attempt: (path, attempt number from 1) -> binary stream
 OpenBody = Callable[[Path, int], BinaryIO]
@@ -61,23 +66,27 @@ class _Item:
 class UploadJob:
     """One ``upload_files`` call."""
 
-    def __init__(self, session: Session, base: str, progress: ProgressListener, jobs: int,
+    def __init__(self, session: Session, url: str, progress: ProgressListener, jobs: int,
                  retries: int, open_body: OpenBody) -> None:
         self.session = session
-        self.base = base
+        self.url = url
+        #: the prefix URL (known once ``run`` has split ``url``)
+        self.base = url.rstrip("/")
         self.progress = progress
         self.jobs = jobs
         self.retries = retries
         self.open_body = open_body
         self.key = ""
 
-    async def run(self, paths: list[Path], transfer_key: str | None) -> UploadReport:
-        local = [_local_file(path) for path in paths]
+    async def run(self, paths: list[Path], transfer_key: str | None, name: str | None = None) -> UploadReport:
+        target = await require_prefix(self.session, self.url, "upload")
+        self.base, name = upload_destination(target, len(paths), name)
+        local = [_local_file(path, name) for path in paths]
         if not local:
             raise ClientError("no files to upload")
         done: list[UploadedFile] = []
         if transfer_key is None:
-            items = await self._announce(local)
+            items, done = await self._announce(local)
         else:
             items, done = await self._continue(transfer_key, local)
         self.progress.transfer_started([(item.name, item.size) for item in items])
@@ -88,7 +97,7 @@ class UploadJob:
             raise UploadIncomplete(report)
         return report
 
-    async def _announce(self, local: list[tuple[Path, str, int]]) -> list[_Item]:
+    async def _announce(self, local: list[tuple[Path, str, int]]) -> tuple[list[_Item], list[UploadedFile]]:
         total = sum(size for _, _, size in local)
         self.progress.phase(f"computing MD5 of {len(local)} file{'s' * (len(local) != 1)} ({human_size(total)})")
         sums = [(await self.session.md5_of(path)).hexdigest() for path, _, _ in local]
@@ -108,8 +117,16 @@ class UploadJob:
                 raise UploadRefused(fields["error_reason"])
             raise ProtocolError(f"unexpected answer to the manifest from {url}")
         self.key = fields["transfer_key"][0]
-        return [_Item(path, name, size, md5, num)
-                for num, ((path, name, size), md5) in enumerate(zip(local, sums))]
+        stored = _already_stored(fields, len(local), url)
+        items: list[_Item] = []
+        done: list[UploadedFile] = []
+        for num, ((path, name, size), md5) in enumerate(zip(local, sums)):
+            if num in stored:
+                done.append(UploadedFile(path, name, size, md5, f"{self.base}/{quote(name)}", 0,
+                                         already_stored=True))
+            else:
+                items.append(_Item(path, name, size, md5, num))
+        return items, done
 
     async def _continue(
         self, transfer_key: str, local: list[tuple[Path, str, int]]
@@ -193,14 +210,26 @@ class UploadJob:
             producer.close()
 
 
-def _local_file(path: Path) -> tuple[Path, str, int]:
+def _already_stored(fields: dict[str, list[str]], count: int, url: str) -> set[int]:
+    """The file numbers of the manifest answer's ``already_stored: 0 2`` line (none without it)."""
+    numbers: set[int] = set()
+    for line in fields.get("already_stored", []):
+        for word in line.split():
+            if not word.isdigit() or int(word) >= count:
+                raise ProtocolError(f"unexpected already_stored line in the answer to the manifest from {url}")
+            numbers.add(int(word))
+    return numbers
+
+
+def _local_file(path: Path, name: str | None = None) -> tuple[Path, str, int]:
+    """(path, the name to store it under: ``name`` or its own, its size); a ClientError if it cannot be read."""
     try:
         status = path.stat()
     except OSError as error:
         raise ClientError(f"cannot upload {path}: {error.strerror or error}") from None
     if not path.is_file():
         raise ClientError(f"cannot upload {path}: not a regular file")
-    return path, path.name, status.st_size
+    return path, name if name is not None else path.name, status.st_size
 
 
 _Task = TypeVar("_Task")

@@ -14,7 +14,7 @@ import pytest
 from twisted.internet import defer
 
 from gsitransfer.client import api
-from gsitransfer.client.errors import ChecksumError, HTTPStatusError, UploadIncomplete, UploadRefused
+from gsitransfer.client.errors import NAME_TAKEN_HINT, ChecksumError, HTTPStatusError, UploadIncomplete, UploadRefused
 from gsitransfer.client.partial import PartialDownload, PartialMeta
 from gsitransfer.client.progress import NullProgress
 from gsitransfer.client.session import Session, parse_fields
@@ -82,12 +82,14 @@ def test_progress_callback_is_the_seed_style_function(memory, tmp_path):
 
 
 def test_manifest_refusal_gives_the_handlers_reason(memory, tmp_path):
-    """A name that exists is refused at the manifest: UploadRefused with the handler's error_reason."""
+    """Another file under a name that exists is refused at the manifest: the handler's error_reason and a hint."""
     a = write(tmp_path / "a.csv", b"1")
     upload(memory, [a])
+    write(a, b"2")
     with pytest.raises(UploadRefused) as refused:
         upload(memory, [a])
     assert refused.value.reasons == ("Upload error for file a.csv: a file named a.csv already exists",)
+    assert refused.value.hints == (NAME_TAKEN_HINT,)
 
 
 def test_unsafe_or_duplicate_names_are_refused_before_any_request(memory, tmp_path):

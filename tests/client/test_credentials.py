@@ -107,8 +107,11 @@ def test_command_line_beats_the_environment(layout):
 
 def test_a_named_but_missing_proxy_is_an_error(layout):
     """X509_USER_PROXY pointing nowhere is reported, not skipped."""
-    with pytest.raises(CredentialError, match=r"env-gone\.pem \(X509_USER_PROXY\) does not exist"):
-        find(layout, {"X509_USER_PROXY": str(layout["home"] / "env-gone.pem")})
+    gone = layout["home"] / "env-gone.pem"
+    with pytest.raises(CredentialError) as missing:
+        find(layout, {"X509_USER_PROXY": str(gone)})
+    assert missing.value.message == (f"proxy {gone} (X509_USER_PROXY) does not exist: make it with "
+                                     f"grid-proxy-init -out {gone}, or unset X509_USER_PROXY")
 
 
 def test_nothing_found_names_every_place_looked_at(layout):
@@ -150,11 +153,28 @@ def test_a_proxy_file_yields_its_whole_chain(test_pki):
                                         "2 certificates sent, valid until ")
 
 
-def test_an_expired_proxy_says_so(test_pki):
-    """An expired proxy is refused before any connection, with what to do."""
+def test_an_expired_proxy_names_the_file_to_renew(test_pki):
+    """An expired proxy of the test CA: renew that very file (grid-proxy-init -out), or with make-test-ca --renew."""
     alice = test_pki.users["alice"]
-    with pytest.raises(CredentialError, match=r"your proxy .* expired on .* UTC: run grid-proxy-init"):
-        load_credential(Credential(alice.expired_proxy, alice.expired_proxy, "--proxy"))
+    with pytest.raises(CredentialError) as expired:
+        load_credential(Credential(alice.expired_proxy, alice.expired_proxy, "X509_USER_PROXY"))
+    message = expired.value.message
+    assert message.startswith(f"your proxy {alice.expired_proxy} expired at ")
+    assert message.endswith(f" UTC: renew it with grid-proxy-init -out {alice.expired_proxy} "
+                            f"(this test CA's: scripts/make-test-ca --out {test_pki.directory} --renew alice)")
+
+
+def test_an_expired_proxy_outside_a_test_ca(test_pki, tmp_path):
+    """Outside a test CA only grid-proxy-init is suggested; the default proxy needs no -out."""
+    copy = tmp_path / "x509up_u4242"
+    copy.write_bytes(test_pki.users["alice"].expired_proxy.read_bytes())
+    copy.chmod(0o600)
+    with pytest.raises(CredentialError) as named:
+        load_credential(Credential(copy, copy, "--proxy"))
+    assert named.value.message.endswith(f" UTC: renew it with grid-proxy-init -out {copy}")
+    with pytest.raises(CredentialError) as default:
+        load_credential(Credential(copy, copy, "default proxy"))
+    assert default.value.message.endswith(" UTC: renew it with grid-proxy-init")
 
 
 def test_a_key_of_another_certificate_is_refused(test_pki, tmp_path):

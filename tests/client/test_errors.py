@@ -73,14 +73,16 @@ def test_server_refuses_our_certificate(run_cli, servers, test_pki, user, why):
     assert one_line(result) == f"TLS: the server refused us: {why} (our credential: {files.cert})"
 
 
-def test_expired_proxy(run_cli, servers, test_pki):
-    """An expired proxy is caught before connecting: when, and what to do. Exit 3."""
+def test_expired_proxy(run_cli, servers, test_pki, tmp_path):
+    """An expired proxy named by X509_USER_PROXY is caught before connecting: renew that file. Exit 3."""
     proxy = test_pki.users["alice"].expired_proxy
-    result = run_cli("ls", "--proxy", str(proxy), "--ca-dir", str(test_pki.ca_dir), f"{servers.https}/data")
+    env = {**tls_env(tmp_path, test_pki), "X509_USER_PROXY": str(proxy)}
+    result = run_cli("ls", f"{servers.https}/data", env=env)
     assert result.returncode == 3
     line = one_line(result)
-    assert line.startswith(f"your proxy {test_pki.users['alice'].dn}/CN=") and line.endswith(": run grid-proxy-init")
-    assert f"in {proxy} expired on " in line
+    assert line.startswith(f"your proxy {proxy} expired at ")
+    assert line.endswith(f" UTC: renew it with grid-proxy-init -out {proxy} "
+                         f"(this test CA's: scripts/make-test-ca --out {test_pki.directory} --renew alice)")
 
 
 # -- TLS: we refuse the server ------------------------------------------------------------------
@@ -127,14 +129,19 @@ def test_server_name_mismatch(run_cli, misnamed, test_pki):
 # -- the handler and the protocol's statuses ------------------------------------------------------
 
 
-def test_handler_refusal_one_line_per_file(run_cli, servers, test_pki, tmp_path):
-    """A manifest refused by the handler prints its error_reason; exit 1."""
+def test_handler_refusal_one_line_per_file_and_a_hint(run_cli, servers, test_pki, tmp_path):
+    """Another file under a taken name: the handler's error_reason, then what to do about it; exit 1."""
     env = tls_env(tmp_path, test_pki)
     [path] = make_files(tmp_path, 1, 100)
     assert run_cli("upload", f"{servers.https}/data", str(path), env=env).returncode == 0
+    path.write_bytes(b"another content under the same name")
     again = run_cli("upload", f"{servers.https}/data", str(path), env=env)
-    assert again.returncode == 1
-    assert one_line(again) == f"Upload error for file {path.name}: a file named {path.name} already exists"
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert again.stderr.splitlines() == [
+        f"gsitransfer: Upload error for file {path.name}: a file named {path.name} already exists",
+        "gsitransfer: hint: a different file is stored under that name: upload under another name "
+        "(--as NEWNAME) or ask the server's administrator to remove it",
+    ]
 
 
 def test_403_not_the_owner(run_cli, servers, test_pki, tmp_path):
