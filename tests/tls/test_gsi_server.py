@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from gsitransfer.testca import TestPKI, revoke
-from tests.support.http import client_tls, post_manifest, request
+from tests.support.http import client_tls, manifest_for, post_manifest, request
 from tests.support.server import ServerProcess
 from tests.support.waiting import wait_for
 from .conftest import copy_pki
@@ -61,10 +61,16 @@ class GSIServer:
         tls = client_tls(self.pki.ca_file, cert, key)
         name = f"f-{time.monotonic_ns()}.txt"
         content = name.encode() * 3
-        transfer_key = post_manifest(self.base, "data", [(name, content)], headers, tls=tls)
+        announced = request(self.base, "POST", "/data/manifest", manifest_for([(name, content)]), headers, tls=tls)
+        refuse_if_forbidden(announced.status, announced.text)
+        assert announced.status == 200 and announced.fields().get("return_code") == "0", announced.text
+        transfer_key = announced.fields()["transfer_key"]
         answer = request(self.base, "POST", f"/data/{transfer_key}/0", content, headers, tls=tls)
+        refuse_if_forbidden(answer.status, answer.text)
         assert answer.status == 200, answer.text
-        assert request(self.base, "GET", f"/data/{name}", tls=tls).body == content
+        download = request(self.base, "GET", f"/data/{name}", tls=tls)
+        refuse_if_forbidden(download.status, download.text)
+        assert download.body == content
         return name
 
     def dns_seen(self, name: str) -> set[str | None]:
@@ -76,6 +82,16 @@ class GSIServer:
         assert "Unhandled Error" not in log
         # an accepted session closed by the client is not logged as a refusal
         assert "decode error" not in log
+
+
+def refuse_if_forbidden(status: int, text: str) -> None:
+    """A 403 is a refusal like a refused handshake (PermissionError is an OSError).
+
+    A reload that lands after a connection's handshake re-judges that
+    connection at its next request (403) instead of refusing the handshake.
+    """
+    if status == 403:
+        raise PermissionError(text)
 
 
 @pytest.fixture(scope="module")
