@@ -65,7 +65,9 @@ class Serve:
     """``scripts/serve`` in a checkout, in the background, on free ports; its output in a file."""
 
     def __init__(self, checkout: Path, env: dict[str, str]) -> None:
-        self.http_port, self.https_port = free_port(), free_port()
+        self.http_port = self.https_port = free_port()
+        while self.https_port == self.http_port:
+            self.https_port = free_port()
         self.log_path = checkout / f"serve-{self.http_port}.log"
         env = dict(env, HTTP_PORT=str(self.http_port), HTTPS_PORT=str(self.https_port))
         with open(self.log_path, "wb") as log:
@@ -140,7 +142,9 @@ def test_serve_names_the_port_variables_on_a_busy_port() -> None:
 @pytest.mark.skipif(not venv_is_current(), reason="the repository's .venv is not installed by scripts/test")
 def test_serve_starts_offline_and_renews_the_expired_test_proxies(tmp_path: Path) -> None:
     """With a complete .venv and no package index, serve starts, renews the proxies of a CA minted
-    two days ago (the CA kept) and serves; the renewed proxy works with the gsitransfer client."""
+    two days ago (the CA kept) and serves; the renewed proxy works with the gsitransfer client.
+
+    The copy's .venv is the repository's (a link), so the server runs the repository's code."""
     checkout = copy_checkout(tmp_path / "clone")
     (checkout / ".venv").symlink_to(REPO / ".venv")
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
