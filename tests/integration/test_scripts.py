@@ -141,10 +141,8 @@ def test_serve_names_the_port_variables_on_a_busy_port() -> None:
 
 @pytest.mark.skipif(not venv_is_current(), reason="the repository's .venv is not installed by scripts/test")
 def test_serve_starts_offline_and_renews_the_expired_test_proxies(tmp_path: Path) -> None:
-    """With a complete .venv and no package index, serve starts, renews the proxies of a CA minted
-    two days ago (the CA kept) and serves; the renewed proxy works with the gsitransfer client.
-
-    The copy's .venv is the repository's (a link), so the server runs the repository's code."""
+    """No package index, a complete .venv: serve renews a 2-day-old CA's proxies (CA kept), serves, and the client works."""
+    # the copy's .venv is a link to the repository's: the server runs the repository's code
     checkout = copy_checkout(tmp_path / "clone")
     (checkout / ".venv").symlink_to(REPO / ".venv")
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
@@ -166,8 +164,7 @@ def test_serve_starts_offline_and_renews_the_expired_test_proxies(tmp_path: Path
 
 @pytest.mark.slow
 def test_serve_installs_once_quietly_then_starts_offline(tmp_path: Path) -> None:
-    """A fresh clone: the first serve installs (one line, no warnings), the next starts with no
-    package index, and a changed pyproject.toml installs again."""
+    """A fresh copy: the first serve installs (one line, no warnings), the next starts offline, a changed pyproject re-installs."""
     checkout = copy_checkout(tmp_path / "clone")
     with serving(checkout, dict(os.environ), timeout=600) as (serve, output):
         before_twistd = output.split("made a TEST CA")[0]
