@@ -26,9 +26,12 @@ What this module owns:
                                 proxy-independent.pem, proxy-of-proxy.pem,
                                 proxy-expired.pem (grid-proxy-init format)
       <dir>/untrusted/          a CA that is *not* in ca/, for refusal tests
+      <dir>/.gsitransfer-test-ca  the marker: a test CA made here
 
-* :func:`revoke` and :func:`add_user`, which work on such a directory later,
-  and :func:`main`, the ``make-test-ca`` command line.
+* :func:`revoke`, :func:`add_user` and :func:`renew` (proxies, certificates and
+  CRLs re-issued in place, the CAs kept), which work on such a directory later,
+  and :func:`main`, the ``make-test-ca`` command line; ``<dir>/.gsitransfer-test-ca``
+  (:data:`MARKER`) marks a directory made here, the only kind ever renewed.
 """
 
 from __future__ import annotations
@@ -72,6 +75,18 @@ ORGANIZATION = "Grid Test"
 SUBJECT_NAMESPACE = f"/C=US/O={ORGANIZATION}/*"
 
 ROOT, INTERMEDIATE, UNTRUSTED = "root", "intermediate", "untrusted"
+
+#: file in a PKI directory that says make_test_pki made it: only such a directory is renewed
+MARKER = ".gsitransfer-test-ca"
+MARKER_TEXT = ("This directory holds a TEST certificate authority made by gsitransfer's\n"
+               "make-test-ca. scripts/serve and make-test-ca --renew* renew only a directory\n"
+               "with this file. Never trust this CA in production.\n")
+
+#: what renewal re-issues: proxies that expire within an hour, certificates within
+#: 30 days (users' are valid 365, the server's 825), CRLs within 7 days (valid 30)
+PROXY_MARGIN = datetime.timedelta(hours=1)
+CERT_MARGIN = datetime.timedelta(days=30)
+CRL_MARGIN = datetime.timedelta(days=7)
 
 # ---------------------------------------------------------------------------
 # Names
@@ -607,7 +622,7 @@ def _user_files(
         user = make_user_cert(ca, spec.subject, key, not_before=now - datetime.timedelta(days=400),
                               not_after=now - datetime.timedelta(days=30))
     else:
-        user = make_user_cert(ca, spec.subject, key)
+        user = make_user_cert(ca, spec.subject, key, not_before=now - datetime.timedelta(hours=1))
     files = dict(
         name=spec.name, dn=user.dn, issuer_dn=format_dn(ca.cert.subject), ca=spec.ca,
         serial=user.cert.serial_number, cert=write_certs(folder / "usercert.pem", user.cert),
@@ -620,18 +635,19 @@ def _user_files(
 
 def _proxy_files(folder: Path, user: Issued, keys: KeyPool, now: datetime.datetime) -> dict[str, object]:
     proxy_key = keys.key("proxy", folder.name)
-    proxy = make_proxy(user, proxy_key)
-    independent = make_proxy(user, proxy_key, policy=POLICY_INDEPENDENT)
+    start = now - datetime.timedelta(minutes=5)
+    proxy = make_proxy(user, proxy_key, not_before=start)
+    independent = make_proxy(user, proxy_key, policy=POLICY_INDEPENDENT, not_before=start)
     expired = make_proxy(user, proxy_key, not_before=now - datetime.timedelta(days=2),
                          not_after=now - datetime.timedelta(days=1))
     return dict(
         proxy=write_proxy(folder / "proxy.pem", proxy),
         limited_proxy=write_proxy(folder / "proxy-limited.pem",
-                                  make_proxy(user, proxy_key, policy=POLICY_LIMITED)),
+                                  make_proxy(user, proxy_key, policy=POLICY_LIMITED, not_before=start)),
         independent_proxy=write_proxy(folder / "proxy-independent.pem", independent),
         independent_proxy_dn=independent.dn,
         proxy_of_proxy=write_proxy(folder / "proxy-of-proxy.pem",
-                                   make_proxy(proxy, keys.key("proxy2", folder.name))),
+                                   make_proxy(proxy, keys.key("proxy2", folder.name), not_before=start)),
         expired_proxy=write_proxy(folder / "proxy-expired.pem", expired),
     )
 
@@ -649,6 +665,7 @@ def _ca_subject(common_name: str, unit: str | None = None, organization: str = O
 def make_test_pki(
     directory: str | os.PathLike[str], *, users: Iterable[UserSpec | str] = ("alice", "bob"),
     key_size: int = 2048, share_keys: bool = False, server_key_type: str = "rsa",
+    now: datetime.datetime | None = None,
 ) -> TestPKI:
     """Mint a whole test PKI under ``directory`` (created if needed).
 
@@ -656,7 +673,9 @@ def make_test_pki(
     With ``share_keys`` every user shares one key and every proxy another (fast
     for tests; harmless because nothing here is secret). ``server_key_type``
     ``"ec"`` gives the host certificate an ECDSA P-256 key (the CAs, users and
-    proxies stay RSA ``key_size``).
+    proxies stay RSA ``key_size``). ``now`` mints it as if at that time (a PKI minted
+    two days ago has expired proxies: see :func:`renew`). It is marked as a test CA
+    (:data:`MARKER`): only such a directory is ever renewed.
     """
     if server_key_type not in SERVER_KEY_TYPES:
         raise TestCAError(f"unknown server key type {server_key_type!r} (choose one of: "
@@ -665,19 +684,22 @@ def make_test_pki(
     specs = [spec if isinstance(spec, UserSpec) else user_spec(spec) for spec in users]
     keys = KeyPool(key_size, shared_roles=("user", "proxy", "proxy2") if share_keys else (),
                    ec_roles=("server",) if server_key_type == "ec" else ())
-    now = _now()
-    root = make_ca(_ca_subject("Grid Test Root CA"), keys.key("ca", ROOT))
+    now = now if now is not None else _now()
+    start = now - datetime.timedelta(hours=1)
+    root = make_ca(_ca_subject("Grid Test Root CA"), keys.key("ca", ROOT), not_before=start)
     intermediate = make_ca(_ca_subject("Grid Test Intermediate CA", unit="Intermediate"),
-                           keys.key("ca", INTERMEDIATE), issuer=root)
+                           keys.key("ca", INTERMEDIATE), issuer=root, not_before=start)
     untrusted = make_ca(_ca_subject("Untrusted Test CA", organization="Untrusted Test", country="XX"),
-                        keys.key("ca", UNTRUSTED))
+                        keys.key("ca", UNTRUSTED), not_before=start)
     cas = {ROOT: root, INTERMEDIATE: intermediate, UNTRUSTED: untrusted}
     users_files = {spec.name: _user_files(base, spec, cas[spec.ca], keys, now) for spec in specs}
     server_cert, server_key = _write_server_files(base, root, keys.key("server", "localhost"), now)
     ca_files = {
-        label: _write_ca(base, label, ca, [u.serial for u in users_files.values() if u.ca == label and u.revoked])
+        label: _write_ca(base, label, ca, [u.serial for u in users_files.values() if u.ca == label and u.revoked],
+                         now)
         for label, ca in cas.items()
     }
+    write_file(base / MARKER, MARKER_TEXT.encode())
     write_certs(base / "ca-bundle.pem", root.cert, intermediate.cert)
     return TestPKI(
         directory=base, ca_dir=base / "ca", ca_file=base / "ca-bundle.pem",
@@ -688,14 +710,14 @@ def make_test_pki(
     )
 
 
-def _write_ca(base: Path, label: str, ca: Issued, revoked: Sequence[int]) -> CAFiles:
+def _write_ca(base: Path, label: str, ca: Issued, revoked: Sequence[int], now: datetime.datetime) -> CAFiles:
     digest = subject_hash(ca.cert.subject)
     if label == UNTRUSTED:
         cert = write_certs(base / "untrusted" / "ca.pem", ca.cert)
         key = write_key(base / "untrusted" / "ca.key", ca.key)
         return CAFiles(label, ca.dn, digest, cert, key, None)
     _private_dir(base)
-    install_ca(base / "ca", ca, make_crl(ca, revoked))
+    install_ca(base / "ca", ca, make_crl(ca, revoked, last_update=now - datetime.timedelta(hours=1)))
     return CAFiles(label, ca.dn, digest, base / "ca" / f"{digest}.0",
                    write_key(base / "private" / f"{digest}.key", ca.key), base / "ca" / f"{digest}.r0")
 
@@ -770,7 +792,8 @@ def add_user(pki_dir: str | os.PathLike[str], name: str) -> UserFiles:
     """Issue the plain user ``name`` (and its proxies) from the root CA of an existing test PKI."""
     base = Path(pki_dir)
     if (base / "users" / name).exists():
-        raise TestCAError(f"user {name!r} already exists in {base}")
+        raise TestCAError(f"user {name!r} already exists in {base} (to renew its proxy and "
+                          f"certificate: --renew {name})")
     ca = _load_ca(base, _root_hash(base))
     return _user_files(base, user_spec(name), ca, KeyPool(), _now())
 
@@ -790,7 +813,7 @@ def reissue_server_cert(pki_dir: str | os.PathLike[str], key_type: str = "rsa") 
 
 
 def _write_server_files(base: Path, root: Issued, key: Key, now: datetime.datetime) -> tuple[Path, Path]:
-    server = make_server_cert(root, key)
+    server = make_server_cert(root, key, not_before=now - datetime.timedelta(hours=1))
     expired = make_server_cert(root, key, not_before=now - datetime.timedelta(days=30),
                                not_after=now - datetime.timedelta(days=1))
     # the key first: a reload between the two renames sees a mismatch and keeps the old context
@@ -804,7 +827,7 @@ def _write_server_files(base: Path, root: Issued, key: Key, now: datetime.dateti
 # ---------------------------------------------------------------------------
 
 _USER_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
-_GENERATED = ("ca", "ca-bundle.pem", "private", "server", "users", "untrusted")
+_GENERATED = ("ca", "ca-bundle.pem", "private", "server", "users", "untrusted", MARKER)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -819,6 +842,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="make user NAME (repeatable; default: alice and bob for a new CA)")
     parser.add_argument("--revoke", action="append", default=[], metavar="USER",
                         help="revoke USER: re-issue its CA's CRL (repeatable)")
+    parser.add_argument("--renew", action="append", default=[], metavar="USER",
+                        help="re-issue USER's proxies (12 h) in place, and its certificate (same key) "
+                        "when that expires within 30 days; the CAs are kept (repeatable)")
+    parser.add_argument("--renew-all", action="store_true",
+                        help="--renew every user (revoked ones skipped); also re-issue the server "
+                        "certificate (same key) when it expires within 30 days and CRLs within 7")
+    parser.add_argument("--renew-expiring", action="store_true",
+                        help="as --renew-all, but only proxies that expire within an hour (what "
+                        "scripts/serve runs at start); quiet when nothing needs it")
     parser.add_argument("--force", action="store_true", help="replace an existing test CA in DIR")
     parser.add_argument("--server-key-type", choices=SERVER_KEY_TYPES, default=None,
                         help="key of the localhost server certificate: rsa (RSA-2048, default) or "
@@ -831,7 +863,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``make-test-ca``: returns the exit status; errors are one line on stderr."""
     options = _parser().parse_args(argv)
     try:
-        _run(Path(options.out), options.user, options.revoke, options.force, options.server_key_type)
+        renewing = bool(options.renew or options.renew_all or options.renew_expiring)
+        if renewing and options.force:
+            raise TestCAError("--renew* keeps the test CA: it cannot go with --force")
+        if renewing:
+            _renew(Path(options.out), options.renew, options.renew_all, options.renew_expiring)
+        _run(Path(options.out), options.user, options.revoke, options.force, options.server_key_type,
+             renewing=renewing)
     except (TestCAError, OSError, ValueError) as error:
         print(f"make-test-ca: error: {_one_line(error)}", file=sys.stderr)
         return 1
@@ -859,8 +897,23 @@ def _check_user_name(name: str) -> str:
     return name
 
 
+def _renew(out: Path, users: list[str], every: bool, only_expiring: bool) -> None:
+    if not (out / "ca").exists():
+        raise TestCAError(f"no test CA in {out}/ to renew: make one first (make-test-ca --out {out})")
+    if only_expiring and not is_test_pki(out):
+        print(f"{out}/ does not hold a test CA made by make-test-ca: not renewing anything there")
+        return
+    renewed = renew(out, users) if users and not every else []
+    if every or only_expiring:
+        renewed += renew(out, None, only_expiring=not every)
+    for item in renewed:
+        print(f"renewed {item.what:<18} {item.path}  until {_when(item.not_after)}  ({item.note})")
+    if not renewed and not only_expiring:
+        print(f"{out}/: nothing to renew")
+
+
 def _run(out: Path, users: list[str], revocations: list[str], force: bool,
-         server_key_type: str | None = None) -> None:
+         server_key_type: str | None = None, *, renewing: bool = False) -> None:
     for name in [*users, *revocations]:
         _check_user_name(name)
     exists = (out / "ca").exists()
@@ -880,7 +933,7 @@ def _run(out: Path, users: list[str], revocations: list[str], force: bool,
             print(f"  server certificate    {cert}  key {key}  ({describe_key(public)}, re-issued)")
         for name in users:
             _report_user(add_user(out, name))
-        if not users and not revocations and not server_key_type:
+        if not users and not revocations and not server_key_type and not renewing:
             print(f"{out}/ already holds a test CA: nothing to do (use --force to remake it)")
     for name in revocations:
         crl = revoke(out, name)
@@ -903,3 +956,169 @@ def _report_pki(pki: TestPKI) -> None:
 def _report_user(user: UserFiles) -> None:
     print(f"  user {user.name:<16} {user.dn}")
     print(f"  {'':<21} {user.cert.parent}/ usercert.pem userkey.pem proxy.pem (+ limited, independent, ...)")
+
+
+# ---------------------------------------------------------------------------
+# Renewal
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Renewed:
+    """One file re-issued by :func:`renew`."""
+
+    path: Path
+    #: "proxies", "user certificate", "server certificate" or "CRL"
+    what: str
+    #: when the new file expires (a CRL: its next update)
+    not_after: datetime.datetime
+    note: str = ""
+
+
+def is_test_pki(pki_dir: str | os.PathLike[str]) -> bool:
+    """Whether ``pki_dir`` was made by :func:`make_test_pki` (it holds :data:`MARKER`).
+
+    A directory made before the marker existed counts when its root CA is the
+    test root (``/C=US/O=Grid Test/CN=Grid Test Root CA``) with its key in ``private/``.
+    """
+    base = Path(pki_dir)
+    if (base / MARKER).is_file():
+        return True
+    try:
+        digest = _root_hash(base)
+    except (TestCAError, OSError, ValueError):
+        return False
+    cert = x509.load_pem_x509_certificate((base / "ca" / f"{digest}.0").read_bytes())
+    return cert.subject == _ca_subject("Grid Test Root CA")
+
+
+def renew(
+    pki_dir: str | os.PathLike[str], users: Iterable[str] | None = None, *,
+    only_expiring: bool = False, now: datetime.datetime | None = None,
+) -> list[Renewed]:
+    """Re-issue, in place, what a test PKI needs to keep working; the CAs are kept.
+
+    ``users`` (None: every user under ``users/``; a revoked one is skipped) get new
+    proxy files (all of them, new proxy keys, 12 hours) -- with ``only_expiring``
+    only when ``proxy.pem`` expires within :data:`PROXY_MARGIN` -- and a new user
+    certificate (same key, subject and CA, new serial, 365 days) when theirs expires
+    within :data:`CERT_MARGIN`. With ``users=None`` the server certificate (same
+    key) is re-issued when it expires within :data:`CERT_MARGIN`, and each CRL
+    (same revoked serials, next number) when it expires within :data:`CRL_MARGIN`.
+    Refuses a directory :func:`is_test_pki` does not recognise, a named user who is
+    revoked, and an expired CA.
+    """
+    base = Path(pki_dir)
+    now = now if now is not None else _now()
+    if not is_test_pki(base):
+        raise TestCAError(f"{base} does not hold a test CA made by make-test-ca: nothing renewed")
+    renewed: list[Renewed] = []
+    every = users is None
+    names = sorted(path.name for path in (base / "users").iterdir() if path.is_dir()) \
+        if every and (base / "users").is_dir() else list(users or ())
+    for name in names:
+        renewed += _renew_user(base, name, only_expiring=only_expiring, skip_revoked=every, now=now)
+    if every:
+        renewed += _renew_server(base, now)
+        renewed += _renew_crls(base, now)
+    return renewed
+
+
+def _signer(base: Path, cert: x509.Certificate, now: datetime.datetime) -> Issued:
+    """The CA (with its key) that issued ``cert``: a trusted one in ``ca/``, or the untrusted one."""
+    digest = subject_hash(cert.issuer)
+    untrusted = base / "untrusted" / "ca.pem"
+    if not (base / "ca" / f"{digest}.0").exists() and untrusted.exists():
+        ca_cert = x509.load_pem_x509_certificate(untrusted.read_bytes())
+        ca_key = serialization.load_pem_private_key((base / "untrusted" / "ca.key").read_bytes(), None)
+        if ca_cert.subject != cert.issuer or not isinstance(ca_key, rsa.RSAPrivateKey):
+            raise TestCAError(f"no CA for {format_dn(cert.issuer)} in {base}")
+        ca = Issued(ca_cert, ca_key)
+    else:
+        ca = _load_ca(base, digest)
+    if ca.cert.not_valid_after_utc <= now:
+        raise TestCAError(f"the test CA {ca.dn} expired on {_when(ca.cert.not_valid_after_utc)}: "
+                          "make a new one with --force")
+    if ca.cert.issuer != ca.cert.subject:
+        parent = _signer(base, ca.cert, now)
+        ca = Issued(ca.cert, ca.key, (parent.cert, *parent.chain))
+    return ca
+
+
+def _is_revoked(base: Path, cert: x509.Certificate) -> bool:
+    crl_path = base / "ca" / f"{subject_hash(cert.issuer)}.r0"
+    if not crl_path.exists():
+        return False
+    crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+    return crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+
+
+def _renew_user(base: Path, name: str, *, only_expiring: bool, skip_revoked: bool,
+                now: datetime.datetime) -> list[Renewed]:
+    folder = base / "users" / _check_user_name(name)
+    cert_path, key_path = folder / "usercert.pem", folder / "userkey.pem"
+    if not cert_path.exists() or not key_path.exists():
+        raise TestCAError(f"no user {name!r} in {base} ({cert_path} or {key_path} is missing)")
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    if _is_revoked(base, cert):
+        if skip_revoked:
+            return []
+        raise TestCAError(f"user {name!r} is revoked: not renewing it (make a new user with --user)")
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        raise TestCAError(f"{key_path}: not an RSA or EC key")
+    ca = _signer(base, cert, now)
+    renewed: list[Renewed] = []
+    if cert.not_valid_after_utc - now < CERT_MARGIN:
+        user = make_user_cert(ca, cert.subject, key, not_before=now - datetime.timedelta(hours=1))
+        write_certs(cert_path, user.cert)
+        renewed.append(Renewed(cert_path, "user certificate", user.cert.not_valid_after_utc, "same key"))
+    else:
+        user = Issued(cert, key, (ca.cert, *ca.chain))
+    if renewed or not only_expiring or _expires_within(folder / "proxy.pem", now, PROXY_MARGIN):
+        files = _proxy_files(folder, user, KeyPool(), now)
+        proxy = files["proxy"]
+        assert isinstance(proxy, Path)
+        not_after = x509.load_pem_x509_certificates(proxy.read_bytes())[0].not_valid_after_utc
+        renewed.append(Renewed(proxy, "proxies", not_after, "+ limited, independent, ..."))
+    return renewed
+
+
+def _expires_within(path: Path, now: datetime.datetime, margin: datetime.timedelta) -> bool:
+    """Whether the first certificate in ``path`` expires within ``margin`` (or the file is missing)."""
+    if not path.exists():
+        return True
+    return x509.load_pem_x509_certificates(path.read_bytes())[0].not_valid_after_utc - now < margin
+
+
+def _renew_server(base: Path, now: datetime.datetime) -> list[Renewed]:
+    cert_path, key_path = base / "server" / "hostcert.pem", base / "server" / "hostkey.pem"
+    if not cert_path.exists() or not key_path.exists() or not _expires_within(cert_path, now, CERT_MARGIN):
+        return []
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        raise TestCAError(f"{key_path}: not an RSA or EC key")
+    path, _ = _write_server_files(base, _signer(base, cert, now), key, now)
+    new = x509.load_pem_x509_certificate(path.read_bytes())
+    return [Renewed(path, "server certificate", new.not_valid_after_utc, "same key")]
+
+
+def _renew_crls(base: Path, now: datetime.datetime) -> list[Renewed]:
+    renewed = []
+    for crl_path in sorted((base / "ca").glob("*.r0")):
+        old = x509.load_pem_x509_crl(crl_path.read_bytes())
+        next_update = old.next_update_utc
+        if next_update is not None and next_update - now >= CRL_MARGIN:
+            continue
+        ca = _load_ca(base, crl_path.stem)
+        crl = make_crl(ca, [entry.serial_number for entry in old], number=_crl_number(old) + 1,
+                       last_update=now - datetime.timedelta(hours=1))
+        write_crl(crl_path, crl)
+        assert crl.next_update_utc is not None
+        renewed.append(Renewed(crl_path, "CRL", crl.next_update_utc, "same revocations"))
+    return renewed
+
+
+def _when(moment: datetime.datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")

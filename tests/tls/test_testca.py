@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import shutil
@@ -13,7 +14,17 @@ import pytest
 from cryptography import x509
 
 from gsitransfer.identity import POLICY_LIMITED, format_dn, identity_from_chain, proxy_policy
-from gsitransfer.testca import TestPKI, main, revoke, subject_hash
+from gsitransfer.testca import (
+    TestPKI,
+    UserSpec,
+    is_test_pki,
+    main,
+    make_test_pki,
+    person_name,
+    revoke,
+    subject_hash,
+    user_spec,
+)
 
 from .conftest import REPO, copy_pki
 
@@ -239,3 +250,133 @@ def test_make_test_ca_script_runs(tmp_path: Path) -> None:
     assert os.access(script, os.X_OK)
     result = run(script, "--help")
     assert result.returncode == 0 and "--revoke" in result.stdout
+
+
+# ---------------------------------------------------------------------------
+# Renewal in place (make-test-ca --renew, --renew-all, --renew-expiring)
+# ---------------------------------------------------------------------------
+
+
+def tree_bytes(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` (relative path -> content)."""
+    return {str(path.relative_to(directory)): path.read_bytes()
+            for path in sorted(directory.rglob("*")) if path.is_file()}
+
+
+def first_cert(path: Path) -> x509.Certificate:
+    """The first certificate of a PEM file (a proxy file's proxy)."""
+    return x509.load_pem_x509_certificates(path.read_bytes())[0]
+
+
+def minted_ago(tmp_path: Path, age: datetime.timedelta) -> TestPKI:
+    """A test PKI with alice and a revoked bob, minted as if ``age`` ago."""
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    users = (user_spec("alice"), UserSpec("bob", person_name("bob"), revoked=True))
+    return make_test_pki(tmp_path / "certs", users=users, now=now - age)
+
+
+@needs_openssl
+def test_renew_user_reissues_an_expired_proxy_and_keeps_the_ca(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--renew alice on a PKI minted two days ago: fresh proxies verifying against the same CA; nothing else changes."""
+    pki = minted_ago(tmp_path, datetime.timedelta(days=2))
+    alice = pki.users["alice"]
+    assert alice.proxy is not None and openssl_verify(pki, alice.proxy).returncode != 0
+    before = tree_bytes(pki.directory)
+    assert main(["--out", str(pki.directory), "--renew", "alice"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"renewed proxies            {alice.proxy}  until ") and printed.count("\n") == 1
+    after = tree_bytes(pki.directory)
+    changed = {name for name in after if after[name] != before.get(name)}
+    assert changed == {f"users/alice/{name}" for name in ("proxy.pem", "proxy-limited.pem", "proxy-independent.pem",
+                                                           "proxy-of-proxy.pem", "proxy-expired.pem")}
+    for path in (alice.proxy, alice.limited_proxy, alice.independent_proxy, alice.proxy_of_proxy):
+        assert path is not None
+        result = openssl_verify(pki, path)
+        assert result.returncode == 0, result.stdout + result.stderr
+    hours_left = first_cert(alice.proxy).not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)
+    assert datetime.timedelta(hours=11) < hours_left <= datetime.timedelta(hours=12)
+    token = identity_from_chain(x509.load_pem_x509_certificates(alice.proxy.read_bytes()))
+    assert token.dn == alice.dn == "/C=US/O=Grid Test/OU=People/CN=alice"
+    assert stat.S_IMODE(alice.proxy.stat().st_mode) == 0o600
+
+
+@needs_openssl
+def test_renew_all_reissues_certificates_and_crls_near_expiry(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--renew-all on a PKI minted 364 days ago: user certificates (same key and DN) and CRLs re-issued, CAs kept."""
+    pki = minted_ago(tmp_path, datetime.timedelta(days=364))
+    old_alice = x509.load_pem_x509_certificate(pki.users["alice"].cert.read_bytes())
+    assert pki.root.crl is not None
+    old_crl = x509.load_pem_x509_crl(pki.root.crl.read_bytes())
+    before = tree_bytes(pki.directory)
+    assert main(["--out", str(pki.directory), "--renew-all"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[1:3] for line in printed[:2]] == [
+        ["user", "certificate"], ["proxies", str(pki.users["alice"].proxy)]]
+    assert sorted(line.split()[1:3] for line in printed[2:]) == sorted(
+        [["CRL", str(pki.root.crl)], ["CRL", str(pki.intermediate.crl)]])
+    after = tree_bytes(pki.directory)
+    kept = ["ca-bundle.pem", "server/hostcert.pem", "server/hostkey.pem", "users/alice/userkey.pem",
+            "users/bob/usercert.pem", "users/bob/proxy.pem", *(name for name in before if name.startswith("private/")),
+            *(name for name in before if name.startswith("ca/") and not name.endswith(".r0"))]
+    assert all(after[name] == before[name] for name in kept)
+    new_alice = x509.load_pem_x509_certificate(pki.users["alice"].cert.read_bytes())
+    assert new_alice.subject == old_alice.subject and new_alice.serial_number != old_alice.serial_number
+    assert new_alice.public_key() == old_alice.public_key()
+    assert new_alice.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc) > datetime.timedelta(days=364)
+    new_crl = x509.load_pem_x509_crl(pki.root.crl.read_bytes())
+    assert {entry.serial_number for entry in new_crl} == {entry.serial_number for entry in old_crl}
+    assert new_crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == \
+        old_crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
+    for path in (pki.users["alice"].cert, pki.users["alice"].proxy):
+        assert path is not None and openssl_verify(pki, path).returncode == 0
+    refused = openssl_verify(pki, pki.users["bob"].cert)
+    assert "error 23 at 0 depth" in refused.stdout + refused.stderr
+
+
+def test_renew_expiring_touches_only_what_expires(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--renew-expiring (what scripts/serve runs) is silent on a fresh PKI and renews only expired proxies."""
+    fresh = make_test_pki(tmp_path / "fresh", users=("alice",), share_keys=True)
+    before = tree_bytes(fresh.directory)
+    assert main(["--out", str(fresh.directory), "--renew-expiring"]) == 0
+    assert capsys.readouterr().out == "" and tree_bytes(fresh.directory) == before
+    old = minted_ago(tmp_path, datetime.timedelta(hours=11, minutes=30))
+    assert main(["--out", str(old.directory), "--renew-expiring"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in printed] == [str(old.users["alice"].proxy)]  # bob is revoked
+
+
+def test_renew_never_touches_a_directory_it_did_not_make(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A CA directory without the test-CA marker and the test root (a site's own) is left alone."""
+    pki = minted_ago(tmp_path, datetime.timedelta(days=2))
+    (pki.directory / ".gsitransfer-test-ca").unlink()
+    assert is_test_pki(pki.directory)  # made before the marker existed: its root is the test root
+    site = tmp_path / "site"
+    shutil.copytree(pki.ca_dir, site / "ca")
+    shutil.copytree(pki.directory / "users", site / "users")
+    before = tree_bytes(site)
+    assert main(["--out", str(site), "--renew-expiring"]) == 0
+    assert capsys.readouterr().out == f"{site}/ does not hold a test CA made by make-test-ca: not renewing anything there\n"
+    assert main(["--out", str(site), "--renew", "alice"]) == 1
+    assert capsys.readouterr().err == \
+        f"make-test-ca: error: {site} does not hold a test CA made by make-test-ca: nothing renewed\n"
+    assert tree_bytes(site) == before
+
+
+def test_renew_refuses_revoked_and_unknown_users_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A revoked user is not renewed (a new serial would undo the revocation); errors are one line."""
+    out = tmp_path / "certs"
+    assert main(["--out", str(out), "--user", "erin", "--revoke", "erin"]) == 0
+    capsys.readouterr()
+    assert main(["--out", str(out), "--renew", "erin"]) == 1
+    assert capsys.readouterr().err == \
+        "make-test-ca: error: user 'erin' is revoked: not renewing it (make a new user with --user)\n"
+    assert main(["--out", str(out), "--renew", "nobody"]) == 1
+    assert capsys.readouterr().err.startswith(f"make-test-ca: error: no user 'nobody' in {out} (")
+    assert main(["--out", str(out), "--user", "erin"]) == 1
+    assert capsys.readouterr().err == (f"make-test-ca: error: user 'erin' already exists in {out} "
+                                       "(to renew its proxy and certificate: --renew erin)\n")
+    assert main(["--out", str(out), "--renew-all", "--force"]) == 1
+    assert "cannot go with --force" in capsys.readouterr().err
