@@ -74,7 +74,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "__version__",
     "TransferServer",
     "TransferEngine",
     "HTTPTransferServer",
