@@ -14,7 +14,7 @@ import pwd
 import sys
 import textwrap
 from dataclasses import dataclass
-from typing import Callable, Literal, Mapping, NoReturn, Sequence
+from typing import Callable, Literal, Mapping, NoReturn, Sequence, TextIO
 
 from twisted.logger import LoggingFile
 from twisted.python import usage
@@ -42,12 +42,24 @@ def fail(message: str, status: int = 2) -> NoReturn:
     turns writes into timestamped log lines: the line goes to the process's
     real stderr (``sys.__stderr__``) instead.
     """
+    line = f"{PROGRAM}: error: {message}\n"
     stream = sys.stderr
     if isinstance(stream, LoggingFile) and sys.__stderr__ is not None:
+        if _goes_nowhere(sys.__stderr__):  # a daemon: the log file is the only place it is read
+            stream.write(line)
         stream = sys.__stderr__
-    stream.write(f"{PROGRAM}: error: {message}\n")
+    stream.write(line)
     stream.flush()
     raise SystemExit(status)
+
+
+def _goes_nowhere(stream: TextIO) -> bool:
+    """Whether ``stream`` is /dev/null (twistd points a daemon's stdio there)."""
+    try:
+        here, null = os.fstat(stream.fileno()), os.stat(os.devnull)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (here.st_dev, here.st_ino) == (null.st_dev, null.st_ino)
 
 
 @dataclass(frozen=True)

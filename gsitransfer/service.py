@@ -19,7 +19,7 @@ import gc
 import importlib
 import os
 import signal
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol, TypedDict
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, NoReturn, Protocol, TypedDict
 
 from twisted.application import service
 from twisted.internet import defer
@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 
 from .fastpaths import FastPaths
 from .manifest import ManifestLimits
-from .options import ConfigError, Options, Role, ServiceAccount, fail
+from .options import PROGRAM, ConfigError, Options, Role, ServiceAccount, fail
 
 if TYPE_CHECKING:
     from .keys import TransferTable
@@ -435,6 +435,8 @@ class TransferService(service.MultiService):
 
     #: False in a ``--workers`` worker: its supervisor expires the keys
     expire_keys = True
+    #: twistd's own options (``statusPipe`` once it has daemonized), set by ``tap.makeService``
+    twistd_config: Mapping[str, object] | None = None
 
     def __init__(
         self,
@@ -460,14 +462,28 @@ class TransferService(service.MultiService):
             try:
                 parsed = serverFromString(reactor, endpoint)
             except (ValueError, TypeError, KeyError) as error:
-                fail(f"--{server.scheme} {endpoint}: not a Twisted endpoint string ({error})", 1)
+                self.refuse(f"--{server.scheme} {endpoint}: not a Twisted endpoint string ({error})")
             listening = server.listen(parsed, reactor)
             listening.addCallbacks(
                 lambda port, url=endpoint: _log.info("listening on {endpoint}", endpoint=url),
                 failures.append,
             )
             if failures:
-                fail(cannot_listen(endpoint, server.scheme, failures[0]), 1)
+                self.refuse(cannot_listen(endpoint, server.scheme, failures[0]))
+
+    def refuse(self, message: str) -> NoReturn:
+        """Stop the start-up with one error line (a daemon's twistd parent is told it too).
+
+        twistd's parent of a daemon waits for a status on its pipe and never
+        sees the pipe close (it holds the writing end itself): without this
+        word it would wait for ever.
+        """
+        pipe = None if self.twistd_config is None else self.twistd_config.get("statusPipe")
+        if isinstance(pipe, int):
+            with contextlib.suppress(OSError):
+                os.write(pipe, f"1 {PROGRAM}: error: {message}".encode("ascii", "backslashreplace")[:100])
+                os.close(pipe)
+        fail(message, 1)
 
     def startService(self) -> None:
         """Start housekeeping and the SIGHUP reload; freeze what start-up made out of GC."""

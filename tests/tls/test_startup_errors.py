@@ -157,3 +157,21 @@ def test_a_port_in_use_is_one_plain_line(test_pki, tmp_path, taken_port, scheme,
         f"accessgrid-transfer: error: cannot listen on {endpoint}: address already in use "
         f"(choose another with --{scheme}, or {variable}=... scripts/serve)"
     )
+
+
+def test_a_port_in_use_stops_a_daemon_too(tmp_path, taken_port):
+    """Without -n: twistd's waiting parent is told (exit 1, not a hang) and the log file has the whole line."""
+    (tmp_path / "store").mkdir()
+    endpoint = f"tcp:{taken_port}:interface=127.0.0.1"
+    log = tmp_path / "twistd.log"
+    code = ("import sys; from twisted.scripts.twistd import run; "
+            "sys.argv = ['twistd', '--pidfile=', '--logfile=" + str(log) + "'] + sys.argv[1:]; run()")
+    result = subprocess.run(
+        [sys.executable, "-c", code, "accessgrid-transfer", "--http", endpoint, "--store", f"data={tmp_path / 'store'}"],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "An error has occurred: b'accessgrid-transfer: error: cannot listen on " in result.stderr
+    line = (f"accessgrid-transfer: error: cannot listen on {endpoint}: address already in use "
+            "(choose another with --http, or HTTP_PORT=... scripts/serve)")
+    assert line in log.read_text()
