@@ -36,7 +36,13 @@ class ConfigError(Exception):
 
 
 def fail(message: str, status: int = 2) -> NoReturn:
-    """Print one error line on stderr and exit.
+    """Print one error line on stderr (:func:`report`) and exit."""
+    report(message)
+    raise SystemExit(status)
+
+
+def report(message: str) -> None:
+    """Print one error line on stderr.
 
     Once twistd has begun logging, ``sys.stderr`` is a ``LoggingFile`` that
     turns writes into timestamped log lines: the line goes to the process's
@@ -50,7 +56,6 @@ def fail(message: str, status: int = 2) -> NoReturn:
         stream = sys.__stderr__
     stream.write(line)
     stream.flush()
-    raise SystemExit(status)
 
 
 def _goes_nowhere(stream: TextIO) -> bool:
@@ -375,5 +380,6 @@ __all__ = [
     "Role",
     "ServiceAccount",
     "fail",
+    "report",
     "versions",
 ]

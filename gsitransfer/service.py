@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 
 from .fastpaths import FastPaths
 from .manifest import ManifestLimits
-from .options import PROGRAM, ConfigError, Options, Role, ServiceAccount, fail
+from .options import PROGRAM, ConfigError, Options, Role, ServiceAccount, report
 
 if TYPE_CHECKING:
     from .keys import TransferTable
@@ -478,12 +478,13 @@ class TransferService(service.MultiService):
         sees the pipe close (it holds the writing end itself): without this
         word it would wait for ever.
         """
+        report(message)  # first: the parent exits as soon as it reads the pipe
         pipe = None if self.twistd_config is None else self.twistd_config.get("statusPipe")
         if isinstance(pipe, int):
             with contextlib.suppress(OSError):
                 os.write(pipe, f"1 {PROGRAM}: error: {message}".encode("ascii", "backslashreplace")[:100])
                 os.close(pipe)
-        fail(message, 1)
+        raise SystemExit(1)
 
     def startService(self) -> None:
         """Start housekeeping and the SIGHUP reload; freeze what start-up made out of GC."""
