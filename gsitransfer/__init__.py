@@ -31,8 +31,6 @@ from .handler import DownloadTarget, IBatchPendingHandler, IListingHandler, ITra
 from .identity import ANONYMOUS, IdToken
 from .manifest import FileEntry, Manifest, ManifestLimits, parse_manifest
 
-__version__ = "0.1.0"
-
 _LAZY = {
     "HTTPTransferServer": "gsitransfer.web.servers",
     "GSIHTTPTransferServer": "gsitransfer.web.servers",
@@ -41,7 +39,32 @@ _LAZY = {
 }
 
 
+def _version() -> str:
+    """The version in the installed package's metadata (pyproject.toml's ``version``).
+
+    Run from a source tree that is not installed, the version is read from
+    that tree's ``pyproject.toml``.
+    """
+    from importlib import metadata
+
+    try:
+        return metadata.version("gsitransfer")
+    except metadata.PackageNotFoundError:
+        pass
+    import os
+    import tomllib
+
+    pyproject = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")
+    try:
+        with open(pyproject, "rb") as stream:
+            return str(tomllib.load(stream)["project"]["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        return _version()
     module_name = _LAZY.get(name)
     if module_name is None:
         raise AttributeError(f"module 'gsitransfer' has no attribute {name!r}")

@@ -9,9 +9,14 @@ job; this module imports nothing of the server.
 
 from __future__ import annotations
 
+import os
+import pwd
 import sys
-from typing import Callable, Literal, Mapping, NoReturn, Sequence
+import textwrap
+from dataclasses import dataclass
+from typing import Callable, Literal, Mapping, NoReturn, Sequence, TextIO
 
+from twisted.logger import LoggingFile
 from twisted.python import usage
 
 from .core import DEFAULT_MANIFEST_TTL
@@ -31,9 +36,62 @@ class ConfigError(Exception):
 
 
 def fail(message: str, status: int = 2) -> NoReturn:
-    """Print one error line and exit."""
-    sys.stderr.write(f"{PROGRAM}: error: {message}\n")
+    """Print one error line on stderr (:func:`report`) and exit."""
+    report(message)
     raise SystemExit(status)
+
+
+def report(message: str) -> None:
+    """Print one error line on stderr.
+
+    Once twistd has begun logging, ``sys.stderr`` is a ``LoggingFile`` that
+    turns writes into timestamped log lines: the line goes to the process's
+    real stderr (``sys.__stderr__``) instead.
+    """
+    line = f"{PROGRAM}: error: {message}\n"
+    stream = sys.stderr
+    if isinstance(stream, LoggingFile) and sys.__stderr__ is not None:
+        if _goes_nowhere(sys.__stderr__):  # a daemon: the log file is the only place it is read
+            stream.write(line)
+        stream = sys.__stderr__
+    stream.write(line)
+    stream.flush()
+
+
+def _goes_nowhere(stream: TextIO) -> bool:
+    """Whether ``stream`` is /dev/null (twistd points a daemon's stdio there)."""
+    try:
+        here, null = os.fstat(stream.fileno()), os.stat(os.devnull)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (here.st_dev, here.st_ino) == (null.st_dev, null.st_ino)
+
+
+@dataclass(frozen=True)
+class ServiceAccount:
+    """The account twistd's ``--uid``/``--gid`` will switch to once the ports are bound."""
+
+    uid: int
+    gid: int
+
+    @property
+    def name(self) -> str:
+        """The account's user name (its uid when it has none)."""
+        try:
+            return pwd.getpwuid(self.uid).pw_name
+        except KeyError:
+            return str(self.uid)
+
+    def describe(self) -> str:
+        """``nobody (uid 65534, gid 65534)``: how error lines name the account."""
+        return f"{self.name} (uid {self.uid}, gid {self.gid})"
+
+    def groups(self) -> list[int]:
+        """The groups the account has once switched to (as initgroups(3) sets them)."""
+        try:
+            return os.getgrouplist(pwd.getpwuid(self.uid).pw_name, self.gid)
+        except KeyError:
+            return [self.gid]
 
 
 def _split_assignment(value: str, option: str, right: str) -> tuple[str, str]:
@@ -92,6 +150,40 @@ _PARAMETERS: list[list[object]] = [
 ]
 
 
+#: ``--help``'s sections: each heading and the long options under it (every option once)
+HELP_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Listening", ("http", "https", "public-url", "trusted-proxy")),
+    ("Trust (re-read on SIGHUP and every --reload-interval)",
+     ("cert", "key", "ca-dir", "ca-file", "crl-policy", "signing-policy", "gridmap", "reload-interval")),
+    ("Storage", ("store", "create-store", "handler", "state", "manifest-ttl", "listing-owners")),
+    ("Limits", ("idle-timeout", "head-timeout", "handshake-timeout", "first-request-timeout",
+                "keepalive-timeout", "max-connection-age", "min-body-rate", "handler-timeout",
+                "max-manifest-bytes", "max-files", "max-transfer-size", "max-pending-files",
+                "max-pending-bytes")),
+    ("Operations", ("workers", "shutdown-grace", "no-fast-paths", "version", "help")),
+)
+
+
+def versions() -> list[str]:
+    """What ``--version`` prints: gsitransfer's version, then Twisted's, pyOpenSSL's and Python's."""
+    from importlib import metadata
+
+    from . import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return [
+        f"gsitransfer {__version__}",
+        f"Twisted {installed('twisted')}",
+        f"pyOpenSSL {installed('pyopenssl')}",
+        f"Python {sys.version.split()[0]}",
+    ]
+
+
 def _with_named_coercers(parameters: list[list[object]]) -> list[list[object]]:
     """Numbers are parsed by coercers that name their option in the error line."""
     named: list[list[object]] = []
@@ -113,7 +205,7 @@ class Options(usage.Options):
         "Serve AccessGrid-style file transfers (manifest + one POST per file, "
         "MD5-verified) over plain HTTP and/or mutual TLS (GSI-style identity from "
         "the client certificate). Example: twistd -n accessgrid-transfer "
-        "--http tcp:8080:interface=127.0.0.1 --store data=./transfer-data"
+        "--http tcp:8080:interface=127.0.0.1 --store data=./transfer-data --create-store"
     )
 
     optFlags = [
@@ -123,6 +215,12 @@ class Options(usage.Options):
             "Serve every request through the plain reference paths: twisted.web's Request, "
             "Twisted's TLS transport, Twisted's reactor, Site.log "
             "(as GSITRANSFER_FAST_PATHS=off in the environment).",
+        ],
+        [
+            "create-store",
+            None,
+            "Create missing --store directories (and the directory of --state): mode 0750, "
+            "owned by twistd's --uid/--gid when given. Without it a missing one is an error.",
         ],
     ]
     optParameters = _with_named_coercers(_PARAMETERS)
@@ -136,6 +234,58 @@ class Options(usage.Options):
         self["trusted_proxies"] = []
         #: the arguments as given: ``--workers`` starts its workers with them
         self.argv: list[str] = []
+
+    def opt_version(self) -> NoReturn:
+        """Show gsitransfer's version and Twisted's, then exit."""
+        print("\n".join(versions()))
+        raise SystemExit(0)
+
+    def getUsage(self, width: int | None = None) -> str:
+        """The options under the headings of :data:`HELP_SECTIONS`, then the description."""
+        width = width or int(os.environ.get("COLUMNS", "80"))
+        shown: dict[str, dict[str, object]] = {}
+        for declared in self.longOpt:
+            name = declared.rstrip("=")
+            shown[name] = {
+                "long": name,
+                "short": None,
+                "doc": self.docs.get(name),
+                "optType": "parameter" if declared.endswith("=") else "flag",
+                "default": self.defaults.get(name),
+            }
+        sections: list[str] = []
+        for heading, names in HELP_SECTIONS:
+            entries = [shown.pop(name) for name in names if name in shown]
+            if entries:
+                sections.append(f"{heading}:\n" + "".join(usage.docMakeChunks(entries, width)))
+        if shown:  # an option no section names still appears
+            sections.append("Other:\n" + "".join(usage.docMakeChunks(list(shown.values()), width)))
+        description = "\n".join(textwrap.wrap(self.longdesc, width))
+        return "\n".join(sections) + "\n" + description + "\n"
+
+    def service_account(self) -> ServiceAccount | None:
+        """The account twistd's ``--uid``/``--gid`` switch to, when they name another than this process's.
+
+        None when they are not given (or name this process's own account),
+        and when no twistd parses them (a ``--workers`` worker already runs
+        as the account).
+        """
+        parent = self.parent
+        if parent is None:
+            return None
+        uid, gid = parent.get("uid"), parent.get("gid")
+        if uid is None and gid is None:
+            return None
+        if uid is None:
+            uid = os.geteuid()
+        if gid is None:
+            try:
+                gid = pwd.getpwuid(uid).pw_gid
+            except KeyError:
+                gid = os.getegid()
+        if (uid, gid) == (os.geteuid(), os.getegid()):
+            return None
+        return ServiceAccount(int(uid), int(gid))
 
     def opt_http(self, endpoint: str) -> None:
         """Listen for plain HTTP on a Twisted endpoint, e.g. tcp:8080:interface=127.0.0.1 (repeatable)."""
@@ -221,4 +371,15 @@ class Options(usage.Options):
                 )
 
 
-__all__ = ["MAX_WORKERS", "PROGRAM", "ConfigError", "Options", "Role", "fail"]
+__all__ = [
+    "HELP_SECTIONS",
+    "MAX_WORKERS",
+    "PROGRAM",
+    "ConfigError",
+    "Options",
+    "Role",
+    "ServiceAccount",
+    "fail",
+    "report",
+    "versions",
+]

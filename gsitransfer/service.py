@@ -14,11 +14,12 @@ needed, never at import time: a worker installs its own reactor first.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import importlib
 import os
 import signal
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol, TypedDict
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, NoReturn, Protocol, TypedDict
 
 from twisted.application import service
 from twisted.internet import defer
@@ -30,7 +31,7 @@ from twisted.python.failure import Failure
 
 from .fastpaths import FastPaths
 from .manifest import ManifestLimits
-from .options import ConfigError, Options, Role, fail
+from .options import PROGRAM, ConfigError, Options, Role, ServiceAccount, report
 
 if TYPE_CHECKING:
     from .keys import TransferTable
@@ -119,6 +120,117 @@ def load_factory(target: str) -> object:
     return made
 
 
+@contextlib.contextmanager
+def acting_as(account: ServiceAccount | None) -> Iterator[None]:
+    """Run the block with ``account``'s effective uid, gid and groups (then root's again).
+
+    What the block creates (the stores' and the transfer table's SQLite
+    files, a handler's own files) belongs to the account twistd's
+    ``--uid``/``--gid`` will switch to after binding the ports, and what it
+    cannot open as that account fails here, at start-up, as one line. Outside
+    root, or without an account, the block runs as it is.
+    """
+    if account is None or os.geteuid() != 0:
+        yield
+        return
+    groups, egid = os.getgroups(), os.getegid()
+    os.setgroups(account.groups())
+    os.setegid(account.gid)
+    os.seteuid(account.uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(egid)
+        os.setgroups(groups)
+
+
+def _runner(account: ServiceAccount | None) -> str:
+    """How a line names the account the server runs as."""
+    if account is None:
+        return f"this process (uid {os.geteuid()})"
+    return f"{account.describe()}, which --uid/--gid run the server as"
+
+
+def _directories(options: Options) -> list[tuple[str, str]]:
+    """Each directory the server writes in, with how an error line names it."""
+    named = [(os.path.abspath(directory), f"store directory {os.path.abspath(directory)}")
+             for _, directory in options["stores"]]
+    if options["state"] is not None:
+        state_dir = os.path.dirname(os.path.abspath(options["state"]))
+        named.append((state_dir, f"directory {state_dir} of --state"))
+    elif not options["stores"]:
+        named.append((os.path.abspath("."), f"working directory {os.path.abspath('.')} (the default --state)"))
+    return named
+
+
+def create_directory(path: str, account: ServiceAccount | None) -> None:
+    """Create ``path`` and its missing parents: mode 0750, owned by ``account`` when given (as root)."""
+    missing: list[str] = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for directory in reversed(missing):
+        os.mkdir(directory, 0o750)
+        os.chmod(directory, 0o750)  # whatever the umask
+        if account is not None and os.geteuid() == 0:
+            os.chown(directory, account.uid, account.gid)
+
+
+def prepare_directories(options: Options, account: ServiceAccount | None) -> None:
+    """Check (with ``--create-store``: create) every directory the server writes in.
+
+    A missing one is an error naming ``--create-store``; one that is not a
+    directory, or that the account the server runs as cannot write in, is an
+    error too (:class:`ConfigError`, one line).
+    """
+    for directory, name in _directories(options):
+        if not os.path.lexists(directory):
+            if not options["create-store"]:
+                raise ConfigError(f"{name} does not exist (create it, or give --create-store)")
+            try:
+                create_directory(directory, account)
+            except OSError as error:
+                raise ConfigError(f"cannot create {name}: {error.strerror}") from None
+        if not os.path.isdir(directory):
+            raise ConfigError(f"{name} is not a directory")
+        with acting_as(account):
+            usable = os.access(directory, os.R_OK | os.W_OK | os.X_OK, effective_ids=True)
+        if not usable:
+            raise ConfigError(f"{name} is not readable and writable by {_runner(account)}")
+
+
+def check_rereadable(options: Options, account: ServiceAccount | None) -> None:
+    """The files trust reloads re-read must be readable by the account the server runs as.
+
+    Read once as root at start-up, they are read again on SIGHUP and every
+    ``--reload-interval`` after the switch to ``--uid``/``--gid`` (and by
+    ``--workers``' workers when they start): an unreadable one would make
+    every reload fail. Nothing to check when the server does not switch.
+    """
+    if account is None or os.geteuid() != 0:
+        return
+    files = [("--cert", options["cert"]), ("--key", options["key"]),
+             ("--ca-file", options["ca-file"]), ("--gridmap", options["gridmap"])]
+    if not options["https"]:
+        files = [("--gridmap", options["gridmap"])]
+    with acting_as(account):
+        unreadable = [(option, path) for option, path in files
+                      if path is not None and not os.access(path, os.R_OK, effective_ids=True)]
+        ca_dir = options["ca-dir"] if options["https"] else None
+        if ca_dir is not None and not os.access(ca_dir, os.R_OK | os.X_OK, effective_ids=True):
+            unreadable.append(("--ca-dir", ca_dir))
+    if unreadable:
+        option, path = unreadable[0]
+        raise ConfigError(
+            f"{option} {path} is not readable by {_runner(account)}: trust reloads (SIGHUP, "
+            f"--reload-interval) re-read it as that account (make it owned by it, mode 0400)"
+        )
+
+
 def build_servers(
     options: Options,
     role: Role = "single",
@@ -140,37 +252,16 @@ def build_servers(
         fast_paths = options.fast_paths()
     from twisted.internet import reactor
 
-    from .store import DirectoryStore, StoreError
-    from .transfers_db import SQLiteTransferTable, TransferDBError
     from .web.servers import GSIHTTPTransferServer, HTTPTransferServer
+    # imported here, as the process's own account: _open_state runs as the service account
+    from . import store, transfers_db  # noqa: F401
 
-    handlers: list[tuple[str, object]] = []
-    for prefix, directory in options["stores"]:
-        try:
-            handlers.append(
-                (
-                    prefix,
-                    DirectoryStore(
-                        directory,
-                        pending_ttl=options["manifest-ttl"],
-                        recover=recovering,
-                        listing_owners=options["listing-owners"],
-                    ),
-                )
-            )
-        except StoreError as error:
-            raise ConfigError(str(error)) from None
-    for prefix, target in options["handlers"]:
-        handlers.append((prefix, load_factory(target)))
-
-    state_path = options["state"]
-    if state_path is None:
-        first_dir = options["stores"][0][1] if options["stores"] else "."
-        state_path = os.path.join(first_dir, ".gsitransfer-transfers.sqlite")
-    try:
-        transfers = SQLiteTransferTable(state_path, reset_receiving=recovering)
-    except TransferDBError as error:
-        raise ConfigError(str(error)) from None
+    # run as root with --uid/--gid: what is created now belongs to that account
+    account = options.service_account() if role != "worker" else None
+    prepare_directories(options, account)
+    check_rereadable(options, account)
+    with acting_as(account):
+        handlers, transfers = _open_state(options, recovering)
 
     common = _ServerSettings(
         transfers=transfers,
@@ -214,6 +305,41 @@ def build_servers(
         for prefix, handler in handlers:
             server.RegisterPrefix(prefix, handler)
     return servers
+
+
+def _open_state(options: Options, recovering: bool) -> tuple[list[tuple[str, object]], TransferTable]:
+    """The handlers (stores opened, factories called) and the transfer table."""
+    from .store import DirectoryStore, StoreError
+    from .transfers_db import SQLiteTransferTable, TransferDBError
+
+    handlers: list[tuple[str, object]] = []
+    for prefix, directory in options["stores"]:
+        try:
+            handlers.append(
+                (
+                    prefix,
+                    DirectoryStore(
+                        directory,
+                        pending_ttl=options["manifest-ttl"],
+                        recover=recovering,
+                        listing_owners=options["listing-owners"],
+                    ),
+                )
+            )
+        except StoreError as error:
+            raise ConfigError(str(error)) from None
+    for prefix, target in options["handlers"]:
+        handlers.append((prefix, load_factory(target)))
+
+    state_path = options["state"]
+    if state_path is None:
+        first_dir = options["stores"][0][1] if options["stores"] else "."
+        state_path = os.path.join(first_dir, ".gsitransfer-transfers.sqlite")
+    try:
+        transfers = SQLiteTransferTable(state_path, reset_receiving=recovering)
+    except TransferDBError as error:
+        raise ConfigError(str(error)) from None
+    return handlers, transfers
 
 
 def _server_tls(options: Options) -> ServerTLS:
@@ -287,11 +413,30 @@ def ignore_sighup_from_now(previous: signal.Handlers | int | Callable[..., objec
     signal.signal(signal.SIGHUP, previous if callable(previous) else signal.SIG_IGN)
 
 
+def cannot_listen(endpoint: str, scheme: str, failure: Failure) -> str:
+    """The line for an endpoint that cannot be bound: the reason in plain words and what to change."""
+    cause = getattr(failure.value, "socketError", None)
+    number = getattr(cause, "errno", None)
+    option = f"--{scheme}"
+    if number == errno.EADDRINUSE:
+        variable = "HTTPS_PORT" if scheme == "https" else "HTTP_PORT"
+        hint = f"choose another with {option}, or {variable}=... scripts/serve"
+    elif number == errno.EACCES:
+        hint = f"ports below 1024 need root or CAP_NET_BIND_SERVICE; choose another with {option}"
+    elif number == errno.EADDRNOTAVAIL:
+        hint = f"no interface of this host has that address; change interface= in {option}"
+    else:
+        return f"cannot listen on {endpoint}: {failure.getErrorMessage()}"
+    return f"cannot listen on {endpoint}: {os.strerror(number).lower()} ({hint})"
+
+
 class TransferService(service.MultiService):
     """Listens on every endpoint, keeps keys expiring and trust fresh."""
 
     #: False in a ``--workers`` worker: its supervisor expires the keys
     expire_keys = True
+    #: twistd's own options (``statusPipe`` once it has daemonized), set by ``tap.makeService``
+    twistd_config: Mapping[str, object] | None = None
 
     def __init__(
         self,
@@ -314,13 +459,32 @@ class TransferService(service.MultiService):
 
         for server, endpoint in self.endpoints:
             failures: list[Failure] = []
-            listening = server.listen(serverFromString(reactor, endpoint), reactor)
+            try:
+                parsed = serverFromString(reactor, endpoint)
+            except (ValueError, TypeError, KeyError) as error:
+                self.refuse(f"--{server.scheme} {endpoint}: not a Twisted endpoint string ({error})")
+            listening = server.listen(parsed, reactor)
             listening.addCallbacks(
                 lambda port, url=endpoint: _log.info("listening on {endpoint}", endpoint=url),
                 failures.append,
             )
             if failures:
-                fail(f"cannot listen on {endpoint}: {failures[0].getErrorMessage()}", 1)
+                self.refuse(cannot_listen(endpoint, server.scheme, failures[0]))
+
+    def refuse(self, message: str) -> NoReturn:
+        """Stop the start-up with one error line (a daemon's twistd parent is told it too).
+
+        twistd's parent of a daemon waits for a status on its pipe and never
+        sees the pipe close (it holds the writing end itself): without this
+        word it would wait for ever.
+        """
+        report(message)  # first: the parent exits as soon as it reads the pipe
+        pipe = None if self.twistd_config is None else self.twistd_config.get("statusPipe")
+        if isinstance(pipe, int):
+            with contextlib.suppress(OSError):
+                os.write(pipe, f"1 {PROGRAM}: error: {message}".encode("ascii", "backslashreplace")[:100])
+                os.close(pipe)
+        raise SystemExit(1)
 
     def startService(self) -> None:
         """Start housekeeping and the SIGHUP reload; freeze what start-up made out of GC."""
@@ -366,11 +530,16 @@ class TransferService(service.MultiService):
 __all__ = [
     "Server",
     "TransferService",
+    "acting_as",
     "build_servers",
+    "cannot_listen",
+    "check_rereadable",
+    "create_directory",
     "endpoints_of",
     "hold_sighup",
     "ignore_sighup_from_now",
     "load_factory",
+    "prepare_directories",
     "release_sighup",
     "sighup_held",
 ]

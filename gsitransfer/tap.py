@@ -37,9 +37,10 @@ def makeService(options: Options) -> IService:
     except ConfigError as error:
         fail(str(error), 1)
     endpoints = endpoints_of(options, servers)
+    made: TransferService
     if role == "supervisor":
         # the workers get the same arguments (``--no-fast-paths`` among them) and environment
-        return SupervisorService(
+        made = SupervisorService(
             servers,
             endpoints,
             options["reload-interval"],
@@ -47,9 +48,10 @@ def makeService(options: Options) -> IService:
             workers=options["workers"],
             argv=options.argv,
         )
-    return TransferService(
-        servers, endpoints, options["reload-interval"], options["shutdown-grace"]
-    )
+    else:
+        made = TransferService(servers, endpoints, options["reload-interval"], options["shutdown-grace"])
+    made.twistd_config = options.parent
+    return made
 
 
 __all__ = [

@@ -469,7 +469,8 @@ def _make_directory(root: str) -> None:
             raise StoreError(f"cannot create store directory {root}: {error.strerror}") from None
     if not os.path.isdir(root):
         raise StoreError(f"store path {root} is not a directory")
-    if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
+    # effective ids: opened as the --uid account (service.acting_as), that account must write here
+    if not os.access(root, os.R_OK | os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
         raise StoreError(f"store directory {root} is not readable and writable")
 
 

@@ -28,8 +28,23 @@ _LISTENING = re.compile(r"gsitransfer listening: (https?)://(\[[0-9a-f:]+\]|[^\s
 class ServerProcess:
     """One twistd process; ``url(scheme)`` once it listens."""
 
-    def __init__(self, workdir: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        *,
+        twistd_args: list[str] | None = None,
+        make_stores: bool = True,
+        python: str | None = None,
+    ) -> None:
+        """``twistd_args`` go before the plugin name (``--uid``, ``--gid``); ``make_stores``:
+        create each ``--store`` directory before starting, as an administrator would;
+        ``python``: the interpreter (default: this one)."""
         self.workdir = workdir
+        self.python = python or sys.executable
+        self.twistd_args = list(twistd_args or [])
+        self.make_stores = make_stores
         workers = os.environ.get("GSITRANSFER_TEST_WORKERS")
         if workers and not any(a.startswith("--workers") for a in args):
             args = [*args, "--workers", workers]
@@ -47,11 +62,15 @@ class ServerProcess:
 
     def start(self, timeout: float = 20.0) -> "ServerProcess":
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.make_stores:
+            for flag, value in zip(self.args, self.args[1:]):
+                if flag == "--store" and "=" in value:
+                    (self.workdir / value.partition("=")[2]).mkdir(parents=True, exist_ok=True)
         command = [
-            sys.executable, "-c",
+            self.python, "-c",
             "import sys; from twisted.scripts.twistd import run; "
             "sys.argv = ['twistd', '-n', '--pidfile=', '--logfile=-'] + sys.argv[1:]; run()",
-            "accessgrid-transfer", *self.args,
+            *self.twistd_args, "accessgrid-transfer", *self.args,
         ]
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(

@@ -52,6 +52,7 @@ def parsed(*argv: str) -> tap.Options:
 def store_args(tmp_path: Path, *prefixes: str) -> list[str]:
     args: list[str] = []
     for prefix in prefixes:
+        (tmp_path / prefix).mkdir(exist_ok=True)
         args += ["--store", f"{prefix}={tmp_path / prefix}"]
     return args
 
