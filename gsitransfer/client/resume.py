@@ -5,9 +5,9 @@ when to use them):
 
 * :func:`resume_points` -- the manifest answer's ``resume_from: 0=1048576 2=4096``
   line: file number -> the bytes the server already holds of it;
-* :func:`probe` -- ``HEAD`` on a file URL: the server's durable offset
-  (:class:`Held`), or :data:`NO_RESUME` when the server does not resume
-  uploads (an older one answers ``405``); refusals are HTTPStatusErrors;
+* :func:`probe` -- ``HEAD`` on a file URL: the server's durable offset;
+  :class:`NotResumable` when the server does not resume uploads (an older
+  one answers ``405``); other refusals are HTTPStatusErrors;
 * :func:`patch_headers` and :func:`offset_after` -- a ``PATCH`` from an
   offset and the offset its ``204`` reports;
 * :func:`check_patch_answer` -- what a ``PATCH`` answer means:
@@ -22,8 +22,6 @@ server's offsets are the record (SPEC 7.1, 7.3).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from twisted.web.iweb import IResponse
 
@@ -40,17 +38,6 @@ BACKOFF_CAP = 16.0
 TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
 #: statuses a server that does not resume uploads gives to HEAD or PATCH on a file URL
 NOT_RESUMABLE_STATUSES = frozenset({405, 412, 501})
-
-
-@dataclass(frozen=True)
-class Held:
-    """What ``HEAD`` said: the bytes of the file the server holds (durable)."""
-
-    offset: int
-
-
-#: the server does not resume uploads (whole POSTs only)
-NO_RESUME = None
 
 
 def backoff(failures: int) -> float:
@@ -92,10 +79,10 @@ def _offset(response: IResponse, size: int | None = None) -> int | None:
     return int(text)
 
 
-async def probe(session: Session, url: str, size: int) -> Held | None:
-    """``HEAD url``: the bytes the server holds of a file of ``size`` bytes (all of them: stored).
+async def probe(session: Session, url: str, size: int) -> int:
+    """``HEAD url``: the bytes the server holds (durably) of a file of ``size`` bytes (all: it is stored).
 
-    :data:`NO_RESUME` when the server does not resume uploads: it answers
+    NotResumable when the server does not resume uploads: it answers
     405/412/501, or a success without ``Upload-Offset``, or a 404 without
     ``Tus-Resumable`` (an older server takes the URL for a download's). Other
     refusals raise HTTPStatusError (403: not our transfer; 404: the key
@@ -104,13 +91,13 @@ async def probe(session: Session, url: str, size: int) -> Held | None:
     response = await session.request("HEAD", url, headers={"Tus-Resumable": TUS_VERSION})
     await read_small_body(response)
     code = response.code
-    if code in NOT_RESUMABLE_STATUSES:
-        return NO_RESUME
-    if code == 404 and header(response, "tus-resumable") is None:
-        return NO_RESUME
+    if code in NOT_RESUMABLE_STATUSES or (code == 404 and header(response, "tus-resumable") is None):
+        raise NotResumable("HEAD", code)
     if 200 <= code < 300:
         offset = _offset(response, size)
-        return NO_RESUME if offset is None else Held(offset)
+        if offset is None:
+            raise NotResumable("HEAD", code)
+        return offset
     raise HTTPStatusError(code, (response.phrase or b"").decode("latin-1", "replace"), "HEAD", url)
 
 
@@ -132,11 +119,15 @@ class OffsetMismatch(Exception):
 
 
 class NotResumable(Exception):
-    """The server does not take PATCH on a file URL (an older server: ``405``)."""
+    """The server does not resume uploads: ``method`` (HEAD or PATCH) on a file URL got ``status`` (405...)."""
 
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
+    def __init__(self, method: str, status: int) -> None:
+        super().__init__(method, status)
+        self.method = method
         self.status = status
+
+    def __str__(self) -> str:
+        return f"{self.method} answered {self.status}"
 
 
 async def check_patch_answer(response: IResponse) -> None:
@@ -146,17 +137,15 @@ async def check_patch_answer(response: IResponse) -> None:
         raise OffsetMismatch()
     if response.code in NOT_RESUMABLE_STATUSES:
         await read_small_body(response)
-        raise NotResumable(response.code)
+        raise NotResumable("PATCH", response.code)
 
 
 __all__ = [
     "BACKOFF_CAP",
     "NOT_RESUMABLE_STATUSES",
-    "NO_RESUME",
     "OFFSET_OCTET_STREAM",
     "TRANSIENT_STATUSES",
     "TUS_VERSION",
-    "Held",
     "NotResumable",
     "OffsetMismatch",
     "backoff",

@@ -52,7 +52,6 @@ from .progress import ProgressListener, human_size, notify
 from .queries import fetch_status, require_prefix
 from .results import UploadedFile, UploadReport
 from .resume import (
-    NO_RESUME,
     NotResumable,
     OffsetMismatch,
     backoff,
@@ -225,8 +224,9 @@ class UploadJob:
                 await self._patch(item, offset, tally)
                 return self._stored(item, tally, None)
             except NotResumable as refusal:
-                self._no_resume(f"PATCH answered {refusal.status}")
-                self.progress.file_restarted(item.name, f"PATCH refused ({refusal.status}): the whole file")
+                self._no_resume(str(refusal))
+                if refusal.method == "PATCH":  # its bar was started
+                    self.progress.file_restarted(item.name, f"{refusal}: the whole file")
                 offset = 0
                 continue
             except OffsetMismatch:
@@ -263,11 +263,7 @@ class UploadJob:
         """The bytes of ``item`` the server holds (``HEAD``); 0 when it does not resume uploads."""
         if not self.resume:
             return 0
-        held = await probe(self.session, self._num_url(item), item.size)
-        if held is NO_RESUME:
-            self._no_resume("HEAD did not say how many bytes it holds")
-            return 0
-        return held.offset
+        return await probe(self.session, self._num_url(item), item.size)
 
     def _no_resume(self, why: str) -> None:
         """From now on whole POSTs only; said once."""
