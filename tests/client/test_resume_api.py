@@ -16,7 +16,7 @@ import pytest
 
 from gsitransfer.client import api, output
 from gsitransfer.client.errors import ProtocolError, UploadIncomplete
-from gsitransfer.client.progress import NullProgress
+from gsitransfer.client.progress import LineProgress, NullProgress, TerminalProgress
 from gsitransfer.client.resume import backoff
 
 from .contract import KEY, ContractRoot, Fault, stand_in
@@ -274,3 +274,32 @@ def test_md5_of_the_stored_file_is_the_manifests(tmp_path):
     root = ContractRoot(["/data/"], faults=[Fault("POST", 0, cut=True, keep=123_457)])
     report = run_upload(root, [path])
     assert hashlib.md5(root.files[0].held).hexdigest() == report.files[0].checksum == hashlib.md5(data).hexdigest()
+
+
+def test_line_progress_prints_notices_and_retries_only():
+    """Stderr that is not a terminal: a notice and a retry are one escaped line each; bytes print nothing."""
+    stream = io.StringIO()
+    lines = LineProgress(stream, "gsitransfer: ")
+    lines.file_started("a.bin", 100, 40)
+    lines.file_advanced("a.bin", 60)
+    lines.notice("a\x1bb.bin: resumed at 40.0% (40 B held by the server)")
+    lines.file_restarted("a.bin", "503 busy -- pausing 1 s")
+    lines.file_finished("a.bin", None)
+    assert stream.getvalue().splitlines() == [
+        "gsitransfer: a\\x1bb.bin: resumed at 40.0% (40 B held by the server)",
+        "gsitransfer: a.bin: 503 busy -- pausing 1 s; again",
+    ]
+
+
+def test_the_terminal_bar_starts_at_the_resumed_offset():
+    """A file resumed at 60%: its bar and the total start at 60%, the notice stays above them."""
+    stream = io.StringIO()
+    bars = TerminalProgress(stream, clock=lambda: 0.0, width=120)
+    bars.transfer_started([("big.bin", 1000 * 1024)])
+    bars.notice("big.bin: resumed at 60.0% (600.0 KiB held by the server)")
+    bars.file_started("big.bin", 1000 * 1024, 600 * 1024)
+    screen = stream.getvalue()
+    assert "big.bin: resumed at 60.0% (600.0 KiB held by the server)\n" in screen
+    last = screen.rsplit("\x1b[J", 1)[1].splitlines()
+    assert last[0].startswith("big.bin") and " 60%  600.0 KiB/1000.0 KiB" in last[0]
+    assert last[1].startswith("total 0/1 files") and " 60%" in last[1]
