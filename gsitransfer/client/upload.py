@@ -224,7 +224,7 @@ class UploadJob:
                 await self._patch(item, offset, tally)
                 return self._stored(item, tally, None)
             except NotResumable as refusal:
-                self._no_resume(str(refusal))
+                self._no_resume(refusal)
                 if refusal.method == "PATCH":  # its bar was started
                     self.progress.file_restarted(item.name, f"{refusal}: the whole file")
                 offset = 0
@@ -265,12 +265,15 @@ class UploadJob:
             return 0
         return await probe(self.session, self._num_url(item), item.size)
 
-    def _no_resume(self, why: str) -> None:
+    def _no_resume(self, refusal: NotResumable) -> None:
         """From now on whole POSTs only; said once."""
         if self.resume:
             self.resume = False
-            notify(self.progress, f"the server does not resume uploads ({why}): "
-                                  "a file that is cut off is sent again whole")
+            # an older server takes HEAD /<prefix>/<key>/<n> for a download (404); so may a newer one whose key
+            # has just expired (the whole POST then says so)
+            what = "does not resume uploads, or no longer knows the transfer" if refusal.status == 404 \
+                else "does not resume uploads"
+            notify(self.progress, f"the server {what} ({refusal}): a file that is cut off is sent again whole")
 
     async def _after_checksum_refusal(self, item: _Item, error: HTTPStatusError, tally: _Tally,
                                       resent: bool) -> tuple[bool, str]:

@@ -15,8 +15,10 @@ contracts say a server answers:
   cut off keeps what arrived; the transfer's state (``GET /data/<key>``) has
   each file's ``offset``. ``claims={num: n}`` makes ``resume_from`` say
   ``n`` instead of the bytes held (a stale answer: the PATCH gets ``409``).
-  ``resumes=False`` answers ``405`` to ``HEAD`` and
-  ``PATCH`` on a file URL, as a server from before issue 14 does.
+  ``resumes=False`` answers ``405`` (or ``old_status``: the issue-13
+  server answers ``HEAD`` there with ``404``, taking the URL for a
+  download's) to ``HEAD`` and ``PATCH`` on a file URL, as a server from
+  before issue 14 does.
 
 ``faults`` are injected failures, each used once, in order, by the first
 request it matches (:class:`Fault`): a body cut after ``keep`` bytes (the
@@ -92,7 +94,7 @@ class ContractRoot(resource.Resource):
 
     def __init__(self, prefixes: list[str], lists: bool = True, already_stored: str = "",
                  held: dict[int, bytes] | None = None, resumes: bool = True, faults: list[Fault] | None = None,
-                 claims: dict[int, int] | None = None) -> None:
+                 claims: dict[int, int] | None = None, old_status: int = 405) -> None:
         super().__init__()
         self.prefixes = prefixes
         self.lists = lists
@@ -100,6 +102,7 @@ class ContractRoot(resource.Resource):
         self.preheld = dict(held or {})
         self.resumes = resumes
         self.claims = dict(claims or {})
+        self.old_status = old_status
         self.faults = list(faults or [])
         self.files: list[HeldFile] = []
         self.seen: list[tuple[str, str]] = []
@@ -155,8 +158,9 @@ class ContractRoot(resource.Resource):
             return self.refuse(request, 404, f"no file {num} in transfer")
         entry = self.files[num]
         if method in ("HEAD", "PATCH") and not self.resumes:
-            request.setHeader(b"allow", b"POST")
-            return self.refuse(request, 405, f"method {method} not allowed")
+            if self.old_status == 405:
+                request.setHeader(b"allow", b"POST")
+            return self.refuse(request, self.old_status, f"method {method} not allowed here")
         fault = self.fault(method, num)
         if fault is not None and not fault.cut:
             return self.refuse(request, fault.status, fault.reason)

@@ -79,16 +79,19 @@ class Relay:
     """Relays connections from ``port`` (its own, 127.0.0.1) to ``target`` (127.0.0.1), counting bytes.
 
     ``rate`` bytes per second from the client to the server (None: as fast
-    as they come), in 64 KiB steps. Transparent to TLS (the client still
-    talks to the server). ``upstream`` counts the client's bytes handed to
-    the server; ``open`` the connections not yet closed both ways.
+    as they come), in 64 KiB steps. ``cut_after``: once that many of the
+    client's bytes have been handed over, that connection is dropped (once).
+    Transparent to TLS (the client still talks to the server). ``upstream``
+    counts the client's bytes handed to the server; ``open`` the connections
+    not yet closed both ways.
     """
 
     STEP = 64 * 1024
 
-    def __init__(self, target: int, rate: float | None = None) -> None:
+    def __init__(self, target: int, rate: float | None = None, cut_after: int | None = None) -> None:
         self.target = target
         self.rate = rate
+        self.cut_after = cut_after
         self.upstream = 0
         self.open = 0
         self._lock = threading.Lock()
@@ -131,10 +134,15 @@ class Relay:
                     break
                 if up and self.rate:
                     time.sleep(len(data) / self.rate)
-                sink.sendall(data)
+                cut = False
                 if up:
                     with self._lock:
+                        if self.cut_after is not None and self.upstream + len(data) >= self.cut_after:
+                            data, cut, self.cut_after = data[:self.cut_after - self.upstream], True, None
                         self.upstream += len(data)
+                sink.sendall(data)
+                if cut:
+                    break
         except OSError:
             pass
         finally:

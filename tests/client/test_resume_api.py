@@ -216,18 +216,21 @@ def test_no_resume_sends_whole_posts_only(tmp_path):
     assert report.ok and report.files[0].resumed_from == 0 and bytes(root.files[0].held) == data
 
 
-@pytest.mark.parametrize("held", [False, True], ids=["HEAD 405", "PATCH 405"])
-def test_an_older_server_gets_whole_posts_said_once(tmp_path, held):
-    """A server that answers 405 to HEAD/PATCH: whole POSTs, and one notice for the whole upload."""
+@pytest.mark.parametrize("held, status", [(False, 405), (True, 405), (False, 404)],
+                         ids=["HEAD 405", "PATCH 405", "HEAD 404"])
+def test_an_older_server_gets_whole_posts_said_once(tmp_path, held, status):
+    """A server that answers 405 (or 404 without Tus-Resumable) to HEAD/PATCH: whole POSTs, one notice."""
     paths, datas = zip(*(content_file(tmp_path, f"f{n}.bin", 20_000) for n in range(2)))
     faults = [Fault("POST", n, cut=True, keep=5000) for n in range(2)]
-    root = ContractRoot(["/data/"], resumes=False, faults=faults, held={0: datas[0][:5000]} if held else None)
+    root = ContractRoot(["/data/"], resumes=False, faults=faults, held={0: datas[0][:5000]} if held else None,
+                        old_status=status)
     progress = Recorder()
     report = run_upload(root, list(paths), progress=progress, jobs=1)
     assert report.ok and [bytes(f.held) for f in root.files] == list(datas)
     assert "PATCH" not in [t[0] for t in trace(root, 1)]
     method = "PATCH" if held else "HEAD"
-    assert progress.of("notice")[-1:] == [("notice", f"the server does not resume uploads ({method} answered 405): "
+    what = "does not resume uploads" + (", or no longer knows the transfer" if status == 404 else "")
+    assert progress.of("notice")[-1:] == [("notice", f"the server {what} ({method} answered {status}): "
                                                      "a file that is cut off is sent again whole")]
     assert len([e for e in progress.of("notice") if "does not resume" in e[1]]) == 1
 

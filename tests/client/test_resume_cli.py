@@ -160,6 +160,33 @@ def test_the_same_command_takes_over_and_reports_resumed_from(resumable, test_pk
     assert (resumable.store / path.name).read_bytes() == content
 
 
+def test_a_connection_cut_mid_file_is_finished_by_the_same_run(servers, test_pki, tmp_path):
+    """The link drops at 1 MiB of 4 MiB: the run pauses, asks (HEAD), and finishes: PATCH on a server that
+    resumes, a whole POST said once on an older one; the stored file is right either way."""
+    content = os.urandom(4 * MiB)
+    path = tmp_path / f"cut-{os.urandom(4).hex()}.bin"
+    path.write_bytes(content)
+    port = int(servers.https.rsplit(":", 1)[1])
+    link = Relay(port, cut_after=MiB)
+    try:
+        result = subprocess.run(cli("upload", f"{link.url('https')}/data", str(path)), cwd=tmp_path,
+                                env=tls_env(tmp_path, test_pki), capture_output=True, text=True, timeout=CLI_TIMEOUT)
+        crossed = link.upstream
+    finally:
+        link.close()
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"gsitransfer: {path.name}: ") and lines[0].endswith(" -- pausing 1 s; again")
+    if "resumed at" in result.stderr:  # the resumable server
+        assert lines[1:] == [f"gsitransfer: {path.name}: resumed at {lines[1].split(' at ')[1]}"]
+        assert crossed < len(content) + 2 * MiB
+    else:  # an older one
+        assert lines[1:] == ["gsitransfer: the server does not resume uploads, or no longer knows the transfer "
+                             "(HEAD answered 404): a file that is cut off is sent again whole"]
+        assert crossed > len(content) + MiB
+    assert (servers.store / path.name).read_bytes() == content
+
+
 def test_no_resume_uploads_whole_files(servers, test_pki, tmp_path, run_cli):
     """--no-resume against the real server: the file is sent whole (bytes_sent = size) and stored."""
     content = os.urandom(300_000)
