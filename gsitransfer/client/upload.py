@@ -227,7 +227,7 @@ class UploadJob:
                 self._no_resume(refusal)
                 if refusal.method == "PATCH":  # its bar was started
                     self.progress.file_restarted(item.name, f"{refusal}: the whole file")
-                offset = 0
+                offset = tally.resumed_from = 0  # every byte is sent after all
                 continue
             except OffsetMismatch:
                 failure = _Retry("the server holds another number of bytes than we sent from")
@@ -238,7 +238,7 @@ class UploadJob:
                         return self._failed(item, tally, message, error.status)
                     resent_after_422 = True
                     self.progress.file_restarted(item.name, message)
-                    offset = known = 0
+                    offset = known = tally.resumed_from = 0  # the server threw the bytes it held away
                     continue
                 if not (transient(error.status) or (error.status == 409 and broke)):
                     return self._failed(item, tally, f"{error.status} {error.reason}", error.status)

@@ -122,6 +122,7 @@ def test_a_422_after_patch_sends_the_whole_file_again_once(tmp_path):
     report = run_upload(root, [path], progress=progress)
     assert trace(root) == [("PATCH", 10_000, 40_000), ("POST", None, 50_000)]
     assert report.ok and bytes(root.files[0].held) == data and report.files[0].attempts == 2
+    assert report.files[0].resumed_from == 0 and report.files[0].bytes_sent == 90_000
     assert progress.of("restarted")[0][2].startswith("422 checksum mismatch")
 
 
@@ -228,6 +229,7 @@ def test_an_older_server_gets_whole_posts_said_once(tmp_path, held, status):
     report = run_upload(root, list(paths), progress=progress, jobs=1)
     assert report.ok and [bytes(f.held) for f in root.files] == list(datas)
     assert "PATCH" not in [t[0] for t in trace(root, 1)]
+    assert [f.resumed_from for f in report.files] == [0, 0]
     method = "PATCH" if held else "HEAD"
     what = "does not resume uploads" + (", or no longer knows the transfer" if status == 404 else "")
     assert progress.of("notice")[-1:] == [("notice", f"the server {what} ({method} answered {status}): "
