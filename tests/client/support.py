@@ -81,7 +81,8 @@ class Relay:
     ``rate`` bytes per second from the client to the server (None: as fast
     as they come), in 64 KiB steps. ``cut_after``: once that many of the
     client's bytes have been handed over, that connection is dropped (once).
-    Transparent to TLS (the client still talks to the server). ``upstream``
+    ``target`` may be changed (a restarted server's port): new connections go
+    there. Transparent to TLS (the client still talks to the server). ``upstream``
     counts the client's bytes handed to the server; ``open`` the connections
     not yet closed both ways.
     """
@@ -113,7 +114,11 @@ class Relay:
                 continue
             except OSError:
                 return
-            server = socket.create_connection(("127.0.0.1", self.target), timeout=30)
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target), timeout=30)
+            except OSError:  # the server is down (a test killed it): so is this connection
+                client.close()
+                continue
             with self._lock:
                 self.open += 1
             done = threading.Barrier(2, action=self._one_closed)

@@ -23,6 +23,7 @@ import pytest
 
 from gsitransfer.cli import main
 from tests.support.http import client_tls, request
+from tests.support.server import ServerProcess
 from tests.support.waiting import wait_for
 
 from .conftest import CLI_TIMEOUT, Servers
@@ -99,6 +100,45 @@ def test_sigint_mid_upload_then_the_same_command_sends_only_the_rest(resumable, 
     # the second run sent the rest and little more (TLS records, headers, the manifest)
     assert SIZE - held - 0.05 * MiB <= crossed_again < SIZE - held + 2 * MiB
     assert hashlib.md5((resumable.store / path.name).read_bytes()).hexdigest() == md5
+
+
+def test_the_client_rides_out_a_server_killed_mid_file(resumable, test_pki, tmp_path):
+    """server: SIGKILL at ~8 MiB of 32 MiB, a new server on the same store: the same run continues (HEAD, PATCH)."""
+    content = os.urandom(32 * MiB)
+    path = tmp_path / f"killed-{os.urandom(4).hex()}.bin"
+    path.write_bytes(content)
+    store = tmp_path / "store"
+    store.mkdir()
+    args = ["--https", "tcp:0:interface=127.0.0.1", "--cert", str(test_pki.server_cert),
+            "--key", str(test_pki.server_key), "--ca-dir", str(test_pki.ca_dir), "--store", f"data={store}"]
+    first = ServerProcess(tmp_path / "first", args).start()
+    second: ServerProcess | None = None
+    link = Relay(int(first.url("https").rsplit(":", 1)[1]), rate=4 * MiB)
+    try:
+        upload = subprocess.Popen(cli("--json", "upload", f"{link.url('https')}/data", str(path)), cwd=tmp_path,
+                                  env=tls_env(tmp_path, test_pki), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        try:
+            wait_for(lambda: link.upstream >= 8 * MiB or upload.poll() is not None, 60, "8 MiB sent")
+            first.kill()
+            second = ServerProcess(tmp_path / "second", args).start()
+            link.target = int(second.url("https").rsplit(":", 1)[1])
+            link.rate = None
+            out, err = upload.communicate(timeout=CLI_TIMEOUT)
+        finally:
+            if upload.poll() is None:
+                upload.kill()
+    finally:
+        link.close()
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert upload.returncode == 0, err
+    [sent] = json.loads(out)["files"]
+    assert sent["attempts"] == 2 and sent["resumed_from"] == 0
+    # the first try's bytes, then only what the killed server had not made durable
+    assert len(content) < sent["bytes_sent"] < 2 * len(content) - 4 * MiB
+    assert (store / path.name).read_bytes() == content
 
 
 def cut_post(server: Servers, test_pki, key: str, content: bytes, keep: int) -> None:
