@@ -56,7 +56,7 @@ from .client.errors import (
 )
 from .client.credentials import terminal_prompt
 from .client.results import DownloadReport
-from .client.progress import NullProgress, ProgressListener, TerminalProgress
+from .client.progress import LineProgress, NullProgress, ProgressListener, TerminalProgress
 from .client.session import make_http_client
 from .client.text import json_text, printable, printable_lines
 from .client.tls import HANDSHAKE_TIMEOUT, GSIClientPolicy
@@ -175,14 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     upload = command("upload", "upload files", (
         "Compute each file's MD5, post the manifest, send the files (-j at once), re-send a file\n"
         "whose checksum failed, and print where each file can be downloaded. A file the server\n"
-        "already has (same name, size and MD5) is not sent again."))
+        "already has (same name, size and MD5) is not sent again; a file it holds part of (an\n"
+        "interrupted upload: run the same command again) is continued from there, and so is a\n"
+        "file cut off by the network during this run."))
     upload.add_argument("url", metavar="URL", help=(
         "the prefix, e.g. https://host:8443/data; or the prefix and a new name for one FILE, "
         "e.g. https://host:8443/data/new-name.csv"))
     upload.add_argument("files", metavar="FILE", nargs="+", help="files to upload (they keep their names)")
     upload.add_argument("--as", dest="as_name", metavar="NAME", help="store the one FILE under NAME")
-    upload.add_argument("--retries", type=_count, default=3, metavar="N",
-                        help="re-sends of a file refused with 422 or cut off (default 3)")
+    upload.add_argument("--retries", type=_count, default=5, metavar="N",
+                        help="tries after a file is cut off or answered 5xx, each resuming from what the "
+                             "server holds, after 1, 2, 4, 8, 16 s (default 5)")
+    upload.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="never continue a file (no HEAD, no PATCH): send each file whole, again if cut off")
     upload.add_argument("--transfer-key", metavar="KEY",
                         help="send FILEs as the pending files of this existing transfer (no new manifest)")
     upload.set_defaults(run=_upload)
@@ -232,8 +237,11 @@ class Console:
         self.credential_hint = ""
 
     def progress(self) -> ProgressListener:
-        if self.options.quiet or self.options.json or not _isatty(self.err):
+        """Bars on a terminal; notices and retries as lines elsewhere; nothing with -q or --json."""
+        if self.options.quiet or self.options.json:
             return NullProgress()
+        if not _isatty(self.err):
+            return LineProgress(self.err, f"{PROG}: ")
         return TerminalProgress(self.err)
 
     def result(self, lines: list[str], data: Mapping[str, object]) -> None:
@@ -306,6 +314,7 @@ def _upload(console: Console) -> int:
     report = _with_progress(console, lambda progress: sync.call(
         api.upload_files, options.url, options.files, http=http, progress=progress,
         jobs=options.jobs, retries=options.retries, transfer_key=options.transfer_key, name=options.as_name,
+        resume=options.resume,
     ))
     console.result(output.upload_lines(report), output.upload_json(report))
     return EXIT_OK
@@ -437,8 +446,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         report_error(console, error)
         return error.exit_code
     except KeyboardInterrupt:
-        kept = " (the partial file is kept: run the same command again to resume)" \
-            if options.command == "download" else ""
+        kept = {
+            "download": " (the partial file is kept: run the same command again to resume)",
+            "upload": " (the server keeps what it received: run the same command again to continue)",
+        }.get(options.command, "")
         console.error(f"interrupted{kept}")
         return EXIT_INTERRUPTED
     except Exception as error:  # a bug: say so in one line, trace with --debug

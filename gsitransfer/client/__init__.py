@@ -4,8 +4,9 @@
   ``transfer_status``, ``cancel_transfer``: each returns a cancellable
   Deferred and takes an injectable ``treq`` ``HTTPClient``; the work is in
   :mod:`.upload`, :mod:`.download` (with :mod:`.partial`, the resumable
-  temporary file) and :mod:`.queries`; the values they fire with are in
-  :mod:`.results`;
+  temporary file), :mod:`.resume` (an upload's offsets on the server, HEAD
+  and PATCH, pauses between tries) and :mod:`.queries`; the values they
+  fire with are in :mod:`.results`;
 * :mod:`.sync` -- the same as blocking calls for scripts (reactor in a
   daemon thread);
 * :mod:`.session` -- the HTTP plumbing: treq client, streamed bodies;
@@ -26,7 +27,8 @@ none of them takes names from this package)::
     tls                                              credentials, errors, handshake
     session                                          errors
     queries                                          session, results, errors, urls
-    upload, download                                 session, queries, partial, progress, results, errors, urls
+    resume                                           session, errors
+    upload, download                                 session, queries, resume, partial, progress, results, errors, urls
     api                                              all of the above
     sync                                             api and what it is built from
     output                                           results, progress

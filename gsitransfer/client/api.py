@@ -3,7 +3,8 @@
 ::
 
     upload_files(url, paths)        MD5 each file, POST the manifest, POST the files
-                                    (``jobs`` at once), re-send a file refused with 422
+                                    (``jobs`` at once), PATCH the rest of a file the server
+                                    holds part of, re-send a file refused with 422
     download_file(url, dest)        GET into .<name>.gsitransfer-download, resume with
                                     Range/If-Range, verify the MD5, then rename into place
     list_files(url)                 GET /<prefix>/            -> Listing
@@ -136,9 +137,10 @@ def upload_files(
     http: HTTPClient | None = None,
     progress: Progress = None,
     jobs: int = 4,
-    retries: int = 3,
+    retries: int = 5,
     transfer_key: str | None = None,
     name: str | None = None,
+    resume: bool = True,
     reactor: IClientReactor | None = None,
     run_blocking: RunBlocking | None = None,
     open_body: OpenBody | None = None,
@@ -149,18 +151,25 @@ def upload_files(
     ``name``, or under the last segment of ``https://host:8443/<prefix>/NAME``.
     A file the server reports already stored (same name, size and MD5: the
     manifest answer's ``already_stored``) is not sent and counts as success.
-    ``jobs`` bodies are sent at once; a
-    body refused with ``422`` (checksum mismatch) or cut by the network is
-    sent again up to ``retries`` times. With ``transfer_key`` the files are
-    sent as the pending files of that existing transfer (no new manifest;
-    files it already stored are skipped). Fails with UploadRefused when the
-    handler refuses the manifest, UploadIncomplete when some file failed.
+    ``jobs`` bodies are sent at once. A file the server holds part of (the
+    manifest answer's ``resume_from``: an earlier, interrupted upload of the
+    same file by the same person) is continued with ``PATCH`` from there. A
+    body cut by the network or answered 500/502/503/504 is continued after
+    a pause (1, 2, 4, 8, 16 s) from what the server holds (``HEAD``), up to
+    ``retries`` times in a row without the server gaining bytes; a body
+    refused with ``422`` (checksum mismatch) is sent again whole, once.
+    ``resume=False``: no HEAD, no PATCH, whole bodies only. With
+    ``transfer_key`` the files are sent as the pending files of that
+    existing transfer (no new manifest; files it already stored are
+    skipped, the others continued from their offsets). Fails with
+    UploadRefused when the handler refuses the manifest, UploadIncomplete
+    when some file failed.
     """
     try:
         session = _session(url, http, reactor, run_blocking, pool_size=jobs)
         _base(url)
         job = UploadJob(session, url, as_listener(progress), max(jobs, 1), max(retries, 0),
-                        open_body or open_for_upload)
+                        open_body or open_for_upload, resume)
     except Exception:
         return defer.fail()
     return _run(job.run([Path(p) for p in paths], transfer_key, name))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 
 from .progress import human_duration, human_size
-from .results import DownloadReport, Listing, TransferStatus, UploadReport
+from .results import DownloadReport, Listing, TransferFile, TransferStatus, UploadReport
 from .text import printable
 
 # -- upload ------------------------------------------------------------------------
@@ -42,7 +42,8 @@ def upload_json(report: UploadReport) -> dict[str, object]:
         "ok": report.ok,
         "files": [
             {"name": f.name, "path": str(f.path), "size": f.size, "md5": f.checksum, "url": f.url,
-             "attempts": f.attempts, "error": f.error, "status": f.status, "already_stored": f.already_stored}
+             "attempts": f.attempts, "error": f.error, "status": f.status, "already_stored": f.already_stored,
+             "resumed_from": f.resumed_from, "bytes_sent": f.bytes_sent}
             for f in report.files
         ],
     }
@@ -120,8 +121,16 @@ def status_lines(status: TransferStatus, now: float) -> list[str]:
     ]
     for f in status.files:
         lines.append(f"  {f.file_num:>4}  {printable(f.state):<9}  {human_size(f.size):>10}  {f.name}"
-                     + (f"  {f.url}" if f.state == "stored" and f.url else ""))
+                     + (f"  {f.url}" if f.state == "stored" and f.url else "") + _held(f))
     return [printable(line) for line in lines]
+
+
+def _held(f: TransferFile) -> str:
+    """``  held 614.4 MiB (60.0%)``: the bytes the server holds of a file not stored (when it says)."""
+    if f.state == "stored" or f.offset is None:
+        return ""
+    share = f" ({f.offset / f.size * 100:.1f}%)" if f.size else ""
+    return f"  held {human_size(f.offset)}{share}"
 
 
 def _epoch_to_text(value: float) -> str:

@@ -12,6 +12,11 @@ What this module owns:
   second with ANSI cursor movement. It is only for a terminal: the command
   line uses it when stderr is a TTY and neither ``--quiet`` nor ``--json``
   is given;
+* :class:`LineProgress` -- for a pipe or a log file: no bars, only the
+  notices (``a.bin: resumed at 60.0% (614.4 MiB held by the server)``) and
+  the retries, one line each;
+* :func:`notify` -- tell a listener a notice (listeners written before
+  ``notice`` existed are skipped);
 * :func:`human_size` and :func:`human_duration` for people-facing numbers.
 """
 
@@ -47,6 +52,16 @@ class ProgressListener(Protocol):
     def file_finished(self, name: str, error: str | None) -> None:
         """``name`` is done (``error`` None) or failed."""
 
+    def notice(self, message: str) -> None:
+        """A line worth telling the user as it happens (a resumed file, a server that cannot resume)."""
+
+
+def notify(listener: ProgressListener, message: str) -> None:
+    """``listener.notice(message)``, if the listener has it (it is newer than the other events)."""
+    notice = getattr(listener, "notice", None)
+    if notice is not None:
+        notice(message)
+
 
 class NullProgress:
     """A listener that ignores everything."""
@@ -68,6 +83,27 @@ class NullProgress:
 
     def file_finished(self, name: str, error: str | None) -> None:
         pass
+
+    def notice(self, message: str) -> None:
+        pass
+
+
+class LineProgress(NullProgress):
+    """Notices and retries as plain lines on ``stream`` (stderr that is not a terminal), ``PREFIX: `` first."""
+
+    def __init__(self, stream: TextIO, prefix: str = "") -> None:
+        self.stream = stream
+        self.prefix = prefix
+
+    def notice(self, message: str) -> None:
+        self._line(message)
+
+    def file_restarted(self, name: str, reason: str) -> None:
+        self._line(f"{name}: {reason}; again")
+
+    def _line(self, text: str) -> None:
+        self.stream.write(f"{self.prefix}{printable(text)}\n")
+        self.stream.flush()
 
 
 class CallbackProgress(NullProgress):
@@ -213,6 +249,10 @@ class TerminalProgress(NullProgress):
         self._permanent.append(f"{name}: {reason}; again")
         self._render(force=True)
 
+    def notice(self, message: str) -> None:
+        self._permanent.append(message)
+        self._render(force=True)
+
     def file_finished(self, name: str, error: str | None) -> None:
         bar = self.bars.pop(name, None)
         self.finished += 1
@@ -279,6 +319,7 @@ class TerminalProgress(NullProgress):
 
 __all__ = [
     "CallbackProgress",
+    "LineProgress",
     "NullProgress",
     "ProgressListener",
     "RateMeter",
@@ -286,4 +327,5 @@ __all__ = [
     "as_listener",
     "human_duration",
     "human_size",
+    "notify",
 ]

@@ -75,7 +75,7 @@ async def fetch_status(session: Session, url: str) -> TransferStatus:
     try:
         files = tuple(
             TransferFile(int(f["file_num"]), str(f["name"]), int(f["size"]), str(f["checksum"]),
-                         str(f["state"]), f.get("url"))
+                         str(f["state"]), f.get("url"), _offset(f.get("offset")))
             for f in data["files"]
         )
         return TransferStatus(str(data["transfer_key"]), str(data["prefix"]), data.get("owner"),
@@ -89,6 +89,15 @@ async def cancel(session: Session, url: str) -> str:
     response = await session.request("DELETE", url)
     body = await session.expect(response, (200,), "DELETE", url)
     return body.decode("utf-8", "replace").strip()
+
+
+def _offset(value: object) -> int | None:
+    """A file's ``offset`` in the transfer's state (an older server has none)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"not an offset: {value!r}")
+    return value
 
 
 def _json(body: bytes, url: str) -> Any:

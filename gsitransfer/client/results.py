@@ -30,6 +30,10 @@ class UploadedFile:
     status: int | None = None
     #: True when the server already had this file (same name, size and MD5) and it was not sent
     already_stored: bool = False
+    #: bytes the server held when this upload began (an earlier run's, found by the server): not sent again
+    resumed_from: int = 0
+    #: body bytes this upload sent for the file, every attempt counted
+    bytes_sent: int = 0
 
     @property
     def ok(self) -> bool:
@@ -93,6 +97,8 @@ class TransferFile:
     #: pending, receiving or stored
     state: str
     url: str | None
+    #: bytes the server holds (durable) of a file not yet stored; None: the server did not say
+    offset: int | None = None
 
 
 @dataclass(frozen=True)

@@ -198,9 +198,10 @@ def upload_files(
     http: HTTPClient | None = None,
     jobs: int = 4,
     progress: api.Progress = None,
-    retries: int = 3,
+    retries: int = 5,
     transfer_key: str | None = None,
     name: str | None = None,
+    resume: bool = True,
     reactor: IClientReactor | None = None,
     run_blocking: RunBlocking | None = None,
     open_body: OpenBody | None = None,
@@ -208,7 +209,7 @@ def upload_files(
     """Blocking :func:`gsitransfer.client.api.upload_files` (the same keywords)."""
     client = _client(url, http, jobs)
     return call(api.upload_files, url, list(paths), http=client, jobs=jobs, progress=progress, retries=retries,
-                transfer_key=transfer_key, name=name, reactor=reactor, run_blocking=run_blocking,
+                transfer_key=transfer_key, name=name, resume=resume, reactor=reactor, run_blocking=run_blocking,
                 open_body=open_body)
 
 

@@ -120,13 +120,13 @@ def test_checksum_failure_is_retried(memory, tmp_path):
 
 
 def test_checksum_retries_are_bounded(memory, tmp_path):
-    """A body that never matches fails after retries + 1 attempts, with the 422 reason, one line."""
+    """A body that never matches is re-sent from 0 once, whatever --retries says, then fails with the 422 reason."""
     a = write(tmp_path / "a.dat", b"abc" * 100)
     with pytest.raises(UploadIncomplete) as failed:
-        upload(memory, [a], retries=2, open_body=lambda path, attempt: io.BytesIO(b"xyz" * 100))
+        upload(memory, [a], retries=5, open_body=lambda path, attempt: io.BytesIO(b"xyz" * 100))
     outcome = failed.value.report.files[0]
-    assert outcome.attempts == 3 and outcome.status == 422
-    assert outcome.error.startswith("422 checksum mismatch") and "after 3 attempts" in outcome.error
+    assert outcome.attempts == 2 and outcome.status == 422 and outcome.bytes_sent == 600
+    assert outcome.error.startswith("422 checksum mismatch") and "after 2 attempts" in outcome.error
     assert not (memory.store / "a.dat").exists()
 
 
