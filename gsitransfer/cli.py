@@ -156,6 +156,17 @@ def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="files uploaded at once (default 4)")
 
 
+def _version_text() -> str:
+    """``gsitransfer X`` then the versions of what it runs on (as ``twistd accessgrid-transfer --version``)."""
+    import platform
+
+    import twisted
+
+    import gsitransfer
+
+    return f"{PROG} {gsitransfer.__version__}\nTwisted {twisted.__version__}\nPython {platform.python_version()}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (every command has --help)."""
     parser = argparse.ArgumentParser(
@@ -163,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(parser, suppress=False)
+    parser.add_argument("--version", action="version", version=_version_text(),
+                        help="print gsitransfer's version (and Twisted's, Python's) and exit")
     parser.set_defaults(**_DEFAULTS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

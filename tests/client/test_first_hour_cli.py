@@ -220,3 +220,14 @@ def test_several_files_to_a_name_are_refused(run_cli, servers, tmp_path):
     assert result.returncode == 2
     assert one_line(result) == (f"{url} names one file but 2 files are given: upload to the prefix "
                                 f"{servers.http}/data (files keep their names), or one file at a time to rename it")
+
+
+def test_version_names_gsitransfer_and_what_it_runs_on(run_cli):
+    """`gsitransfer --version` prints the package's version first, then Twisted's and Python's."""
+    import gsitransfer
+
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"gsitransfer {gsitransfer.__version__}"
+    assert [line.split()[0] for line in lines[1:]] == ["Twisted", "Python"]
