@@ -146,7 +146,7 @@ class BodyHashers:
 
     def __init__(self, expected: Sequence[Expected]) -> None:
         self.expected = tuple(expected)
-        self._hashers = {item.algorithm: new_hasher(item.algorithm) for item in self.expected}
+        self._hashers = {name: new_hasher(name) for name in dict.fromkeys(item.algorithm for item in self.expected)}
 
     def update(self, data: bytes) -> None:
         """Add ``data`` (the next bytes of the body) to every digest."""

@@ -1,0 +1,276 @@
+"""Digests in memory: upload bodies verified against their digest fields, downloads answering Want-*.
+
+Servers run on a ``Clock`` (no threads: uploads are written and digests
+computed on the test's thread). Values are computed here independently
+with hashlib, zlib and base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import zlib
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+
+from gsitransfer import digests
+from gsitransfer.fastpaths import FastPaths
+from gsitransfer.manifest import Manifest
+from gsitransfer.store import DirectoryStore
+from gsitransfer.testing import MemoryHandler, SiteConnection, identity_of
+from gsitransfer.web import HTTPTransferServer
+from gsitransfer.web.digesting import INLINE_LIMIT
+
+from .wire import get, upload_head
+
+BODY = os.urandom(200_000)
+SMALL = b"a small file\n" * 50
+_DATE = re.compile(rb"\r\nDate: [^\r]*\r\n")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def adler_hex(data: bytes) -> str:
+    return "%08x" % zlib.adler32(data)
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    root.mkdir()
+    (root / "small.txt").write_bytes(SMALL)
+    (root / "big.bin").write_bytes(BODY)
+    return root
+
+
+def split(output: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """One answer as (status line, headers by lower-case name with their values as sent, body)."""
+    head, _, body = output.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    pairs = (line.split(b": ", 1) for line in lines)
+    return status, {name.lower(): value for name, value in pairs}, body
+
+
+def serving(root: Path, fast_paths: FastPaths | None = None) -> HTTPTransferServer:
+    server = HTTPTransferServer(public_url="http://test", fast_paths=fast_paths)
+    server.RegisterPrefix("data", DirectoryStore(str(root)))
+    return server
+
+
+@pytest.fixture
+def server(store_dir: Path) -> HTTPTransferServer:
+    return serving(store_dir)
+
+
+def ask(server: HTTPTransferServer, *requests: bytes) -> bytes:
+    """Send ``requests`` on one connection to a site on a Clock; everything answered (Date blanked)."""
+    conn = SiteConnection(server.site(Clock()))
+    for data in requests:
+        conn.send(data)
+    return _DATE.sub(b"\r\nDate: -\r\n", conn.output())
+
+
+def upload(server: HTTPTransferServer, name: str, body: bytes, *fields: str) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """Post a one-file manifest for ``name`` and send ``body`` with the header lines ``fields``."""
+    manifest = Manifest.of((name, len(body), hashlib.md5(body).hexdigest())).to_ini().encode()
+    key = server.engine.post_manifest("data", manifest, identity_of(server)).result.transfer_key
+    extra = "".join(f"{line}\r\n" for line in fields)
+    return split(ask(server, upload_head(key, len(body), extra) + body))
+
+
+# -- uploads ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        f"Content-Digest: sha-256=:{b64(hashlib.sha256(BODY).digest())}:",
+        f"Repr-Digest: sha-512=:{b64(hashlib.sha512(BODY).digest())}:, md5=:{b64(hashlib.md5(BODY).digest())}:",
+        f"Digest: adler32={adler_hex(BODY)}",
+        f"Digest: SHA-256={b64(hashlib.sha256(BODY).digest())}",
+        f"Content-MD5: {b64(hashlib.md5(BODY).digest())}",
+    ],
+)
+def test_upload_with_right_digest_is_stored(server: HTTPTransferServer, store_dir: Path, field: str) -> None:
+    """A body whose digest field is right is stored, as without one."""
+    status, _, text = upload(server, "new.bin", BODY, field)
+    assert status == b"HTTP/1.1 200 OK", text
+    assert (store_dir / "new.bin").read_bytes() == BODY
+
+
+@pytest.mark.parametrize(
+    "field, algorithm",
+    [
+        (f"Content-Digest: sha-256=:{b64(hashlib.sha256(b'other').digest())}:", "sha-256"),
+        (f"Repr-Digest: sha-512=:{b64(hashlib.sha512(b'other').digest())}:", "sha-512"),
+        (f"Digest: adler32={adler_hex(b'other')}", "adler32"),
+        (f"Content-MD5: {b64(hashlib.md5(b'other').digest())}", "md5"),
+    ],
+)
+def test_upload_with_wrong_digest_is_422_and_unpublished(
+    server: HTTPTransferServer, store_dir: Path, field: str, algorithm: str
+) -> None:
+    """A body whose digest field is wrong is 422 with one line naming the algorithm; nothing is published."""
+    status, headers, text = upload(server, "new.bin", BODY, field)
+    assert status.startswith(b"HTTP/1.1 422"), text
+    assert text.decode().startswith(f"checksum mismatch: {algorithm} of the body is ")
+    assert text.count(b"\n") == 1
+    assert sorted(p.name for p in store_dir.iterdir() if not p.name.startswith(".gsitransfer-store")) == [
+        "big.bin",
+        "small.txt",
+    ]
+
+
+@pytest.mark.parametrize(
+    "field, reason",
+    [
+        ("Content-Digest: sha-256=:AAAA:", b"malformed Content-Digest: sha-256 is not a 32-byte sequence\n"),
+        ("Digest: adler32=xyz", b"malformed Digest: adler32 is not 8 hex digits: xyz\n"),
+        ("Content-Digest: sha=:AAAA:", b"no supported algorithm in Content-Digest (supported: md5, sha-256, sha-512, adler32)\n"),
+    ],
+)
+def test_malformed_digest_field_is_400_before_the_handler(tmp_path: Path, field: str, reason: bytes) -> None:
+    """A malformed or unusable digest field is 400 with one line, before the handler is asked for a file name."""
+    (tmp_path / "files").mkdir()
+    handler = MemoryHandler(str(tmp_path / "files"))
+    server = HTTPTransferServer(public_url="http://test")
+    server.RegisterPrefix("data", handler)
+    status, _, text = upload(server, "new.bin", BODY, field)
+    assert status.startswith(b"HTTP/1.1 400") and text == reason
+    assert "GetUploadFilename" not in [call for call, _, _ in handler.calls]
+
+
+def test_no_digest_field_makes_no_hasher(server: HTTPTransferServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upload without digest fields makes no hasher beyond the MD5; one with a field makes one per algorithm."""
+    made: list[str] = []
+    real = digests.new_hasher
+    monkeypatch.setattr(digests, "new_hasher", lambda name: made.append(name) or real(name))
+    assert upload(server, "plain.bin", BODY)[0] == b"HTTP/1.1 200 OK"
+    assert made == []
+    field = f"Content-Digest: sha-256=:{b64(hashlib.sha256(BODY).digest())}:"
+    assert upload(server, "checked.bin", BODY, field)[0] == b"HTTP/1.1 200 OK"
+    assert made == ["sha-256"]
+
+
+def test_digests_hashed_at_upload_are_served_without_reading(server: HTTPTransferServer) -> None:
+    """The sha-256 checked at upload (and the MD5) are kept at publish: a Want-Repr-Digest computes nothing."""
+    sha = hashlib.sha256(BODY).digest()
+    assert upload(server, "kept.bin", BODY, f"Content-Digest: sha-256=:{b64(sha)}:")[0] == b"HTTP/1.1 200 OK"
+    status, headers, _ = split(ask(server, get("/data/kept.bin", "Want-Repr-Digest: sha-256=9", method="HEAD")))
+    assert status == b"HTTP/1.1 200 OK"
+    assert headers[b"repr-digest"] == f"sha-256=:{b64(sha)}:, md5=:{b64(hashlib.md5(BODY).digest())}:".encode()
+    assert server.digester.computed == 0
+
+
+# -- downloads ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "want, field, value",
+    [
+        ("Want-Digest: adler32", b"digest", f"adler32={adler_hex(BODY)}"),
+        ("Want-Digest: ADLER32, md5;q=0.3", b"digest", f"adler32={adler_hex(BODY)}"),
+        ("Want-Digest: md5", b"digest", f"md5={b64(hashlib.md5(BODY).digest())}"),
+        ("Want-Digest: sha-256;q=0.5, sha-512;q=0.4", b"digest", f"sha-256={b64(hashlib.sha256(BODY).digest())}"),
+        ("Want-Digest: SHA-512", b"digest", f"sha-512={b64(hashlib.sha512(BODY).digest())}"),
+        ("Want-Repr-Digest: sha-256=5, md5=1", b"repr-digest", f"sha-256=:{b64(hashlib.sha256(BODY).digest())}:"),
+        ("Want-Repr-Digest: sha-512=2", b"repr-digest", f"sha-512=:{b64(hashlib.sha512(BODY).digest())}:"),
+        ("Want-Repr-Digest: md5=1", b"repr-digest", f"md5=:{b64(hashlib.md5(BODY).digest())}:"),
+    ],
+)
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_wanted_digest_served(server: HTTPTransferServer, want: str, field: bytes, value: str, method: str) -> None:
+    """Want-Digest and Want-Repr-Digest on GET and HEAD get the preferred digest in the field's format."""
+    status, headers, body = split(ask(server, get("/data/big.bin", want, method=method)))
+    assert status == b"HTTP/1.1 200 OK"
+    assert headers[field] == value.encode()
+    assert body == (BODY if method == "GET" else b"")
+
+
+def test_unsupported_want_changes_nothing(server: HTTPTransferServer) -> None:
+    """Want-Digest naming only algorithms not served (or not parsing) gives the usual answer, no Digest."""
+    usual = ask(server, get("/data/big.bin"))
+    for want in ("Want-Digest: crc32c, UNIXcksum", "Want-Digest: md5;q=7", "Want-Repr-Digest: adler=3"):
+        assert ask(server, get("/data/big.bin", want)) == usual
+    assert server.digester.computed == 0
+
+
+def test_known_md5_kept_beside_the_wanted_digest(server: HTTPTransferServer) -> None:
+    """With a stored MD5, Repr-Digest lists the wanted digest then the MD5, unless md5 is rated 0."""
+    md5, sha = hashlib.md5(BODY).digest(), hashlib.sha256(BODY).digest()
+    assert upload(server, "up.bin", BODY)[0] == b"HTTP/1.1 200 OK"
+    headers = split(ask(server, get("/data/up.bin", "Want-Repr-Digest: sha-256=3")))[1]
+    assert headers[b"repr-digest"] == f"sha-256=:{b64(sha)}:, md5=:{b64(md5)}:".encode()
+    headers = split(ask(server, get("/data/up.bin", "Want-Repr-Digest: sha-256=3, md5=0")))[1]
+    assert headers[b"repr-digest"] == f"sha-256=:{b64(sha)}:".encode()
+    assert split(ask(server, get("/data/up.bin")))[1][b"repr-digest"] == f"md5=:{b64(md5)}:".encode()
+
+
+def test_range_gets_the_whole_files_digest(server: HTTPTransferServer) -> None:
+    """A 206 carries the digest of the whole file (RFC 3230 instance, RFC 9530 representation)."""
+    status, headers, body = split(ask(server, get("/data/big.bin", "Range: bytes=10-19", "Want-Digest: adler32")))
+    assert status == b"HTTP/1.1 206 Partial Content" and body == BODY[10:20]
+    assert headers[b"digest"] == f"adler32={adler_hex(BODY)}".encode()
+
+
+def test_digest_computed_once_per_file_state(server: HTTPTransferServer, store_dir: Path) -> None:
+    """Two downloads asking for sha-256 compute it once (kept by the store); a rewritten file is computed again."""
+    want = "Want-Repr-Digest: sha-256=1"
+    first = split(ask(server, get("/data/big.bin", want)))[1][b"repr-digest"]
+    second = split(ask(server, get("/data/big.bin", want), get("/data/big.bin", want, method="HEAD")))
+    assert server.digester.computed == 1
+    assert first == f"sha-256=:{b64(hashlib.sha256(BODY).digest())}:".encode()
+    assert second[1][b"repr-digest"] == first
+    store = server.engine.handler_for("data")
+    assert isinstance(store, DirectoryStore)
+    status = os.stat(store_dir / "big.bin")
+    identity = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+    assert store.metadata.digests("big.bin", identity) == {"sha-256": hashlib.sha256(BODY).hexdigest()}
+    changed = BODY[::-1]
+    (store_dir / "big.bin").write_bytes(changed)
+    os.utime(store_dir / "big.bin", ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
+    third = split(ask(server, get("/data/big.bin", want)))[1][b"repr-digest"]
+    assert third == f"sha-256=:{b64(hashlib.sha256(changed).digest())}:".encode()
+    assert server.digester.computed == 2
+
+
+def test_handler_without_keeper_uses_the_servers_cache(tmp_path: Path) -> None:
+    """For a handler that keeps no digests, the server's own cache remembers them: computed once."""
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "f.bin").write_bytes(BODY)
+    server = HTTPTransferServer(public_url="http://test")
+    server.RegisterPrefix("data", MemoryHandler(str(tmp_path / "files")))
+    for _ in range(3):
+        headers = split(ask(server, get("/data/f.bin", "Want-Digest: adler32")))[1]
+        assert headers[b"digest"] == f"adler32={adler_hex(BODY)}".encode()
+    assert server.digester.computed == 1 and len(server.digester.cache) == 1
+
+
+def test_small_files_computed_inline(server: HTTPTransferServer) -> None:
+    """A file under the inline limit is hashed at once (the test's reactor has no threads either way)."""
+    assert len(SMALL) <= INLINE_LIMIT
+    headers = split(ask(server, get("/data/small.txt", "Want-Digest: adler32")))[1]
+    assert headers[b"digest"] == f"adler32={adler_hex(SMALL)}".encode()
+
+
+@pytest.mark.parametrize(
+    "requests",
+    [
+        [get("/data/small.txt", "Want-Digest: adler32")],
+        [get("/data/small.txt", "Want-Repr-Digest: sha-256=1"), get("/data/small.txt")],
+        [get("/data/big.bin", "Want-Digest: md5", "Connection: close")],
+        [get("/data/small.txt"), get("/data/small.txt", "Want-Digest: crc32c")],
+    ],
+)
+def test_fast_path_on_and_off_agree(store_dir: Path, requests: list[bytes]) -> None:
+    """With Want-* fields the answers are byte-identical with every fast path and with none."""
+    fast = ask(serving(store_dir, FastPaths()), *requests)
+    plain = ask(serving(store_dir, FastPaths.none()), *requests)
+    assert fast == plain
+    assert b"HTTP/1.1 200 OK" in fast
