@@ -1,0 +1,157 @@
+"""Digests over real sockets with curl: uploads verified, downloads answering Want-Digest/Want-Repr-Digest.
+
+Every expected value is computed here with hashlib, zlib.adler32 and base64;
+the server counts its own digest computations in its log (``computed <alg>
+of <path>``), which the tests count across requests and a restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import subprocess
+import zlib
+from pathlib import Path
+
+from tests.support.server import ServerProcess
+
+from .ag_client import write_manifest
+from .helpers import part_files, running, server_args, write_random_file
+
+CURL = ["curl", "-sS", "--max-time", "60"]
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run curl (bounded in time); fail the test on a transport error."""
+    result = subprocess.run([*CURL, *args], capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, f"curl {args} failed ({result.returncode}): {result.stderr}"
+    return result
+
+
+def head_fields(text: str) -> tuple[int, dict[str, str]]:
+    """Status and headers (lower-case names, values as sent) of the last answer in a curl header dump."""
+    blocks = [block for block in text.replace("\r\n", "\n").split("\n\n") if block.strip()]
+    lines = blocks[-1].strip().split("\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split(" ", 2)[1]), headers
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def adler_hex(data: bytes) -> str:
+    return "%08x" % zlib.adler32(data)
+
+
+def post_manifest(base: str, tmp_path: Path, files: list[Path]) -> str:
+    manifest = tmp_path / "manifest.ini"
+    manifest.write_bytes(write_manifest(files))
+    answer = dict(
+        line.split(": ", 1) for line in curl("--data-binary", f"@{manifest}", f"{base}/manifest").stdout.splitlines()
+    )
+    assert answer["return_code"] == "0", answer
+    return answer["transfer_key"]
+
+
+def upload(url: str, path: Path, out: Path, *fields: str) -> tuple[str, str]:
+    """POST ``path`` to ``url`` with the header lines ``fields``: (status, answer text)."""
+    args = ["-X", "POST", "-T", str(path), "-w", "%{http_code}", "-o", str(out)]
+    for field in fields:
+        args += ["-H", field]
+    result = curl(*args, url)
+    return result.stdout, out.read_text()
+
+
+def test_uploads_verified_against_every_digest_field(tmp_path: Path) -> None:
+    """curl uploads with Content-Digest, Repr-Digest, Digest and Content-MD5: right ones stored, a wrong one 422 and unpublished."""
+    store = tmp_path / "store"
+    files = []
+    for name, size in (("big.bin", 3 * 1024 * 1024 + 5), ("adler.bin", 70_000), ("md5.bin", 5000), ("wrong.bin", 2 * 1024 * 1024)):
+        path = tmp_path / name
+        write_random_file(path, size)
+        files.append(path)
+    big, adler, md5, wrong = (path.read_bytes() for path in files)
+    with running(ServerProcess(tmp_path, server_args(store))) as server:
+        base = f"{server.url()}/data"
+        key = post_manifest(base, tmp_path, files)
+        sha256, sha512 = hashlib.sha256(big).digest(), hashlib.sha512(big).digest()
+        status, text = upload(
+            f"{base}/{key}/0", files[0], tmp_path / "a0",
+            f"Content-Digest: sha-256=:{b64(sha256)}:", f"Repr-Digest: sha-512=:{b64(sha512)}:",
+        )
+        assert status == "200", text
+        status, text = upload(f"{base}/{key}/1", files[1], tmp_path / "a1", f"Digest: adler32={adler_hex(adler)}")
+        assert status == "200", text
+        status, text = upload(
+            f"{base}/{key}/2", files[2], tmp_path / "a2", f"Content-MD5: {b64(hashlib.md5(md5).digest())}"
+        )
+        assert status == "200", text
+        # the big wrong one goes through the upload's worker threads: checked there, refused before publish
+        bad = hashlib.sha256(wrong[:-1]).digest()
+        status, text = upload(f"{base}/{key}/3", files[3], tmp_path / "a3", f"Content-Digest: sha-256=:{b64(bad)}:")
+        assert status == "422"
+        assert text == f"checksum mismatch: sha-256 of the body is {b64(hashlib.sha256(wrong).digest())}, Content-Digest says {b64(bad)}\n"
+        assert not (store / "wrong.bin").exists() and part_files(store) == []
+        assert curl("-o", os.devnull, "-w", "%{http_code}", f"{base}/wrong.bin").stdout == "404"
+        # the file is pending again: sent again without the wrong field, it is stored
+        status, text = upload(f"{base}/{key}/3", files[3], tmp_path / "a3")
+        assert status == "200", text
+        for path in files:
+            assert (store / path.name).read_bytes() == path.read_bytes()
+        status, text = upload(f"{base}/{key}/0", files[0], tmp_path / "a4", "Content-Digest: sha-256=:AAAA:")
+        assert (status, text) == ("400", "malformed Content-Digest: sha-256 is not a 32-byte sequence\n")
+        # the digests checked at upload are served without reading the file again
+        status, headers = head_fields(
+            curl("-I", "-H", "Want-Repr-Digest: sha-512=3, sha-256=1", f"{base}/big.bin").stdout
+        )
+        assert status == 200
+        assert headers["repr-digest"] == f"sha-512=:{b64(sha512)}:, md5=:{b64(hashlib.md5(big).digest())}:"
+        status, headers = head_fields(curl("-I", "-H", "Want-Digest: adler32", f"{base}/adler.bin").stdout)
+        assert headers["digest"] == f"adler32={adler_hex(adler)}"
+    assert "computed " not in server.log_text()
+
+
+def test_want_digest_served_and_computed_once(tmp_path: Path) -> None:
+    """GET and HEAD with Want-Digest/Want-Repr-Digest get each algorithm's value; each is computed once, kept across a restart."""
+    store = tmp_path / "store"
+    store.mkdir()
+    data = os.urandom(5 * 1024 * 1024 + 3)
+    (store / "placed.bin").write_bytes(data)  # placed by hand: no digest known
+    (store / "tiny.txt").write_bytes(b"x")
+    expected = {
+        "adler32": f"adler32={adler_hex(data)}",
+        "md5": f"md5={b64(hashlib.md5(data).digest())}",
+        "sha-256": f"sha-256={b64(hashlib.sha256(data).digest())}",
+        "sha-512": f"sha-512={b64(hashlib.sha512(data).digest())}",
+    }
+    with running(ServerProcess(tmp_path, server_args(store))) as server:
+        url = f"{server.url()}/data/placed.bin"
+        for algorithm, value in expected.items():
+            for method in (["-I"], ["-o", str(tmp_path / "body"), "-D", "-"]):
+                status, headers = head_fields(curl(*method, "-H", f"Want-Digest: {algorithm.upper()}, crc32c;q=0.9", url).stdout)
+                assert status == 200 and headers["digest"] == value
+        assert (tmp_path / "body").read_bytes() == data
+        status, headers = head_fields(curl("-I", "-H", "Want-Repr-Digest: sha-256=10, md5=1", url).stdout)
+        assert headers["repr-digest"] == f"sha-256=:{b64(hashlib.sha256(data).digest())}:"
+        assert "digest" not in headers
+        status, headers = head_fields(curl("-I", "-H", "Want-Digest: adler32", f"{server.url()}/data/tiny.txt").stdout)
+        assert headers["digest"] == "adler32=" + adler_hex(b"x")  # leading zeros kept: 8 digits
+    log = server.log_text()  # (read once the server stopped: worker processes flush their lines then)
+    for algorithm in expected:
+        assert log.count(f"computed {algorithm} of {store / 'placed.bin'}") == 1, log
+    # kept beside the MD5 in the store's database: a new server process computes nothing
+    with running(ServerProcess(tmp_path, server_args(store))) as server:
+        status, headers = head_fields(curl("-I", "-H", "Want-Digest: sha-512", f"{server.url()}/data/placed.bin").stdout)
+        assert headers["digest"] == expected["sha-512"]
+        # a file rewritten in place is a new file state: computed again
+        changed = data[::-1]
+        (store / "placed.bin").write_bytes(changed)
+        for _ in range(2):
+            status, headers = head_fields(curl("-I", "-H", "Want-Digest: sha-512", f"{server.url()}/data/placed.bin").stdout)
+            assert headers["digest"] == f"sha-512={b64(hashlib.sha512(changed).digest())}"
+    assert server.log_text().count("computed ") == 1, server.log_text()
