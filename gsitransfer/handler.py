@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from types import CoroutineType
-from typing import Any, Protocol, Union, cast
+from typing import Any, Mapping, Protocol, Union, cast
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -96,7 +96,8 @@ class IDigestKeeper(Interface):
     The server computes a digest a download asks for (``Want-Digest``,
     ``Want-Repr-Digest``) at most once per file: it asks the handler first and
     gives it what it computed, and at an upload's publish what it hashed on
-    the way. ``identity`` is the file's ``(st_dev, st_ino, st_size,
+    the way beyond the MD5 (the digests the client's fields named; the MD5
+    is ``CompleteUpload``'s ``checksum``). ``identity`` is the file's ``(st_dev, st_ino, st_size,
     st_mtime_ns)``: a digest holds only while the file has that identity.
     Digests are lowercase hex by algorithm (``md5``, ``sha-256``, ``sha-512``,
     ``adler32``). Both are called on the reactor thread and must answer at
@@ -235,7 +236,9 @@ class HandlerAdapter:
     def known_digests(self, path: str, identity: tuple[int, int, int, int]) -> dict[str, str]:
         """``KnownDigests``: the digests the handler keeps for this file state (only if it keeps any)."""
         known = self._callbacks.KnownDigests(path, identity)
-        return {str(name): str(value) for name, value in dict(known or {}).items()}  # type: ignore[call-overload]
+        if not isinstance(known, Mapping):
+            return {}
+        return {str(name): str(value) for name, value in known.items() if value}
 
     def keep_digests(self, path: str, identity: tuple[int, int, int, int], digests: dict[str, str]) -> None:
         """``KeepDigests``: give the handler digests of this file state (only if it keeps any)."""

@@ -148,10 +148,19 @@ class Digester:
         return _CacheKeeper(self.cache)
 
     def keep_uploaded(
-        self, adapter: HandlerAdapter | None, path: str, identity: FileIdentity, digests: Mapping[str, str]
+        self, adapter: HandlerAdapter | None, path: str, identity: FileIdentity, md5: str, more: Mapping[str, str]
     ) -> None:
-        """An upload was published as ``identity`` at ``path`` with these digests (hashed on the way)."""
-        self.keeper(adapter).keep(path, identity, digests)
+        """An upload was published as ``identity`` at ``path``; ``md5`` and ``more`` were hashed on the way.
+
+        A handler that keeps digests is given ``more`` only, if any (it had
+        the MD5 as ``CompleteUpload``'s checksum: an upload without digest
+        fields costs it nothing more); the server's cache keeps both.
+        """
+        if adapter is not None and adapter.keeps_digests:
+            if more:
+                _HandlerKeeper(adapter).keep(path, identity, more)
+        else:
+            self.cache.keep(identity, {MD5: md5, **more})
 
     def find(
         self,
@@ -259,10 +268,8 @@ def keep_upload_digests(
     identity = sink.committed_identity
     if identity is None:
         return
-    digests = {MD5: sink.hexdigest()}
-    if hashers is not None:
-        digests.update(hashers.digests())
-    digester.keep_uploaded(adapter, path, identity, digests)
+    more = {} if hashers is None else hashers.digests()
+    digester.keep_uploaded(adapter, path, identity, sink.hexdigest(), more)
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,27 @@ def test_no_digest_field_makes_no_hasher(server: HTTPTransferServer, monkeypatch
     assert made == ["sha-256"]
 
 
+def test_plain_upload_writes_no_digest_rows(server: HTTPTransferServer) -> None:
+    """Without digest fields, publishing adds nothing to the store's digest table (its MD5 is in the file's row)."""
+    assert upload(server, "plain.bin", BODY)[0] == b"HTTP/1.1 200 OK"
+    store = server.engine.handler_for("data")
+    assert isinstance(store, DirectoryStore) and store.metadata.digest_names() == set()
+    headers = split(ask(server, get("/data/plain.bin", "Want-Digest: md5", method="HEAD")))[1]
+    assert headers[b"digest"] == f"md5={b64(hashlib.md5(BODY).digest())}".encode()
+    assert server.digester.computed == 0
+
+
+def test_upload_md5_kept_in_the_cache_for_other_handlers(tmp_path: Path) -> None:
+    """For a handler that keeps no digests, the uploaded file's MD5 goes to the server's cache at publish."""
+    (tmp_path / "files").mkdir()
+    server = HTTPTransferServer(public_url="http://test")
+    server.RegisterPrefix("data", MemoryHandler(str(tmp_path / "files")))
+    assert upload(server, "f.bin", BODY)[0] == b"HTTP/1.1 200 OK"
+    headers = split(ask(server, get("/data/f.bin", "Want-Repr-Digest: md5=1")))[1]
+    assert headers[b"repr-digest"] == f"md5=:{b64(hashlib.md5(BODY).digest())}:".encode()
+    assert server.digester.computed == 0
+
+
 def test_digests_hashed_at_upload_are_served_without_reading(server: HTTPTransferServer) -> None:
     """The sha-256 checked at upload (and the MD5) are kept at publish: a Want-Repr-Digest computes nothing."""
     sha = hashlib.sha256(BODY).digest()
