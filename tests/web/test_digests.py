@@ -13,9 +13,13 @@ import os
 import re
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
 from gsitransfer import digests
 from gsitransfer.fastpaths import FastPaths
@@ -23,7 +27,7 @@ from gsitransfer.manifest import Manifest
 from gsitransfer.store import DirectoryStore
 from gsitransfer.testing import MemoryHandler, SiteConnection, identity_of
 from gsitransfer.web import HTTPTransferServer
-from gsitransfer.web.digesting import INLINE_LIMIT
+from gsitransfer.web.digesting import INLINE_LIMIT, Digester
 
 from .wire import get, upload_head
 
@@ -295,3 +299,117 @@ def test_fast_path_on_and_off_agree(store_dir: Path, requests: list[bytes]) -> N
     plain = ask(serving(store_dir, FastPaths.none()), *requests)
     assert fast == plain
     assert b"HTTP/1.1 200 OK" in fast
+
+
+def test_conditional_and_unsatisfiable_answers_carry_the_digest(server: HTTPTransferServer) -> None:
+    """A 304 and a 416 asked with Want-Digest carry the file's digest too."""
+    etag = split(ask(server, get("/data/big.bin", method="HEAD")))[1][b"etag"].decode()
+    status, headers, _ = split(ask(server, get("/data/big.bin", f"If-None-Match: {etag}", "Want-Digest: adler32")))
+    assert status == b"HTTP/1.1 304 Not Modified" and headers[b"digest"] == f"adler32={adler_hex(BODY)}".encode()
+    status, headers, _ = split(ask(server, get("/data/big.bin", "Range: bytes=999999-", "Want-Digest: adler32")))
+    assert status.startswith(b"HTTP/1.1 416") and headers[b"digest"] == f"adler32={adler_hex(BODY)}".encode()
+
+
+# -- the digester on a thread pool (one the test runs by hand) ---------------------------------
+
+
+@implementer(IReactorThreads)
+class ManualThreads:
+    """A reactor whose thread pool runs its jobs only when the test says (no real threads)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Any] = []
+
+    def getThreadPool(self) -> "ManualThreads":
+        return self
+
+    def callInThreadWithCallback(self, on_result: Any, function: Any, *args: Any, **kwargs: Any) -> None:
+        self.jobs.append((on_result, function, args, kwargs))
+
+    def callFromThread(self, function: Any, *args: Any, **kwargs: Any) -> None:
+        function(*args, **kwargs)
+
+    def run_one(self) -> None:
+        on_result, function, args, kwargs = self.jobs.pop(0)
+        on_result(True, function(*args, **kwargs))
+
+
+def open_with_stat(path: Path) -> tuple[int, os.stat_result]:
+    fd = os.open(path, os.O_RDONLY)
+    return fd, os.fstat(fd)
+
+
+def test_concurrent_requests_share_one_computation(tmp_path: Path) -> None:
+    """Requests for the same file state while its digest is computed wait for that one computation."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(BODY)
+    digester, threads = Digester(), ManualThreads()
+    keeper = digester.keeper(None)
+    answers: list[dict[str, str]] = []
+    fds = []
+    for _ in range(3):
+        fd, status = open_with_stat(path)
+        fds.append(fd)
+        found = digester.find(keeper, str(path), fd, status, frozenset({"sha-256"}), {}, threads)
+        assert isinstance(found, defer.Deferred)
+        found.addCallback(answers.append)
+    assert len(threads.jobs) == 1 and answers == []
+    threads.run_one()
+    assert answers == [{"sha-256": hashlib.sha256(BODY).hexdigest()}] * 3 and digester.computed == 1
+    later = digester.find(keeper, str(path), fds[0], os.fstat(fds[0]), frozenset({"sha-256"}), {}, threads)
+    assert later == {"sha-256": hashlib.sha256(BODY).hexdigest()} and threads.jobs == []
+    for fd in fds:
+        os.close(fd)
+
+
+def test_at_most_two_files_hashed_at_once(tmp_path: Path) -> None:
+    """Different files wait their turn: at most ``concurrency`` computations are on the pool at once."""
+    digester, threads = Digester(concurrency=2), ManualThreads()
+    keeper = digester.keeper(None)
+    answers: list[dict[str, str]] = []
+    fds = []
+    for number in range(3):
+        path = tmp_path / f"f{number}.bin"
+        path.write_bytes(BODY + bytes([number]))
+        fd, status = open_with_stat(path)
+        fds.append(fd)
+        found = digester.find(keeper, str(path), fd, status, frozenset({"adler32"}), {}, threads)
+        assert isinstance(found, defer.Deferred)
+        found.addCallback(answers.append)
+    assert len(threads.jobs) == 2
+    threads.run_one()
+    assert len(threads.jobs) == 2 and len(answers) == 1
+    threads.run_one()
+    threads.run_one()
+    assert [a["adler32"] for a in answers] == [adler_hex(BODY + bytes([n])) for n in range(3)]
+    for fd in fds:
+        os.close(fd)
+
+
+def test_file_changed_while_hashed_is_not_kept(tmp_path: Path) -> None:
+    """A file rewritten while its digest is computed: the digest is neither served nor kept."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(BODY)
+    digester, threads = Digester(), ManualThreads()
+    fd, status = open_with_stat(path)
+    found = digester.find(digester.keeper(None), str(path), fd, status, frozenset({"md5"}), {}, threads)
+    assert isinstance(found, defer.Deferred)
+    with open(path, "ab") as more:
+        more.write(b"more")
+    threads.run_one()
+    assert found.result == {} and len(digester.cache) == 0
+    os.close(fd)
+
+
+def test_client_gone_while_hashing_closes_the_file(server: HTTPTransferServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that leaves while its digest is computed gets nothing, and the file is closed."""
+    pending: defer.Deferred[dict[str, str]] = defer.Deferred()
+    monkeypatch.setattr(server.digester, "find", lambda *args, **kwargs: pending)
+    before = len(os.listdir("/proc/self/fd"))
+    conn = SiteConnection(server.site(Clock()))
+    conn.send(get("/data/big.bin", "Want-Digest: sha-512"))
+    assert conn.output() == b""
+    conn.drop()
+    pending.callback({"sha-512": hashlib.sha512(BODY).hexdigest()})
+    assert conn.output() == b""
+    assert len(os.listdir("/proc/self/fd")) == before
