@@ -18,16 +18,9 @@ import errno
 import hashlib
 import os
 import secrets
-
 from typing import Protocol
 
 from .errors import InsufficientStorage, UploadConflict, UploadFailed
-
-
-class _Hashers(Protocol):
-    """What the sink feeds beside its MD5 (``digests.BodyHashers``)."""
-
-    def update(self, data: bytes) -> None: ...
 
 TEMP_PREFIX = ".gsitransfer-"
 TEMP_SUFFIX = ".part"
@@ -37,6 +30,12 @@ FREE_SPACE_MARGIN = 16 * 1024 * 1024
 
 #: start writing data back to disk every this many bytes, so commit's fsync finds little to do
 WRITEBACK_BYTES = 8 * 1024 * 1024
+
+
+class _Hashers(Protocol):
+    """What a sink feeds beside its MD5 (``digests.BodyHashers``)."""
+
+    def update(self, data: bytes) -> None: ...
 
 
 def is_temporary_name(name: str) -> bool:

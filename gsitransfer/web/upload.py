@@ -266,7 +266,7 @@ class UploadReceiver:
             f"size: {entry.size}",
             f"checksum: {entry.checksum}",
         ]
-        if self.sink is not None and self.sink.committed_identity is not None:
+        if self.sink is not None:
             digester, adapter = self.exchange.serving.digester, self.engine.adapter_for(ticket.prefix)
             keep_upload_digests(digester, adapter, ticket.final_path, self.sink, self.hashers)
         url = self.exchange.locate(ticket.prefix, entry.name)

@@ -404,12 +404,22 @@ def test_file_changed_while_hashed_is_not_kept(tmp_path: Path) -> None:
 def test_client_gone_while_hashing_closes_the_file(server: HTTPTransferServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """A client that leaves while its digest is computed gets nothing, and the file is closed."""
     pending: defer.Deferred[dict[str, str]] = defer.Deferred()
-    monkeypatch.setattr(server.digester, "find", lambda *args, **kwargs: pending)
-    before = len(os.listdir("/proc/self/fd"))
+    held: list[int] = []
+
+    def find(keeper: Any, path: str, fd: int, *rest: Any) -> defer.Deferred[dict[str, str]]:
+        held.append(fd)
+        return pending
+
+    monkeypatch.setattr(server.digester, "find", find)
     conn = SiteConnection(server.site(Clock()))
     conn.send(get("/data/big.bin", "Want-Digest: sha-512"))
-    assert conn.output() == b""
+    assert conn.output() == b"" and len(held) == 1
+    assert os.readlink(f"/proc/self/fd/{held[0]}").endswith("big.bin")
     conn.drop()
     pending.callback({"sha-512": hashlib.sha512(BODY).hexdigest()})
     assert conn.output() == b""
-    assert len(os.listdir("/proc/self/fd")) == before
+    try:
+        still_open = os.readlink(f"/proc/self/fd/{held[0]}").endswith("big.bin")
+    except OSError:
+        still_open = False
+    assert not still_open
