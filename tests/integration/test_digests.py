@@ -14,6 +14,7 @@ import subprocess
 import zlib
 from pathlib import Path
 
+from gsitransfer.testca import make_test_pki
 from tests.support.server import ServerProcess
 
 from .ag_client import write_manifest
@@ -58,9 +59,9 @@ def post_manifest(base: str, tmp_path: Path, files: list[Path]) -> str:
     return answer["transfer_key"]
 
 
-def upload(url: str, path: Path, out: Path, *fields: str) -> tuple[str, str]:
-    """POST ``path`` to ``url`` with the header lines ``fields``: (status, answer text)."""
-    args = ["-X", "POST", "-T", str(path), "-w", "%{http_code}", "-o", str(out)]
+def upload(url: str, path: Path, out: Path, *fields: str, curl_args: list[str] | None = None) -> tuple[str, str]:
+    """POST ``path`` to ``url`` with the header lines ``fields`` (and ``curl_args``): (status, answer text)."""
+    args = [*(curl_args or []), "-X", "POST", "-T", str(path), "-w", "%{http_code}", "-o", str(out)]
     for field in fields:
         args += ["-H", field]
     result = curl(*args, url)
@@ -155,3 +156,38 @@ def test_want_digest_served_and_computed_once(tmp_path: Path) -> None:
             status, headers = head_fields(curl("-I", "-H", "Want-Digest: sha-512", f"{server.url()}/data/placed.bin").stdout)
             assert headers["digest"] == f"sha-512={b64(hashlib.sha512(changed).digest())}"
     assert server.log_text().count("computed ") == 1, server.log_text()
+
+
+def test_digests_over_mutual_tls(tmp_path: Path) -> None:
+    """Over GSI-style mutual TLS (curl with a user certificate): a Content-Digest upload verified, Want-Digest served."""
+    pki = make_test_pki(tmp_path / "pki", users=("alice",), share_keys=True)
+    alice = pki.users["alice"]
+    tls = ["--cacert", str(pki.ca_file), "--cert", str(alice.cert), "--key", str(alice.key)]
+    store = tmp_path / "store"
+    data = tmp_path / "event.root"
+    write_random_file(data, 1_500_000)
+    body = data.read_bytes()
+    args = [
+        "--https", "tcp:0:interface=127.0.0.1", "--cert", str(pki.server_cert), "--key", str(pki.server_key),
+        "--ca-dir", str(pki.ca_dir), "--store", f"data={store}",
+    ]
+    with running(ServerProcess(tmp_path, args)) as server:
+        base = server.url("https").replace("127.0.0.1", "localhost") + "/data"
+        manifest = tmp_path / "manifest.ini"
+        manifest.write_bytes(write_manifest([data]))
+        answer = dict(
+            line.split(": ", 1)
+            for line in curl(*tls, "--data-binary", f"@{manifest}", f"{base}/manifest").stdout.splitlines()
+        )
+        key = answer["transfer_key"]
+        wrong = f"Digest: sha-512={b64(hashlib.sha512(body[1:]).digest())}"
+        status, text = upload(f"{base}/{key}/0", data, tmp_path / "a", wrong, curl_args=tls)
+        assert status == "422" and text.startswith("checksum mismatch: sha-512 of the body is ")
+        right = f"Content-Digest: sha-256=:{b64(hashlib.sha256(body).digest())}:"
+        status, text = upload(f"{base}/{key}/0", data, tmp_path / "a", right, curl_args=tls)
+        assert status == "200", text
+        status, headers = head_fields(curl(*tls, "-I", "-H", "Want-Digest: adler32", f"{base}/event.root").stdout)
+        assert status == 200 and headers["digest"] == f"adler32={adler_hex(body)}"
+        status, headers = head_fields(curl(*tls, "-I", "-H", "Want-Repr-Digest: sha-256=1", f"{base}/event.root").stdout)
+        assert headers["repr-digest"] == f"sha-256=:{b64(hashlib.sha256(body).digest())}:, md5=:{b64(hashlib.md5(body).digest())}:"
+    assert server.log_text().count("computed ") == 1  # the adler32; the sha-256 was kept at upload
