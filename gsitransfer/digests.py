@@ -185,15 +185,24 @@ def _shown(algorithm: str, value: bytes) -> str:
     return value.hex() if algorithm == ADLER32 else base64.b64encode(value).decode("ascii")
 
 
-def digest_file(fd: int, algorithms: Iterable[str], chunk: int = 1 << 20) -> dict[str, str]:
+class Stopped(Exception):
+    """:func:`digest_file` was told to stop (the server is shutting down)."""
+
+
+def digest_file(
+    fd: int, algorithms: Iterable[str], chunk: int = 1 << 20, stop: Callable[[], bool] | None = None
+) -> dict[str, str]:
     """Every algorithm's digest of the whole file open on ``fd`` (read with ``pread`` from 0), hex.
 
     One pass over the file, whatever the number of algorithms. Blocking:
-    call it off the reactor thread for anything but a small file.
+    call it off the reactor thread for anything but a small file. ``stop``
+    is asked before each chunk; when it says yes, :class:`Stopped` is raised.
     """
     hashers = {name: new_hasher(name) for name in algorithms}
     offset = 0
     while True:
+        if stop is not None and stop():
+            raise Stopped(f"stopped after {offset} bytes")
         data = os.pread(fd, chunk, offset)
         if not data:
             break
@@ -646,6 +655,7 @@ __all__ = [
     "SHA1",
     "SHA256",
     "SHA512",
+    "Stopped",
     "TUS_NAMES",
     "WANT_FIELDS",
     "Wanted",

@@ -14,7 +14,9 @@ rewritten file is a new state — a digest is computed at most once:
    algorithm: on the reactor thread for a file of at most ``inline_limit``
    bytes, on the reactor's thread pool otherwise (at most ``concurrency``
    files at once; a second request for the same file state waits for the
-   first computation instead of starting its own), then kept.
+   first computation instead of starting its own), then kept. When the
+   reactor shuts down, computations on threads stop at their next chunk
+   (the pool would otherwise hold the shutdown until they end).
 
 :attr:`Digester.computed` counts the computations (one per file state and
 set of algorithms), and each is logged (``computed sha-256 of ...``).
@@ -27,15 +29,16 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 from twisted.internet import defer, threads
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.interfaces import IReactorCore, IReactorThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..digests import MD5, BodyHashers, DigestError, body_hashers, digest_file, expected_digests
+from ..digests import MD5, BodyHashers, DigestError, Stopped, body_hashers, digest_file, expected_digests
 from ..filesink import FileSink
 from ..handler import HandlerAdapter
 from .status import BadRequest
@@ -138,6 +141,9 @@ class Digester:
         #: computations made (one per file state and set of missing algorithms)
         self.computed = 0
         self._limit = defer.DeferredSemaphore(concurrency)
+        #: set when the reactor shuts down: computations on threads stop at their next chunk
+        self._stopping = threading.Event()
+        self._watching_shutdown = False
         #: (identity, algorithms) -> the requests waiting for that computation
         self._waiting: dict[tuple[FileIdentity, frozenset[str]], list[defer.Deferred[dict[str, str]]]] = {}
 
@@ -200,11 +206,21 @@ class Digester:
             waiting.append(waiter)
         else:
             self._waiting[key] = [waiter]
+            self._watch_shutdown(reactor)
             copy = os.dup(fd)
-            running = self._limit.run(threads.deferToThreadPool, reactor, reactor.getThreadPool(), _digest_and_stat, copy, missing)
+            running = self._limit.run(
+                threads.deferToThreadPool, reactor, reactor.getThreadPool(), _digest_and_stat, copy, missing,
+                self._stopping.is_set,
+            )
             running.addBoth(self._thread_done, keeper, path, identity, missing, key)
         waiter.addCallback(lambda computed: {**found, **computed})
         return waiter
+
+    def _watch_shutdown(self, reactor: Any) -> None:
+        """Once: stop computations on threads when ``reactor`` shuts down (its pool waits for them)."""
+        if not self._watching_shutdown and IReactorCore.providedBy(reactor):
+            self._watching_shutdown = True
+            reactor.addSystemEventTrigger("before", "shutdown", self._stopping.set)
 
     def _thread_done(
         self,
@@ -217,7 +233,8 @@ class Digester:
     ) -> None:
         computed: dict[str, str] = {}
         if isinstance(outcome, Failure):
-            _log.failure("cannot compute digests of {path}", outcome, path=path)
+            if outcome.check(Stopped) is None:
+                _log.failure("cannot compute digests of {path}", outcome, path=path)
         elif outcome[1] != identity:
             _log.warn("{path} changed while its digests were computed: not served", path=path)
         else:
@@ -239,10 +256,12 @@ class Digester:
         keeper.keep(path, identity, computed)
 
 
-def _digest_and_stat(fd: int, algorithms: frozenset[str]) -> tuple[dict[str, str], FileIdentity]:
+def _digest_and_stat(
+    fd: int, algorithms: frozenset[str], stop: Callable[[], bool]
+) -> tuple[dict[str, str], FileIdentity]:
     """On a pool thread: the digests of the file on ``fd``, and its identity after reading (then closed)."""
     try:
-        digests = digest_file(fd, algorithms)
+        digests = digest_file(fd, algorithms, stop=stop)
         return digests, file_identity(os.fstat(fd))
     finally:
         os.close(fd)

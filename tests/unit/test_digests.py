@@ -115,6 +115,20 @@ def test_digest_file_reads_once_for_all(tmp_path: Path) -> None:
     }
 
 
+def test_digest_file_stops_when_told(tmp_path: Path) -> None:
+    """digest_file asks ``stop`` before each chunk and raises Stopped when it says yes."""
+    path = tmp_path / "f"
+    path.write_bytes(BODY)
+    asked = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(digests.Stopped, match="stopped after 3000 bytes"):
+            digest_file(fd, [MD5], chunk=1000, stop=lambda: asked.append(1) or len(asked) > 3)
+    finally:
+        os.close(fd)
+    assert len(asked) == 4
+
+
 # -- the upload's fields --------------------------------------------------------------------
 
 

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.interfaces import IReactorCore, IReactorThreads
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gsitransfer import digests
@@ -313,12 +314,17 @@ def test_conditional_and_unsatisfiable_answers_carry_the_digest(server: HTTPTran
 # -- the digester on a thread pool (one the test runs by hand) ---------------------------------
 
 
-@implementer(IReactorThreads)
+@implementer(IReactorThreads, IReactorCore)
 class ManualThreads:
     """A reactor whose thread pool runs its jobs only when the test says (no real threads)."""
 
     def __init__(self) -> None:
         self.jobs: list[Any] = []
+        self.before_shutdown: list[Any] = []
+
+    def addSystemEventTrigger(self, phase: str, event: str, function: Any) -> None:
+        assert (phase, event) == ("before", "shutdown")
+        self.before_shutdown.append(function)
 
     def getThreadPool(self) -> "ManualThreads":
         return self
@@ -331,7 +337,12 @@ class ManualThreads:
 
     def run_one(self) -> None:
         on_result, function, args, kwargs = self.jobs.pop(0)
-        on_result(True, function(*args, **kwargs))
+        try:
+            result = function(*args, **kwargs)
+        except Exception:
+            on_result(False, Failure())
+        else:
+            on_result(True, result)
 
 
 def open_with_stat(path: Path) -> tuple[int, os.stat_result]:
@@ -423,3 +434,17 @@ def test_client_gone_while_hashing_closes_the_file(server: HTTPTransferServer, m
     except OSError:
         still_open = False
     assert not still_open
+
+
+def test_shutdown_stops_computations_on_threads(tmp_path: Path) -> None:
+    """When the reactor shuts down, a computation on the pool stops at its next chunk: nothing served or kept."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(BODY)
+    digester, threads = Digester(), ManualThreads()
+    fd, status = open_with_stat(path)
+    found = digester.find(digester.keeper(None), str(path), fd, status, frozenset({"sha-512"}), {}, threads)
+    assert isinstance(found, defer.Deferred) and len(threads.before_shutdown) == 1
+    threads.before_shutdown[0]()
+    threads.run_one()
+    assert found.result == {} and digester.computed == 0 and len(digester.cache) == 0
+    os.close(fd)
