@@ -153,6 +153,10 @@ class Digester:
             return _HandlerKeeper(adapter)
         return _CacheKeeper(self.cache)
 
+    def source(self, adapter: HandlerAdapter | None, reactor: Any) -> "DigestSource":
+        """What a download under ``adapter``'s prefix finds its digests with."""
+        return DigestSource(self, self.keeper(adapter), reactor)
+
     def keep_uploaded(
         self, adapter: HandlerAdapter | None, path: str, identity: FileIdentity, md5: str, more: Mapping[str, str]
     ) -> None:

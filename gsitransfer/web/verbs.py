@@ -22,7 +22,6 @@ from twisted.python.failure import Failure
 from ..engine import ManifestOutcome
 from ..handler import DownloadTarget
 from ..identity import IdToken
-from .digesting import DigestSource
 from .download import serve_file
 from .exchange import BodyControl, BodyReceiver, Exchange, Serving
 from .routes import FileRoute, ListingRoute, ManifestRoute, TransferRoute
@@ -211,7 +210,7 @@ def _serve(exchange: Exchange, route: FileRoute) -> None:
     else:
         target = resolve_file(exchange.serving, route, exchange.id_token)
     serving = exchange.serving
-    digests = DigestSource(serving.digester, serving.digester.keeper(serving.engine.adapter_for(route.prefix)), serving.reactor)
+    digests = serving.digester.source(serving.engine.adapter_for(route.prefix), serving.reactor)
     if isinstance(target, Failure):
         _failed(exchange, target, "resolving a download")
     elif isinstance(target, defer.Deferred):
