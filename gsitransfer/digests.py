@@ -48,7 +48,7 @@ from typing import Callable, Iterable, Mapping, Protocol, Sequence
 from .errors import ChecksumMismatch
 
 MD5, SHA1, SHA256, SHA512, ADLER32 = "md5", "sha1", "sha-256", "sha-512", "adler32"
-#: every algorithm this module hashes, in the order a tie in preference is broken
+#: every algorithm this module hashes
 ALGORITHMS = (SHA512, SHA256, MD5, ADLER32, SHA1)
 #: what ``Repr-Digest`` is served with (RFC 9530 names)
 REPR_ALGORITHMS = (SHA512, SHA256, MD5)
@@ -63,9 +63,6 @@ _SF_NAMES: Mapping[str, str] = {"md5": MD5, "sha-256": SHA256, "sha-512": SHA512
 _RFC3230_NAMES: Mapping[str, str] = {"md5": MD5, "sha-256": SHA256, "sha-512": SHA512, "adler32": ADLER32}
 #: tus checksum extension names -> algorithm
 TUS_NAMES: Mapping[str, str] = {"md5": MD5, "sha1": SHA1, "sha256": SHA256}
-
-#: the fields a body's digests may come in, as twisted.web's Headers are asked for them
-DIGEST_FIELDS = (b"content-digest", b"repr-digest", b"digest", b"content-md5")
 
 _BASE64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -646,7 +643,6 @@ __all__ = [
     "ALGORITHMS",
     "Adler32",
     "BodyHashers",
-    "DIGEST_FIELDS",
     "DigestError",
     "Expected",
     "MD5",
