@@ -79,6 +79,14 @@ class DigestError(ValueError):
     """A digest field that cannot be used: the message is one line for the client (400)."""
 
 
+class NoUsableDigest(DigestError):
+    """Digest fields were sent, but none names an algorithm checked here."""
+
+
+#: what an upload may name, by preference (RFC 9530 ``Want-Content-Digest``), told with a NoUsableDigest
+WANT_CONTENT_DIGEST = b"sha-256=10, sha-512=9, md5=1"
+
+
 # -- hashers ----------------------------------------------------------------------------
 
 
@@ -239,7 +247,7 @@ def expected_digests(fields: Fields) -> list[Expected]:
         sent.append("Content-MD5")
         expected.append(Expected(MD5, _content_md5(_joined(values, "Content-MD5")), "Content-MD5"))
     if sent and not expected:
-        raise DigestError(
+        raise NoUsableDigest(
             f"no supported algorithm in {', '.join(sent)} (supported: md5, sha-256, sha-512, adler32)"
         )
     return expected
@@ -646,6 +654,7 @@ __all__ = [
     "DigestError",
     "Expected",
     "MD5",
+    "NoUsableDigest",
     "REPR_ALGORITHMS",
     "RFC3230_ALGORITHMS",
     "SHA1",
@@ -653,6 +662,7 @@ __all__ = [
     "SHA512",
     "Stopped",
     "TUS_NAMES",
+    "WANT_CONTENT_DIGEST",
     "WANT_FIELDS",
     "Wanted",
     "body_hashers",

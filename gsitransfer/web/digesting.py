@@ -38,7 +38,17 @@ from twisted.internet.interfaces import IReactorCore, IReactorThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..digests import MD5, BodyHashers, DigestError, Stopped, body_hashers, digest_file, expected_digests
+from ..digests import (
+    MD5,
+    WANT_CONTENT_DIGEST,
+    BodyHashers,
+    DigestError,
+    NoUsableDigest,
+    Stopped,
+    body_hashers,
+    digest_file,
+    expected_digests,
+)
 from ..filesink import FileSink
 from ..handler import HandlerAdapter
 from .status import BadRequest
@@ -274,11 +284,17 @@ def _digest_and_stat(
 def body_hashers_for(request: Request) -> BodyHashers | None:
     """The hashers for the digests ``request``'s fields name for its body (None: no digest field).
 
-    A malformed field, or fields naming no supported algorithm: BadRequest (400).
+    A malformed field, or fields naming no supported algorithm: BadRequest
+    (400); the latter answer says what may be sent (``Want-Content-Digest``,
+    ``Want-Repr-Digest``, RFC 9530 §4).
     """
     fields = request.requestHeaders.getRawHeaders
     try:
         return body_hashers(expected_digests(fields))
+    except NoUsableDigest as error:
+        request.setHeader(b"want-content-digest", WANT_CONTENT_DIGEST)
+        request.setHeader(b"want-repr-digest", WANT_CONTENT_DIGEST)
+        raise BadRequest(str(error)) from None
     except DigestError as error:
         raise BadRequest(str(error)) from None
 

@@ -146,9 +146,11 @@ def test_malformed_digest_field_is_400_before_the_handler(tmp_path: Path, field:
     handler = MemoryHandler(str(tmp_path / "files"))
     server = HTTPTransferServer(public_url="http://test")
     server.RegisterPrefix("data", handler)
-    status, _, text = upload(server, "new.bin", BODY, field)
+    status, headers, text = upload(server, "new.bin", BODY, field)
     assert status.startswith(b"HTTP/1.1 400") and text == reason
     assert "GetUploadFilename" not in [call for call, _, _ in handler.calls]
+    told = headers.get(b"want-content-digest")
+    assert told == (b"sha-256=10, sha-512=9, md5=1" if b"no supported" in reason else None)
 
 
 def test_no_digest_field_makes_no_hasher(server: HTTPTransferServer, monkeypatch: pytest.MonkeyPatch) -> None:
