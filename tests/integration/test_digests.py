@@ -10,9 +10,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
 import subprocess
 import zlib
 from pathlib import Path
+
+import pytest
 
 from gsitransfer.testca import make_test_pki
 from tests.support.server import ServerProcess
@@ -191,3 +194,49 @@ def test_digests_over_mutual_tls(tmp_path: Path) -> None:
         status, headers = head_fields(curl(*tls, "-I", "-H", "Want-Repr-Digest: sha-256=1", f"{base}/event.root").stdout)
         assert headers["repr-digest"] == f"sha-256=:{b64(hashlib.sha256(body).digest())}:, md5=:{b64(hashlib.md5(body).digest())}:"
     assert server.log_text().count("computed ") == 1  # the adler32; the sha-256 was kept at upload
+
+
+def _gfal_python() -> str | None:
+    """An interpreter that has the gfal2 bindings and gfal2-util (Debian's python3-gfal2), if any."""
+    for candidate in (os.environ.get("GFAL_PYTHONBIN"), "/usr/bin/python3", shutil.which("python3")):
+        if candidate and os.path.exists(candidate):
+            probe = subprocess.run([candidate, "-c", "import gfal2, gfal2_util"], capture_output=True, timeout=60)
+            if probe.returncode == 0:
+                return candidate
+    return None
+
+
+GFAL_PYTHON = _gfal_python() if shutil.which("gfal-sum") else None
+
+
+@pytest.mark.skipif(GFAL_PYTHON is None, reason="gfal2 (gfal-sum, python3-gfal2 with its http plugin) is not installed")
+def test_gfal2_checksums_as_rucio_asks_them(tmp_path: Path) -> None:
+    """gfal2 (davix underneath) gets adler32 and MD5 as gfal-sum and Rucio's ctx.checksum ask them, over HTTP and with an X.509 proxy over TLS."""
+    assert GFAL_PYTHON is not None
+    pki = make_test_pki(tmp_path / "pki", users=("alice",), share_keys=True)
+    alice = pki.users["alice"]
+    assert alice.proxy is not None
+    store = tmp_path / "store"
+    store.mkdir()
+    data = os.urandom(2 * 1024 * 1024 + 11)
+    (store / "run42.root").write_bytes(data)
+    args = [
+        *server_args(store), "--https", "tcp:0:interface=127.0.0.1", "--cert", str(pki.server_cert),
+        "--key", str(pki.server_key), "--ca-dir", str(pki.ca_dir),
+    ]
+    env = dict(
+        os.environ, GFAL_PYTHONBIN=GFAL_PYTHON, X509_USER_PROXY=str(alice.proxy), X509_CERT_DIR=str(pki.ca_dir),
+    )
+    with running(ServerProcess(tmp_path, args)) as server:
+        for base in (server.url("http"), server.url("https").replace("127.0.0.1", "localhost")):
+            url = f"{base}/data/run42.root"
+            for algorithm, expected in (("ADLER32", adler_hex(data)), ("MD5", hashlib.md5(data).hexdigest())):
+                result = subprocess.run(["gfal-sum", url, algorithm], capture_output=True, text=True, env=env, timeout=120)
+                assert result.returncode == 0, result.stderr
+                assert result.stdout.split() == [url, expected]
+            rucio_way = f"import gfal2; print(gfal2.creat_context().checksum({url!r}, 'ADLER32'))"
+            result = subprocess.run([GFAL_PYTHON, "-c", rucio_way], capture_output=True, text=True, env=env, timeout=120)
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.strip() == adler_hex(data)
+    log = server.log_text()
+    assert log.count("computed adler32 of") == 1 and log.count("computed md5 of") == 1, log
