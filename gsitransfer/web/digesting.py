@@ -219,9 +219,13 @@ class Digester:
         if waiting is not None:
             waiting.append(waiter)
         else:
+            try:
+                copy = os.dup(fd)
+            except OSError as error:
+                _log.warn("cannot compute digests of {path}: {error}", path=path, error=error.strerror)
+                return found
             self._waiting[key] = [waiter]
             self._watch_shutdown(reactor)
-            copy = os.dup(fd)
             running = self._limit.run(
                 threads.deferToThreadPool, reactor, reactor.getThreadPool(), _digest_and_stat, copy, missing,
                 self._stopping.is_set,
