@@ -43,6 +43,7 @@ import hashlib
 import os
 import zlib
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 from .errors import ChecksumMismatch
@@ -55,14 +56,16 @@ REPR_ALGORITHMS = (SHA512, SHA256, MD5)
 #: what ``Digest`` is served with (RFC 3230 names, lower case)
 RFC3230_ALGORITHMS = (SHA512, SHA256, MD5, ADLER32)
 #: digest bytes per algorithm
-SIZES: Mapping[str, int] = {MD5: 16, SHA1: 20, SHA256: 32, SHA512: 64, ADLER32: 4}
+SIZES: Mapping[str, int] = MappingProxyType({MD5: 16, SHA1: 20, SHA256: 32, SHA512: 64, ADLER32: 4})
 
 #: RFC 9530 dictionary keys checked on an upload (lower case by the grammar) -> algorithm
-_SF_NAMES: Mapping[str, str] = {"md5": MD5, "sha-256": SHA256, "sha-512": SHA512, "adler": ADLER32, "adler32": ADLER32}
+_SF_NAMES: Mapping[str, str] = MappingProxyType(
+    {"md5": MD5, "sha-256": SHA256, "sha-512": SHA512, "adler": ADLER32, "adler32": ADLER32}
+)
 #: RFC 3230 names (compared lower-cased) -> algorithm
-_RFC3230_NAMES: Mapping[str, str] = {"md5": MD5, "sha-256": SHA256, "sha-512": SHA512, "adler32": ADLER32}
+_RFC3230_NAMES: Mapping[str, str] = MappingProxyType({"md5": MD5, "sha-256": SHA256, "sha-512": SHA512, "adler32": ADLER32})
 #: tus checksum extension names -> algorithm
-TUS_NAMES: Mapping[str, str] = {"md5": MD5, "sha1": SHA1, "sha256": SHA256}
+TUS_NAMES: Mapping[str, str] = MappingProxyType({"md5": MD5, "sha1": SHA1, "sha256": SHA256})
 
 _BASE64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 _HEX = frozenset("0123456789abcdefABCDEF")
