@@ -18,6 +18,7 @@ import errno
 import hashlib
 import os
 import secrets
+from typing import Protocol
 
 from .errors import InsufficientStorage, UploadConflict, UploadFailed
 
@@ -29,6 +30,12 @@ FREE_SPACE_MARGIN = 16 * 1024 * 1024
 
 #: start writing data back to disk every this many bytes, so commit's fsync finds little to do
 WRITEBACK_BYTES = 8 * 1024 * 1024
+
+
+class _Hashers(Protocol):
+    """What a sink feeds beside its MD5 (``digests.BodyHashers``)."""
+
+    def update(self, data: bytes) -> None: ...
 
 
 def is_temporary_name(name: str) -> bool:
@@ -67,6 +74,8 @@ class FileSink:
         except OSError as error:
             raise UploadFailed(f"cannot create file: {error.strerror}") from None
         self._md5 = hashlib.md5(usedforsecurity=False)
+        #: more digests of the same bytes (the request's digest fields), fed with the MD5, on its thread
+        self.extra_hashers: _Hashers | None = None
         self.received = 0
         self._written_back = 0
         #: (device, inode, size, mtime) of the file under the final name once committed
@@ -86,6 +95,8 @@ class FileSink:
         chunks), so that hashing and writing overlap.
         """
         self._md5.update(data)
+        if self.extra_hashers is not None:
+            self.extra_hashers.update(data)
 
     def store(self, data: bytes) -> None:
         """Append ``data`` to the temporary file only (see :meth:`hash`)."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from types import CoroutineType
-from typing import Any, Protocol, Union, cast
+from typing import Any, Mapping, Protocol, Union, cast
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -90,6 +90,28 @@ class IBatchPendingHandler(Interface):
         """The whole manifest was accepted; each of ``filenames`` (a list) will be uploaded."""
 
 
+class IDigestKeeper(Interface):
+    """Optional: a handler that keeps its files' digests (sha-256, adler32, ...) with their metadata.
+
+    The server computes a digest a download asks for (``Want-Digest``,
+    ``Want-Repr-Digest``) at most once per file: it asks the handler first and
+    gives it what it computed, and at an upload's publish what it hashed on
+    the way beyond the MD5 (the digests the client's fields named; the MD5
+    is ``CompleteUpload``'s ``checksum``). ``identity`` is the file's ``(st_dev, st_ino, st_size,
+    st_mtime_ns)``: a digest holds only while the file has that identity.
+    Digests are lowercase hex by algorithm (``md5``, ``sha-256``, ``sha-512``,
+    ``adler32``). Both are called on the reactor thread and must answer at
+    once (no Deferred). Handlers without it: the server keeps the digests in
+    a bounded cache of its own.
+    """
+
+    def KnownDigests(path, identity):  # type: ignore[no-untyped-def]
+        """The digests kept for the file at ``path`` while it has ``identity`` (a dict, maybe empty)."""
+
+    def KeepDigests(path, identity, digests):  # type: ignore[no-untyped-def]
+        """Remember ``digests`` for the file at ``path`` while it has ``identity``."""
+
+
 @dataclass(frozen=True)
 class DownloadTarget:
     """A richer answer from ``GetDownloadFilename``: the path and what is known of it."""
@@ -129,6 +151,10 @@ class _SeedCallbacks(Protocol):
     def CancelPendingUpload(self, id_token: IdToken, filename: str) -> object: ...
 
     def ListFiles(self, id_token: IdToken) -> object: ...
+
+    def KnownDigests(self, path: str, identity: tuple[int, int, int, int]) -> object: ...
+
+    def KeepDigests(self, path: str, identity: tuple[int, int, int, int], digests: dict[str, str]) -> object: ...
 
 
 def _has_callback(handler: object, interface: InterfaceClass, callback: str) -> bool:
@@ -175,6 +201,8 @@ class HandlerAdapter:
         self._names_uploads = _has_callback(handler, seed, "GetUploadFilename")
         self._notes_completion = _has_callback(handler, seed, "CompleteUpload")
         self._notes_cancel = _has_callback(handler, seed, "CancelPendingUpload")
+        #: True when the handler keeps its files' digests (else the server's cache does)
+        self.keeps_digests = _has_callback(handler, IDigestKeeper, "KeepDigests")
 
     def __repr__(self) -> str:
         return f"HandlerAdapter({self.handler!r})"
@@ -204,6 +232,17 @@ class HandlerAdapter:
         if not self.can_list:
             return defer.fail(FileNotFound("this prefix cannot be listed"))
         return defer.maybeDeferred(self._callbacks.ListFiles, id_token)
+
+    def known_digests(self, path: str, identity: tuple[int, int, int, int]) -> dict[str, str]:
+        """``KnownDigests``: the digests the handler keeps for this file state (only if it keeps any)."""
+        known = self._callbacks.KnownDigests(path, identity)
+        if not isinstance(known, Mapping):
+            return {}
+        return {str(name): str(value) for name, value in known.items() if value}
+
+    def keep_digests(self, path: str, identity: tuple[int, int, int, int], digests: dict[str, str]) -> None:
+        """``KeepDigests``: give the handler digests of this file state (only if it keeps any)."""
+        self._callbacks.KeepDigests(path, identity, dict(digests))
 
     # -- uploads ----------------------------------------------------------------
 

@@ -17,6 +17,10 @@ Rules:
   the manifest;
 * a file is served with its MD5 only while its size and mtime are those it
   was stored with (a file placed or replaced by hand is served without one);
+* other digests (``Want-Digest``: sha-256, adler32, ...; an MD5 computed for a
+  file placed by hand) are kept beside the MD5 in the same database
+  (:class:`~gsitransfer.handler.IDigestKeeper`), each only for the file state
+  it was computed for (device, inode, size, mtime);
 * every callback is synchronous and does a bounded amount of work (a few
   system calls and single SQLite statements); only ``ListFiles`` and
   ``recover`` look at the whole directory.
@@ -36,7 +40,7 @@ from zope.interface import implementer
 
 from ..errors import FileNotFound, NameTaken, NotAuthorized
 from ..filesink import FREE_SPACE_MARGIN, remove_stale_temporaries
-from ..handler import DownloadTarget, IBatchPendingHandler, IListingHandler, ITransferHandler
+from ..handler import DownloadTarget, IBatchPendingHandler, IDigestKeeper, IListingHandler, ITransferHandler
 from ..identity import IdToken
 from .metadata import DB_NAME, FileRecord, FileState, StoreError, StoreMetadata
 
@@ -134,7 +138,7 @@ def _file_num(value: Any) -> int | None:
 LISTING_OWNERS = ("all", "own", "none")
 
 
-@implementer(ITransferHandler, IListingHandler, IBatchPendingHandler)
+@implementer(ITransferHandler, IListingHandler, IBatchPendingHandler, IDigestKeeper)
 
 class DirectoryStore:
     """A handler that keeps uploaded files in ``root`` and serves them back."""
@@ -336,6 +340,32 @@ class DirectoryStore:
         """Seed ``CancelPendingUpload``: forget ``filename``'s pending row (never a stored one)."""
         self.metadata.cancel_pending(filename, id_token.person)
 
+    # -- digests ------------------------------------------------------------------
+
+    def KnownDigests(self, path: str, identity: tuple[int, int, int, int]) -> dict[str, str]:
+        """``IDigestKeeper``: the digests kept for the store's file at ``path`` in state ``identity``."""
+        name = self._name_of(path)
+        return {} if name is None else self.metadata.digests(name, identity)
+
+    def KeepDigests(self, path: str, identity: tuple[int, int, int, int], digests: dict[str, str]) -> None:
+        """``IDigestKeeper``: keep ``digests`` beside the MD5 for the store's file at ``path``."""
+        name = self._name_of(path)
+        if name is not None:
+            self.metadata.keep_digests(name, identity, digests)
+
+    def _name_of(self, path: str) -> str | None:
+        """The name (relative path) in the store of ``path``, or None when it is not one of its files."""
+        for root in (self._real_root, self.root):
+            relative = os.path.relpath(path, root)
+            if not (
+                os.path.isabs(relative)
+                or relative in (os.curdir, os.pardir)
+                or relative.startswith(os.pardir + os.sep)
+                or any(_is_hidden(segment) for segment in relative.split(os.sep))
+            ):
+                return relative
+        return None
+
     # -- listing ------------------------------------------------------------------
 
     def ListFiles(self, id_token: IdToken) -> list[dict[str, Any]]:
@@ -385,7 +415,8 @@ class DirectoryStore:
         Removes temporary files left in flight; forgets pending rows older than
         ``pending_ttl`` (one whose file is already in place under its final
         name — a crash between the rename and ``CompleteUpload`` — is recorded
-        as stored, without a checksum); forgets stored rows whose file is gone.
+        as stored, without a checksum); forgets stored rows whose file is gone,
+        and the digests kept for names that are no file now.
         """
         removed = remove_stale_temporaries(self.root)
         cutoff = self.clock() - self.pending_ttl
@@ -404,6 +435,9 @@ class DirectoryStore:
             if not os.path.lexists(os.path.join(self.root, name))
         ]
         self.metadata.delete(expired + vanished)
+        self.metadata.forget_digests(
+            [name for name in self.metadata.digest_names() if not os.path.lexists(os.path.join(self.root, name))]
+        )
         for record in promoted:
             self._promote(record)
         report = RecoveryReport(

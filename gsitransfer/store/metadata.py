@@ -16,7 +16,14 @@ A row records, per file name (primary key)::
                   size differs since has been replaced and its md5 is stale
     transfer_key, file_num   the transfer uploading (or that uploaded) it, once known
 
-The schema's version is ``PRAGMA user_version``. The journal is WAL with
+Beside them, table ``digests`` (schema version 2) keeps other digests of a
+file (``sha-256``, ``adler32``, ...; an MD5 computed for a file placed by
+hand), one row per name and algorithm, each valid only while the file has
+the identity it was computed for (device, inode, size, mtime): a replaced
+file's digests are never served.
+
+The schema's version is ``PRAGMA user_version``; each version is one
+idempotent step (:data:`_STEPS`), run in order on an older database. The journal is WAL with
 ``synchronous=NORMAL``: a crash may lose the last metadata commits but never
 corrupts the database, and the file data is fsync'd on its own by
 :mod:`gsitransfer.filesink`.
@@ -32,7 +39,7 @@ from typing import Any
 #: the database's file name inside the store directory
 DB_NAME = ".gsitransfer-store.sqlite"
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS files (
@@ -49,6 +56,25 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_state_created ON files (state, created);
 """
+
+_SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS digests (
+    name TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    value TEXT NOT NULL,
+    dev INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    PRIMARY KEY (name, algorithm)
+);
+"""
+
+#: version -> the statements that bring a database of the version before to it
+_STEPS = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+
+#: (st_dev, st_ino, st_size, st_mtime_ns) of a file
+Identity = tuple[int, int, int, int]
 
 _COLUMNS = "name, owner_dn, state, created, completed, size, md5, mtime_ns, transfer_key, file_num"
 
@@ -131,9 +157,10 @@ class StoreMetadata:
         if version < SCHEMA_VERSION:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                for statement in _SCHEMA_V1.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _STEPS[step].split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -239,10 +266,47 @@ class StoreMetadata:
         return cursor.rowcount == 1
 
     def delete(self, names: list[str]) -> None:
-        """Delete the rows for ``names`` (any state)."""
+        """Delete the rows for ``names`` (any state), and their digests."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("DELETE FROM files WHERE name = ?", [(n,) for n in names])
+            self._db.executemany("DELETE FROM digests WHERE name = ?", [(n,) for n in names])
+
+    # -- digests ------------------------------------------------------------------
+
+    def digests(self, name: str, identity: Identity) -> dict[str, str]:
+        """The digests kept for ``name`` while it has ``identity``, by algorithm (hex)."""
+        rows = self._db.execute(
+            "SELECT algorithm, value FROM digests WHERE name = ? AND dev = ? AND ino = ? "
+            "AND size = ? AND mtime_ns = ?",
+            (name, *identity),
+        )
+        return {str(algorithm): str(value) for algorithm, value in rows}
+
+    def keep_digests(self, name: str, identity: Identity, digests: dict[str, str]) -> None:
+        """Keep ``digests`` for ``name`` as it is now (``identity``); digests of an earlier
+        state of the file are forgotten. One transaction."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "DELETE FROM digests WHERE name = ? AND NOT (dev = ? AND ino = ? AND size = ? AND mtime_ns = ?)",
+                (name, *identity),
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO digests (name, algorithm, value, dev, ino, size, mtime_ns) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(name, algorithm, value, *identity) for algorithm, value in sorted(digests.items())],
+            )
+
+    def forget_digests(self, names: list[str]) -> None:
+        """Forget every digest kept for ``names``."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("DELETE FROM digests WHERE name = ?", [(n,) for n in names])
+
+    def digest_names(self) -> set[str]:
+        """Every name some digest is kept for."""
+        return {str(name) for (name,) in self._db.execute("SELECT DISTINCT name FROM digests")}
 
     def delete_stored(self, name: str) -> None:
         """Delete ``name``'s row if it is stored (its file is known to be gone)."""

@@ -17,7 +17,8 @@ which then takes twisted.web's path.
 What it takes (:func:`parse_plain_get`, which does no I/O): exactly one
 request, ``GET <absolute path> HTTP/1.1``, header lines that twisted.web
 would accept unchanged, none that changes the answer (``Range``,
-conditionals, a body, ``Expect``, ``Transfer-Encoding``), at most one
+conditionals, a body, ``Expect``, ``Transfer-Encoding``, ``Want-Digest``,
+``Want-Repr-Digest``), at most one
 ``Connection`` header. What it answers: a request the route table
 (:func:`~.table.select`) gives to the file verb, whose handler answers at
 once with a regular file of 1 byte to ``SMALL_BODY`` — 200 with the whole
@@ -80,6 +81,9 @@ _DECLINED = frozenset(
         b"transfer-encoding",
         b"expect",
         b"upgrade",
+        # a digest to find or compute (maybe on a thread): twisted.web's path answers it
+        b"want-digest",
+        b"want-repr-digest",
     }
 )
 

@@ -14,6 +14,14 @@ would run or render as a page (:data:`ACTIVE_TYPES`, any ``+xml``) is served
 as an attachment (:func:`safety_headers`): a stored file never runs on the
 server's origin with its visitor's certificate.
 
+``Want-Repr-Digest`` (RFC 9530) and ``Want-Digest`` (RFC 3230) are answered
+with ``Repr-Digest`` and ``Digest`` (:mod:`gsitransfer.digests` parses and
+formats them): the digest is found or computed once per file state by the
+server's :class:`~.digesting.Digester` (a big file's on a thread: the answer
+waits for it, the descriptor stays open), then the answer goes on as usual.
+``Repr-Digest`` then lists the wanted algorithm first and the MD5 (when
+known) after it, unless the client rated ``md5`` 0.
+
 The file is opened once and everything comes from that descriptor's
 ``fstat``; the body is sent by :mod:`gsitransfer.web.filebody` (one write for a
 small body, a push producer otherwise), without ``static.File``'s cooperator.
@@ -32,14 +40,18 @@ import os
 import stat
 from urllib.parse import quote
 
+from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.web import http, static
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
+from ..digests import MD5, WANT_FIELDS, Wanted, digest_field, repr_digest_field, wanted_digests
 from ..errors import FileNotFound, NotAuthorized
 from ..handler import DownloadTarget
+from .digesting import DigestSource
 from .filebody import SMALL_BODY, send_body, send_small
-from .status import refuse
+from .status import refusal_for, refuse
 
 #: what an answer sends: the whole file (None), bytes (offset, length), or nothing (416)
 Unsatisfiable = tuple[()]
@@ -206,8 +218,34 @@ def _plain_get(request: Request) -> bool:
     )
 
 
-def serve_file(request: Request, target: DownloadTarget) -> None:
-    """Answer a GET or HEAD with the file ``target`` names."""
+def _wanted(request: Request) -> Wanted | None:
+    """The digests the request asks for, or None (the usual case: no Want-* field, no work)."""
+    headers = request.requestHeaders
+    if not any(headers.hasHeader(name) for name in WANT_FIELDS):
+        return None
+    return wanted_digests(headers.getRawHeaders) or None
+
+
+def digest_headers(
+    wanted: Wanted, found: dict[str, str], checksum: str | None
+) -> list[tuple[bytes, bytes]]:
+    """``Repr-Digest`` and ``Digest`` for what ``wanted`` asks, from the digests ``found`` (hex)."""
+    headers = []
+    order = [wanted.repr_digest] if wanted.repr_digest is not None else []
+    if checksum and not wanted.md5_refused and MD5 not in order:
+        order.append(MD5)
+        found = {MD5: checksum, **found}
+    value = repr_digest_field(found, [name for name in order if name is not None])
+    if value:
+        headers.append((b"repr-digest", value))
+    if wanted.digest is not None and wanted.digest in found:
+        headers.append((b"digest", digest_field(wanted.digest, found[wanted.digest])))
+    return headers
+
+
+def serve_file(request: Request, target: DownloadTarget, digests: DigestSource | None = None) -> None:
+    """Answer a GET or HEAD with the file ``target`` names (with the digests a ``Want-*`` field
+    asks for, found through ``digests``)."""
     try:
         fd = os.open(target.path, _OPEN_FLAGS)
     except OSError as error:
@@ -225,17 +263,78 @@ def serve_file(request: Request, target: DownloadTarget) -> None:
     except BaseException:
         os.close(fd)
         raise
+    wanted = None if digests is None else _wanted(request)
+    if wanted is None:
+        _answer(request, target, fd, file_stat, None)
+        return
+    assert digests is not None
+    known = {MD5: target.checksum} if target.checksum else {}
+    try:
+        found = digests.find(target.path, fd, file_stat, wanted.algorithms(), known)
+    except BaseException:
+        os.close(fd)
+        raise
+    if isinstance(found, defer.Deferred):
+        found.addCallback(lambda values: _answer_found(request, target, fd, file_stat, wanted, values))
+        found.addErrback(_failed_after_digests, request)
+        return
+    _answer(request, target, fd, file_stat, digest_headers(wanted, found, target.checksum))
+
+
+def _answer_found(
+    request: Request,
+    target: DownloadTarget,
+    fd: int,
+    file_stat: os.stat_result,
+    wanted: Wanted,
+    found: dict[str, str],
+) -> None:
+    """The digests were computed (on a thread): answer, unless the client has gone meanwhile."""
+    if getattr(request, "_disconnected", False) or getattr(request, "finished", False):
+        os.close(fd)
+        return
+    _answer(request, target, fd, file_stat, digest_headers(wanted, found, target.checksum))
+
+
+def _failed_after_digests(failure: Failure, request: Request) -> None:
+    """A bug while answering after the digests came: logged; a 500 if nothing was sent yet."""
+    error = refusal_for(failure, "serving a file with its digests")
+    if not (request.startedWriting or getattr(request, "_disconnected", False) or request.finished):
+        refuse(request, error)
+
+
+def _answer(
+    request: Request,
+    target: DownloadTarget,
+    fd: int,
+    file_stat: os.stat_result,
+    digest_lines: list[tuple[bytes, bytes]] | None,
+) -> None:
+    """Answer from the open file ``fd``: headers and status as ``static.File``, then the body.
+
+    ``digest_lines``: the ``Repr-Digest``/``Digest`` a ``Want-*`` field asked
+    for (None: the usual ``Repr-Digest: md5`` when the MD5 is known).
+    """
     size = file_stat.st_size
     name = os.path.basename(target.path)
-    if 0 < size <= SMALL_BODY and hasattr(request, "write_with_head") and _plain_get(request):
+    if (
+        digest_lines is None
+        and 0 < size <= SMALL_BODY
+        and hasattr(request, "write_with_head")
+        and _plain_get(request)
+    ):
         # the usual answer: 200 with the whole file, its headers rendered once per file state
         block = file_headers(name, size, file_stat.st_mtime, entity_tag(file_stat), target.checksum)
         send_small(request, fd, 0, size, block)
         return
     for header, value in safety_headers(name):
         request.setHeader(header, value)
-    if target.checksum:
-        request.setHeader(b"repr-digest", repr_digest(target.checksum))
+    if digest_lines is None:
+        if target.checksum:
+            request.setHeader(b"repr-digest", repr_digest(target.checksum))
+    else:
+        for header, value in digest_lines:
+            request.setHeader(header, value)
     etag = entity_tag(file_stat)
     if request.setETag(etag) is http.CACHED:
         os.close(fd)

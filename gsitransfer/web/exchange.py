@@ -12,7 +12,7 @@ nothing else, so no verb module imports the request layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from twisted.internet.interfaces import IReactorTime
@@ -20,6 +20,7 @@ from twisted.web.server import Request
 
 from ..errors import TransferError
 from ..identity import IdToken
+from .digesting import Digester
 from .identity_sources import IdentitySource
 from .offload import UploadDiscards
 from .routes import Route
@@ -46,6 +47,8 @@ class Serving:
     discards: UploadDiscards
     #: the scheme of this server's URLs (``http`` or ``https``)
     scheme: str = "http"
+    #: the server's digests for downloads (``Want-Digest``): its cache, computations and their count
+    digester: Digester = field(default_factory=Digester)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from .channel import (
     TransferChannel,
     channel_protocol,
 )
+from .digesting import Digester
 from .exchange import Serving
 from .identity_sources import CertificateIdentity, GridMapAuthorizer, IdentitySource, TrustedProxyIdentity
 from .offload import OFFLOAD_THRESHOLD, UploadDiscards
@@ -230,6 +231,8 @@ class HTTPTransferServer(TransferServer):
         self.discards = UploadDiscards()
         #: bodies larger than this are written by worker threads (None: never)
         self.offload_threshold: int | None = OFFLOAD_THRESHOLD
+        #: the digests downloads ask for: kept, or computed once per file state (every site shares it)
+        self.digester = Digester()
 
     def _base_identity(self, trusted_proxies: tuple[str, ...]) -> IdentitySource:
         return TrustedProxyIdentity(trusted_proxies)
@@ -247,6 +250,7 @@ class HTTPTransferServer(TransferServer):
             offload_threshold=self.offload_threshold,
             discards=self.discards,
             scheme=self.scheme,
+            digester=self.digester,
         )
 
     def site(self, reactor: Any = None) -> TransferSite:

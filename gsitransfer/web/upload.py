@@ -48,6 +48,7 @@ from twisted.python.failure import Failure
 from ..engine import UploadTicket
 from ..errors import TransferError
 from ..filesink import FileSink
+from .digesting import BodyHashers, body_hashers_for, keep_upload_digests
 from .exchange import BodyControl, Exchange
 from .offload import InlineSink, OffloadedSink
 from .routes import UploadRoute
@@ -95,6 +96,8 @@ class UploadReceiver:
         self.sink: FileSink | None = None
         self.writer: InlineSink | OffloadedSink | DiscardedBody | None = None
         self._early: list[bytes] = []
+        #: the digests the request's fields name for the body (None: none named, nothing hashed but the MD5)
+        self.hashers: BodyHashers | None = None
 
     def _move(self, event: str) -> bool:
         """Apply ``event``; False (and nothing changes) when the state does not take it."""
@@ -107,6 +110,11 @@ class UploadReceiver:
     def start(self) -> None:
         """Ask the core whether this body may come; the connection waits meanwhile."""
         self.control.pause_body()
+        try:
+            self.hashers = body_hashers_for(self.exchange.request)
+        except TransferError:
+            self._fail(Failure(), "reading an upload's digest fields")
+            return
         decision = self.engine.begin_upload(
             self.route.prefix,
             self.route.transfer_key,
@@ -129,6 +137,7 @@ class UploadReceiver:
                 self.writer = DiscardedBody()
             else:
                 self.sink = FileSink(ticket.final_path, ticket.entry.size)
+                self.sink.extra_hashers = self.hashers
                 self.writer = self._writer(self.sink, ticket.entry.size)
             early, self._early = self._early, []
             for chunk in early:
@@ -217,6 +226,8 @@ class UploadReceiver:
         assert ticket is not None and sink is not None and writer is not None
         try:
             self.engine.verify_upload(ticket, sink.hexdigest(), sink.received)
+            if self.hashers is not None:
+                self.hashers.check()
         except TransferError:
             self._fail(Failure(), "verifying an upload")
             return
@@ -255,6 +266,9 @@ class UploadReceiver:
             f"size: {entry.size}",
             f"checksum: {entry.checksum}",
         ]
+        if self.sink is not None:
+            digester, adapter = self.exchange.serving.digester, self.engine.adapter_for(ticket.prefix)
+            keep_upload_digests(digester, adapter, ticket.final_path, self.sink, self.hashers)
         url = self.exchange.locate(ticket.prefix, entry.name)
         if url is not None:
             lines.append(f"url: {url}")

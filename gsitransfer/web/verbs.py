@@ -209,13 +209,15 @@ def _serve(exchange: Exchange, route: FileRoute) -> None:
         target: object = known.outcome
     else:
         target = resolve_file(exchange.serving, route, exchange.id_token)
+    serving = exchange.serving
+    digests = serving.digester.source(serving.engine.adapter_for(route.prefix), serving.reactor)
     if isinstance(target, Failure):
         _failed(exchange, target, "resolving a download")
     elif isinstance(target, defer.Deferred):
-        _answer(exchange, target, lambda ex, found: serve_file(ex.request, found), "resolving a download")
+        _answer(exchange, target, lambda ex, found: serve_file(ex.request, found, digests), "resolving a download")
     else:
         assert isinstance(target, DownloadTarget)
-        serve_file(exchange.request, target)
+        serve_file(exchange.request, target, digests)
 
 
 # -- plumbing --------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from gsitransfer.filesink import FileSink
 from gsitransfer.handler import DownloadTarget, IListingHandler, ITransferHandler
 from gsitransfer.identity import ANONYMOUS, IdToken
 from gsitransfer.store import DB_NAME, DirectoryStore, StoreError
+from gsitransfer.store.metadata import SCHEMA_VERSION
 
 ALICE = IdToken(dn="/C=US/O=Grid Test/OU=People/CN=Alice Example")
 BOB = IdToken(dn="/C=US/O=Grid Test/OU=People/CN=Bob Example")
@@ -97,7 +98,7 @@ def test_database_uses_wal_and_schema_version(store: DirectoryStore, root: Path)
     db = sqlite3.connect(root / DB_NAME)
     try:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     finally:
         db.close()
 
