@@ -46,7 +46,7 @@ from typing import Any, Callable
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from ..filesink import FileSink
+from ..filesink import FileSink, ResumableSink
 
 #: bodies larger than this go through a worker thread
 OFFLOAD_THRESHOLD = 1024 * 1024
@@ -56,7 +56,10 @@ BATCH_BYTES = 256 * 1024
 HIGH_WATER = 2 * 1024 * 1024
 LOW_WATER = 512 * 1024
 
-_WRITE, _COMMIT, _DISCARD = "write", "commit", "discard"
+_WRITE, _COMMIT, _DISCARD, _KEEP = "write", "commit", "discard", "keep"
+
+#: what a kept partial holds: (durable bytes, their running MD5), or None when it could not be kept
+Kept = Any
 
 class UploadDiscards:
     """The writer threads told to discard, of one server: waited for at shutdown.
@@ -104,6 +107,21 @@ class InlineSink:
     def discard(self) -> None:
         self.sink.discard()
 
+    def keep(self, on_kept: Callable[[Kept], object]) -> None:
+        """Make what was written durable, leave the partial in place; ``on_kept`` gets (bytes, MD5) or None."""
+        on_kept(keep_sink(self.sink))
+
+
+def keep_sink(sink: FileSink) -> Kept:
+    """``sink.keep()`` for a resumable sink, else (or when it fails) the sink discarded and None."""
+    if isinstance(sink, ResumableSink):
+        try:
+            return sink.keep()
+        except Exception:
+            pass
+    sink.discard()
+    return None
+
 
 class OffloadedSink:
     """A FileSink hashed, written and committed by two worker threads, fed with back-pressure."""
@@ -138,6 +156,7 @@ class OffloadedSink:
         self._closed = False
         self._drained: defer.Deferred[None] | None = None
         self._committed: defer.Deferred[None] | None = None
+        self._on_kept: Callable[[Kept], object] | None = None
         #: the most bytes ever queued at once (for tests and tuning)
         self.peak_queued = 0
         # shared with the worker
@@ -200,6 +219,26 @@ class OffloadedSink:
         self._queue.put((_DISCARD, None))
         self._discards.add(self._thread)
 
+    def keep(self, on_kept: Callable[[Kept], object]) -> None:
+        """Stop: the writer writes what is queued, syncs the partial and leaves it; ``on_kept`` (on the
+        reactor thread) gets (bytes, MD5), or None when the partial could not be kept."""
+        if self._on_kept is not None:
+            return
+        self._on_kept = on_kept
+        if self._failed:  # the writer has removed the file and exited
+            self._kept(None)
+            return
+        self._closed = True
+        self._flush()
+        self._queue.put((_KEEP, None))
+        self._discards.add(self._thread)
+
+    def _kept(self, result: Kept) -> None:
+        on_kept, self._on_kept = self._on_kept, None
+        self._on_kept = _already_kept
+        if on_kept is not None and on_kept is not _already_kept:
+            on_kept(result)
+
     def _written(self, size: int) -> None:
         self._queued -= size
         if self.paused and self._queued <= self.low_water:
@@ -216,6 +255,9 @@ class OffloadedSink:
             return
         self._failed = True
         self._closed = True
+        if self._on_kept is not None:
+            self._kept(None)
+            return
         if self._drained is not None and not self._drained.called:
             self._drained.errback(failure)
         else:
@@ -251,6 +293,9 @@ class OffloadedSink:
             if kind == _DISCARD:
                 self.sink.discard()
                 return
+            if kind == _KEEP:
+                self._call(self._kept, keep_sink(self.sink))
+                return
             if kind == _COMMIT:
                 try:
                     self.sink.commit()
@@ -270,3 +315,7 @@ class OffloadedSink:
                 self._call(self._write_failed, failure)
                 return
             self._call(self._written, len(data))
+
+
+def _already_kept(result: Kept) -> None:
+    """Stands for an ``on_kept`` already called (it is called once)."""
