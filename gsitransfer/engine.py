@@ -728,6 +728,13 @@ class TransferEngine:
             self._held_md5[where] = (held, md5)
         return held
 
+    def checkpoint(self, ticket: UploadTicket, held: int) -> None:
+        """``held`` bytes of a body still arriving are synced: recorded, so a crash (SIGKILL) keeps them."""
+        if (ticket.transfer_key, ticket.file_num) not in self._in_flight:
+            return
+        if self.transfers.states(ticket.transfer_key).get(ticket.file_num) is FileState.RECEIVING:
+            self.transfers.set_progress(ticket.transfer_key, ticket.file_num, held, ticket.partial_path)
+
     #: running MD5s of kept partials remembered per process (the oldest forgotten first)
     held_md5_limit = 10_000
 

@@ -341,6 +341,16 @@ class ResumableSink(FileSink):
             raise UploadFailed(f"cannot open the partial file: {error.strerror}") from None
         return path, fd
 
+    def sync(self) -> int:
+        """fdatasync what was written so far (a checkpoint while the body arrives): the bytes now durable."""
+        if self._fd is None:
+            raise UploadFailed("the partial file is closed")
+        try:
+            os.fdatasync(self._fd)
+        except OSError as error:
+            raise UploadFailed(f"cannot sync the partial file: {error.strerror}") from None
+        return self.received
+
     def keep(self) -> tuple[int, Any]:
         """fdatasync and close the partial, leaving it in place: (bytes now durable, their MD5 object).
 

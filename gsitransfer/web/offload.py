@@ -52,6 +52,9 @@ from ..filesink import FileSink, ResumableSink
 OFFLOAD_THRESHOLD = 1024 * 1024
 #: chunks (16 KiB TLS records) are handed to the worker in batches of this size
 BATCH_BYTES = 256 * 1024
+#: a resumable body's partial is synced (fdatasync) and its offset recorded every this many bytes,
+#: so a crash (SIGKILL) loses at most this much of what arrived
+CHECKPOINT_BYTES = 32 * 1024 * 1024
 #: bytes queued for the worker above which reading pauses, and at or below which it resumes
 HIGH_WATER = 2 * 1024 * 1024
 LOW_WATER = 512 * 1024
@@ -138,7 +141,11 @@ class OffloadedSink:
         batch_bytes: int = BATCH_BYTES,
         high_water: int = HIGH_WATER,
         low_water: int = LOW_WATER,
+        on_checkpoint: Callable[[int], object] | None = None,
+        checkpoint_bytes: int = CHECKPOINT_BYTES,
     ) -> None:
+        """``on_checkpoint`` (reactor thread) gets the bytes of a resumable sink synced every
+        ``checkpoint_bytes`` (None: no checkpoints)."""
         if not 0 <= low_water < high_water:
             raise ValueError("need 0 <= low_water < high_water")
         self.sink = sink
@@ -157,6 +164,8 @@ class OffloadedSink:
         self._drained: defer.Deferred[None] | None = None
         self._committed: defer.Deferred[None] | None = None
         self._on_kept: Callable[[Kept], object] | None = None
+        self._on_checkpoint = on_checkpoint if isinstance(sink, ResumableSink) else None
+        self.checkpoint_bytes = checkpoint_bytes
         #: the most bytes ever queued at once (for tests and tuning)
         self.peak_queued = 0
         # shared with the worker
@@ -288,6 +297,7 @@ class OffloadedSink:
             self._to_writer.put((_WRITE, payload))
 
     def _write_loop(self) -> None:
+        synced = self.sink.received
         while True:
             kind, data = self._to_writer.get()
             if kind == _DISCARD:
@@ -315,6 +325,18 @@ class OffloadedSink:
                 self._call(self._write_failed, failure)
                 return
             self._call(self._written, len(data))
+            if self._on_checkpoint is not None and self.sink.received - synced >= self.checkpoint_bytes:
+                synced = self._checkpoint_now(synced)
+
+    def _checkpoint_now(self, synced: int) -> int:
+        """On the writer thread: sync the partial, report its bytes to the reactor; the bytes synced."""
+        assert isinstance(self.sink, ResumableSink) and self._on_checkpoint is not None
+        try:
+            held = self.sink.sync()
+        except Exception:
+            return synced  # not synced: nothing to report (keep or commit decides later)
+        self._call(self._on_checkpoint, held)
+        return held
 
 
 def _already_kept(result: Kept) -> None:

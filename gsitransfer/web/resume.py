@@ -212,6 +212,10 @@ class ResumeReceiver(UploadReceiver):
             self._piece_hash.update(data)
         super()._take(data)
 
+    def _checkpoint(self, held: int) -> None:
+        if self._piece_hash is None:  # a piece with Upload-Checksum is recorded only once checked
+            super()._checkpoint(held)
+
     def _body_written(self, _: object) -> None:
         ticket, sink, writer = self.ticket, self.sink, self.writer
         assert ticket is not None and sink is not None and writer is not None

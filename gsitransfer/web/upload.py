@@ -194,7 +194,13 @@ class UploadReceiver:
             resume=self._writer_caught_up,
             on_error=self._write_failed,
             discards=serving.discards,
+            on_checkpoint=self._checkpoint,
         )
+
+    def _checkpoint(self, held: int) -> None:
+        """The writer synced ``held`` bytes of the partial while the body arrives: recorded (a crash keeps them)."""
+        if self.ticket is not None and self.state in (UploadState.RECEIVING, UploadState.VERIFYING):
+            self.engine.checkpoint(self.ticket, held)
 
     # -- RECEIVING ---------------------------------------------------------------
 
