@@ -224,7 +224,7 @@ def run(size: int, repeat: int, workdir: Path) -> dict[str, Any]:
         post_times: list[float] = []
         patch_times: list[float] = []
         for round_ in range(repeat):
-            for method in ("POST", "PATCH"):
+            for method in ("POST", "PATCH") if round_ % 2 == 0 else ("PATCH", "POST"):  # alternate who goes first
                 name = f"{method.lower()}{round_}.bin"
                 key = manifest(client, name, size, md5)
                 began = time.perf_counter()
