@@ -13,9 +13,16 @@ here to statuses and, where an answer names a file's URL, says how
 The upload state machine, per file of a transfer::
 
     pending --begin--> receiving --complete--> stored
-       ^                   |
-       +------fail---------+        (checksum mismatch, dropped connection,
-                                     refused by GetUploadFilename, disk full)
+       ^  |                |
+       |  +------+         +--fail / keep--> pending   (checksum mismatch, dropped connection,
+       |         |                                      refused by GetUploadFilename, disk full)
+       |         +--take over--> cancelled  (a newer manifest of the same person names it, SPEC 7.3)
+
+Each file also has its *offset*: the bytes held durably in its partial file
+(recorded by ``keep_partial`` and ``checkpoint`` only after the web layer
+synced them). ``begin_upload`` (a whole body) sets it to 0;
+``resume_upload`` (a piece, tus ``PATCH``) starts at it; a checksum mismatch
+puts it back to 0; a stored file's offset is its size.
 
 Rules:
 
@@ -30,7 +37,14 @@ Rules:
 * a file is ``stored`` only after its bytes are verified and in place, and
   ``CompleteUpload`` is called only then;
 * when a key expires or is cancelled, ``CancelPendingUpload`` is called for
-  every file that is not stored, and the key is forgotten.
+  every file that is neither stored nor cancelled (taken over), its partial
+  removed, and the key is forgotten;
+* a manifest naming a file its person holds pending under another live key,
+  with no body arriving for it, takes the name over (``_take_over``): that
+  file is ``cancelled`` there, ``CancelPendingUpload`` called, and its partial
+  carried to the new key when name, size and MD5 are equal
+  (``ManifestOutcome.resume_from``); one with a body arriving refuses the
+  manifest (a conflict).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Implements :class:`gsitransfer.keys.TransferTable`. One file holds every key
 of a server: the validated manifest (as JSON), the owner DN, the prefix, the times, and
-each file's state. A file that was ``receiving`` when the server stopped is
+each file's state, durable bytes held (``received``) and partial file path. A file that was ``receiving`` when the server stopped is
 ``pending`` again when the table is opened: its body never completed.
 
 Several processes may share the file (``--workers``; SQLite in WAL mode): a
