@@ -200,3 +200,20 @@ def test_lost_partial_puts_the_offset_back_to_zero(server, key):
     status, headers, _ = exchange(server, patch(key, 5000, BODY[5000:6000]))
     assert status.startswith(b"HTTP/1.1 409") and headers[b"upload-offset"] == b"0"
     assert exchange(server, patch(key, 0, BODY))[0].startswith(b"HTTP/1.1 204")
+
+
+def test_chunked_piece_appends(server, key, tmp_path):
+    """A chunked PATCH (no Content-Length) appends its bytes like any other: 204 with the new offset."""
+    conn = SiteConnection(server.site())
+    head_lines = patch(key, 0, b"").replace(b"Content-Length: 0", b"Transfer-Encoding: chunked")
+    conn.send(head_lines + b"%x\r\n" % 70_000 + BODY[:70_000] + b"\r\n0\r\n\r\n")
+    status, headers, _ = split(conn.output())
+    assert status.startswith(b"HTTP/1.1 204") and headers[b"upload-offset"] == b"70000"
+    assert exchange(server, patch(key, 70_000, BODY[70_000:]))[0].startswith(b"HTTP/1.1 204")
+    assert (tmp_path / "store" / "f.bin").read_bytes() == BODY
+
+
+def test_options_on_a_file_url(server, key):
+    """OPTIONS on a file of a transfer lists the methods its row takes."""
+    status, headers, _ = exchange(server, get(f"/data/{key}/0", method="OPTIONS"))
+    assert status.startswith(b"HTTP/1.1 200") and headers[b"allow"] == b"head, post, patch, options"
