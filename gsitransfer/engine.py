@@ -732,9 +732,11 @@ class TransferEngine:
             held = 0
             remove_partial(ticket.partial_path)
         if not self.transfers.release(ticket.transfer_key, ticket.file_num, held, ticket.partial_path):
-            # the transfer ended meanwhile (or this file is not receiving): its partial goes
+            # the transfer ended meanwhile (or this file is not receiving any more): its partial goes
             if self.transfers.get(ticket.transfer_key) is None:
                 remove_partial(ticket.partial_path)
+            elif held == 0:
+                self.transfers.set_progress(ticket.transfer_key, ticket.file_num, 0, ticket.partial_path)
             return held
         if md5 is not None and held:
             if len(self._held_md5) >= self.held_md5_limit:

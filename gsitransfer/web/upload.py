@@ -20,10 +20,16 @@ of a path already left)::
   ``end`` (the whole body in, the decision made) drains the writer.
 * VERIFYING -- size and MD5 checked by the core, then fsync and rename, then
   ``CompleteUpload``: 200 with the file's description.
-* REFUSED -- an error status (:func:`~.status.describe_failure`); the
-  temporary file is gone and the file is pending again.
-* LOST -- the client went away: the temporary file is gone, the file is
-  pending again (a decision that arrives later is undone).
+* REFUSED -- an error status (:func:`~.status.describe_failure`); what
+  arrived is kept in the file's partial (synced, then its offset recorded:
+  ``keep``), except after a whole-file MD5 mismatch (partial removed, offset
+  0); the file is pending again.
+* LOST -- the client went away: the same keep, the file is pending again
+  (a decision that arrives later is undone).
+
+The body goes to the file's partial (:class:`~gsitransfer.filesink.ResumableSink`):
+a whole ``POST`` starts it at 0, a ``PATCH``
+(:class:`~.resume.ResumeReceiver`, a subclass) at the bytes held.
 
 A file its manifest found already stored (manifest-time dedupe) goes the same
 way with a :class:`DiscardedBody` for its writer: the body is read and
@@ -39,13 +45,12 @@ once on the reactor thread (:class:`~.offload.InlineSink`).
 from __future__ import annotations
 
 import enum
+from typing import Callable
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-
-from typing import Callable
 
 from ..engine import UploadTicket
 from ..errors import ChecksumMismatch, TransferError
@@ -345,7 +350,6 @@ class UploadReceiver:
             self.writer.discard()
         elif self.sink is not None:
             self.sink.discard()
-
 
     def _abandon_partial(
         self, ticket: UploadTicket, writer: "InlineSink | OffloadedSink | DiscardedBody", failure: Failure | None
