@@ -87,7 +87,12 @@ def held(base: str, key: str, tls: ssl.SSLContext | None = None) -> int:
 def cut(base: str, key: str, data: bytes, sent: int, tls: ssl.SSLContext | None = None) -> int:
     """A POST cut off after ``sent`` bytes; once the server has kept them, the offset it reports."""
     start_post(base, key, data, sent, tls).close()
-    wait_for(lambda: state(base, key, tls)["state"] == "pending", 15, "the cut-off body to be kept")
+
+    def kept() -> bool:  # pending again, holding what was sent (not the state before the body came)
+        now = state(base, key, tls)
+        return now["state"] == "pending" and now["offset"] == sent
+
+    wait_for(kept, 15, "the cut-off body to be kept")
     return held(base, key, tls)
 
 
