@@ -13,9 +13,16 @@ here to statuses and, where an answer names a file's URL, says how
 The upload state machine, per file of a transfer::
 
     pending --begin--> receiving --complete--> stored
-       ^                   |
-       +------fail---------+        (checksum mismatch, dropped connection,
-                                     refused by GetUploadFilename, disk full)
+       ^  |                |
+       |  +------+         +--fail / keep--> pending   (checksum mismatch, dropped connection,
+       |         |                                      refused by GetUploadFilename, disk full)
+       |         +--take over--> cancelled  (a newer manifest of the same person names it, SPEC 7.3)
+
+Each file also has its *offset*: the bytes held durably in its partial file
+(recorded by ``keep_partial`` and ``checkpoint`` only after the web layer
+synced them). ``begin_upload`` (a whole body) sets it to 0;
+``resume_upload`` (a piece, tus ``PATCH``) starts at it; a checksum mismatch
+puts it back to 0; a stored file's offset is its size.
 
 Rules:
 
@@ -30,7 +37,14 @@ Rules:
 * a file is ``stored`` only after its bytes are verified and in place, and
   ``CompleteUpload`` is called only then;
 * when a key expires or is cancelled, ``CancelPendingUpload`` is called for
-  every file that is not stored, and the key is forgotten.
+  every file that is neither stored nor cancelled (taken over), its partial
+  removed, and the key is forgotten;
+* a manifest naming a file its person holds pending under another live key,
+  with no body arriving for it, takes the name over (``_take_over``): that
+  file is ``cancelled`` there, ``CancelPendingUpload`` called, and its partial
+  carried to the new key when name, size and MD5 are equal
+  (``ManifestOutcome.resume_from``); one with a body arriving refuses the
+  manifest (a conflict).
 """
 
 from __future__ import annotations
@@ -47,6 +61,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .errors import (
+    BeyondLength,
     ChecksumMismatch,
     FileNotFound,
     HandlerTimeout,
@@ -54,13 +69,16 @@ from .errors import (
     LengthRequired,
     NameTaken,
     NotAuthorized,
+    OffsetMismatch,
     QuotaExceeded,
     TransferError,
     UploadConflict,
 )
+from .filesink import partial_path_for, remove_partial
 from .handler import DownloadTarget, HandlerAdapter, as_download_target
 from .identity import IdToken
 from .keys import (
+    SETTLED,
     FileState,
     MemoryTransferTable,
     TransferRecord,
@@ -107,6 +125,8 @@ class ManifestOutcome:
     already_stored: tuple[int, ...] = ()
     #: the refusal is a name conflict (the handler raised NameTaken, or another manifest holds the name)
     conflict: bool = False
+    #: (file number, durable bytes held) of the files that start with bytes carried over (take-over), ascending
+    resume_from: tuple[tuple[int, int], ...] = ()
 
     @property
     def accepted(self) -> bool:
@@ -124,8 +144,41 @@ class ManifestOutcome:
             text = f"return_code: 0\ntransfer_key: {self.transfer_key}\n"
             if self.already_stored:
                 text += f"already_stored: {' '.join(str(num) for num in self.already_stored)}\n"
+            if self.resume_from:
+                text += f"resume_from: {' '.join(f'{num}={held}' for num, held in self.resume_from)}\n"
             return text
         return f"return_code: 1\nerror_reason: {self.error_reason}\n"
+
+
+@dataclass(frozen=True)
+class UploadOffset:
+    """What ``HEAD`` on a file URL tells its uploader: durable bytes held, the size, the key's expiry."""
+
+    offset: int
+    length: int
+    expires: float
+
+
+@dataclass(frozen=True)
+class TakeOver:
+    """A pending file of an older key of the same person that a new manifest names again (SPEC 7.3)."""
+
+    record: TransferRecord
+    old: FileEntry
+    new: FileEntry
+    held: int
+    partial: str
+    #: the old file's running MD5 of its held bytes, when this process kept it
+    md5: Any = None
+
+    @property
+    def carries(self) -> bool:
+        """The old partial carries over: the same name, size and checksum, and bytes held."""
+        return (
+            self.held > 0
+            and bool(self.partial)
+            and (self.old.name, self.old.size, self.old.checksum) == (self.new.name, self.new.size, self.new.checksum)
+        )
 
 
 @dataclass(frozen=True)
@@ -141,6 +194,12 @@ class UploadTicket:
     #: the file was found already stored when its manifest was posted: its body is read and
     #: discarded (``final_path`` is empty, nothing is written) and the answer is a success
     already_stored: bool = False
+    #: bytes of the file already held when this body starts (0: a whole body, which restarts the file)
+    offset: int = 0
+    #: where the held bytes live (the partial beside ``final_path``)
+    partial_path: str = ""
+    #: the running MD5 of the ``offset`` bytes held, when this process kept it (else rebuilt by reading them)
+    resume_md5: Any = None
 
     @property
     def file_info(self) -> dict[str, object]:
@@ -168,6 +227,13 @@ def _holds(target: DownloadTarget, entry: FileEntry) -> bool:
         return os.stat(target.path).st_size == entry.size
     except (OSError, ValueError):
         return False
+
+
+def _drop_carried(taken: object) -> None:
+    """A manifest that took names over was refused after all: the partials it would have carried go."""
+    for item in taken if isinstance(taken, list) else ():
+        if isinstance(item, TakeOver) and item.carries:
+            remove_partial(item.partial)
 
 
 def _download_target(answer: object, url_path: str) -> DownloadTarget:
@@ -216,6 +282,9 @@ class TransferEngine:
         self.clock = clock
         #: (transfer key, file number) of every body this process is receiving
         self._in_flight: set[tuple[str, int]] = set()
+        #: (transfer key, file number) -> (durable bytes, their running MD5) of partial files this process
+        #: kept: a piece resumed here continues the MD5 without reading the held bytes again
+        self._held_md5: dict[tuple[str, int], tuple[int, Any]] = {}
 
     # -- the prefix registry ----------------------------------------------------
 
@@ -283,9 +352,6 @@ class TransferEngine:
         """
         adapter = self._adapter(prefix)
         manifest = parse_manifest(body, self.manifest_limits)
-        if not adapter.serves_downloads:
-            # nothing can be found already stored: refused before the handler is asked anything
-            self._check_pending_quota(manifest, id_token)
         held = self._announcing.setdefault(prefix, set())
         for entry in manifest.files:
             if entry.name in held:
@@ -295,14 +361,92 @@ class TransferEngine:
         names = [entry.name for entry in manifest.files]
         held.update(names)
         try:
-            outcome: ManifestOutcome = yield self._check_and_register(prefix, adapter, manifest, id_token)
+            taken: ManifestOutcome | list[TakeOver] = yield self._take_over(prefix, adapter, manifest, id_token)
+            if isinstance(taken, ManifestOutcome):
+                return taken
+            if not adapter.serves_downloads:
+                # nothing can be found already stored: refused before the handler is asked anything
+                self._check_pending_quota(manifest, id_token)
+            outcome: ManifestOutcome = yield self._check_and_register(prefix, adapter, manifest, id_token, taken)
+        except BaseException:
+            _drop_carried(taken)
+            raise
         finally:
             held.difference_update(names)
+        if not outcome.accepted:
+            _drop_carried(taken)
         return outcome
 
     @defer.inlineCallbacks
-    def _check_and_register(
+    def _take_over(
         self, prefix: str, adapter: HandlerAdapter, manifest: Manifest, id_token: IdToken
+    ) -> _Steps[ManifestOutcome | list[TakeOver]]:
+        """Take over the names of ``manifest`` that its person holds pending under older live keys (SPEC 7.3).
+
+        Each such file of an older key is cancelled there (state ``cancelled``,
+        the handler's ``CancelPendingUpload``; a key left with nothing pending
+        is forgotten); its partial is kept for the new key when name, size and
+        checksum are the same (:attr:`TakeOver.carries`), else removed. A name
+        whose body is arriving now refuses the manifest (a conflict). Other
+        persons' names are not touched: the handler refuses them as before.
+        """
+        wanted = {entry.name: entry for entry in manifest.files}
+        found: list[TakeOver] = []
+        for record in self.transfers.live_owned(id_token.person, prefix, self.clock()):
+            states = self.transfers.states(record.key)
+            progress = self.transfers.progress(record.key)
+            for old in record.manifest.files:
+                new = wanted.get(old.name)
+                state = states.get(old.num, FileState.PENDING)
+                if new is None or state in SETTLED:
+                    continue
+                if state is FileState.RECEIVING or (record.key, old.num) in self._in_flight:
+                    return ManifestOutcome(
+                        None, f"Upload error for file {old.name}: it is arriving on another connection", conflict=True
+                    )
+                held, partial = progress.get(old.num, (0, ""))
+                found.append(TakeOver(record, old, new, held, partial))
+        for index, taken in enumerate(found):
+            key, num = taken.record.key, taken.old.num
+            if not self.transfers.transition(key, num, FileState.PENDING, FileState.CANCELLED):
+                return ManifestOutcome(
+                    None, f"Upload error for file {taken.old.name}: it is arriving on another connection", conflict=True
+                )
+            memory = self._held_md5.pop((key, num), None)
+            if taken.carries and memory is not None and memory[0] == taken.held:
+                found[index] = dataclasses.replace(taken, md5=memory[1])
+            elif not taken.carries:
+                remove_partial(taken.partial)
+            _log.info(
+                "file {name} of transfer {key}... taken over by a new manifest of {dn}",
+                name=taken.old.name, key=key[:8], dn=id_token.dn or "anonymous",
+            )
+            yield self._cancel_quietly(adapter, IdToken(dn=taken.record.owner_dn), taken.old.name)
+        for record in {taken.record.key: taken.record for taken in found}.values():
+            if all(state in SETTLED for state in self.transfers.states(record.key).values()):
+                self.transfers.remove(record.key)
+        return found
+
+    def _carry_over(self, key: str, taken: list[TakeOver]) -> tuple[tuple[int, int], ...]:
+        """Give the new key's files the partials carried over to them; (number, bytes held) of each."""
+        carried: list[tuple[int, int]] = []
+        for item in taken:
+            if not item.carries:
+                continue
+            self.transfers.set_progress(key, item.new.num, item.held, item.partial)
+            if item.md5 is not None:
+                self._held_md5[(key, item.new.num)] = (item.held, item.md5)
+            carried.append((item.new.num, item.held))
+        return tuple(sorted(carried))
+
+    @defer.inlineCallbacks
+    def _check_and_register(
+        self,
+        prefix: str,
+        adapter: HandlerAdapter,
+        manifest: Manifest,
+        id_token: IdToken,
+        taken: list[TakeOver] = [],  # noqa: B006 (never mutated)
     ) -> _Steps[ManifestOutcome]:
         stored: frozenset[int] = yield self._find_already_stored(prefix, adapter, manifest, id_token)
         self._check_pending_quota(manifest, id_token, stored=stored)
@@ -345,7 +489,8 @@ class TransferEngine:
             if refusal is not None and failure is refusal:
                 return ManifestOutcome(None, refusal.reason, conflict=isinstance(refusal, NameTaken))
             raise
-        return ManifestOutcome(key, already_stored=tuple(sorted(stored)))
+        resume_from = self._carry_over(key, taken)
+        return ManifestOutcome(key, already_stored=tuple(sorted(stored)), resume_from=resume_from)
 
     @defer.inlineCallbacks
     def _find_already_stored(
@@ -481,6 +626,8 @@ class TransferEngine:
         if id_token.person != record.owner_dn:
             raise NotAuthorized("this transfer belongs to another identity")
         state = self.transfers.states(record.key).get(entry.num, FileState.PENDING)
+        if state is FileState.CANCELLED:
+            raise FileNotFound(f"file {entry.num} of this transfer was taken over by a newer manifest")
         found_stored = state is FileState.STORED and entry.num in record.already_stored
         receiving = state if found_stored else next_state(state, "begin")
         if content_length is None:
@@ -492,11 +639,22 @@ class TransferEngine:
         if found_stored:
             # stored before the manifest came: the body is read and discarded, the answer a success
             return UploadTicket(prefix, record.key, entry.num, entry, id_token, "", already_stored=True)
-        if not self.transfers.transition(record.key, entry.num, state, receiving):
+        final_path, partial = yield self._receive(adapter, record, entry, state, id_token)
+        # a whole body restarts the file: nothing held from here on (recorded before the partial is truncated)
+        self.transfers.set_progress(record.key, entry.num, 0, partial)
+        self._held_md5.pop((record.key, entry.num), None)
+        return UploadTicket(prefix, record.key, entry.num, entry, id_token, final_path, partial_path=partial)
+
+    @defer.inlineCallbacks
+    def _receive(
+        self, adapter: HandlerAdapter, record: TransferRecord, entry: FileEntry, state: FileState, id_token: IdToken
+    ) -> _Steps[tuple[str, str]]:
+        """Win the file for this connection (pending -> receiving), ask where it goes: (final path, partial path)."""
+        if not self.transfers.transition(record.key, entry.num, state, FileState.RECEIVING):
             # another connection (or worker process) moved it first, or it was cancelled
             now = self.transfers.states(record.key).get(entry.num)
             if now is None:
-                raise FileNotFound(f"no transfer {transfer_key} under /{prefix}/")
+                raise FileNotFound(f"no transfer {record.key} under /{record.prefix}/")
             next_state(now, "begin")
             raise UploadConflict("file is already being uploaded")
         self._in_flight.add((record.key, entry.num))
@@ -511,7 +669,102 @@ class TransferEngine:
             self._in_flight.discard((record.key, entry.num))
             self.transfers.set_state(record.key, entry.num, FileState.PENDING)
             raise
-        return UploadTicket(prefix, record.key, entry.num, entry, id_token, str(final_path))
+        recorded = self.transfers.progress(record.key).get(entry.num, (0, ""))[1]
+        return str(final_path), recorded or partial_path_for(str(final_path))
+
+    @defer.inlineCallbacks
+    def resume_upload(
+        self,
+        prefix: str,
+        transfer_key: str,
+        file_num: str | int,
+        id_token: IdToken,
+        offset: int,
+        content_length: int | None,
+    ) -> _Steps[UploadTicket]:
+        """Decide whether a piece of a file starting at ``offset`` may come (tus ``PATCH``).
+
+        Fires with a ticket whose ``offset`` is the durable bytes held (the
+        file is now receiving) or fails with FileNotFound, NotAuthorized,
+        UploadConflict (stored, or arriving elsewhere), OffsetMismatch
+        (``offset`` is not the bytes held) or BeyondLength (the piece's
+        Content-Length would pass the manifest size).
+        """
+        adapter = self._adapter(prefix)
+        record = self._owned_record(prefix, transfer_key, id_token)
+        entry = self._entry(record, file_num)
+        state = self.transfers.states(record.key).get(entry.num, FileState.PENDING)
+        if state is FileState.CANCELLED:
+            raise FileNotFound(f"file {entry.num} of this transfer was taken over by a newer manifest")
+        next_state(state, "begin")  # stored or arriving elsewhere: the conflict
+        held = self.transfers.progress(record.key).get(entry.num, (0, ""))[0]
+        if offset != held:
+            raise OffsetMismatch(offset, held)
+        if content_length is not None and held + content_length > entry.size:
+            raise BeyondLength(
+                f"offset {held} + Content-Length {content_length} passes the manifest size {entry.size}"
+            )
+        final_path, partial = yield self._receive(adapter, record, entry, state, id_token)
+        now_held = self.transfers.progress(record.key).get(entry.num, (0, ""))[0]
+        if now_held != held:  # another process recorded more meanwhile
+            self.fail_upload(UploadTicket(prefix, record.key, entry.num, entry, id_token, final_path))
+            raise OffsetMismatch(offset, now_held)
+        self.transfers.set_progress(record.key, entry.num, held, partial)
+        memory = self._held_md5.get((record.key, entry.num))
+        md5 = memory[1] if memory is not None and memory[0] == held else None
+        return UploadTicket(
+            prefix, record.key, entry.num, entry, id_token, final_path, offset=held, partial_path=partial, resume_md5=md5
+        )
+
+    def keep_partial(self, ticket: UploadTicket, held: int | None, md5: Any = None) -> int:
+        """A body ended short (cut off, refused, or a whole PATCH piece): its file is pending again.
+
+        ``held`` is the bytes now durable in the partial (fdatasync'd before
+        this call), recorded in the same step as the state; None when the
+        partial could not be kept (it is removed, 0 recorded). ``md5`` is the
+        running MD5 of those bytes, remembered for the next piece. Returns
+        the bytes recorded.
+        """
+        where = (ticket.transfer_key, ticket.file_num)
+        self._in_flight.discard(where)
+        self._held_md5.pop(where, None)
+        if held is None:
+            held = 0
+            remove_partial(ticket.partial_path)
+        if not self.transfers.release(ticket.transfer_key, ticket.file_num, held, ticket.partial_path):
+            # the transfer ended meanwhile (or this file is not receiving any more): its partial goes
+            if self.transfers.get(ticket.transfer_key) is None:
+                remove_partial(ticket.partial_path)
+            elif held == 0:
+                self.transfers.set_progress(ticket.transfer_key, ticket.file_num, 0, ticket.partial_path)
+            return held
+        if md5 is not None and held:
+            if len(self._held_md5) >= self.held_md5_limit:
+                del self._held_md5[next(iter(self._held_md5))]
+            self._held_md5[where] = (held, md5)
+        return held
+
+    def checkpoint(self, ticket: UploadTicket, held: int) -> None:
+        """``held`` bytes of a body still arriving are synced: recorded, so a crash (SIGKILL) keeps them."""
+        if (ticket.transfer_key, ticket.file_num) not in self._in_flight:
+            return
+        if self.transfers.states(ticket.transfer_key).get(ticket.file_num) is FileState.RECEIVING:
+            self.transfers.set_progress(ticket.transfer_key, ticket.file_num, held, ticket.partial_path)
+
+    #: running MD5s of kept partials remembered per process (the oldest forgotten first)
+    held_md5_limit = 10_000
+
+    def upload_offset(self, prefix: str, transfer_key: str, file_num: str | int, id_token: IdToken) -> UploadOffset:
+        """The durable bytes held of one file, for its uploader (tus ``HEAD``); a stored file holds its size."""
+        record = self._owned_record(prefix, transfer_key, id_token)
+        entry = self._entry(record, file_num)
+        state = self.transfers.states(record.key).get(entry.num, FileState.PENDING)
+        if state is FileState.CANCELLED:
+            raise FileNotFound(f"file {entry.num} of this transfer was taken over by a newer manifest")
+        if state is FileState.STORED:
+            return UploadOffset(entry.size, entry.size, record.expires)
+        held = self.transfers.progress(record.key).get(entry.num, (0, ""))[0]
+        return UploadOffset(held, entry.size, record.expires)
 
     def fail_upload(self, ticket: UploadTicket) -> None:
         """The body did not make it (or failed verification): the file is pending again."""
@@ -533,6 +786,9 @@ class TransferEngine:
             self.fail_upload(ticket)
             raise LengthMismatch(f"received {received} bytes, expected {ticket.entry.size}")
         if md5_hexdigest != ticket.entry.checksum:
+            # the file's offset goes back to 0 (recorded before its partial is removed)
+            self.transfers.set_progress(ticket.transfer_key, ticket.file_num, 0, ticket.partial_path)
+            self._held_md5.pop((ticket.transfer_key, ticket.file_num), None)
             self.fail_upload(ticket)
             raise ChecksumMismatch(
                 f"checksum mismatch for {ticket.entry.name}: "
@@ -555,7 +811,9 @@ class TransferEngine:
             self.fail_upload(ticket)
             raise
         self.transfers.set_state(ticket.transfer_key, ticket.file_num, stored)
+        self.transfers.set_progress(ticket.transfer_key, ticket.file_num, ticket.entry.size, "")
         self._in_flight.discard((ticket.transfer_key, ticket.file_num))
+        self._held_md5.pop((ticket.transfer_key, ticket.file_num), None)
         return None
 
     def uploads_in_flight(self) -> int:
@@ -620,14 +878,17 @@ class TransferEngine:
         """
         record = self._owned_record(prefix, transfer_key, id_token)
         states = self.transfers.states(record.key)
+        progress = self.transfers.progress(record.key)
         files: list[dict[str, object]] = []
         for entry in record.manifest.files:
+            state = states.get(entry.num, FileState.PENDING)
             file: dict[str, object] = {
                 "file_num": entry.num,
                 "name": entry.name,
                 "size": entry.size,
                 "checksum": entry.checksum,
-                "state": states.get(entry.num, FileState.PENDING).value,
+                "state": state.value,
+                "offset": entry.size if state is FileState.STORED else progress.get(entry.num, (0, ""))[0],
             }
             if locate is not None:
                 file["url"] = locate(record.prefix, entry.name)
@@ -674,14 +935,19 @@ class TransferEngine:
     @defer.inlineCallbacks
     def _end_transfer(self, record: TransferRecord) -> _Steps[None]:
         states = self.transfers.states(record.key)
+        progress = self.transfers.progress(record.key)
         if not self.transfers.remove(record.key):
             return None  # another worker process ended it first
+        for entry in record.manifest.files:
+            self._held_md5.pop((record.key, entry.num), None)
+            if states.get(entry.num) not in SETTLED:
+                remove_partial(progress.get(entry.num, (0, ""))[1])
         adapter = self._adapters.get(record.prefix)
         if adapter is None:
             return None
         owner = IdToken(dn=record.owner_dn)
         for entry in record.manifest.files:
-            if states.get(entry.num) is not FileState.STORED:
+            if states.get(entry.num) not in SETTLED:
                 yield self._cancel_quietly(adapter, owner, entry.name)
             yield self._breathe(entry.num)
         return None
@@ -746,7 +1012,9 @@ class TransferEngine:
 __all__ = [
     "DEFAULT_MANIFEST_TTL",
     "ManifestOutcome",
+    "TakeOver",
     "TransferEngine",
+    "UploadOffset",
     "UploadTicket",
     "next_state",
 ]

@@ -10,8 +10,10 @@ The hierarchy (the seed's names are the public contract)::
     │   ├── ManifestError            the manifest breaks a rule (unparsable, unsafe name, ...)
     │   │   └── ManifestTooLarge     the manifest body is over the size limit
     │   ├── UploadConflict           the file is already stored or arriving elsewhere
+    │   │   └── OffsetMismatch       a resumed piece does not start at the bytes held
     │   ├── LengthRequired           no Content-Length was sent for a file body
     │   ├── LengthMismatch           Content-Length differs from the manifest's size
+    │   ├── BeyondLength             a resumed piece would pass the manifest's size
     │   ├── ChecksumMismatch         the received bytes do not have the manifest's MD5
     │   ├── InsufficientStorage      not enough free space for the file
     │   └── QuotaExceeded            the identity has too many files or bytes pending
@@ -88,6 +90,23 @@ class UploadConflict(UploadFailed):
     default_reason = "file already stored or being uploaded"
 
 
+class OffsetMismatch(UploadConflict):
+    """A resumed piece (``PATCH``) starts elsewhere than at the bytes the server holds (``held``)."""
+
+    default_reason = "offset does not match the bytes held"
+
+    def __init__(self, offset: int, held: int) -> None:
+        super().__init__(f"offset {offset} does not match the {held} bytes held")
+        self.offset = offset
+        self.held = held
+
+
+class BeyondLength(UploadFailed):
+    """A resumed piece would take the file past its manifest size."""
+
+    default_reason = "the body would pass the manifest size"
+
+
 class LengthRequired(UploadFailed):
     """A file body was sent without a Content-Length."""
 
@@ -140,6 +159,8 @@ __all__ = [
     "ManifestError",
     "ManifestTooLarge",
     "UploadConflict",
+    "OffsetMismatch",
+    "BeyondLength",
     "LengthRequired",
     "LengthMismatch",
     "ChecksumMismatch",

@@ -9,6 +9,15 @@ on the way, so the fsync has little left to do); ``discard`` removes the tempora
 at worst such a file, which the store removes at start-up; a partial file
 never appears under a final name.
 
+A file of a manifest is written through a :class:`ResumableSink` instead:
+its temporary is the file's *partial* (:func:`partial_path_for`,
+``.gsitransfer-<hash of the final name>.partial`` beside it), which outlives a
+cut-off body. ``keep`` makes what arrived durable (fdatasync) and tells how
+many bytes that is, for the caller to record *after* the sync; a later
+sink opened at that offset truncates the partial to it (bytes past the
+recorded offset were never promised) and continues, its MD5 carried over in
+memory or rebuilt by reading the held bytes once.
+
 This is the only module that writes upload data; it knows nothing of HTTP.
 """
 
@@ -19,6 +28,8 @@ import hashlib
 import os
 import secrets
 from typing import Protocol
+
+from typing import Any
 
 from .errors import InsufficientStorage, UploadConflict, UploadFailed
 
@@ -64,15 +75,7 @@ class FileSink:
         self.expected_size = expected_size
         directory = os.path.dirname(final_path) or "."
         check_free_space(directory, expected_size)
-        self.temp_path = os.path.join(
-            directory, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}{TEMP_SUFFIX}"
-        )
-        try:
-            self._fd: int | None = os.open(
-                self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
-            )
-        except OSError as error:
-            raise UploadFailed(f"cannot create file: {error.strerror}") from None
+        self.temp_path, self._fd = self._open_temp(directory)
         self._md5 = hashlib.md5(usedforsecurity=False)
         #: more digests of the same bytes (the request's digest fields), fed with the MD5, on its thread
         self.extra_hashers: _Hashers | None = None
@@ -82,6 +85,14 @@ class FileSink:
         self.committed_identity: tuple[int, int, int, int] | None = None
         #: the final name already held exactly these bytes at commit
         self.already_present = False
+
+    def _open_temp(self, directory: str) -> tuple[str, int | None]:
+        """Create the temporary file in ``directory``: its path and descriptor."""
+        path = os.path.join(directory, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}{TEMP_SUFFIX}")
+        try:
+            return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as error:
+            raise UploadFailed(f"cannot create file: {error.strerror}") from None
 
     def write(self, data: bytes) -> None:
         """Append ``data`` to the temporary file and the running MD5."""
@@ -267,3 +278,125 @@ def remove_stale_temporaries(directory: str, pid: int | None = None) -> list[str
             except OSError:
                 pass
     return removed
+
+
+#: the partial file of a resumable upload: ``.gsitransfer-<32 hex>.partial`` beside its final name
+PARTIAL_SUFFIX = ".partial"
+
+
+def partial_path_for(final_path: str) -> str:
+    """Where the held bytes of the file to be published at ``final_path`` live (beside it, hidden)."""
+    directory, name = os.path.split(final_path)
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return os.path.join(directory, f"{TEMP_PREFIX}{digest}{PARTIAL_SUFFIX}")
+
+
+def is_partial_name(name: str) -> bool:
+    """True for the names :func:`partial_path_for` gives."""
+    return name.startswith(TEMP_PREFIX) and name.endswith(PARTIAL_SUFFIX)
+
+
+def remove_partial(path: str) -> None:
+    """Remove a partial file (nothing if it is gone)."""
+    if not path:
+        return
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class ResumableSink(FileSink):
+    """A FileSink whose temporary is the file's partial, opened at ``offset`` held bytes.
+
+    ``md5`` is the running MD5 of those bytes when the caller kept it (a
+    ``hashlib`` object, copied here); without it the held bytes are read once
+    to rebuild it (so open it off the reactor thread then). A partial shorter
+    than ``offset`` raises :class:`PartialLost`.
+    """
+
+    def __init__(
+        self, final_path: str, expected_size: int, partial_path: str, offset: int = 0, md5: Any = None
+    ) -> None:
+        self._partial_path = partial_path
+        self._offset = offset
+        super().__init__(final_path, expected_size)
+        assert self._fd is not None
+        if md5 is not None:
+            self._md5 = md5.copy()
+        elif offset:
+            try:
+                self._md5 = _md5_of_prefix(self._fd, self.temp_path, offset)
+            except UploadFailed:
+                fd, self._fd = self._fd, None
+                os.close(fd)
+                raise
+        self.received = self._written_back = offset
+
+    def _open_temp(self, directory: str) -> tuple[str, int | None]:
+        path = self._partial_path
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as error:
+            raise UploadFailed(f"cannot open the partial file: {error.strerror}") from None
+        try:
+            if os.fstat(fd).st_size < self._offset:
+                raise PartialLost(f"the partial file holds fewer than {self._offset} bytes")
+            os.ftruncate(fd, self._offset)
+            os.lseek(fd, self._offset, os.SEEK_SET)
+        except PartialLost:
+            os.close(fd)
+            raise
+        except OSError as error:
+            os.close(fd)
+            raise UploadFailed(f"cannot open the partial file: {error.strerror}") from None
+        return path, fd
+
+    def sync(self) -> int:
+        """fdatasync what was written so far (a checkpoint while the body arrives): the bytes now durable."""
+        if self._fd is None:
+            raise UploadFailed("the partial file is closed")
+        try:
+            os.fdatasync(self._fd)
+        except OSError as error:
+            raise UploadFailed(f"cannot sync the partial file: {error.strerror}") from None
+        return self.received
+
+    def keep(self) -> tuple[int, Any]:
+        """fdatasync and close the partial, leaving it in place: (bytes now durable, their MD5 object).
+
+        Raises UploadFailed when the file is already closed or gone (a failed
+        write discarded it) or cannot be synced; the caller then records 0.
+        """
+        fd, self._fd = self._fd, None
+        if fd is None:
+            raise UploadFailed("the partial file was discarded")
+        try:
+            os.fdatasync(fd)
+        except OSError as error:
+            raise UploadFailed(f"cannot sync the partial file: {error.strerror}") from None
+        finally:
+            os.close(fd)
+        return self.received, self._md5.copy()
+
+
+class PartialLost(UploadFailed):
+    """A partial file holds fewer bytes than were recorded (removed or truncated by hand)."""
+
+    default_reason = "the bytes held for this file are gone"
+
+
+def _md5_of_prefix(fd: int, path: str, size: int) -> Any:
+    """The MD5 of the first ``size`` bytes of the open file (read once, in 1 MiB pieces)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    done = 0
+    try:
+        while done < size:
+            chunk = os.pread(fd, min(1 << 20, size - done), done)
+            if not chunk:
+                raise PartialLost(f"the partial file {os.path.basename(path)} ended early")
+            digest.update(chunk)
+            done += len(chunk)
+    except OSError as error:
+        raise UploadFailed(f"cannot read the partial file: {error.strerror}") from None
+    return digest

@@ -34,6 +34,12 @@ class FileState(str, enum.Enum):
     PENDING = "pending"
     RECEIVING = "receiving"
     STORED = "stored"
+    #: taken over by a newer manifest of the same person (SPEC 7.3): never uploaded under this key
+    CANCELLED = "cancelled"
+
+
+#: states that no longer count as pending (nothing more will be stored under the key)
+SETTLED = (FileState.STORED, FileState.CANCELLED)
 
 
 def mint_transfer_key() -> str:
@@ -103,6 +109,15 @@ class TransferTable(Protocol):
     def remove(self, key: str) -> bool:
         """Forget the transfer; False if it was already gone (another process removed it)."""
 
+    def progress(self, key: str) -> dict[int, tuple[int, str]]:
+        """Per file: (durable bytes held, the partial file's path or ``""``); files never begun are absent."""
+
+    def set_progress(self, key: str, num: int, offset: int, partial: str) -> None:
+        """Record a file's durable bytes and where they are (called after they were synced)."""
+
+    def release(self, key: str, num: int, offset: int, partial: str) -> bool:
+        """A receiving file is pending again holding ``offset`` durable bytes: one step; False if it was not receiving."""
+
     def expired(self, now: float) -> list[TransferRecord]:
         """Records whose key has expired."""
 
@@ -111,6 +126,9 @@ class TransferTable(Protocol):
 
     def records(self) -> Iterable[TransferRecord]:
         """Every record."""
+
+    def live_owned(self, owner_dn: str | None, prefix: str, now: float) -> list[TransferRecord]:
+        """The live records of ``owner_dn`` under ``prefix`` with a file neither stored nor cancelled."""
 
     def add_within(
         self, record: TransferRecord, max_files: int | None, max_bytes: int | None, now: float
@@ -128,6 +146,7 @@ class MemoryTransferTable:
     def __init__(self) -> None:
         self._records: dict[str, TransferRecord] = {}
         self._states: dict[str, dict[int, FileState]] = {}
+        self._progress: dict[str, dict[int, tuple[int, str]]] = {}
 
     def add(self, record: TransferRecord) -> None:
         self._records[record.key] = record
@@ -152,7 +171,21 @@ class MemoryTransferTable:
 
     def remove(self, key: str) -> bool:
         self._states.pop(key, None)
+        self._progress.pop(key, None)
         return self._records.pop(key, None) is not None
+
+    def progress(self, key: str) -> dict[int, tuple[int, str]]:
+        return dict(self._progress.get(key, {}))
+
+    def set_progress(self, key: str, num: int, offset: int, partial: str) -> None:
+        if key in self._states:
+            self._progress.setdefault(key, {})[num] = (offset, partial)
+
+    def release(self, key: str, num: int, offset: int, partial: str) -> bool:
+        if not self.transition(key, num, FileState.RECEIVING, FileState.PENDING):
+            return False
+        self.set_progress(key, num, offset, partial)
+        return True
 
     def expired(self, now: float) -> list[TransferRecord]:
         return [record for record in self._records.values() if record.expired(now)]
@@ -164,13 +197,23 @@ class MemoryTransferTable:
                 continue
             states = self._states.get(record.key, {})
             for entry in record.manifest.files:
-                if states.get(entry.num) is not FileState.STORED:
+                if states.get(entry.num) not in SETTLED:
                     files += 1
                     size += entry.size
         return files, size
 
     def records(self) -> Iterable[TransferRecord]:
         return list(self._records.values())
+
+    def live_owned(self, owner_dn: str | None, prefix: str, now: float) -> list[TransferRecord]:
+        return [
+            record
+            for record in self._records.values()
+            if record.owner_dn == owner_dn
+            and record.prefix == prefix
+            and not record.expired(now)
+            and any(state not in SETTLED for state in self._states.get(record.key, {}).values())
+        ]
 
     def add_within(
         self, record: TransferRecord, max_files: int | None, max_bytes: int | None, now: float

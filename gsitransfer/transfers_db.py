@@ -2,7 +2,7 @@
 
 Implements :class:`gsitransfer.keys.TransferTable`. One file holds every key
 of a server: the validated manifest (as JSON), the owner DN, the prefix, the times, and
-each file's state. A file that was ``receiving`` when the server stopped is
+each file's state, durable bytes held (``received``) and partial file path. A file that was ``receiving`` when the server stopped is
 ``pending`` again when the table is opened: its body never completed.
 
 Several processes may share the file (``--workers``; SQLite in WAL mode): a
@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS transfer_files (
     num INTEGER NOT NULL,
     state TEXT NOT NULL,
     holder INTEGER,
+    received INTEGER NOT NULL DEFAULT 0,
+    partial TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (key, num)
 );
 CREATE INDEX IF NOT EXISTS transfers_expires ON transfers(expires);
@@ -117,6 +119,7 @@ class SQLiteTransferTable:
                     columns = {row[1] for row in self._db.execute("PRAGMA table_info(transfers)")}
                     if "already_stored" not in columns:
                         raise
+            self._add_progress_columns()
             if reset_receiving:
                 self._db.execute(
                     "UPDATE transfer_files SET state = ?, holder = NULL WHERE state = ?",
@@ -125,6 +128,20 @@ class SQLiteTransferTable:
         except (OSError, sqlite3.Error) as error:
             raise TransferDBError(f"cannot open transfer database {path}: {error}") from None
         self._cache: OrderedDict[str, TransferRecord] = OrderedDict()
+
+    def _add_progress_columns(self) -> None:
+        """Tables made before resumable uploads get each file's durable bytes and partial path."""
+        for column, kind in (("received", "INTEGER NOT NULL DEFAULT 0"), ("partial", "TEXT NOT NULL DEFAULT ''")):
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(transfer_files)")}
+            if column in columns:
+                continue
+            try:
+                self._db.execute(f"ALTER TABLE transfer_files ADD COLUMN {column} {kind}")
+            except sqlite3.OperationalError:
+                # another process sharing the file (--workers) added it first
+                columns = {row[1] for row in self._db.execute("PRAGMA table_info(transfer_files)")}
+                if column not in columns:
+                    raise
 
     def _remember(self, record: TransferRecord) -> None:
         self._cache[record.key] = record
@@ -208,6 +225,27 @@ class SQLiteTransferTable:
         )
         return cursor.rowcount == 1
 
+    def progress(self, key: str) -> dict[int, tuple[int, str]]:
+        rows = self._db.execute(
+            "SELECT num, received, partial FROM transfer_files WHERE key = ? AND (received > 0 OR partial != '')",
+            (key,),
+        ).fetchall()
+        return {num: (received, partial) for num, received, partial in rows}
+
+    def set_progress(self, key: str, num: int, offset: int, partial: str) -> None:
+        self._db.execute(
+            "UPDATE transfer_files SET received = ?, partial = ? WHERE key = ? AND num = ?",
+            (offset, partial, key, num),
+        )
+
+    def release(self, key: str, num: int, offset: int, partial: str) -> bool:
+        cursor = self._db.execute(
+            "UPDATE transfer_files SET state = ?, holder = NULL, received = ?, partial = ? "
+            "WHERE key = ? AND num = ? AND state = ?",
+            (FileState.PENDING.value, offset, partial, key, num, FileState.RECEIVING.value),
+        )
+        return cursor.rowcount == 1
+
     def release_holder(self, holder: int) -> int:
         """Files a dead process was receiving are pending again; how many."""
         cursor = self._db.execute(
@@ -235,8 +273,8 @@ class SQLiteTransferTable:
     def pending_totals(self, owner_dn: str | None, now: float) -> tuple[int, int]:
         rows = self._db.execute(
             "SELECT f.key, f.num FROM transfers t JOIN transfer_files f ON f.key = t.key "
-            "WHERE t.owner_dn IS ? AND t.expires > ? AND f.state != ?",
-            (owner_dn, now, FileState.STORED.value),
+            "WHERE t.owner_dn IS ? AND t.expires > ? AND f.state NOT IN (?, ?)",
+            (owner_dn, now, FileState.STORED.value, FileState.CANCELLED.value),
         ).fetchall()
         files = size = 0
         records: dict[str, TransferRecord | None] = {}
@@ -254,6 +292,15 @@ class SQLiteTransferTable:
             "SELECT key, prefix, owner_dn, manifest, created, expires, already_stored FROM transfers"
         ).fetchall()
         return [_record_from_row(row) for row in rows]
+
+    def live_owned(self, owner_dn: str | None, prefix: str, now: float) -> list[TransferRecord]:
+        keys = self._db.execute(
+            "SELECT DISTINCT t.key FROM transfers t JOIN transfer_files f ON f.key = t.key "
+            "WHERE t.owner_dn IS ? AND t.prefix = ? AND t.expires > ? AND f.state NOT IN (?, ?)",
+            (owner_dn, prefix, now, FileState.STORED.value, FileState.CANCELLED.value),
+        ).fetchall()
+        records = (self.get(key) for (key,) in keys)
+        return [record for record in records if record is not None]
 
     def close(self) -> None:
         """Close the database."""

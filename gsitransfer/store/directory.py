@@ -39,7 +39,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..errors import FileNotFound, NameTaken, NotAuthorized
-from ..filesink import FREE_SPACE_MARGIN, remove_stale_temporaries
+from ..filesink import FREE_SPACE_MARGIN, is_partial_name, partial_path_for, remove_stale_temporaries
 from ..handler import DownloadTarget, IBatchPendingHandler, IDigestKeeper, IListingHandler, ITransferHandler
 from ..identity import IdToken
 from .metadata import DB_NAME, FileRecord, FileState, StoreError, StoreMetadata
@@ -63,6 +63,8 @@ class RecoveryReport:
 
     #: temporary files left in flight by a previous run, removed
     removed_temporaries: tuple[str, ...] = ()
+    #: partial files of resumable uploads whose name is no longer pending, removed
+    removed_partials: tuple[str, ...] = ()
     #: pending rows older than the pending TTL, forgotten
     expired_pending: tuple[str, ...] = ()
     #: expired pending rows whose file was already in place, recorded as stored
@@ -74,6 +76,7 @@ class RecoveryReport:
         return any(
             (
                 self.removed_temporaries,
+                self.removed_partials,
                 self.expired_pending,
                 self.promoted_pending,
                 self.vanished_stored,
@@ -412,7 +415,9 @@ class DirectoryStore:
     def recover(self) -> RecoveryReport:
         """Clean up after a previous run (called by the constructor).
 
-        Removes temporary files left in flight; forgets pending rows older than
+        Removes temporary files left in flight, and partial files of
+        resumable uploads whose name is no longer pending (those still
+        pending are kept, to be resumed); forgets pending rows older than
         ``pending_ttl`` (one whose file is already in place under its final
         name — a crash between the rename and ``CompleteUpload`` — is recorded
         as stored, without a checksum); forgets stored rows whose file is gone,
@@ -440,24 +445,48 @@ class DirectoryStore:
         )
         for record in promoted:
             self._promote(record)
+        live = {record.name for record in self.metadata.pending() if record.created >= cutoff}
         report = RecoveryReport(
             removed_temporaries=tuple(sorted(removed)),
+            removed_partials=tuple(self._remove_stale_partials(live)),
             expired_pending=tuple(expired),
             promoted_pending=tuple(r.name for r in promoted),
             vanished_stored=tuple(sorted(vanished)),
         )
         if report:
             _log.info(
-                "store {root}: removed {temps} temporary file(s), expired {expired} pending "
+                "store {root}: removed {temps} temporary file(s) and {partials} partial file(s), expired {expired} pending "
                 "upload(s), kept {promoted} finished but unrecorded file(s), forgot {vanished} "
                 "vanished file(s)",
                 root=self.root,
                 temps=len(report.removed_temporaries),
+                partials=len(report.removed_partials),
                 expired=len(report.expired_pending),
                 promoted=len(report.promoted_pending),
                 vanished=len(report.vanished_stored),
             )
         return report
+
+    def _remove_stale_partials(self, pending: set[str]) -> list[str]:
+        """Remove the partial files (resumable uploads' held bytes) of names no longer pending; their names.
+
+        A partial of a name still pending is kept: its transfer key may
+        resume it (``PATCH``) after this restart.
+        """
+        keep = {os.path.basename(partial_path_for(os.path.join(self.root, name))) for name in pending}
+        removed: list[str] = []
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            return removed
+        for name in sorted(names):
+            if is_partial_name(name) and name not in keep:
+                try:
+                    os.unlink(os.path.join(self.root, name))
+                    removed.append(name)
+                except OSError:
+                    pass
+        return removed
 
     def _regular_file_status(self, name: str) -> os.stat_result | None:
         try:

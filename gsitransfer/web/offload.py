@@ -46,17 +46,23 @@ from typing import Any, Callable
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from ..filesink import FileSink
+from ..filesink import FileSink, ResumableSink
 
 #: bodies larger than this go through a worker thread
 OFFLOAD_THRESHOLD = 1024 * 1024
 #: chunks (16 KiB TLS records) are handed to the worker in batches of this size
 BATCH_BYTES = 256 * 1024
+#: a resumable body's partial is synced (fdatasync) and its offset recorded every this many bytes,
+#: so a crash (SIGKILL) loses at most this much of what arrived
+CHECKPOINT_BYTES = 32 * 1024 * 1024
 #: bytes queued for the worker above which reading pauses, and at or below which it resumes
 HIGH_WATER = 2 * 1024 * 1024
 LOW_WATER = 512 * 1024
 
-_WRITE, _COMMIT, _DISCARD = "write", "commit", "discard"
+_WRITE, _COMMIT, _DISCARD, _KEEP = "write", "commit", "discard", "keep"
+
+#: what a kept partial holds: (durable bytes, their running MD5), or None when it could not be kept
+Kept = Any
 
 class UploadDiscards:
     """The writer threads told to discard, of one server: waited for at shutdown.
@@ -104,6 +110,21 @@ class InlineSink:
     def discard(self) -> None:
         self.sink.discard()
 
+    def keep(self, on_kept: Callable[[Kept], object]) -> None:
+        """Make what was written durable, leave the partial in place; ``on_kept`` gets (bytes, MD5) or None."""
+        on_kept(keep_sink(self.sink))
+
+
+def keep_sink(sink: FileSink) -> Kept:
+    """``sink.keep()`` for a resumable sink, else (or when it fails) the sink discarded and None."""
+    if isinstance(sink, ResumableSink):
+        try:
+            return sink.keep()
+        except Exception:
+            pass
+    sink.discard()
+    return None
+
 
 class OffloadedSink:
     """A FileSink hashed, written and committed by two worker threads, fed with back-pressure."""
@@ -120,7 +141,11 @@ class OffloadedSink:
         batch_bytes: int = BATCH_BYTES,
         high_water: int = HIGH_WATER,
         low_water: int = LOW_WATER,
+        on_checkpoint: Callable[[int], object] | None = None,
+        checkpoint_bytes: int = CHECKPOINT_BYTES,
     ) -> None:
+        """``on_checkpoint`` (reactor thread) gets the bytes of a resumable sink synced every
+        ``checkpoint_bytes`` (None: no checkpoints)."""
         if not 0 <= low_water < high_water:
             raise ValueError("need 0 <= low_water < high_water")
         self.sink = sink
@@ -138,6 +163,9 @@ class OffloadedSink:
         self._closed = False
         self._drained: defer.Deferred[None] | None = None
         self._committed: defer.Deferred[None] | None = None
+        self._on_kept: Callable[[Kept], object] | None = None
+        self._on_checkpoint = on_checkpoint if isinstance(sink, ResumableSink) else None
+        self.checkpoint_bytes = checkpoint_bytes
         #: the most bytes ever queued at once (for tests and tuning)
         self.peak_queued = 0
         # shared with the worker
@@ -200,6 +228,26 @@ class OffloadedSink:
         self._queue.put((_DISCARD, None))
         self._discards.add(self._thread)
 
+    def keep(self, on_kept: Callable[[Kept], object]) -> None:
+        """Stop: the writer writes what is queued, syncs the partial and leaves it; ``on_kept`` (on the
+        reactor thread) gets (bytes, MD5), or None when the partial could not be kept."""
+        if self._on_kept is not None:
+            return
+        self._on_kept = on_kept
+        if self._failed:  # the writer has removed the file and exited
+            self._kept(None)
+            return
+        self._closed = True
+        self._flush()
+        self._queue.put((_KEEP, None))
+        self._discards.add(self._thread)
+
+    def _kept(self, result: Kept) -> None:
+        on_kept, self._on_kept = self._on_kept, None
+        self._on_kept = _already_kept
+        if on_kept is not None and on_kept is not _already_kept:
+            on_kept(result)
+
     def _written(self, size: int) -> None:
         self._queued -= size
         if self.paused and self._queued <= self.low_water:
@@ -216,6 +264,9 @@ class OffloadedSink:
             return
         self._failed = True
         self._closed = True
+        if self._on_kept is not None:
+            self._kept(None)
+            return
         if self._drained is not None and not self._drained.called:
             self._drained.errback(failure)
         else:
@@ -246,10 +297,14 @@ class OffloadedSink:
             self._to_writer.put((_WRITE, payload))
 
     def _write_loop(self) -> None:
+        synced = self.sink.received
         while True:
             kind, data = self._to_writer.get()
             if kind == _DISCARD:
                 self.sink.discard()
+                return
+            if kind == _KEEP:
+                self._call(self._kept, keep_sink(self.sink))
                 return
             if kind == _COMMIT:
                 try:
@@ -270,3 +325,19 @@ class OffloadedSink:
                 self._call(self._write_failed, failure)
                 return
             self._call(self._written, len(data))
+            if self._on_checkpoint is not None and self.sink.received - synced >= self.checkpoint_bytes:
+                synced = self._checkpoint_now(synced)
+
+    def _checkpoint_now(self, synced: int) -> int:
+        """On the writer thread: sync the partial, report its bytes to the reactor; the bytes synced."""
+        assert isinstance(self.sink, ResumableSink) and self._on_checkpoint is not None
+        try:
+            held = self.sink.sync()
+        except Exception:
+            return synced  # not synced: nothing to report (keep or commit decides later)
+        self._call(self._on_checkpoint, held)
+        return held
+
+
+def _already_kept(result: Kept) -> None:
+    """Stands for an ``on_kept`` already called (it is called once)."""

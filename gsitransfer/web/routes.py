@@ -4,7 +4,8 @@
 
     *      /                             the server's prefixes    -> RootRoute
     POST   /<prefix>/manifest            post a manifest          -> ManifestRoute
-    POST   /<prefix>/<key>/<n>           a file's body            -> UploadRoute
+    *      /<prefix>/<key>/<n>           a file of a transfer     -> UploadRoute
+                                         (POST its body, HEAD its offset, PATCH a piece)
     *      /<prefix>/  (or /<prefix>)    the prefix's files       -> ListingRoute
     *      /<prefix>/<key>               a transfer               -> TransferRoute
     *      /<prefix>/<path...>           one file                 -> FileRoute
@@ -54,7 +55,7 @@ class ManifestRoute:
 
 @dataclass(frozen=True, slots=True)
 class UploadRoute:
-    """``/<prefix>/<transfer_key>/<file_num>`` (POST): one file's body."""
+    """``/<prefix>/<transfer_key>/<file_num>``: one file of a transfer (POST its body; HEAD, PATCH: resuming)."""
 
     prefix: str
     transfer_key: str
@@ -135,11 +136,12 @@ def classify(method: bytes, segments: list[bytes]) -> Route:
         raise FileNotFound("invalid path")
     if rest in ([], [""]):
         return ListingRoute(prefix)
+    if len(rest) == 2 and looks_like_transfer_key(rest[0]):
+        # every method: a file of a transfer is also its resumable upload resource (tus)
+        return UploadRoute(prefix, rest[0], rest[1])
     if method == b"POST":
         if rest == ["manifest"]:
             return ManifestRoute(prefix)
-        if len(rest) == 2 and looks_like_transfer_key(rest[0]):
-            return UploadRoute(prefix, rest[0], rest[1])
         raise FileNotFound("POST goes to /<prefix>/manifest or /<prefix>/<transfer_key>/<file_num>")
     if not all(_safe_segment(part) for part in rest):
         raise FileNotFound("invalid path")

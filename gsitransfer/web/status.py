@@ -61,6 +61,24 @@ class HeadTooLarge(RequestError):
     default_reason = "request header fields too large"
 
 
+class TusVersionUnsupported(RequestError):
+    """A tus request names a protocol version this server does not speak (``Tus-Version`` says which)."""
+
+    default_reason = "unsupported Tus-Resumable version: this server speaks 1.0.0"
+
+
+class UnsupportedMediaType(RequestError):
+    """A body of a type this route does not take (a ``PATCH`` not ``application/offset+octet-stream``)."""
+
+    default_reason = "unsupported Content-Type"
+
+
+class PieceChecksumMismatch(RequestError):
+    """A ``PATCH`` body does not match its ``Upload-Checksum`` (tus checksum extension): its bytes are dropped."""
+
+    default_reason = "checksum mismatch"
+
+
 class InternalError(RequestError):
     """A bug while answering (logged with its traceback where it happened): one generic line."""
 
@@ -74,12 +92,16 @@ STATUS_FOR_ERROR: tuple[tuple[type[errors.TransferError], int], ...] = (
     (BodyTooLarge, 413),
     (Unidentified, 403),
     (HeadTooLarge, 431),
+    (TusVersionUnsupported, 412),
+    (UnsupportedMediaType, 415),
+    (PieceChecksumMismatch, 460),
     (InternalError, 500),
     (errors.ManifestTooLarge, 413),
     (errors.ManifestError, 400),
     (errors.FileNotFound, 404),
     (errors.NameTaken, 409),
     (errors.NotAuthorized, 403),
+    (errors.BeyondLength, 413),
     (errors.UploadConflict, 409),
     (errors.LengthRequired, 411),
     (errors.LengthMismatch, 400),
@@ -102,7 +124,19 @@ def status_for(error: errors.TransferError) -> int:
 
 
 #: reason phrases twisted.web's ``http.RESPONSES`` lacks
-_PHRASES: dict[int, bytes] = {431: b"Request Header Fields Too Large"}
+_PHRASES: dict[int, bytes] = {431: b"Request Header Fields Too Large", 460: b"Checksum Mismatch"}
+
+#: the tus protocol version this server speaks (``Tus-Resumable``, ``Tus-Version``)
+TUS_VERSION = b"1.0.0"
+
+
+def headers_for(error: errors.TransferError) -> tuple[tuple[bytes, bytes], ...]:
+    """Header lines a refusal carries besides its status: where a resumed file stands, which tus version."""
+    if isinstance(error, errors.OffsetMismatch):
+        return ((b"upload-offset", b"%d" % error.held),)
+    if isinstance(error, TusVersionUnsupported):
+        return ((b"tus-version", TUS_VERSION),)
+    return ()
 
 
 def head_refusal(error: errors.TransferError, date: bytes, server: bytes) -> bytes:
@@ -134,6 +168,8 @@ def refusal_for(failure: Failure, what: str) -> errors.TransferError:
 def refuse(request: IRequest, error: errors.TransferError) -> None:
     """Answer ``request`` with ``error``'s status and reason (and ``Allow`` for a 405)."""
     allow = error.allow if isinstance(error, MethodNotAllowed) else ()
+    for name, value in headers_for(error):
+        request.setHeader(name, value)
     write_error(request, status_for(error), error.reason, allow)
 
 
@@ -155,7 +191,7 @@ def write_text(
     if getattr(request, "_disconnected", False) or getattr(request, "finished", False):
         return
     body = text.encode("utf-8")
-    request.setResponseCode(status)
+    request.setResponseCode(status, _PHRASES.get(status))
     request.setHeader(b"content-type", content_type)
     request.setHeader(b"content-length", b"%d" % len(body))
     request.setHeader(b"cache-control", b"no-store")
@@ -167,3 +203,14 @@ def write_text(
 
 def _one_line(text: str) -> str:
     return " ".join(text.split()) or "error"
+
+
+def write_empty(request: IRequest, status: int, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """Answer ``request`` with ``status`` (a 204, or a HEAD's 200), ``headers`` and no body; finish it."""
+    if getattr(request, "_disconnected", False) or getattr(request, "finished", False):
+        return
+    request.setResponseCode(status, _PHRASES.get(status))
+    for name, value in headers:
+        request.setHeader(name, value)
+    request.setHeader(b"cache-control", b"no-store")
+    request.finish()

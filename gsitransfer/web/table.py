@@ -8,10 +8,12 @@
               TransferRoute    get_transfer      a live transfer's state (JSON), else a file
               FileRoute        get_file          the file the handler names
     HEAD      (as GET)
+              UploadRoute      upload_offset     the durable bytes held of a file (tus, .resume)
     POST      ManifestRoute    post_manifest     register a manifest (body in memory, bounded)
               UploadRoute      begin_upload      stream one file's body (upload state machine)
+    PATCH     UploadRoute      patch_upload      stream a piece of a file at its offset (tus, .resume)
     DELETE    TransferRoute    delete_transfer   cancel a transfer
-    OPTIONS   (as GET)         options           ``Allow`` for the path
+    OPTIONS   (as GET, and UploadRoute) options  ``Allow`` for the path
 
 A request is routed once, when its head is complete
 (:meth:`RouteTable.select`, called by the request layer and by the
@@ -42,6 +44,7 @@ from ..errors import TransferError
 from .exchange import BodyControl, BodyReceiver, Exchange
 from .routes import FileRoute, ListingRoute, ManifestRoute, RootRoute, Route, TransferRoute, UploadRoute, route_target
 from .status import MethodNotAllowed, Unidentified, refuse, write_text
+from .resume import patch_upload, upload_offset
 from .upload import begin_upload
 from .verbs import (
     buffered,
@@ -82,6 +85,8 @@ def _verbs(*answers: Callable[[Exchange, bytes], None]) -> dict[str, Verb]:
 _BUFFERED = _verbs(get_root, get_listing, get_transfer, get_file, delete_transfer, options)
 _MANIFEST = Verb("post_manifest", buffered(post_manifest, manifest_limit))
 _UPLOAD = Verb("begin_upload", begin_upload, streams=True)
+_PATCH = Verb("patch_upload", patch_upload, streams=True)
+_HEAD_OFFSET = Verb("upload_offset", buffered(upload_offset))
 _OPTIONS = _BUFFERED["options"]
 _GET: Mapping[type, Verb] = MappingProxyType({
     RootRoute: _BUFFERED["get_root"],
@@ -93,11 +98,14 @@ _GET: Mapping[type, Verb] = MappingProxyType({
 #: the route table: one row per method
 ROUTES: Mapping[bytes, Mapping[type, Verb]] = MappingProxyType({
     b"GET": _GET,
-    b"HEAD": _GET,
+    b"HEAD": MappingProxyType({**_GET, UploadRoute: _HEAD_OFFSET}),
     b"POST": MappingProxyType({ManifestRoute: _MANIFEST, UploadRoute: _UPLOAD}),
+    b"PATCH": MappingProxyType({UploadRoute: _PATCH}),
     b"DELETE": MappingProxyType({TransferRoute: _BUFFERED["delete_transfer"]}),
-    # OPTIONS routes as GET does (POST-only shapes are files to it): every path gets its Allow
-    b"OPTIONS": MappingProxyType({kind: _OPTIONS for kind in (RootRoute, ListingRoute, TransferRoute, FileRoute)}),
+    # OPTIONS routes as GET does (the manifest's POST-only shape is a file to it): every path gets its Allow
+    b"OPTIONS": MappingProxyType(
+        {kind: _OPTIONS for kind in (RootRoute, ListingRoute, TransferRoute, FileRoute, UploadRoute)}
+    ),
 })
 
 #: the verb that serves files (the keep-alive shortcut answers only for it)

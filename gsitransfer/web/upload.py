@@ -20,10 +20,16 @@ of a path already left)::
   ``end`` (the whole body in, the decision made) drains the writer.
 * VERIFYING -- size and MD5 checked by the core, then fsync and rename, then
   ``CompleteUpload``: 200 with the file's description.
-* REFUSED -- an error status (:func:`~.status.describe_failure`); the
-  temporary file is gone and the file is pending again.
-* LOST -- the client went away: the temporary file is gone, the file is
-  pending again (a decision that arrives later is undone).
+* REFUSED -- an error status (:func:`~.status.describe_failure`); what
+  arrived is kept in the file's partial (synced, then its offset recorded:
+  ``keep``), except after a whole-file MD5 mismatch (partial removed, offset
+  0); the file is pending again.
+* LOST -- the client went away: the same keep, the file is pending again
+  (a decision that arrives later is undone).
+
+The body goes to the file's partial (:class:`~gsitransfer.filesink.ResumableSink`):
+a whole ``POST`` starts it at 0, a ``PATCH``
+(:class:`~.resume.ResumeReceiver`, a subclass) at the bytes held.
 
 A file its manifest found already stored (manifest-time dedupe) goes the same
 way with a :class:`DiscardedBody` for its writer: the body is read and
@@ -39,6 +45,7 @@ once on the reactor thread (:class:`~.offload.InlineSink`).
 from __future__ import annotations
 
 import enum
+from typing import Callable
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
@@ -46,11 +53,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..engine import UploadTicket
-from ..errors import TransferError
-from ..filesink import FileSink
+from ..errors import ChecksumMismatch, TransferError
+from ..filesink import FileSink, ResumableSink
 from .digesting import BodyHashers, body_hashers_for, keep_upload_digests
 from .exchange import BodyControl, Exchange
-from .offload import InlineSink, OffloadedSink
+from .offload import InlineSink, Kept, OffloadedSink
 from .routes import UploadRoute
 from .status import refusal_for, write_text
 
@@ -115,15 +122,27 @@ class UploadReceiver:
         except TransferError:
             self._fail(Failure(), "reading an upload's digest fields")
             return
-        decision = self.engine.begin_upload(
+        decision = self._decide()
+        decision.addCallbacks(self._decided, self._decision_refused)
+        decision.addErrback(self._fail, "accepting an upload")
+
+    def _decide(self) -> "defer.Deferred[UploadTicket]":
+        """The core's decision about this body (a whole file, from byte 0)."""
+        return self.engine.begin_upload(
             self.route.prefix,
             self.route.transfer_key,
             self.route.file_num,
             self.exchange.id_token,
             self.exchange.length,
         )
-        decision.addCallbacks(self._decided, self._decision_refused)
-        decision.addErrback(self._fail, "accepting an upload")
+
+    def _open_sink(self, ticket: UploadTicket) -> FileSink:
+        """Where the body goes: the file's partial, at the ticket's offset (0 for a whole body)."""
+        if not ticket.partial_path:
+            return FileSink(ticket.final_path, ticket.entry.size)
+        return ResumableSink(
+            ticket.final_path, ticket.entry.size, ticket.partial_path, ticket.offset, ticket.resume_md5
+        )
 
     # -- DECIDING ----------------------------------------------------------------
 
@@ -133,18 +152,31 @@ class UploadReceiver:
             return
         self.ticket = ticket
         try:
-            if ticket.already_stored:
-                self.writer = DiscardedBody()
-            else:
-                self.sink = FileSink(ticket.final_path, ticket.entry.size)
-                self.sink.extra_hashers = self.hashers
-                self.writer = self._writer(self.sink, ticket.entry.size)
-            early, self._early = self._early, []
-            for chunk in early:
-                self.writer.write(chunk)
+            sink = None if ticket.already_stored else self._open_sink(ticket)
         except TransferError:
             self._fail(Failure(), "opening an upload")
             return
+        self._accept(sink)
+
+    def _accept(self, sink: FileSink | None) -> None:
+        """The body may come: to ``sink`` (None: a body to discard), the bytes held back first."""
+        ticket = self.ticket
+        assert ticket is not None
+        try:
+            if sink is None:
+                self.writer = DiscardedBody()
+            else:
+                self.sink = sink
+                sink.extra_hashers = self.hashers
+                self.writer = self._writer(sink, ticket.entry.size - ticket.offset)
+            early, self._early = self._early, []
+            for chunk in early:
+                self._take(chunk)
+        except TransferError:
+            self._fail(Failure(), "opening an upload")
+            return
+        if self.state is not UploadState.DECIDING:
+            return  # refused by a held-back chunk
         self._move("accept")
         if self.body_in:
             self._end()
@@ -176,7 +208,13 @@ class UploadReceiver:
             resume=self._writer_caught_up,
             on_error=self._write_failed,
             discards=serving.discards,
+            on_checkpoint=self._checkpoint,
         )
+
+    def _checkpoint(self, held: int) -> None:
+        """The writer synced ``held`` bytes of the partial while the body arrives: recorded (a crash keeps them)."""
+        if self.ticket is not None and self.state in (UploadState.RECEIVING, UploadState.VERIFYING):
+            self.engine.checkpoint(self.ticket, held)
 
     # -- RECEIVING ---------------------------------------------------------------
 
@@ -186,9 +224,14 @@ class UploadReceiver:
             self._early.append(data)
         elif self.state is UploadState.RECEIVING and self.writer is not None:
             try:
-                self.writer.write(data)
+                self._take(data)
             except TransferError:
                 self._fail(Failure(), "storing an upload")
+
+    def _take(self, data: bytes) -> None:
+        """A chunk of the body, to the writer."""
+        assert self.writer is not None
+        self.writer.write(data)
 
     def body_complete(self) -> None:
         """The channel has the whole body."""
@@ -213,10 +256,14 @@ class UploadReceiver:
         assert writer is not None
         self._move("end")
         drained = writer.drain()
-        drained.addCallbacks(self._verify, self._fail, errbackArgs=("storing an upload",))
+        drained.addCallbacks(self._body_written, self._fail, errbackArgs=("storing an upload",))
         drained.addErrback(self._fail, "storing an upload")
 
     # -- VERIFYING ---------------------------------------------------------------
+
+    def _body_written(self, _: object) -> None:
+        """Every byte of the body is in the file: verify the whole file."""
+        self._verify(None)
 
     def _verify(self, _: object) -> None:
         if self.ticket is not None and self.ticket.already_stored:
@@ -236,10 +283,10 @@ class UploadReceiver:
         committed.addErrback(self._fail, "storing an upload")
 
     def _commit_failed(self, failure: Failure) -> None:
-        """The writer could not fsync or rename (it removed its file): pending again."""
+        """The writer could not fsync or rename (it removed its file): pending again, nothing held."""
         failure.trap(TransferError)
         assert self.ticket is not None
-        self.engine.fail_upload(self.ticket)
+        self.engine.keep_partial(self.ticket, None)
         self._refuse(failure, "storing an upload")
 
     def _committed(self, _: object) -> None:
@@ -250,8 +297,9 @@ class UploadReceiver:
 
     def _completion_failed(self, failure: Failure) -> None:
         """CompleteUpload failed: this upload's file must not stay under its final name."""
-        assert self.sink is not None
+        assert self.sink is not None and self.ticket is not None
         self.sink.uncommit()
+        self.engine.keep_partial(self.ticket, None)  # the file is pending again (the engine said so): nothing held
         self._refuse(failure, "completing an upload")
 
     def _completed(self, _: object) -> None:
@@ -259,6 +307,10 @@ class UploadReceiver:
         assert ticket is not None
         if not self._move("commit"):
             return
+        self._answer_stored(ticket)
+
+    def _answer_stored(self, ticket: UploadTicket) -> None:
+        """``200`` with the file's description (the seed's ``key: value`` lines)."""
         entry = ticket.entry
         lines = [
             "return_code: 0",
@@ -287,7 +339,7 @@ class UploadReceiver:
         """Anything that ends the upload unstored: the file is pending again, then the refusal."""
         if self.state in (UploadState.REFUSED, UploadState.LOST, UploadState.COMMITTED):
             return
-        self._abandon()
+        self._abandon(failure)
         self._refuse(failure, what)
 
     def _refuse(self, failure: Failure, what: str) -> None:
@@ -299,7 +351,11 @@ class UploadReceiver:
         if self._move("lose"):
             self._abandon()
 
-    def _abandon(self) -> None:
+    def _abandon(self, failure: Failure | None = None) -> None:
+        ticket, writer = self.ticket, self.writer
+        if ticket is not None and ticket.partial_path and writer is not None and not ticket.already_stored:
+            self._abandon_partial(ticket, writer, failure)
+            return
         # pending first: whoever sees the temporary file gone (another worker
         # process too) sees the file pending
         if self.ticket is not None:
@@ -308,6 +364,24 @@ class UploadReceiver:
             self.writer.discard()
         elif self.sink is not None:
             self.sink.discard()
+
+    def _abandon_partial(
+        self, ticket: UploadTicket, writer: "InlineSink | OffloadedSink | DiscardedBody", failure: Failure | None
+    ) -> None:
+        """A resumable body ended unstored: what arrived is kept (synced, then recorded), the file pending.
+
+        A whole-file checksum mismatch is the exception: the engine has put
+        the file back to 0, and its partial is removed.
+        """
+        if failure is not None and failure.check(ChecksumMismatch):
+            writer.discard()
+            return
+        writer.keep(lambda kept: self._partial_kept(ticket, kept))
+
+    def _partial_kept(self, ticket: UploadTicket, kept: Kept) -> int:
+        """The partial is synced (or could not be kept: None): record its bytes; the bytes recorded."""
+        held, md5 = kept if kept is not None else (None, None)
+        return self.engine.keep_partial(ticket, held, md5)
 
 
 class DiscardedBody:
@@ -328,6 +402,10 @@ class DiscardedBody:
 
     def discard(self) -> None:
         """Nothing was written: nothing to remove."""
+
+    def keep(self, on_kept: Callable[[Kept], object]) -> None:
+        """Nothing was written: nothing kept."""
+        on_kept(None)
 
 
 def begin_upload(exchange: Exchange, control: BodyControl) -> UploadReceiver:

@@ -57,6 +57,15 @@ def part_files(directory: Path) -> list[str]:
     return sorted(n for n in names if n.startswith(".gsitransfer-") and n.endswith(".part"))
 
 
+def in_flight(directory: Path) -> list[str]:
+    """Files of uploads in flight or held in ``directory``: temporaries and resumable partials."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.startswith(".gsitransfer-") and n.endswith((".part", ".partial")))
+
+
 def visible_files(directory: Path) -> list[str]:
     """Files under a final name (not the server's own ``.gsitransfer*`` files)."""
     return sorted(n for n in os.listdir(directory) if not n.startswith(".gsitransfer"))

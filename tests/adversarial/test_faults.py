@@ -49,6 +49,7 @@ from .support import (
     md5,
     open_fds,
     open_sockets,
+    in_flight,
     part_files,
     post_manifest_key,
     read_until_closed,
@@ -211,7 +212,8 @@ def test_handler_slower_than_the_idle_timeout_is_waited_for(tmp_path):
 
 @pytest.mark.parametrize("where", ["mid-headers", "after headers", "mid-body", "one byte short"])
 def test_vanishing_client_leaves_nothing(server, base, where):
-    """A client reset at any point: no temporary, no final file, the file pending, its slot freed."""
+    """A client reset at any point: no temporary, no final file (what arrived held in its partial), the file
+    pending, its slot freed."""
     name, content = unique("v.bin"), os.urandom(3 * MiB)
     key = post_manifest_key(base, "data", [(name, content)])
     baseline = open_fds(server.pid)
@@ -223,9 +225,10 @@ def test_vanishing_client_leaves_nothing(server, base, where):
     if where == "mid-headers":
         time.sleep(0.3)  # deliberate: a reset some time after half a head (nothing to observe before it)
     else:
-        wait_for(lambda: part_files(server.store), 5, "the upload to begin")
+        wait_for(lambda: in_flight(server.store), 5, "the upload to begin")
     rst_close(sock)
-    wait_for(lambda: part_files(server.store) == [], 5, "the temporary to be removed")
+    wait_for(lambda: file_state(base, "data", key) == "pending", 5, "the file pending again")
+    assert part_files(server.store) == []
     assert name not in visible_files(server.store)
     assert file_state(base, "data", key) == "pending"
     settled_fds(server, baseline)
@@ -450,7 +453,7 @@ def test_disk_full_mid_upload_is_507_and_recoverable(tmp_path):
             with connect(base) as sock:
                 sock.sendall(f"POST /data/{key}/0 HTTP/1.1\r\nHost: x\r\nContent-Length: {len(content)}\r\n\r\n"
                              .encode() + content[: 2 * MiB])
-                wait_for(lambda: part_files(store), 5, "the temporary to appear")
+                wait_for(lambda: in_flight(store), 5, "the partial to appear")
                 filler = fs.path / "filler"
                 with open(filler, "wb") as out:
                     try:
@@ -465,7 +468,7 @@ def test_disk_full_mid_upload_is_507_and_recoverable(tmp_path):
                     pass
                 answer, _ = read_until_closed(sock, 10)
             assert statuses(answer) == [507], answer[:300]
-            assert part_files(store) == [] and name not in visible_files(store)
+            assert in_flight(store) == [] and name not in visible_files(store)
             assert file_state(base, "data", key) == "pending"
             # while the disk is full: downloads still work, a new manifest is refused cleanly
             assert request(base, "GET", "/data/").status == 200

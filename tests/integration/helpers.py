@@ -92,6 +92,28 @@ def part_files(directory: Path) -> list[str]:
     )
 
 
+def in_flight(directory: Path) -> list[str]:
+    """Files of uploads in flight or held in ``directory``: temporaries and resumable partials
+    (``.gsitransfer-*.partial``, kept after a cut-off body while the name is pending)."""
+    return sorted(
+        name
+        for name in os.listdir(directory)
+        if name.startswith(".gsitransfer-") and name.endswith((".part", ".partial"))
+    )
+
+
+def upload_holder(store: Path, key: str) -> int | None:
+    """The pid of the process receiving file 0 of ``key`` (the transfer table's ``holder``), or None."""
+    import sqlite3
+
+    path = store / ".gsitransfer-transfers.sqlite"
+    if not path.exists():
+        return None
+    with contextlib.closing(sqlite3.connect(path, timeout=5)) as db:
+        row = db.execute("SELECT holder FROM transfer_files WHERE key = ? AND num = 0", (key,)).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
 def open_socket(base_url: str, timeout: float = 10.0) -> socket.socket:
     """A TCP connection to the server of ``base_url``."""
     parts = urlsplit(base_url)

@@ -15,6 +15,7 @@ from .helpers import (
     calls,
     headers_only,
     open_socket,
+    in_flight,
     part_files,
     read_response,
     recording_args,
@@ -61,7 +62,8 @@ def test_transfer_key_survives_restart(tmp_path: Path) -> None:
 
 
 def test_crash_mid_body_leaves_nothing_and_the_key_lives(tmp_path: Path) -> None:
-    """SIGKILL mid-upload: no final file, temporaries cleaned at restart, the file pending and re-uploadable."""
+    """SIGKILL mid-upload: no final file; at restart no temporary, the partial kept (at most what was synced),
+    the file pending and re-uploadable whole; the partial gone once it is stored."""
     store = tmp_path / "store"
     source = tmp_path / "big.bin"
     md5 = write_random_file(source, BIG)
@@ -77,7 +79,7 @@ def test_crash_mid_body_leaves_nothing_and_the_key_lives(tmp_path: Path) -> None
                 sock.sendall(chunk)
                 sent += len(chunk)
             wait_for(
-                lambda: any((store / p).stat().st_size >= sent // 2 for p in part_files(store)),
+                lambda: any((store / p).stat().st_size >= sent // 2 for p in in_flight(store)),
                 10,
                 "the body to reach the temporary file",
             )
@@ -85,7 +87,7 @@ def test_crash_mid_body_leaves_nothing_and_the_key_lives(tmp_path: Path) -> None
             server.kill()
         assert not (store / "big.bin").exists()
         assert "big.bin" not in os.listdir(store)
-        assert part_files(store), "the crash should have left a temporary behind"
+        assert in_flight(store), "the crash should have left the partial behind"
     except BaseException:
         print(server.log_text())
         raise
@@ -93,16 +95,18 @@ def test_crash_mid_body_leaves_nothing_and_the_key_lives(tmp_path: Path) -> None
         server.stop()
 
     with running(ServerProcess(tmp_path, server_args(store))) as restarted:
-        assert part_files(store) == []
+        assert part_files(store) == [] and len(in_flight(store)) == 1
         assert not (store / "big.bin").exists()
         client = AGClient(restarted.url())
         assert file_states(client, key) == {"big.bin": "pending"}
+        held = client.request("HEAD", f"/data/{key}/0")
+        assert held.status == 200 and int(held.headers["upload-offset"]) <= sent
         answer = client.upload_file(key, 0, source)
         assert answer.status == 200, answer.text
         downloaded = tmp_path / "down.bin"
         assert client.download("big.bin", downloaded).status == 200
         assert file_md5(downloaded) == md5
-        assert part_files(store) == []
+        assert in_flight(store) == []
 
 
 def test_expired_key_cancels_pending_upload(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from tests.support.http import post_manifest
 from tests.support.server import ServerProcess
 from tests.support.waiting import refuses_connections, wait_for
 
-from .helpers import part_files
+from .helpers import in_flight
 
 
 def test_sigterm_lets_an_upload_in_flight_finish(tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_sigterm_lets_an_upload_in_flight_finish(tmp_path: Path) -> None:
             f"POST /data/{key}/0 HTTP/1.1\r\nHost: x\r\nContent-Length: {len(content)}\r\n\r\n".encode()
             + content[:500_000]
         )
-        wait_for(lambda: part_files(store), 10, "the upload in flight")
+        wait_for(lambda: in_flight(store), 10, "the upload in flight")
         server.signal(signal.SIGTERM)
         wait_for(lambda: "waiting up to" in server.log_text(), 10, "the server waiting for the upload")
         wait_for(lambda: refuses_connections(host, int(port)), 10, "the listener closed")
@@ -56,7 +56,7 @@ def test_sigterm_lets_an_upload_in_flight_finish(tmp_path: Path) -> None:
 
 
 def test_sigterm_abandons_after_the_grace(tmp_path: Path) -> None:
-    """A stalled upload is abandoned when the grace runs out: no file, no temporary."""
+    """A stalled upload is abandoned when the grace runs out: no file, no temporary (its partial may be kept)."""
     store = tmp_path / "store"
     server = ServerProcess(
         tmp_path, ["--http", "tcp:0:interface=127.0.0.1", "--store", f"data={store}", "--shutdown-grace", "1"]
@@ -70,7 +70,7 @@ def test_sigterm_abandons_after_the_grace(tmp_path: Path) -> None:
             f"POST /data/{key}/0 HTTP/1.1\r\nHost: x\r\nContent-Length: {len(content)}\r\n\r\n".encode()
             + content[:1000]
         )
-        wait_for(lambda: part_files(store), 10, "the upload in flight")
+        wait_for(lambda: in_flight(store), 10, "the upload in flight")
         started = time.monotonic()
         server.signal(signal.SIGTERM)
         assert server.process is not None and server.process.wait(timeout=15) in (0, -signal.SIGTERM)

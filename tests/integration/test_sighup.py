@@ -22,7 +22,17 @@ import pytest
 from tests.support.http import post_manifest
 from tests.support.server import ServerProcess
 
-from .helpers import open_socket, part_files, read_response, request_head, running, server_args, wait_for
+from .helpers import (
+    in_flight,
+    open_socket,
+    part_files,
+    read_response,
+    request_head,
+    running,
+    server_args,
+    upload_holder,
+    wait_for,
+)
 from .startup_gate import arrived
 
 pytestmark = pytest.mark.skipif(
@@ -154,7 +164,8 @@ def test_sighup_during_the_shutdown_grace_cuts_no_upload(tmp_path: Path, workers
         with open_socket(base) as sock:
             sock.sendall(request_head("POST", f"/data/{key}/0", {"Content-Length": str(len(data))}))
             sock.sendall(data[:50_000])
-            holder = int(wait_for(lambda: part_files(store), 10, "the upload in flight")[0].split("-")[1])
+            wait_for(lambda: in_flight(store), 10, "the upload in flight")
+            holder = int(wait_for(lambda: upload_holder(store, key), 10, "the upload's holder"))
             processes = sorted({server.pid, holder, *server.worker_pids()})
             server.signal(signal.SIGTERM)
             wait_for(lambda: "waiting up to" in server.log_text(), 10, "the grace waiting for the upload")

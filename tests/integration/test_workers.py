@@ -16,7 +16,9 @@ from tests.support.server import ServerProcess
 
 from .helpers import (
     open_socket,
+    in_flight,
     part_files,
+    upload_holder,
     read_response,
     request_head,
     running,
@@ -136,7 +138,8 @@ def test_exactly_one_process_wins_a_file(tmp_path: Path) -> None:
 
 
 def test_dead_worker_is_restarted_and_its_file_is_pending_again(tmp_path: Path) -> None:
-    """SIGKILL the worker receiving a body: it is restarted, its .part file goes, the file can be sent again."""
+    """SIGKILL the worker receiving a body: it is restarted, the file is pending again (its partial kept,
+    no temporary left), the file can be sent again."""
     store = tmp_path / "store"
     data = os.urandom(200_000)
     with running(ServerProcess(tmp_path, server_args(store, *WORKERS))) as server:
@@ -146,12 +149,13 @@ def test_dead_worker_is_restarted_and_its_file_is_pending_again(tmp_path: Path) 
         with open_socket(base) as sock:
             sock.sendall(request_head("POST", f"/data/{key}/0", {"Content-Length": str(len(data))}))
             sock.sendall(data[:1000])
-            part = wait_for(lambda: part_files(store), 10, "the upload's temporary file")[0]
-            holder = int(part.split("-")[1])
+            wait_for(lambda: in_flight(store), 10, "the upload's partial file")
+            holder = int(wait_for(lambda: upload_holder(store, key), 10, "the upload's holder"))
             assert holder in server.worker_pids()
             os.kill(holder, signal.SIGKILL)
             wait_for(lambda: "restarting it" in server.log_text(), 10, "the restart")
-            wait_for(lambda: not part_files(store), 10, "the temporary file removed")
+            wait_for(lambda: upload_holder(store, key) is None, 10, "the file given back")
+            assert not part_files(store)
             wait_for(lambda: len(server.worker_pids()) == 2, 20, "two workers again")
             assert holder not in server.worker_pids()
         state = request(base, "GET", f"/data/{key}")
@@ -173,7 +177,7 @@ def test_sigterm_lets_an_upload_finish_and_stops_every_worker(tmp_path: Path) ->
         with open_socket(base) as sock:
             sock.sendall(request_head("POST", f"/data/{key}/0", {"Content-Length": str(len(data))}))
             sock.sendall(data[:50_000])
-            wait_for(lambda: part_files(store), 10, "the upload in flight")
+            wait_for(lambda: in_flight(store), 10, "the upload in flight")
             server.signal(signal.SIGTERM)
             wait_for(lambda: "waiting up to" in server.log_text(), 10, "a worker waiting for the upload")
             sock.sendall(data[50_000:])
@@ -185,7 +189,7 @@ def test_sigterm_lets_an_upload_finish_and_stops_every_worker(tmp_path: Path) ->
     for pid in workers:
         wait_for(lambda: not _alive(pid), 10, f"worker {pid} gone")
     assert (store / "late.dat").read_bytes() == data
-    assert not part_files(store)
+    assert not in_flight(store)
 
 
 def test_workers_die_with_a_killed_supervisor(tmp_path: Path) -> None:

@@ -104,14 +104,18 @@ def test_expect_continue_only_when_accepted(server, key):
     assert b"100 Continue" not in refused.output() and refused.output().startswith(b"HTTP/1.1 404")
 
 
-def test_dropped_connection_leaves_nothing(server, key, tmp_path):
-    """A client that vanishes mid-body leaves no file and no temporary; the file is pending."""
+def test_dropped_connection_keeps_what_arrived(server, key, tmp_path):
+    """A client that vanishes mid-body leaves no file, only its hidden partial with the bytes that arrived
+    (their offset recorded); the file is pending."""
     conn = SiteConnection(server.site())
     conn.send(upload_head(key, len(BODY)) + BODY[:100])
     conn.drop()
     store = tmp_path / "store"
-    assert sorted(p.name for p in store.iterdir() if not p.name.startswith(".gsitransfer-store")) == []
+    left = sorted(p for p in store.iterdir() if not p.name.startswith(".gsitransfer-store"))
+    assert [p.name.endswith(".partial") and p.name.startswith(".gsitransfer-") for p in left] == [True]
+    assert left[0].read_bytes() == BODY[:100]
     assert server.transfers.states(key)[0].value == "pending"
+    assert server.transfers.progress(key)[0][0] == 100
 
 
 def test_untrusted_x_client_dn_ignored(server, key):

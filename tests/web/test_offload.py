@@ -267,15 +267,19 @@ def test_threaded_checksum_mismatch_is_422(threaded):
     assert server.transfers.states(key)[0].value == "pending"
 
 
-def test_threaded_dropped_connection_leaves_nothing(threaded):
-    """A connection lost mid-body: the worker removes the .part; the file is pending."""
+def test_threaded_dropped_connection_keeps_what_arrived(threaded):
+    """A connection lost mid-body: the writer syncs the partial, then the offset is recorded
+    (never more than the partial holds, the bytes those sent); the file is pending."""
     server, site, pump, key, store = threaded
     conn = SiteConnection(site)
     conn.send(upload_head(key, len(BIG)) + BIG[: len(BIG) // 2])
     conn.drop()
-    pump.run_until(lambda: temporaries(store) == [])
-    assert not (store / "big.bin").exists()
-    assert server.transfers.states(key)[0].value == "pending"
+    pump.run_until(lambda: server.transfers.states(key)[0].value == "pending")
+    assert not (store / "big.bin").exists() and temporaries(store) == []
+    held, partial = server.transfers.progress(key)[0]
+    assert 0 < held <= len(BIG) // 2
+    with open(partial, "rb") as kept:
+        assert kept.read()[:held] == BIG[:held]
 
 
 def test_threaded_disk_full_is_507(threaded, monkeypatch):
