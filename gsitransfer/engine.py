@@ -773,11 +773,19 @@ class TransferEngine:
         if state is FileState.RECEIVING:
             self.transfers.set_state(ticket.transfer_key, ticket.file_num, next_state(state, "fail"))
 
-    def verify_upload(self, ticket: UploadTicket, md5_hexdigest: str, received: int) -> None:
+    def verify_upload(
+        self,
+        ticket: UploadTicket,
+        md5_hexdigest: str,
+        received: int,
+        check_digests: Callable[[], None] | None = None,
+    ) -> None:
         """Raise unless the bytes are the manifest's and the file may still be stored.
 
         ChecksumMismatch or LengthMismatch fail the upload (pending again);
         FileNotFound means the transfer was cancelled meanwhile.
+        ``check_digests`` checks the digests the request named (raising
+        ChecksumMismatch): a mismatch there is treated as an MD5 mismatch.
         """
         states = self.transfers.states(ticket.transfer_key)
         if states.get(ticket.file_num) is not FileState.RECEIVING:
@@ -786,14 +794,23 @@ class TransferEngine:
             self.fail_upload(ticket)
             raise LengthMismatch(f"received {received} bytes, expected {ticket.entry.size}")
         if md5_hexdigest != ticket.entry.checksum:
-            # the file's offset goes back to 0 (recorded before its partial is removed)
-            self.transfers.set_progress(ticket.transfer_key, ticket.file_num, 0, ticket.partial_path)
-            self._held_md5.pop((ticket.transfer_key, ticket.file_num), None)
-            self.fail_upload(ticket)
+            self._back_to_zero(ticket)
             raise ChecksumMismatch(
                 f"checksum mismatch for {ticket.entry.name}: "
                 f"received {md5_hexdigest}, manifest says {ticket.entry.checksum}"
             )
+        if check_digests is not None:
+            try:
+                check_digests()
+            except ChecksumMismatch:
+                self._back_to_zero(ticket)
+                raise
+
+    def _back_to_zero(self, ticket: UploadTicket) -> None:
+        """The bytes are wrong: the file is pending at offset 0 (recorded before its partial is removed)."""
+        self.transfers.set_progress(ticket.transfer_key, ticket.file_num, 0, ticket.partial_path)
+        self._held_md5.pop((ticket.transfer_key, ticket.file_num), None)
+        self.fail_upload(ticket)
 
     @defer.inlineCallbacks
     def complete_upload(self, ticket: UploadTicket) -> _Steps[None]:

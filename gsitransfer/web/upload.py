@@ -272,9 +272,8 @@ class UploadReceiver:
         ticket, sink, writer = self.ticket, self.sink, self.writer
         assert ticket is not None and sink is not None and writer is not None
         try:
-            self.engine.verify_upload(ticket, sink.hexdigest(), sink.received)
-            if self.hashers is not None:
-                self.hashers.check()
+            check_digests = self.hashers.check if self.hashers is not None else None
+            self.engine.verify_upload(ticket, sink.hexdigest(), sink.received, check_digests)
         except TransferError:
             self._fail(Failure(), "verifying an upload")
             return
