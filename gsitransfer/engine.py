@@ -360,11 +360,15 @@ class TransferEngine:
         return outcome
 
     @defer.inlineCallbacks
-    def announce_manifest(self, prefix: str, manifest: Manifest, id_token: IdToken) -> _Steps[ManifestOutcome]:
+    def announce_manifest(
+        self, prefix: str, manifest: Manifest, id_token: IdToken, carry: bool = True
+    ) -> _Steps[ManifestOutcome]:
         """:meth:`post_manifest` for a Manifest value already made (a tus creation builds one from headers).
 
         The same steps for every way in: take-over, dedupe, quotas, ``CanUpload``,
-        ``AddPendingUpload``, the key bound to ``id_token``'s person.
+        ``AddPendingUpload``, the key bound to ``id_token``'s person. With
+        ``carry`` False (tus creation: a tus client starts a new upload at 0)
+        names are taken over but their held bytes are dropped, never carried.
         """
         adapter = self._adapter(prefix)
         held = self._announcing.setdefault(prefix, set())
@@ -379,6 +383,9 @@ class TransferEngine:
             taken: ManifestOutcome | list[TakeOver] = yield self._take_over(prefix, adapter, manifest, id_token)
             if isinstance(taken, ManifestOutcome):
                 return taken
+            if not carry:
+                _drop_carried(taken)
+                taken = [item for item in taken if not item.carries]
             if not adapter.serves_downloads:
                 # nothing can be found already stored: refused before the handler is asked anything
                 self._check_pending_quota(manifest, id_token)

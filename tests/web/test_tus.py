@@ -240,3 +240,28 @@ def test_metadata_parsing():
         parse_metadata(b"f\x01 AA==")
     with pytest.raises(BadRequest):
         metadata_md5(b"g" * 32)
+
+
+def test_a_second_creation_with_md5_starts_at_zero(server, tmp_path):
+    """Re-creating a name with the same md5 takes it over but carries no bytes: a tus client starts at 0."""
+    metadata = f"filename {b64('f.bin')},md5 {b64(MD5)}"
+    first = created(server, create(len(BODY), metadata))
+    exchange(server, patch(first, 0, BODY[:25_000]))
+    second = created(server, create(len(BODY), metadata))
+    assert exchange(server, get(first, method="HEAD"))[0].startswith(b"HTTP/1.1 404")
+    assert exchange(server, get(second, method="HEAD"))[1][b"upload-offset"] == b"0"
+    assert exchange(server, patch(second, 0, BODY))[0].startswith(b"HTTP/1.1 204")
+    assert (tmp_path / "store" / "f.bin").read_bytes() == BODY
+
+
+def test_termination_while_the_body_arrives_is_409(server):
+    """DELETE while a PATCH body is arriving on another connection: 409; the upload goes on and finishes."""
+    path = created(server)
+    arriving = SiteConnection(server.site())
+    arriving.send(patch(path, 0, BODY)[: -len(BODY) + 10_000])
+    arriving.clock.advance(0)
+    status, _, body = exchange(server, get(path, method="DELETE"))
+    assert status.startswith(b"HTTP/1.1 409") and b"arriving" in body
+    arriving.send(BODY[10_000:])
+    arriving.clock.advance(0)
+    assert arriving.output().startswith(b"HTTP/1.1 204")
