@@ -37,7 +37,7 @@ from ..manifest import one_file_manifest
 from .exchange import Exchange
 from .heads import http_date
 from .routes import ListingRoute, UploadRoute
-from .status import TUS_VERSION, BadRequest, TusVersionUnsupported, refusal_for, refuse, write_empty
+from .status import TUS_VERSION, BadRequest, TusVersionUnsupported, refusal_for, refuse, write_empty, write_text
 
 #: the tus extensions this server speaks (``Tus-Extension``)
 TUS_EXTENSIONS = b"creation,termination,expiration,checksum"
@@ -177,11 +177,11 @@ def _created(exchange: Exchange, prefix: str, outcome: ManifestOutcome) -> None:
         return
     key = str(outcome.transfer_key)
     location = exchange.locate(prefix, f"{key}/0") or f"/{prefix}/{key}/0"
-    headers = [(b"location", location.encode("utf-8")), (b"tus-resumable", TUS_VERSION)]
+    request.setHeader(b"location", location.encode("utf-8"))
     record = exchange.serving.engine.transfers.get(key)
     if record is not None:
-        headers.append((b"upload-expires", http_date(int(record.expires))))
-    write_empty(request, 201, tuple(headers))
+        request.setHeader(b"upload-expires", http_date(int(record.expires)))
+    write_text(request, 201, "")  # Content-Length: 0 (no chunked empty body)
 
 
 def terminate_upload(exchange: Exchange, body: bytes) -> None:

@@ -113,7 +113,7 @@ def test_creation_then_patches_store_the_file_with_the_computed_md5(server, stor
     no checksum, CompleteUpload the MD5 computed, and the store lists it."""
     status, headers, _ = exchange(server, create())
     assert status.startswith(b"HTTP/1.1 201") and headers[b"tus-resumable"] == b"1.0.0"
-    assert headers[b"upload-expires"].endswith(b"GMT")
+    assert headers[b"upload-expires"].endswith(b"GMT") and headers[b"content-length"] == b"0"
     path = headers[b"location"].decode()[len("http://test"):]
     assert exchange(server, get(path, "Tus-Resumable: 1.0.0", method="HEAD"))[1][b"upload-offset"] == b"0"
     status, headers, _ = exchange(server, patch(path, 0, BODY[:30_000]))
