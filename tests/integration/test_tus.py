@@ -162,3 +162,15 @@ def test_another_identity_is_refused(server: ServerProcess, pki: TestPKI, tmp_pa
     assert md5_of(tmp_path / "store" / path.name) == md5_of(path)
     state = json.loads(requests.get(f"{base_of(server)}/data/", cert=cert(pki, "alice"), timeout=15).text)
     assert any(f["name"] == path.name for f in state["files"])
+
+
+def test_tuspy_with_a_proxy_file(server: ServerProcess, pki: TestPKI, tmp_path: Path) -> None:
+    """tuspy given alice's grid-proxy-init file (certificate, key and chain in one): the upload is alice's."""
+    proxy = pki.users["alice"].proxy
+    assert proxy is not None
+    path = source(tmp_path, 6, 500_000)
+    client = tus_client.TusClient(f"{base_of(server)}/data/", client_cert=str(proxy))
+    client.uploader(str(path), chunk_size=CHUNK, metadata={"filename": path.name}).upload()
+    listing = requests.get(f"{base_of(server)}/data/", cert=cert(pki, "alice"), timeout=15).json()
+    [entry] = [f for f in listing["files"] if f["name"] == path.name]
+    assert entry["owner"] == pki.users["alice"].dn and entry["checksum"] == md5_of(path)
