@@ -14,7 +14,8 @@ to start and end an upload itself:
   headers goes through the engine's one registration path
   (``announce_manifest``: take-over, dedupe, quotas, ``CanUpload``,
   ``AddPendingUpload``), bound to the uploader's identity; ``201`` with
-  ``Location: .../<prefix>/<key>/0``. A refusal is ``403`` with the
+  ``Location: .../<prefix>/<key>/0`` (an empty file is stored first, as a
+  ``PATCH`` of no bytes would store it). A refusal is ``403`` with the
   handler's reason (``409`` for a name conflict), as a strict manifest's;
 * :func:`terminate_upload` -- ``DELETE /<prefix>/<key>/<n>``: the file is
   cancelled (``CancelPendingUpload``, its partial removed), ``204``.
@@ -30,11 +31,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import replace
+from typing import Any
 
-from ..engine import ManifestOutcome
-from ..errors import ManifestError
+from ..engine import ManifestOutcome, UploadTicket
+from ..errors import ManifestError, TransferError
 from ..manifest import one_file_manifest
-from .exchange import Exchange
+from .exchange import BodyControl, Exchange
+from .resume import ResumeReceiver
 from .heads import http_date
 from .routes import ListingRoute, UploadRoute
 from .status import TUS_VERSION, BadRequest, TusVersionUnsupported, refusal_for, refuse, write_empty, write_text
@@ -181,7 +185,49 @@ def _created(exchange: Exchange, prefix: str, outcome: ManifestOutcome) -> None:
     record = exchange.serving.engine.transfers.get(key)
     if record is not None:
         request.setHeader(b"upload-expires", http_date(int(record.expires)))
+    if record is not None and record.manifest.files[0].size == 0 and 0 not in record.already_stored:
+        # an empty file is whole once created (tus clients send no PATCH for it): stored now, then the 201
+        _EmptyFile(replace(exchange, route=UploadRoute(prefix, key, "0"), length=0), _Answered(request)).run()
+        return
+    _answer_created(request)
+
+
+def _answer_created(request: Any) -> None:
     write_text(request, 201, "")  # Content-Length: 0 (no chunked empty body)
+
+
+class _Answered:
+    """The creation request as a finished body's controller: nothing to pause or continue, a refusal answered."""
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+
+    def pause_body(self) -> None:
+        """The (empty) body is in already."""
+
+    def resume_body(self) -> None:
+        """The (empty) body is in already."""
+
+    def send_continue(self) -> None:
+        """The (empty) body is in already."""
+
+    def refuse(self, error: TransferError) -> None:
+        refuse(self.request, error)
+
+
+class _EmptyFile(ResumeReceiver):
+    """The empty file of a creation, stored as a ``PATCH`` of no bytes at 0 would be; answered ``201``."""
+
+    def __init__(self, exchange: Exchange, control: BodyControl) -> None:
+        super().__init__(exchange, control, 0, None)
+
+    def run(self) -> None:
+        """Decide, take the empty body, verify, publish, complete."""
+        self.start()
+        self.body_complete()
+
+    def _answer_stored(self, ticket: UploadTicket) -> None:
+        _answer_created(self.exchange.request)
 
 
 def terminate_upload(exchange: Exchange, body: bytes) -> None:

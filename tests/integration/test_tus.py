@@ -174,3 +174,10 @@ def test_tuspy_with_a_proxy_file(server: ServerProcess, pki: TestPKI, tmp_path: 
     listing = requests.get(f"{base_of(server)}/data/", cert=cert(pki, "alice"), timeout=15).json()
     [entry] = [f for f in listing["files"] if f["name"] == path.name]
     assert entry["owner"] == pki.users["alice"].dn and entry["checksum"] == md5_of(path)
+
+
+def test_tuspy_uploads_an_empty_file(server: ServerProcess, pki: TestPKI, tmp_path: Path) -> None:
+    """tuspy sends only the creation for an empty file: the server stores it then and there."""
+    path = source(tmp_path, 7, 0)
+    uploader(base_of(server), pki, path).upload()
+    assert (tmp_path / "store" / path.name).read_bytes() == b""

@@ -265,3 +265,15 @@ def test_termination_while_the_body_arrives_is_409(server):
     arriving.send(BODY[10_000:])
     arriving.clock.advance(0)
     assert arriving.output().startswith(b"HTTP/1.1 204")
+
+
+def test_an_empty_file_is_stored_at_creation(server, store, tmp_path):
+    """Upload-Length 0: the file is stored by the creation itself (tus clients send no PATCH), 201, offset 0 = length;
+    CompleteUpload gets the empty file's MD5."""
+    status, headers, _ = exchange(server, create(0, f"filename {b64('empty.bin')}"))
+    assert status.startswith(b"HTTP/1.1 201") and headers[b"location"].endswith(b"/0")
+    assert (tmp_path / "store" / "empty.bin").read_bytes() == b""
+    path = headers[b"location"].decode()[len("http://test"):]
+    head = exchange(server, get(path, method="HEAD"))[1]
+    assert head[b"upload-offset"] == head[b"upload-length"] == b"0"
+    assert [info["checksum"] for name, info in store.seen if name == "CompleteUpload"] == [hashlib.md5(b"").hexdigest()]
