@@ -41,7 +41,7 @@ from .exchange import BodyControl, Exchange
 from .resume import ResumeReceiver
 from .heads import http_date
 from .routes import ListingRoute, UploadRoute
-from .status import TUS_VERSION, BadRequest, TusVersionUnsupported, refusal_for, refuse, write_empty, write_text
+from .status import TUS_VERSION, BadRequest, BodyTooLarge, TusVersionUnsupported, refusal_for, refuse, write_empty, write_text
 
 #: the tus extensions this server speaks (``Tus-Extension``)
 TUS_EXTENSIONS = b"creation,termination,expiration,checksum"
@@ -164,8 +164,12 @@ def tus_create(exchange: Exchange, body: bytes) -> None:
         if body:
             raise BadRequest("a creation carries no body here (no creation-with-upload): send it with PATCH")
         name, length, md5 = creation_request(exchange)
+        largest = _max_size(exchange)
+        if largest is not None and length > largest:
+            # tus: an upload over the maximum (Tus-Max-Size) is 413
+            raise BodyTooLarge(f"Upload-Length {length} is more than this server takes (Tus-Max-Size: {largest})")
         manifest = one_file_manifest(name, length, md5, engine.manifest_limits)
-    except (BadRequest, TusVersionUnsupported, ManifestError) as error:
+    except (BadRequest, BodyTooLarge, TusVersionUnsupported, ManifestError) as error:
         refuse(request, error)
         return
     # a tus client starts a created upload at 0: a name taken over from an older key keeps none of its bytes

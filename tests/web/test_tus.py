@@ -176,11 +176,12 @@ def test_creation_of_an_existing_name_is_409_and_a_handler_refusal_403(server, t
     assert status.startswith(b"HTTP/1.1 400")
 
 
-def test_creation_over_the_size_limit_is_refused(server):
-    """An Upload-Length over the transfer size limit is refused (400), nothing registered."""
+def test_creation_over_the_size_limit_is_413(server):
+    """An Upload-Length over the size limit (Tus-Max-Size) is 413 as tus requires, nothing registered."""
     server.engine.manifest_limits = ManifestLimits(max_total_size=1000)
     status, _, body = exchange(server, create(5000))
-    assert status.startswith(b"HTTP/1.1 400") and b"at most 1000" in body
+    assert status.startswith(b"HTTP/1.1 413") and b"Tus-Max-Size: 1000" in body
+    assert list(server.engine.transfers.expired(float("inf"))) == []
 
 
 def test_a_second_creation_of_the_same_name_takes_it_over(server):
