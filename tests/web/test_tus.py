@@ -278,3 +278,16 @@ def test_an_empty_file_is_stored_at_creation(server, store, tmp_path):
     head = exchange(server, get(path, method="HEAD"))[1]
     assert head[b"upload-offset"] == head[b"upload-length"] == b"0"
     assert [info["checksum"] for name, info in store.seen if name == "CompleteUpload"] == [hashlib.md5(b"").hexdigest()]
+
+
+def test_an_expired_upload_is_404_and_its_partial_goes(server, tmp_path):
+    """Past Upload-Expires the upload URL is 404 for HEAD, PATCH and DELETE; the expiry sweep removes the partial."""
+    path = created(server)
+    exchange(server, patch(path, 0, BODY[:5000]))
+    assert [p for p in (tmp_path / "store").iterdir() if p.name.endswith(".partial")]
+    later = server.engine.clock() + 2 * 86400
+    server.engine.clock = lambda: later
+    for data in (get(path, method="HEAD"), patch(path, 5000, BODY[5000:6000]), get(path, method="DELETE")):
+        assert exchange(server, data)[0].startswith(b"HTTP/1.1 404")
+    server.engine.expire_transfers()
+    assert not [p for p in (tmp_path / "store").iterdir() if p.name.endswith(".partial")]
