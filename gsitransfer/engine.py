@@ -750,6 +750,7 @@ class TransferEngine:
         where = (ticket.transfer_key, ticket.file_num)
         self._in_flight.discard(where)
         self._held_md5.pop(where, None)
+        self._computed_md5.pop(where, None)
         if held is None:
             held = 0
             remove_partial(ticket.partial_path)
@@ -791,6 +792,7 @@ class TransferEngine:
     def fail_upload(self, ticket: UploadTicket) -> None:
         """The body did not make it (or failed verification): the file is pending again."""
         self._in_flight.discard((ticket.transfer_key, ticket.file_num))
+        self._computed_md5.pop((ticket.transfer_key, ticket.file_num), None)
         state = self.transfers.states(ticket.transfer_key).get(ticket.file_num)
         if state is FileState.RECEIVING:
             self.transfers.set_state(ticket.transfer_key, ticket.file_num, next_state(state, "fail"))
