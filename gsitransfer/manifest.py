@@ -126,10 +126,18 @@ class Manifest:
 
 
 def one_file_manifest(
-    name: str, size: int, checksum: str | None, limits: ManifestLimits = ManifestLimits()
+    name: str,
+    size: int,
+    checksum: str | None,
+    limits: ManifestLimits = ManifestLimits(),
+    extra: tuple[tuple[str, str], ...] = (),
 ) -> Manifest:
     """A one-file manifest from values a client sent otherwise (tus creation headers), checked like
-    a posted one; ``checksum`` None: no MD5 announced (the entry's is ``""``, the server computes it)."""
+    a posted one; ``checksum`` None: no MD5 announced (the entry's is ``""``, the server computes it);
+    ``extra``: more one-line keys for the handler's ``file_info`` (not the server's reserved ones)."""
+    for key, value in extra:
+        if key in RESERVED_KEYS or key in _REQUIRED_KEYS or "\n" in value or "\r" in value:
+            raise ManifestError(f"{key} cannot be given for a file")
     name = check_name(name)
     size = _check_size(size, name)
     if limits.max_file_size is not None and size > limits.max_file_size:
@@ -137,7 +145,7 @@ def one_file_manifest(
     if limits.max_total_size is not None and size > limits.max_total_size:
         raise ManifestError(f"the files add up to {size} bytes (at most {limits.max_total_size})")
     md5 = "" if checksum is None else _check_md5(checksum, name)
-    return Manifest((FileEntry(0, name, size, md5),))
+    return Manifest((FileEntry(0, name, size, md5, extra),))
 
 
 def parse_manifest(body: bytes, limits: ManifestLimits = ManifestLimits()) -> Manifest:

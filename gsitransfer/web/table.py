@@ -8,7 +8,8 @@
               TransferRoute    get_transfer      a live transfer's state (JSON), else a file
               FileRoute        get_file          the file the handler names
     HEAD      (as GET)
-              UploadRoute      upload_offset     the durable bytes held of a file (tus, .resume)
+              UploadRoute      head_upload       the durable bytes held of a file (tus: .resume's upload_offset,
+                                                 with the Upload-Metadata of a tus creation, .tus)
     POST      ManifestRoute    post_manifest     register a manifest (body in memory, bounded)
               UploadRoute      begin_upload      stream one file's body (upload state machine)
               ListingRoute     tus_create        a one-file transfer from tus creation headers (.tus)
@@ -47,8 +48,8 @@ from ..errors import TransferError
 from .exchange import BodyControl, BodyReceiver, Exchange
 from .routes import FileRoute, ListingRoute, ManifestRoute, RootRoute, Route, TransferRoute, UploadRoute, route_target
 from .status import MethodNotAllowed, Unidentified, refuse, write_text
-from .resume import patch_upload, upload_offset
-from .tus import terminate_upload, tus_create, tus_options
+from .resume import patch_upload
+from .tus import head_upload, terminate_upload, tus_create, tus_options
 from .upload import begin_upload
 from .verbs import (
     buffered,
@@ -99,7 +100,7 @@ _BUFFERED = _verbs(
 _MANIFEST = Verb("post_manifest", buffered(post_manifest, manifest_limit))
 _UPLOAD = Verb("begin_upload", begin_upload, streams=True)
 _PATCH = Verb("patch_upload", patch_upload, streams=True)
-_HEAD_OFFSET = Verb("upload_offset", buffered(upload_offset))
+_HEAD_OFFSET = Verb("head_upload", buffered(head_upload))
 _OPTIONS = _BUFFERED["options"]
 _GET: Mapping[type, Verb] = MappingProxyType({
     RootRoute: _BUFFERED["get_root"],

@@ -38,7 +38,7 @@ from ..engine import ManifestOutcome, UploadTicket
 from ..errors import ManifestError, TransferError
 from ..manifest import one_file_manifest
 from .exchange import BodyControl, Exchange
-from .resume import ResumeReceiver
+from .resume import ResumeReceiver, upload_offset
 from .heads import http_date
 from .routes import ListingRoute, UploadRoute
 from .status import TUS_VERSION, BadRequest, BodyTooLarge, TusVersionUnsupported, refusal_for, refuse, write_empty, write_text
@@ -50,6 +50,8 @@ TUS_CHECKSUM_ALGORITHMS = b"md5,sha1,sha256"
 #: longest ``Upload-Metadata`` value taken, and most pairs in it
 MAX_METADATA_BYTES = 8 * 1024
 MAX_METADATA_PAIRS = 32
+#: the ``file_info`` key (a manifest extra) keeping a creation's ``Upload-Metadata`` as sent, echoed on ``HEAD``
+METADATA_KEY = "upload_metadata"
 #: longest ``Upload-Length`` (digits)
 _MAX_LENGTH_DIGITS = 20
 
@@ -126,8 +128,9 @@ def metadata_md5(value: bytes) -> str:
     return text.lower()
 
 
-def creation_request(exchange: Exchange) -> tuple[str, int, str | None]:
-    """A tus creation's (file name, length, MD5 or None) from its headers; the refusal raised otherwise."""
+def creation_request(exchange: Exchange) -> tuple[str, int, str | None, str]:
+    """A tus creation's (file name, length, MD5 or None, ``Upload-Metadata`` as sent) from its headers;
+    the refusal raised otherwise."""
     version = _header(exchange, b"tus-resumable")
     if version is None:
         raise BadRequest(
@@ -142,7 +145,8 @@ def creation_request(exchange: Exchange) -> tuple[str, int, str | None]:
         raise BadRequest("Upload-Length is required")
     if not length_text.isdigit() or len(length_text) > _MAX_LENGTH_DIGITS:
         raise BadRequest("Upload-Length must be a decimal number of bytes")
-    metadata = parse_metadata(_header(exchange, b"upload-metadata") or b"")
+    raw = _header(exchange, b"upload-metadata") or b""
+    metadata = parse_metadata(raw)
     if "filename" not in metadata:
         raise BadRequest("Upload-Metadata must name the file: filename <base64 of the name>")
     try:
@@ -150,7 +154,8 @@ def creation_request(exchange: Exchange) -> tuple[str, int, str | None]:
     except UnicodeDecodeError:
         raise BadRequest("Upload-Metadata: filename is not UTF-8") from None
     md5 = metadata.get("md5")
-    return name, int(length_text), None if md5 is None else metadata_md5(md5)
+    # parse_metadata let through printable ASCII keys, spaces, commas and base64 only
+    return name, int(length_text), None if md5 is None else metadata_md5(md5), raw.decode("ascii")
 
 
 def tus_create(exchange: Exchange, body: bytes) -> None:
@@ -163,12 +168,12 @@ def tus_create(exchange: Exchange, body: bytes) -> None:
     try:
         if body:
             raise BadRequest("a creation carries no body here (no creation-with-upload): send it with PATCH")
-        name, length, md5 = creation_request(exchange)
+        name, length, md5, metadata = creation_request(exchange)
         largest = _max_size(exchange)
         if largest is not None and length > largest:
             # tus: an upload over the maximum (Tus-Max-Size) is 413
             raise BodyTooLarge(f"Upload-Length {length} is more than this server takes (Tus-Max-Size: {largest})")
-        manifest = one_file_manifest(name, length, md5, engine.manifest_limits)
+        manifest = one_file_manifest(name, length, md5, engine.manifest_limits, ((METADATA_KEY, metadata),))
     except (BadRequest, BodyTooLarge, TusVersionUnsupported, ManifestError) as error:
         refuse(request, error)
         return
@@ -234,6 +239,28 @@ class _EmptyFile(ResumeReceiver):
         _answer_created(self.exchange.request)
 
 
+def head_upload(exchange: Exchange, body: bytes) -> None:
+    """``HEAD /<prefix>/<key>/<n>``: :func:`.resume.upload_offset`, with the ``Upload-Metadata`` the
+    upload was created with (tus 1.0), for its owner only."""
+    route = exchange.route
+    assert isinstance(route, UploadRoute)
+    engine = exchange.serving.engine
+    record = engine.transfers.get(route.transfer_key)
+    if (
+        record is not None
+        and engine.is_live_transfer(route.transfer_key)
+        and record.prefix == route.prefix
+        and record.owner_dn == exchange.id_token.person
+        and route.file_num.isdigit()
+        and route.file_num.isascii()
+        and int(route.file_num) < record.manifest.num_files
+    ):
+        metadata = dict(record.manifest.files[int(route.file_num)].extra).get(METADATA_KEY)
+        if metadata:
+            exchange.request.setHeader(b"upload-metadata", metadata.encode("ascii", "replace"))
+    upload_offset(exchange, body)
+
+
 def terminate_upload(exchange: Exchange, body: bytes) -> None:
     """``DELETE /<prefix>/<key>/<n>`` (tus termination): the pending file is cancelled, ``204``."""
     route = exchange.route
@@ -252,11 +279,13 @@ def terminate_upload(exchange: Exchange, body: bytes) -> None:
 
 
 __all__ = [
+    "METADATA_KEY",
     "MAX_METADATA_BYTES",
     "MAX_METADATA_PAIRS",
     "TUS_CHECKSUM_ALGORITHMS",
     "TUS_EXTENSIONS",
     "creation_request",
+    "head_upload",
     "metadata_md5",
     "parse_metadata",
     "terminate_upload",

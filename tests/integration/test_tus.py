@@ -91,6 +91,7 @@ def test_tuspy_creates_and_uploads_in_chunks(server: ServerProcess, pki: TestPKI
     assert entry["checksum"] == md5_of(path) and entry["owner"] == pki.users["alice"].dn
     head = requests.head(url, cert=cert(pki, "alice"), headers={"Tus-Resumable": "1.0.0"}, timeout=15)
     assert head.headers["Upload-Offset"] == str(SIZE) and "Upload-Expires" in head.headers
+    assert head.headers["Upload-Metadata"] == "filename " + base64.b64encode(path.name.encode()).decode()
 
 
 def test_tuspy_resumes_after_the_connection_is_cut(server: ServerProcess, pki: TestPKI, tmp_path: Path) -> None:

@@ -291,3 +291,16 @@ def test_an_expired_upload_is_404_and_its_partial_goes(server, tmp_path):
         assert exchange(server, data)[0].startswith(b"HTTP/1.1 404")
     server.engine.expire_transfers()
     assert not [p for p in (tmp_path / "store").iterdir() if p.name.endswith(".partial")]
+
+
+def test_head_echoes_the_creation_metadata_to_its_owner_only(server):
+    """HEAD on a created upload carries the Upload-Metadata it was created with; another identity's 403 does not."""
+    metadata = f"filename {b64('f.bin')},filetype {b64('application/x-hdf5')},flag"
+    path = created(server, create(len(BODY), metadata))
+    status, headers, _ = exchange(server, get(path, method="HEAD"))
+    assert status.startswith(b"HTTP/1.1 200") and headers[b"upload-metadata"] == metadata.encode()
+    trusted = HTTPTransferServer(public_url="http://test", trusted_proxies=["127.0.0.1"])
+    trusted.RegisterPrefix("data", server.engine.handler_for("data"))
+    trusted.engine.transfers = server.engine.transfers
+    status, headers, _ = exchange(trusted, get(path, "X-Client-DN: /CN=Mallory", method="HEAD"))
+    assert status.startswith(b"HTTP/1.1 403") and b"upload-metadata" not in headers
