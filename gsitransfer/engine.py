@@ -177,6 +177,7 @@ class TakeOver:
         return (
             self.held > 0
             and bool(self.partial)
+            and bool(self.old.checksum)  # no MD5 announced (tus creation without one): nothing to match
             and (self.old.name, self.old.size, self.old.checksum) == (self.new.name, self.new.size, self.new.checksum)
         )
 
@@ -285,6 +286,9 @@ class TransferEngine:
         #: (transfer key, file number) -> (durable bytes, their running MD5) of partial files this process
         #: kept: a piece resumed here continues the MD5 without reading the held bytes again
         self._held_md5: dict[tuple[str, int], tuple[int, Any]] = {}
+        #: (transfer key, file number) -> the MD5 computed of a file announced without one (tus creation),
+        #: between its verification and ``CompleteUpload``
+        self._computed_md5: dict[tuple[str, int], str] = {}
 
     # -- the prefix registry ----------------------------------------------------
 
@@ -350,8 +354,23 @@ class TransferEngine:
         names are held meanwhile, so a concurrent manifest naming one of
         them is refused as it would be once they are pending.
         """
-        adapter = self._adapter(prefix)
+        self._adapter(prefix)
         manifest = parse_manifest(body, self.manifest_limits)
+        outcome: ManifestOutcome = yield self.announce_manifest(prefix, manifest, id_token)
+        return outcome
+
+    @defer.inlineCallbacks
+    def announce_manifest(
+        self, prefix: str, manifest: Manifest, id_token: IdToken, carry: bool = True
+    ) -> _Steps[ManifestOutcome]:
+        """:meth:`post_manifest` for a Manifest value already made (a tus creation builds one from headers).
+
+        The same steps for every way in: take-over, dedupe, quotas, ``CanUpload``,
+        ``AddPendingUpload``, the key bound to ``id_token``'s person. With
+        ``carry`` False (tus creation: a tus client starts a new upload at 0)
+        names are taken over but their held bytes are dropped, never carried.
+        """
+        adapter = self._adapter(prefix)
         held = self._announcing.setdefault(prefix, set())
         for entry in manifest.files:
             if entry.name in held:
@@ -364,6 +383,9 @@ class TransferEngine:
             taken: ManifestOutcome | list[TakeOver] = yield self._take_over(prefix, adapter, manifest, id_token)
             if isinstance(taken, ManifestOutcome):
                 return taken
+            if not carry:
+                _drop_carried(taken)
+                taken = [item for item in taken if not item.carries]
             if not adapter.serves_downloads:
                 # nothing can be found already stored: refused before the handler is asked anything
                 self._check_pending_quota(manifest, id_token)
@@ -728,6 +750,7 @@ class TransferEngine:
         where = (ticket.transfer_key, ticket.file_num)
         self._in_flight.discard(where)
         self._held_md5.pop(where, None)
+        self._computed_md5.pop(where, None)
         if held is None:
             held = 0
             remove_partial(ticket.partial_path)
@@ -769,6 +792,7 @@ class TransferEngine:
     def fail_upload(self, ticket: UploadTicket) -> None:
         """The body did not make it (or failed verification): the file is pending again."""
         self._in_flight.discard((ticket.transfer_key, ticket.file_num))
+        self._computed_md5.pop((ticket.transfer_key, ticket.file_num), None)
         state = self.transfers.states(ticket.transfer_key).get(ticket.file_num)
         if state is FileState.RECEIVING:
             self.transfers.set_state(ticket.transfer_key, ticket.file_num, next_state(state, "fail"))
@@ -793,6 +817,10 @@ class TransferEngine:
         if received != ticket.entry.size:
             self.fail_upload(ticket)
             raise LengthMismatch(f"received {received} bytes, expected {ticket.entry.size}")
+        if not ticket.entry.checksum:
+            # announced without an MD5 (tus creation): the one computed is the file's, given to CompleteUpload
+            self._computed_md5[(ticket.transfer_key, ticket.file_num)] = md5_hexdigest
+            return
         if md5_hexdigest != ticket.entry.checksum:
             self._back_to_zero(ticket)
             raise ChecksumMismatch(
@@ -822,8 +850,12 @@ class TransferEngine:
         adapter = self._adapter(ticket.prefix)
         state = self.transfers.states(ticket.transfer_key).get(ticket.file_num, FileState.PENDING)
         stored = next_state(state, "complete")
+        file_info = ticket.file_info
+        computed = self._computed_md5.pop((ticket.transfer_key, ticket.file_num), None)
+        if computed is not None:
+            file_info["checksum"] = computed
         try:
-            yield self._timed(adapter.complete_upload(ticket.id_token, ticket.file_info), "CompleteUpload")
+            yield self._timed(adapter.complete_upload(ticket.id_token, file_info), "CompleteUpload")
         except BaseException:
             self.fail_upload(ticket)
             raise
@@ -932,6 +964,43 @@ class TransferEngine:
         except TransferError:
             return defer.fail()
         return self._end_transfer(record)
+
+    def terminate_upload(
+        self, prefix: str, transfer_key: str, file_num: str | int, id_token: IdToken
+    ) -> defer.Deferred[None]:
+        """Give up one pending file of a transfer for its owner (tus termination).
+
+        The file is cancelled (``CancelPendingUpload``, its partial removed);
+        a key left with nothing pending is forgotten. Fails with FileNotFound
+        (unknown key or file, or cancelled already), NotAuthorized (another
+        person) or UploadConflict (its body is arriving, or it is stored).
+        """
+        try:
+            record = self._owned_record(prefix, transfer_key, id_token)
+            entry = self._entry(record, file_num)
+            adapter = self._adapter(prefix)
+            state = self.transfers.states(record.key).get(entry.num, FileState.PENDING)
+            if state is FileState.CANCELLED:
+                raise FileNotFound(f"file {entry.num} of this transfer was cancelled")
+            if state is FileState.STORED:
+                raise UploadConflict("file is already stored: it is not removed through its upload URL")
+            if (record.key, entry.num) in self._in_flight or not self.transfers.transition(
+                record.key, entry.num, FileState.PENDING, FileState.CANCELLED
+            ):
+                raise UploadConflict("file is arriving on another connection: terminate it after that ends")
+        except TransferError:
+            return defer.fail()
+        return self._terminated(adapter, record, entry)
+
+    @defer.inlineCallbacks
+    def _terminated(self, adapter: HandlerAdapter, record: TransferRecord, entry: FileEntry) -> _Steps[None]:
+        """A file just cancelled by its owner: its partial goes, the handler is told, an empty key forgotten."""
+        self._held_md5.pop((record.key, entry.num), None)
+        remove_partial(self.transfers.progress(record.key).get(entry.num, (0, ""))[1])
+        if all(state in SETTLED for state in self.transfers.states(record.key).values()):
+            self.transfers.remove(record.key)
+        yield self._cancel_quietly(adapter, IdToken(dn=record.owner_dn), entry.name)
+        return None
 
     @defer.inlineCallbacks
     def expire_transfers(self) -> _Steps[int]:

@@ -5,7 +5,11 @@ and decides, for that prefix, who may upload what and where downloads come
 from. Every callback may return a plain value, a ``Deferred`` or a coroutine.
 
 ``file_info`` is a dict with at least ``name`` (str), ``size`` (int bytes) and
-``checksum`` (MD5, 32 lowercase hex). ``CanUpload`` also gets
+``checksum`` (MD5, 32 lowercase hex). A file announced without an MD5 (a tus
+creation without ``md5`` metadata) has ``checksum`` None in ``CanUpload`` and
+``GetUploadFilename``; ``CompleteUpload`` gets the MD5 the server computed of
+the bytes it stored; such a file also has ``upload_metadata``, the tus
+``Upload-Metadata`` header as sent. ``CanUpload`` also gets
 ``transfer_size``, the sum of the manifest's sizes (to check space for the
 whole transfer); the later upload callbacks get ``transfer_key`` and ``file_num``; any other
 keys a client put in the manifest section are passed through as strings. A

@@ -70,14 +70,15 @@ class FileEntry:
     num: int
     name: str
     size: int
-    checksum: str
+    checksum: str  # MD5, 32 lowercase hex; "" when none was announced (tus creation without md5)
     #: other keys the client put in the section, passed through as strings
     extra: tuple[tuple[str, str], ...] = field(default=())
 
     def file_info(self) -> dict[str, object]:
         """The seed's ``file_info`` dict for this file."""
         info: dict[str, object] = dict(self.extra)
-        info.update(name=self.name, size=self.size, checksum=self.checksum)
+        # a file announced without an MD5 (tus creation) says so with None
+        info.update(name=self.name, size=self.size, checksum=self.checksum or None)
         return info
 
 
@@ -122,6 +123,29 @@ class Manifest:
         )
         _check_unique(files)
         return cls(files)
+
+
+def one_file_manifest(
+    name: str,
+    size: int,
+    checksum: str | None,
+    limits: ManifestLimits = ManifestLimits(),
+    extra: tuple[tuple[str, str], ...] = (),
+) -> Manifest:
+    """A one-file manifest from values a client sent otherwise (tus creation headers), checked like
+    a posted one; ``checksum`` None: no MD5 announced (the entry's is ``""``, the server computes it);
+    ``extra``: more one-line keys for the handler's ``file_info`` (not the server's reserved ones)."""
+    for key, value in extra:
+        if key in RESERVED_KEYS or key in _REQUIRED_KEYS or "\n" in value or "\r" in value:
+            raise ManifestError(f"{key} cannot be given for a file")
+    name = check_name(name)
+    size = _check_size(size, name)
+    if limits.max_file_size is not None and size > limits.max_file_size:
+        raise ManifestError(f"file {name!r} is larger than {limits.max_file_size} bytes")
+    if limits.max_total_size is not None and size > limits.max_total_size:
+        raise ManifestError(f"the files add up to {size} bytes (at most {limits.max_total_size})")
+    md5 = "" if checksum is None else _check_md5(checksum, name)
+    return Manifest((FileEntry(0, name, size, md5, extra),))
 
 
 def parse_manifest(body: bytes, limits: ManifestLimits = ManifestLimits()) -> Manifest:

@@ -8,12 +8,16 @@
               TransferRoute    get_transfer      a live transfer's state (JSON), else a file
               FileRoute        get_file          the file the handler names
     HEAD      (as GET)
-              UploadRoute      upload_offset     the durable bytes held of a file (tus, .resume)
+              UploadRoute      head_upload       the durable bytes held of a file (tus: .resume's upload_offset,
+                                                 with the Upload-Metadata of a tus creation, .tus)
     POST      ManifestRoute    post_manifest     register a manifest (body in memory, bounded)
               UploadRoute      begin_upload      stream one file's body (upload state machine)
+              ListingRoute     tus_create        a one-file transfer from tus creation headers (.tus)
     PATCH     UploadRoute      patch_upload      stream a piece of a file at its offset (tus, .resume)
     DELETE    TransferRoute    delete_transfer   cancel a transfer
+              UploadRoute      terminate_upload  cancel one pending file (tus termination, .tus)
     OPTIONS   (as GET, and UploadRoute) options  ``Allow`` for the path
+              ListingRoute     prefix_options    ``Allow`` and the tus discovery headers (204, .tus)
 
 A request is routed once, when its head is complete
 (:meth:`RouteTable.select`, called by the request layer and by the
@@ -44,7 +48,8 @@ from ..errors import TransferError
 from .exchange import BodyControl, BodyReceiver, Exchange
 from .routes import FileRoute, ListingRoute, ManifestRoute, RootRoute, Route, TransferRoute, UploadRoute, route_target
 from .status import MethodNotAllowed, Unidentified, refuse, write_text
-from .resume import patch_upload, upload_offset
+from .resume import patch_upload
+from .tus import head_upload, terminate_upload, tus_create, tus_options
 from .upload import begin_upload
 from .verbs import (
     buffered,
@@ -78,15 +83,24 @@ def options(exchange: Exchange, body: bytes) -> None:
     write_text(request, 200, "")
 
 
+def prefix_options(exchange: Exchange, body: bytes) -> None:
+    """``OPTIONS /<prefix>/``: ``Allow``, and the tus discovery headers (``204``, :func:`.tus.tus_options`)."""
+    request = exchange.request
+    request.setHeader(b"allow", b", ".join(allowed_methods(request.method, request.uri)))
+    tus_options(exchange, body)
+
+
 def _verbs(*answers: Callable[[Exchange, bytes], None]) -> dict[str, Verb]:
     return {answer.__name__: Verb(answer.__name__, buffered(answer)) for answer in answers}
 
 
-_BUFFERED = _verbs(get_root, get_listing, get_transfer, get_file, delete_transfer, options)
+_BUFFERED = _verbs(
+    get_root, get_listing, get_transfer, get_file, delete_transfer, options, prefix_options, tus_create, terminate_upload
+)
 _MANIFEST = Verb("post_manifest", buffered(post_manifest, manifest_limit))
 _UPLOAD = Verb("begin_upload", begin_upload, streams=True)
 _PATCH = Verb("patch_upload", patch_upload, streams=True)
-_HEAD_OFFSET = Verb("upload_offset", buffered(upload_offset))
+_HEAD_OFFSET = Verb("head_upload", buffered(head_upload))
 _OPTIONS = _BUFFERED["options"]
 _GET: Mapping[type, Verb] = MappingProxyType({
     RootRoute: _BUFFERED["get_root"],
@@ -99,12 +113,20 @@ _GET: Mapping[type, Verb] = MappingProxyType({
 ROUTES: Mapping[bytes, Mapping[type, Verb]] = MappingProxyType({
     b"GET": _GET,
     b"HEAD": MappingProxyType({**_GET, UploadRoute: _HEAD_OFFSET}),
-    b"POST": MappingProxyType({ManifestRoute: _MANIFEST, UploadRoute: _UPLOAD}),
+    b"POST": MappingProxyType(
+        {ManifestRoute: _MANIFEST, UploadRoute: _UPLOAD, ListingRoute: _BUFFERED["tus_create"]}
+    ),
     b"PATCH": MappingProxyType({UploadRoute: _PATCH}),
-    b"DELETE": MappingProxyType({TransferRoute: _BUFFERED["delete_transfer"]}),
-    # OPTIONS routes as GET does (the manifest's POST-only shape is a file to it): every path gets its Allow
+    b"DELETE": MappingProxyType(
+        {TransferRoute: _BUFFERED["delete_transfer"], UploadRoute: _BUFFERED["terminate_upload"]}
+    ),
+    # OPTIONS routes as GET does (the manifest's POST-only shape is a file to it): every path gets its Allow;
+    # a prefix's also says what tus it speaks
     b"OPTIONS": MappingProxyType(
-        {kind: _OPTIONS for kind in (RootRoute, ListingRoute, TransferRoute, FileRoute, UploadRoute)}
+        {
+            **{kind: _OPTIONS for kind in (RootRoute, TransferRoute, FileRoute, UploadRoute)},
+            ListingRoute: _BUFFERED["prefix_options"],
+        }
     ),
 })
 
@@ -160,4 +182,6 @@ class RouteTable(resource.Resource):
         return NOT_DONE_YET
 
 
-__all__ = ["FILE_VERB", "Prefixes", "ROUTES", "RouteTable", "Verb", "allowed_methods", "options", "select"]
+__all__ = [
+    "FILE_VERB", "Prefixes", "ROUTES", "RouteTable", "Verb", "allowed_methods", "options", "prefix_options", "select"
+]

@@ -177,7 +177,7 @@ def test_other_identity_403_unknown_404_get_405(server, key):
     assert exchange(server, head("Z" * 32))[0].startswith(b"HTTP/1.1 404")
     assert exchange(server, get(f"/data/{key}/7", method="HEAD"))[0].startswith(b"HTTP/1.1 404")
     status, headers, _ = exchange(server, get(f"/data/{key}/0"))
-    assert status.startswith(b"HTTP/1.1 405") and headers[b"allow"] == b"head, post, patch, options"
+    assert status.startswith(b"HTTP/1.1 405") and headers[b"allow"] == b"head, post, patch, delete, options"
 
 
 def test_transfer_state_shows_offsets(server, key):
@@ -216,4 +216,4 @@ def test_chunked_piece_appends(server, key, tmp_path):
 def test_options_on_a_file_url(server, key):
     """OPTIONS on a file of a transfer lists the methods its row takes."""
     status, headers, _ = exchange(server, get(f"/data/{key}/0", method="OPTIONS"))
-    assert status.startswith(b"HTTP/1.1 200") and headers[b"allow"] == b"head, post, patch, options"
+    assert status.startswith(b"HTTP/1.1 200") and headers[b"allow"] == b"head, post, patch, delete, options"

@@ -18,8 +18,8 @@ from .wire import KEY_SHAPED, get, split
 FILE_METHODS = b"GET, HEAD, OPTIONS"
 TRANSFER_METHODS = b"GET, HEAD, DELETE, OPTIONS"
 POST_TOO = b"GET, HEAD, POST, OPTIONS"
-#: a file of a transfer: its body (POST), its offset (HEAD), a piece (PATCH); GET is 405
-UPLOAD_METHODS = b"HEAD, POST, PATCH, OPTIONS"
+#: a file of a transfer: its body (POST), its offset (HEAD), a piece (PATCH), tus termination (DELETE); GET is 405
+UPLOAD_METHODS = b"HEAD, POST, PATCH, DELETE, OPTIONS"
 
 
 @pytest.fixture
@@ -34,8 +34,6 @@ def server(tmp_path: Path) -> HTTPTransferServer:
     [
         ("/data/x.bin", FILE_METHODS),
         ("/data/sub/x.bin", FILE_METHODS),
-        ("/data/", FILE_METHODS),
-        ("/data", FILE_METHODS),
         (f"/data/{KEY_SHAPED}", TRANSFER_METHODS),
         ("/data/manifest", POST_TOO),
         (f"/data/{KEY_SHAPED}/0", UPLOAD_METHODS),
@@ -53,9 +51,22 @@ def test_options_answers_allow_for_the_route(server, path, allow):
     assert not conn.transport.disconnecting  # the connection stays open for the next request
 
 
+@pytest.mark.parametrize("path", ["/data/", "/data"])
+def test_options_on_a_prefix_is_204_with_allow_and_tus(server, path):
+    """OPTIONS on a prefix is 204 (tus discovery) with Allow (POST too: tus creation) and no body."""
+    conn = SiteConnection(server.site())
+    conn.send(get(path, method="OPTIONS"))
+    status, headers, body = split(conn.output())
+    assert status == b"HTTP/1.1 204 No Content" and body == b""
+    assert b"\r\nAllow: " + POST_TOO + b"\r\n" in conn.output()
+    assert headers[b"tus-version"] == b"1.0.0"
+    assert not conn.transport.disconnecting
+
+
 @pytest.mark.parametrize(
     "method, path, allow",
     [
+        ("PUT", "/data/", POST_TOO),
         ("PUT", "/data/x.bin", FILE_METHODS),
         ("DELETE", "/data/x.bin", FILE_METHODS),
         ("PATCH", f"/data/{KEY_SHAPED}", TRANSFER_METHODS),
