@@ -78,7 +78,7 @@ def hold_file(engine: TransferEngine, ticket: UploadTicket, held: int) -> _Steps
     _log.info(
         "batch {key}...: all {n} file(s) verified, publishing", key=ticket.transfer_key[:8], n=len(intent.files)
     )
-    yield finish(engine, intent, ticket.id_token)
+    yield finish(engine, intent, ticket.id_token, may_fault=True)
     return STORED
 
 
@@ -102,7 +102,7 @@ def claim(engine: TransferEngine, transfer_key: str) -> BatchIntent | None:
         files.append(BatchFile(entry.num, entry.name, entry.size, entry.checksum, held_path, final_path))
     if not files:
         return None
-    intent = BatchIntent(record.key, record.prefix, record.owner_dn, tuple(files))
+    intent = BatchIntent(record.key, record.prefix, record.owner_dn, tuple(files), holder=os.getpid())
     if not engine.batches.begin(intent):
         return None  # another process (--workers) claimed it
     if engine.transfers.get(transfer_key) is None:
@@ -112,10 +112,13 @@ def claim(engine: TransferEngine, transfer_key: str) -> BatchIntent | None:
 
 
 @defer.inlineCallbacks
-def finish(engine: TransferEngine, intent: BatchIntent, id_token: IdToken) -> _Steps:
-    """Publish every file of a claimed batch (those already published count), then CompleteUpload each."""
+def finish(engine: TransferEngine, intent: BatchIntent, id_token: IdToken, may_fault: bool = False) -> _Steps:
+    """Publish every file of a claimed batch (those already published count), then CompleteUpload each.
+
+    ``may_fault``: the test-only fault point applies (never to a batch finished after a crash).
+    """
     directories: list[str] = []
-    fault = os.environ.get(FAULT_VARIABLE) == FAULT_AFTER_FIRST_PUBLISH
+    fault = may_fault and os.environ.get(FAULT_VARIABLE) == FAULT_AFTER_FIRST_PUBLISH
     linked: list[BatchFile] = []
     for index, file in enumerate(intent.files):
         try:
@@ -171,14 +174,18 @@ def _complete(engine: TransferEngine, intent: BatchIntent, file: BatchFile, id_t
 
 
 @defer.inlineCallbacks
-def finish_batches(engine: TransferEngine) -> _Steps:
+def finish_batches(engine: TransferEngine, holder: int | None = None) -> _Steps:
     """At start-up: finish every batch a crash left between its intent and its end; fires with how many.
 
-    A batch whose prefix is not registered, or that fails again, is logged
-    and left for the next start-up.
+    With ``holder`` (a dead worker's pid, from its ``--workers``
+    supervisor), only the batches that process claimed. A batch whose
+    prefix is not registered, or that fails again, is logged and left for
+    the next start-up.
     """
     finished = 0
     for intent in engine.batches.intents():
+        if holder is not None and intent.holder != holder:
+            continue
         if engine.adapter_for(intent.prefix) is None:
             _log.warn("batch {key}...: no prefix /{prefix}/ here, left as it is", key=intent.key[:8], prefix=intent.prefix)
             continue
@@ -189,7 +196,7 @@ def finish_batches(engine: TransferEngine) -> _Steps:
             continue
         finished += 1
         _log.info(
-            "batch {key}...: finished after a restart ({n} file(s))", key=intent.key[:8], n=len(intent.files)
+            "batch {key}...: finished after a crash ({n} file(s))", key=intent.key[:8], n=len(intent.files)
         )
     return finished
 

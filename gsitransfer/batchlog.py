@@ -47,6 +47,8 @@ class BatchIntent:
     owner_dn: str | None
     files: tuple[BatchFile, ...]
     completed: frozenset[int] = field(default=frozenset())
+    #: the pid of the process that claimed it (a --workers supervisor finishes a dead worker's)
+    holder: int | None = None
 
 
 class BatchLog(Protocol):
@@ -134,7 +136,8 @@ CREATE TABLE IF NOT EXISTS batch_intents (
     prefix TEXT NOT NULL,
     owner_dn TEXT,
     files TEXT NOT NULL,
-    completed TEXT NOT NULL DEFAULT ''
+    completed TEXT NOT NULL DEFAULT '',
+    holder INTEGER
 );
 """
 
@@ -165,19 +168,19 @@ class SQLiteBatchLog:
             separators=(",", ":"),
         )
         cursor = self._db.execute(
-            "INSERT OR IGNORE INTO batch_intents (key, prefix, owner_dn, files) VALUES (?, ?, ?, ?)",
-            (intent.key, intent.prefix, intent.owner_dn, files),
+            "INSERT OR IGNORE INTO batch_intents (key, prefix, owner_dn, files, holder) VALUES (?, ?, ?, ?, ?)",
+            (intent.key, intent.prefix, intent.owner_dn, files, intent.holder),
         )
         return cursor.rowcount == 1
 
     def intent(self, key: str) -> BatchIntent | None:
         row = self._db.execute(
-            "SELECT key, prefix, owner_dn, files, completed FROM batch_intents WHERE key = ?", (key,)
+            "SELECT key, prefix, owner_dn, files, completed, holder FROM batch_intents WHERE key = ?", (key,)
         ).fetchone()
         return None if row is None else _intent_from_row(row)
 
     def intents(self) -> list[BatchIntent]:
-        rows = self._db.execute("SELECT key, prefix, owner_dn, files, completed FROM batch_intents").fetchall()
+        rows = self._db.execute("SELECT key, prefix, owner_dn, files, completed, holder FROM batch_intents").fetchall()
         return [_intent_from_row(row) for row in rows]
 
     def completed(self, key: str, num: int) -> None:
@@ -195,14 +198,15 @@ class SQLiteBatchLog:
             self._db.execute("DELETE FROM batch_held WHERE key = ?", (key,))
 
 
-def _intent_from_row(row: tuple[str, str, str | None, str, str]) -> BatchIntent:
-    key, prefix, owner_dn, files, completed = row
+def _intent_from_row(row: tuple[str, str, str | None, str, str, int | None]) -> BatchIntent:
+    key, prefix, owner_dn, files, completed, holder = row
     return BatchIntent(
         key,
         prefix,
         owner_dn,
         tuple(BatchFile(num, name, size, md5, held, final) for num, name, size, md5, held, final in json.loads(files)),
         frozenset(int(num) for num in completed.split()),
+        holder,
     )
 
 

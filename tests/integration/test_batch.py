@@ -200,3 +200,27 @@ def test_workers_publish_a_batch_verified_across_them(tmp_path: Path) -> None:
         log = server.log_text()
         assert set(re.findall(r"worker (\d): verified f", log)) == {"1", "2"}
         assert len(re.findall(publishing, log)) == 1
+
+
+def test_a_worker_killed_between_publishes_is_finished_by_its_supervisor(tmp_path: Path) -> None:
+    """--workers 2: the worker publishing a batch dies (SIGKILL, test fault point) after its first file; the
+    supervisor finishes that batch at once, CompleteUpload once for each, without a restart."""
+    store, calls = tmp_path / "store", tmp_path / "calls.txt"
+    env = {
+        "GSITRANSFER_TEST_STORE": str(store),
+        "GSITRANSFER_TEST_CALLS": str(calls),
+        "GSITRANSFER_TEST_FAULT": "batch-after-first-publish",
+    }
+    args = [*HTTP, "--handler", "data=tests.support.batch_handlers:recording", "--workers", "2"]
+    with running(ServerProcess(tmp_path, args, env=env)) as server:
+        base = server.url()
+        key = post_batch(base)
+        upload(base, key, 0)
+        upload(base, key, 1)
+        with pytest.raises(OSError):
+            upload(base, key, 2)
+        wait_for(lambda: completions(calls) == NAMES, 20, "the supervisor to finish the batch")
+        assert stored(store) == FILES
+        assert states(base, key) == ["stored"] * 3
+        assert downloads(base) == [200, 200, 200]
+    assert completions(calls) == NAMES

@@ -227,6 +227,8 @@ def test_a_crash_between_renames_is_finished_at_start_up(tmp_path, monkeypatch):
     restarted_store = RecordingStore(str(tmp_path / "store"))
     restarted = TransferEngine(transfers=SQLiteTransferTable(path))
     restarted.register("data", restarted_store)
+    assert intent.holder == os.getpid()
+    assert result_of(finish_batches(restarted, holder=os.getpid() + 1)) == 0  # another worker's: not this one's
     assert result_of(finish_batches(restarted)) == 1
     assert restarted_store.names("CompleteUpload") == ["a.bin", "b.bin", "c.bin"]
     assert visible(restarted_store) == list(FILES)
