@@ -61,7 +61,7 @@ def is_atomic(engine: TransferEngine, transfer_key: str) -> bool:
 
 
 @defer.inlineCallbacks
-def hold_file(engine: TransferEngine, ticket: UploadTicket, held: int) -> _Steps:
+def hold_file(engine: TransferEngine, ticket: UploadTicket, held: int, md5: Any = None) -> _Steps:
     """A verified file of an atomic batch is synced in its partial: it waits, or (the last) publishes all.
 
     Fires with :data:`VERIFIED` (the batch waits for other files, or
@@ -70,7 +70,7 @@ def hold_file(engine: TransferEngine, ticket: UploadTicket, held: int) -> _Steps
     meanwhile, or the publishing's error (the intent stays: finished at the
     next start-up).
     """
-    if not engine.hold_verified(ticket, held):
+    if not engine.hold_verified(ticket, held, md5):
         raise FileNotFound("the transfer was cancelled while the file was arriving")
     intent = claim(engine, ticket.transfer_key)
     if intent is None:

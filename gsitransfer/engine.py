@@ -834,17 +834,21 @@ class TransferEngine:
         self._held_md5.pop((ticket.transfer_key, ticket.file_num), None)
         return None
 
-    def hold_verified(self, ticket: UploadTicket, held: int) -> bool:
+    def hold_verified(self, ticket: UploadTicket, held: int, md5: Any = None) -> bool:
         """A file of an atomic batch is verified and its ``held`` bytes synced in its partial: it waits.
 
         Recorded in this order (a crash between two steps leaves a file
         pending, never one verified without its final path): the final path
         (the batch log), the bytes held, then the state ``verified``. False
         when the file is no longer receiving (the transfer was cancelled).
+        ``md5``, the running MD5 of the held bytes, is remembered: a take-over
+        that carries the file on needs not read it again.
         """
         where = (ticket.transfer_key, ticket.file_num)
         self._in_flight.discard(where)
         self._held_md5.pop(where, None)
+        if md5 is not None and len(self._held_md5) < self.held_md5_limit:
+            self._held_md5[where] = (held, md5)
         self.batches.hold(ticket.transfer_key, ticket.file_num, ticket.partial_path, ticket.final_path)
         self.transfers.set_progress(ticket.transfer_key, ticket.file_num, held, ticket.partial_path)
         return self.transfers.transition(ticket.transfer_key, ticket.file_num, FileState.RECEIVING, FileState.VERIFIED)

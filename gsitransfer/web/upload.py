@@ -289,7 +289,7 @@ class UploadReceiver:
             self.engine.keep_partial(ticket, None)
             self._refuse(Failure(UploadFailed("the verified file could not be kept")), "holding an upload")
             return
-        held = hold_file(self.engine, ticket, kept[0])
+        held = hold_file(self.engine, ticket, kept[0], kept[1])
         held.addCallbacks(self._batch_held, self._refuse, errbackArgs=("publishing a batch",))
         held.addErrback(self._fail, "publishing a batch")
 

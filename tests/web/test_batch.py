@@ -155,3 +155,37 @@ def test_delete_of_the_key_removes_the_held_files(server, key, store, tmp_path):
     assert downloads(server) == [b"404", b"404", b"404"]
     assert sorted(store.names("CancelPendingUpload")) == sorted(NAMES)
     assert [p.name for p in (tmp_path / "store").iterdir() if not p.name.startswith(".gsitransfer-store")] == []
+
+
+def test_the_same_batch_posted_again_carries_the_verified_files(server, key):
+    """Posting the same batch again takes its names over: verified files are carried (resume_from = their size),
+    an empty PATCH at that offset holds each again, and the rest publishes the batch."""
+    post_file(server, key, 0)
+    post_file(server, key, 1)
+    status, answer = post_manifest(server, manifest_body())
+    fields = dict(line.split(": ", 1) for line in answer.decode().splitlines())
+    assert fields["resume_from"] == f"0={len(FILES['a.bin'])} 1=5000"
+    new = fields["transfer_key"]
+    assert exchange(server, get(f"/data/{key}"))[0].startswith(b"HTTP/1.1 404")
+    for num in (0, 1):
+        size = len(FILES[NAMES[num]])
+        head = (
+            f"PATCH /data/{new}/{num} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n"
+            f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: {size}\r\n\r\n"
+        ).encode()
+        status, headers, _ = exchange(server, head)
+        assert status.startswith(b"HTTP/1.1 204") and headers[b"upload-offset"] == b"%d" % size
+    assert states(server, new) == [("verified", len(FILES["a.bin"])), ("verified", 5000), ("pending", 0)]
+    status, answer = post_file(server, new, 2)
+    assert answer.decode().splitlines()[-1] == "state: stored"
+    assert downloads(server) == [b"200", b"200", b"200"]
+
+
+def test_held_files_are_neither_listed_nor_downloadable(server, key, tmp_path):
+    """A verified file's held bytes (its partial) are not in the listing and cannot be fetched by their name."""
+    post_file(server, key, 0)
+    held = [p.name for p in (tmp_path / "store").iterdir() if p.name.endswith(".partial")]
+    assert len(held) == 1
+    assert exchange(server, get(f"/data/{held[0]}"))[0].split(b" ")[1] in (b"403", b"404")
+    status, _, listing = exchange(server, get("/data/", "Accept: application/json"))
+    assert status.startswith(b"HTTP/1.1 200") and b"partial" not in listing and b"a.bin" not in listing
