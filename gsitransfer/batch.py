@@ -88,6 +88,8 @@ def claim(engine: TransferEngine, transfer_key: str) -> BatchIntent | None:
     record = engine.transfers.get(transfer_key)
     if record is None:
         return None
+    if engine.batches.held_count(transfer_key) < record.manifest.num_files - len(record.already_stored):
+        return None  # not the last one (one indexed count, not every file's state)
     states = engine.transfers.states(transfer_key)
     if any(states.get(entry.num) not in (FileState.VERIFIED, FileState.STORED) for entry in record.manifest.files):
         return None

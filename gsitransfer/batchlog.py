@@ -60,6 +60,9 @@ class BatchLog(Protocol):
     def held_files(self, key: str) -> dict[int, tuple[str, str]]:
         """Per held file of ``key``: (held path, final path)."""
 
+    def held_count(self, key: str) -> int:
+        """How many files of ``key`` were recorded held (a cheap first test of "is the batch complete")."""
+
     def drop(self, key: str, num: int) -> None:
         """File ``num`` of ``key`` no longer waits (taken over by a newer manifest)."""
 
@@ -94,6 +97,9 @@ class MemoryBatchLog:
 
     def held_files(self, key: str) -> dict[int, tuple[str, str]]:
         return dict(self._held.get(key, {}))
+
+    def held_count(self, key: str) -> int:
+        return len(self._held.get(key, {}))
 
     def drop(self, key: str, num: int) -> None:
         self._held.get(key, {}).pop(num, None)
@@ -157,6 +163,10 @@ class SQLiteBatchLog:
     def held_files(self, key: str) -> dict[int, tuple[str, str]]:
         rows = self._db.execute("SELECT num, held, final FROM batch_held WHERE key = ?", (key,)).fetchall()
         return {num: (held, final) for num, held, final in rows}
+
+    def held_count(self, key: str) -> int:
+        row = self._db.execute("SELECT COUNT(*) FROM batch_held WHERE key = ?", (key,)).fetchone()
+        return int(row[0])
 
     def drop(self, key: str, num: int) -> None:
         self._db.execute("DELETE FROM batch_held WHERE key = ? AND num = ?", (key, num))

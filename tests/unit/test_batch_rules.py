@@ -295,11 +295,11 @@ def test_batch_log_round_trip(tmp_path):
     """The SQLite batch log keeps held files, one intent per key, completions, and forgets them."""
     log = SQLiteTransferTable(str(tmp_path / "t.sqlite")).batches
     log.hold("k", 0, "/s/.h0", "/s/a")
-    assert log.held_files("k") == {0: ("/s/.h0", "/s/a")}
+    assert log.held_files("k") == {0: ("/s/.h0", "/s/a")} and log.held_count("k") == 1
     intent = BatchIntent("k", "data", None, (BatchFile(0, "a", 3, "0" * 32, "/s/.h0", "/s/a"),))
     assert log.begin(intent) and not log.begin(intent)
     log.completed("k", 0)
     assert log.intent("k") == dataclasses.replace(intent, completed=frozenset({0}))
     log.forget("k")
-    assert log.intents() == [] and log.held_files("k") == {}
+    assert log.intents() == [] and log.held_files("k") == {} and log.held_count("k") == 0
 
