@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.http import Response, request
+from gsitransfer.testca import make_test_pki
+from tests.support.http import Response, client_tls, request
 from tests.support.server import ServerProcess
 
 from .helpers import HTTP, running, server_args, wait_for
@@ -224,3 +225,28 @@ def test_a_worker_killed_between_publishes_is_finished_by_its_supervisor(tmp_pat
         assert states(base, key) == ["stored"] * 3
         assert downloads(base) == [200, 200, 200]
     assert completions(calls) == NAMES
+
+
+def test_mutual_tls_batch_is_its_owners(tmp_path: Path) -> None:
+    """Over mutual TLS: Bob may not send a file of Alice's batch (403); Bob sees none of it until Alice's last
+    file is verified, then all of it."""
+    pki = make_test_pki(tmp_path / "pki", users=("alice", "bob"), share_keys=True)
+    alice, bob = (
+        client_tls(str(pki.ca_file), str(pki.users[name].cert), str(pki.users[name].key)) for name in ("alice", "bob")
+    )
+    store = tmp_path / "store"
+    args = [
+        "--https", "tcp:0:interface=127.0.0.1", "--cert", str(pki.server_cert), "--key", str(pki.server_key),
+        "--ca-dir", str(pki.ca_dir), "--store", f"data={store}",
+    ]
+    with running(ServerProcess(tmp_path, args)) as server:
+        base = server.url("https").replace("127.0.0.1", "localhost")
+        answer = request(base, "POST", "/data/manifest", atomic_manifest(), tls=alice)
+        key = answer.fields()["transfer_key"]
+        values = list(FILES.values())
+        assert request(base, "POST", f"/data/{key}/0", values[0], tls=bob).status == 403
+        assert request(base, "POST", f"/data/{key}/0", values[0], tls=alice).fields()["state"] == "verified"
+        assert request(base, "POST", f"/data/{key}/1", values[1], tls=alice, timeout=60).fields()["state"] == "verified"
+        assert [request(base, "GET", f"/data/{name}", tls=bob).status for name in NAMES] == [404] * 3
+        assert request(base, "POST", f"/data/{key}/2", values[2], tls=alice).fields()["state"] == "stored"
+        assert [request(base, "GET", f"/data/{name}", tls=bob, timeout=60).body for name in NAMES] == values

@@ -17,6 +17,7 @@ import pytest
 from gsitransfer import IdToken, TransferEngine
 from gsitransfer.batch import STORED, VERIFIED, claim, finish_batches, hold_file
 from gsitransfer.batchlog import BatchFile, BatchIntent
+from gsitransfer.engine import next_state
 from gsitransfer.errors import ChecksumMismatch, FileNotFound, ManifestError, UploadConflict
 from gsitransfer.filesink import ResumableSink, publish_held
 from gsitransfer.keys import FileState, MemoryTransferTable, TransferTable
@@ -303,3 +304,13 @@ def test_batch_log_round_trip(tmp_path):
     log.forget("k")
     assert log.intents() == [] and log.held_files("k") == {} and log.held_count("k") == 0
 
+
+
+def test_verified_in_the_state_machine():
+    """receiving --verify--> verified --complete--> stored; a verified file cannot begin again."""
+    assert next_state(FileState.RECEIVING, "verify") is FileState.VERIFIED
+    assert next_state(FileState.VERIFIED, "complete") is FileState.STORED
+    with pytest.raises(UploadConflict, match="waits for the rest of its batch"):
+        next_state(FileState.VERIFIED, "begin")
+    with pytest.raises(UploadConflict):
+        next_state(FileState.PENDING, "verify")
