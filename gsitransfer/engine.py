@@ -64,6 +64,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .batchlog import BatchLog, MemoryBatchLog
 from .errors import (
     BeyondLength,
     ChecksumMismatch,
@@ -78,7 +79,6 @@ from .errors import (
     TransferError,
     UploadConflict,
 )
-from .batchlog import BatchLog, MemoryBatchLog
 from .filesink import partial_path_for, remove_partial
 from .handler import DownloadTarget, HandlerAdapter, as_download_target
 from .identity import IdToken
@@ -411,11 +411,11 @@ class TransferEngine:
                 state = states.get(old.num, FileState.PENDING)
                 if new is None or state in SETTLED:
                     continue
-                if (
-                    state is FileState.RECEIVING
-                    or (record.key, old.num) in self._in_flight
-                    or self.batches.intent(record.key) is not None
-                ):
+                if self.batches.intent(record.key) is not None:
+                    return ManifestOutcome(
+                        None, f"Upload error for file {old.name}: its batch is being published", conflict=True
+                    )
+                if state is FileState.RECEIVING or (record.key, old.num) in self._in_flight:
                     return ManifestOutcome(
                         None, f"Upload error for file {old.name}: it is arriving on another connection", conflict=True
                     )
