@@ -115,7 +115,7 @@ def test_sigkill_between_two_publishes_is_finished_at_restart(tmp_path: Path) ->
     the same store and state, it publishes the rest before listening, CompleteUpload once for each across both runs."""
     store, calls = tmp_path / "store", tmp_path / "calls.txt"
     env = {"GSITRANSFER_TEST_STORE": str(store), "GSITRANSFER_TEST_CALLS": str(calls)}
-    args = [*HTTP, "--handler", "data=tests.support.batch_handlers:recording"]
+    args = [*HTTP, "--handler", "data=tests.support.batch_handlers:recording", "--workers", "1"]  # one process dies
     first = ServerProcess(tmp_path, args, env={**env, "GSITRANSFER_TEST_FAULT": "batch-after-first-publish"}).start()
     try:
         base = first.url()
@@ -143,7 +143,7 @@ def test_sigkill_before_the_first_completion_is_finished_at_restart(tmp_path: Pa
     each file has had exactly one CompleteUpload."""
     store, calls = tmp_path / "store", tmp_path / "calls.txt"
     env = {"GSITRANSFER_TEST_STORE": str(store), "GSITRANSFER_TEST_CALLS": str(calls)}
-    args = [*HTTP, "--handler", "data=tests.support.batch_handlers:killed_at_first_complete"]
+    args = [*HTTP, "--handler", "data=tests.support.batch_handlers:killed_at_first_complete", "--workers", "1"]
     first = ServerProcess(tmp_path, args, env=env).start()
     try:
         base = first.url()
