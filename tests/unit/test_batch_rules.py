@@ -18,7 +18,7 @@ from gsitransfer import IdToken, TransferEngine
 from gsitransfer.batch import STORED, VERIFIED, claim, finish_batches, hold_file
 from gsitransfer.batchlog import BatchFile, BatchIntent
 from gsitransfer.engine import next_state
-from gsitransfer.errors import ChecksumMismatch, FileNotFound, ManifestError, UploadConflict
+from gsitransfer.errors import ChecksumMismatch, FileNotFound, ManifestError, UploadConflict, UploadFailed
 from gsitransfer.filesink import ResumableSink, publish_held
 from gsitransfer.keys import FileState, MemoryTransferTable, TransferTable
 from gsitransfer.manifest import Manifest, parse_manifest
@@ -314,3 +314,25 @@ def test_verified_in_the_state_machine():
         next_state(FileState.VERIFIED, "begin")
     with pytest.raises(UploadConflict):
         next_state(FileState.PENDING, "verify")
+
+
+def test_publish_held_never_replaces_and_is_idempotent(tmp_path):
+    """publish_held links a held file to its name; the same bytes already there count as published; other bytes
+    are a conflict (kept); neither file holding the bytes is an UploadFailed."""
+    data = b"held bytes"
+    md5 = hashlib.md5(data).hexdigest()
+    held, final = tmp_path / ".held", tmp_path / "x.bin"
+    held.write_bytes(data)
+    assert publish_held(str(held), str(final), len(data), md5) is True
+    assert final.read_bytes() == data and not held.exists()
+    assert publish_held(str(held), str(final), len(data), md5) is False  # a retry after a crash
+    held.write_bytes(data)
+    assert publish_held(str(held), str(final), len(data), md5) is False and not held.exists()
+    other = tmp_path / "y.bin"
+    other.write_bytes(b"someone else")
+    held.write_bytes(data)
+    with pytest.raises(UploadConflict):
+        publish_held(str(held), str(other), len(data), md5)
+    assert other.read_bytes() == b"someone else" and held.exists()
+    with pytest.raises(UploadFailed):
+        publish_held(str(tmp_path / ".gone"), str(tmp_path / "z.bin"), len(data), md5)
