@@ -17,6 +17,10 @@ The upload state machine, per file of a transfer::
        |  +------+         +--fail / keep--> pending   (checksum mismatch, dropped connection,
        |         |                                      refused by GetUploadFilename, disk full)
        |         +--take over--> cancelled  (a newer manifest of the same person names it, SPEC 7.3)
+       |
+       +-- (an atomic batch, SPEC 7.4) receiving --verify--> verified --complete--> stored
+                                                     (held, synced, until every file of the batch is;
+                                                      cancel, expiry or take-over from verified as from pending)
 
 Each file also has its *offset*: the bytes held durably in its partial file
 (recorded by ``keep_partial`` and ``checkpoint`` only after the web layer
@@ -60,6 +64,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .batchlog import BatchLog, MemoryBatchLog
 from .errors import (
     BeyondLength,
     ChecksumMismatch,
@@ -100,6 +105,8 @@ _TRANSITIONS: dict[tuple[FileState, str], FileState] = {
     (FileState.PENDING, "begin"): FileState.RECEIVING,
     (FileState.RECEIVING, "fail"): FileState.PENDING,
     (FileState.RECEIVING, "complete"): FileState.STORED,
+    (FileState.RECEIVING, "verify"): FileState.VERIFIED,
+    (FileState.VERIFIED, "complete"): FileState.STORED,
 }
 
 
@@ -112,6 +119,8 @@ def next_state(state: FileState, event: str) -> FileState:
             raise UploadConflict("file is already stored") from None
         if state is FileState.RECEIVING:
             raise UploadConflict("file is already being uploaded") from None
+        if state is FileState.VERIFIED:
+            raise UploadConflict("file is verified and waits for the rest of its batch") from None
         raise UploadConflict(f"cannot {event} a {state.value} file") from None
 
 
@@ -289,6 +298,8 @@ class TransferEngine:
         #: (transfer key, file number) -> the MD5 computed of a file announced without one (tus creation),
         #: between its verification and ``CompleteUpload``
         self._computed_md5: dict[tuple[str, int], str] = {}
+        #: atomic batches' held files and publishing intents: the table's own (shared by --workers)
+        self.batches: BatchLog = getattr(self.transfers, "batches", None) or MemoryBatchLog()
 
     # -- the prefix registry ----------------------------------------------------
 
@@ -422,6 +433,10 @@ class TransferEngine:
                 state = states.get(old.num, FileState.PENDING)
                 if new is None or state in SETTLED:
                     continue
+                if self.batches.intent(record.key) is not None:
+                    return ManifestOutcome(
+                        None, f"Upload error for file {old.name}: its batch is being published", conflict=True
+                    )
                 if state is FileState.RECEIVING or (record.key, old.num) in self._in_flight:
                     return ManifestOutcome(
                         None, f"Upload error for file {old.name}: it is arriving on another connection", conflict=True
@@ -430,7 +445,9 @@ class TransferEngine:
                 found.append(TakeOver(record, old, new, held, partial))
         for index, taken in enumerate(found):
             key, num = taken.record.key, taken.old.num
-            if not self.transfers.transition(key, num, FileState.PENDING, FileState.CANCELLED):
+            before = self.transfers.states(key).get(num)
+            before = FileState.VERIFIED if before is FileState.VERIFIED else FileState.PENDING
+            if not self.transfers.transition(key, num, before, FileState.CANCELLED):
                 return ManifestOutcome(
                     None, f"Upload error for file {taken.old.name}: it is arriving on another connection", conflict=True
                 )
@@ -439,6 +456,7 @@ class TransferEngine:
                 found[index] = dataclasses.replace(taken, md5=memory[1])
             elif not taken.carries:
                 remove_partial(taken.partial)
+            self.batches.drop(key, num)
             _log.info(
                 "file {name} of transfer {key}... taken over by a new manifest of {dn}",
                 name=taken.old.name, key=key[:8], dn=id_token.dn or "anonymous",
@@ -817,11 +835,7 @@ class TransferEngine:
         if received != ticket.entry.size:
             self.fail_upload(ticket)
             raise LengthMismatch(f"received {received} bytes, expected {ticket.entry.size}")
-        if not ticket.entry.checksum:
-            # announced without an MD5 (tus creation): the one computed is the file's, given to CompleteUpload
-            self._computed_md5[(ticket.transfer_key, ticket.file_num)] = md5_hexdigest
-            return
-        if md5_hexdigest != ticket.entry.checksum:
+        if ticket.entry.checksum and md5_hexdigest != ticket.entry.checksum:
             self._back_to_zero(ticket)
             raise ChecksumMismatch(
                 f"checksum mismatch for {ticket.entry.name}: "
@@ -833,6 +847,9 @@ class TransferEngine:
             except ChecksumMismatch:
                 self._back_to_zero(ticket)
                 raise
+        if not ticket.entry.checksum:
+            # announced without an MD5 (tus creation): the one computed is the file's, given to CompleteUpload
+            self._computed_md5[(ticket.transfer_key, ticket.file_num)] = md5_hexdigest
 
     def _back_to_zero(self, ticket: UploadTicket) -> None:
         """The bytes are wrong: the file is pending at offset 0 (recorded before its partial is removed)."""
@@ -864,6 +881,25 @@ class TransferEngine:
         self._in_flight.discard((ticket.transfer_key, ticket.file_num))
         self._held_md5.pop((ticket.transfer_key, ticket.file_num), None)
         return None
+
+    def hold_verified(self, ticket: UploadTicket, held: int, md5: Any = None) -> bool:
+        """A file of an atomic batch is verified and its ``held`` bytes synced in its partial: it waits.
+
+        Recorded in this order (a crash between two steps leaves a file
+        pending, never one verified without its final path): the final path
+        (the batch log), the bytes held, then the state ``verified``. False
+        when the file is no longer receiving (the transfer was cancelled).
+        ``md5``, the running MD5 of the held bytes, is remembered: a take-over
+        that carries the file on needs not read it again.
+        """
+        where = (ticket.transfer_key, ticket.file_num)
+        self._in_flight.discard(where)
+        self._held_md5.pop(where, None)
+        if md5 is not None and len(self._held_md5) < self.held_md5_limit:
+            self._held_md5[where] = (held, md5)
+        self.batches.hold(ticket.transfer_key, ticket.file_num, ticket.partial_path, ticket.final_path)
+        self.transfers.set_progress(ticket.transfer_key, ticket.file_num, held, ticket.partial_path)
+        return self.transfers.transition(ticket.transfer_key, ticket.file_num, FileState.RECEIVING, FileState.VERIFIED)
 
     def uploads_in_flight(self) -> int:
         """How many file bodies this process has accepted and not yet stored or failed."""
@@ -1016,6 +1052,9 @@ class TransferEngine:
         return len(expired)
 
     def _receiving(self, record: TransferRecord) -> bool:
+        """A file of the transfer is arriving, or its atomic batch is being published."""
+        if self.batches.intent(record.key) is not None:
+            return True
         return FileState.RECEIVING in self.transfers.states(record.key).values()
 
     @defer.inlineCallbacks
@@ -1024,6 +1063,7 @@ class TransferEngine:
         progress = self.transfers.progress(record.key)
         if not self.transfers.remove(record.key):
             return None  # another worker process ended it first
+        self.batches.forget(record.key)
         for entry in record.manifest.files:
             self._held_md5.pop((record.key, entry.num), None)
             if states.get(entry.num) not in SETTLED:

@@ -400,3 +400,38 @@ def _md5_of_prefix(fd: int, path: str, size: int) -> Any:
     except OSError as error:
         raise UploadFailed(f"cannot read the partial file: {error.strerror}") from None
     return digest
+
+
+def publish_held(held_path: str, final_path: str, size: int, md5_hexdigest: str) -> bool:
+    """Publish a held (synced, verified) file at ``final_path`` without replacing anything there.
+
+    A hard link then an unlink of the held name, as :meth:`FileSink.commit`
+    (a rename after an existence check where links are not supported). A
+    final name that already holds exactly these bytes (same size and MD5:
+    read once) counts as published — a retry after a crash — and the held
+    name is removed. True when this call linked the file, False when it was
+    already there. UploadConflict when another file is there; UploadFailed
+    when neither the held file nor the final one has the bytes. The
+    directory is not synced here (the caller syncs each directory once).
+    """
+    name = os.path.basename(final_path)
+    try:
+        os.link(held_path, final_path)
+    except FileExistsError:
+        if not _holds(final_path, size, md5_hexdigest):
+            raise UploadConflict(f"a file named {name} appeared meanwhile") from None
+        remove_partial(held_path)
+        return False
+    except FileNotFoundError:
+        if _holds(final_path, size, md5_hexdigest):
+            return False
+        raise UploadFailed(f"the verified bytes of {name} are gone") from None
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise UploadFailed(f"cannot publish {name}: {error.strerror}") from None
+        if os.path.lexists(final_path):
+            raise UploadConflict(f"a file named {name} appeared meanwhile") from None
+        os.rename(held_path, final_path)
+        return True
+    remove_partial(held_path)
+    return True

@@ -22,6 +22,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Iterable, Protocol
 
+from .batchlog import MemoryBatchLog
 from .manifest import Manifest
 
 _KEY_BYTES = 24
@@ -36,6 +37,8 @@ class FileState(str, enum.Enum):
     STORED = "stored"
     #: taken over by a newer manifest of the same person (SPEC 7.3): never uploaded under this key
     CANCELLED = "cancelled"
+    #: of an atomic batch (SPEC 7.4): verified and held, synced, until every file of the batch is
+    VERIFIED = "verified"
 
 
 #: states that no longer count as pending (nothing more will be stored under the key)
@@ -147,6 +150,8 @@ class MemoryTransferTable:
         self._records: dict[str, TransferRecord] = {}
         self._states: dict[str, dict[int, FileState]] = {}
         self._progress: dict[str, dict[int, tuple[int, str]]] = {}
+        #: atomic batches' held files and publishing intents
+        self.batches = MemoryBatchLog()
 
     def add(self, record: TransferRecord) -> None:
         self._records[record.key] = record

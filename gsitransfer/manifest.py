@@ -16,7 +16,9 @@ Rules (each broken rule is one ManifestError with a plain-text reason):
 * the body is at most ``limits.max_bytes`` and valid UTF-8;
 * no line is longer than ``MAX_LINE_CHARS``; it parses as INI with unique
   sections and keys, each value on one line;
-* ``[manifest]`` has ``num_files``, a decimal integer in 1..``limits.max_files``;
+* ``[manifest]`` has ``num_files``, a decimal integer in 1..``limits.max_files``,
+  and may have ``commit``: ``each`` (the default: each file is published as
+  it is verified) or ``atomic`` (none until all are: SPEC 7.4);
 * sections ``0 .. num_files-1`` all exist, and no other section does;
 * each has ``name``, ``size`` (decimal integer >= 0) and ``checksum``
   (32 hex digits; stored lowercase);
@@ -46,6 +48,8 @@ MAX_NAME_BYTES = 255
 #: backtracks quadratically on long lines)
 MAX_LINE_CHARS = 1024
 _REQUIRED_KEYS = ("name", "size", "checksum")
+#: the values of ``commit`` in ``[manifest]``: the first is the default
+COMMIT_MODES = ("each", "atomic")
 #: keys the server itself puts in a handler's ``file_info``: a client may not
 #: name them in a file's section (a handler must be able to trust them)
 RESERVED_KEYS = ("transfer_key", "file_num", "transfer_size")
@@ -87,6 +91,13 @@ class Manifest:
     """A validated manifest: its files, in order."""
 
     files: tuple[FileEntry, ...]
+    #: ``[manifest] commit``: ``each`` (publish each file when verified) or ``atomic`` (all together)
+    commit: str = COMMIT_MODES[0]
+
+    @property
+    def atomic(self) -> bool:
+        """True for a batch published together (``commit = atomic``)."""
+        return self.commit == "atomic"
 
     @property
     def num_files(self) -> int:
@@ -102,6 +113,8 @@ class Manifest:
         """Serialise as ConfigParser writes it (parse_manifest reads it back)."""
         parser = _new_parser()
         parser["manifest"] = {"num_files": str(self.num_files)}
+        if self.commit != COMMIT_MODES[0]:
+            parser["manifest"]["commit"] = self.commit
         for entry in self.files:
             section = dict(entry.extra)
             section.update(name=entry.name, size=str(entry.size), checksum=entry.checksum)
@@ -174,9 +187,10 @@ def parse_manifest(body: bytes, limits: ManifestLimits = ManifestLimits()) -> Ma
     for section_name in parser.sections():
         if section_name not in expected:
             raise ManifestError(f"unexpected section [{section_name}]")
+    commit = _read_commit(parser)
     files = tuple(_read_entry(parser, num, limits) for num in range(num_files))
     _check_unique(files)
-    manifest = Manifest(files)
+    manifest = Manifest(files, commit)
     if limits.max_total_size is not None and manifest.total_size > limits.max_total_size:
         raise ManifestError(
             f"the files add up to {manifest.total_size} bytes (at most {limits.max_total_size})"
@@ -282,6 +296,16 @@ def _read_int(parser: configparser.ConfigParser, section: str, key: str) -> int:
     if not _DECIMAL.match(value):
         raise ManifestError(f"{key} in [{section}] is not a number: {value!r}")
     return int(value)
+
+
+def _read_commit(parser: configparser.ConfigParser) -> str:
+    """``[manifest] commit``, one of :data:`COMMIT_MODES` (case-insensitive; absent: the default)."""
+    if not parser.has_option("manifest", "commit"):
+        return COMMIT_MODES[0]
+    value = parser.get("manifest", "commit").strip()
+    if value.lower() not in COMMIT_MODES:
+        raise ManifestError(f"commit in [manifest] must be one of {', '.join(COMMIT_MODES)}, not {value!r}")
+    return value.lower()
 
 
 def _check_size(size: object, name: str) -> int:

@@ -304,6 +304,8 @@ def build_servers(
     for server in servers:
         for prefix, handler in handlers:
             server.RegisterPrefix(prefix, handler)
+    if recovering and servers:
+        _finish_batches(servers[0])
     return servers
 
 
@@ -340,6 +342,19 @@ def _open_state(options: Options, recovering: bool) -> tuple[list[tuple[str, obj
     except TransferDBError as error:
         raise ConfigError(str(error)) from None
     return handlers, transfers
+
+
+def _finish_batches(server: Server) -> None:
+    """Before listening: finish the atomic batches a crash left half published (SPEC 7.4).
+
+    A handler that answers at once (the directory store) is done before this
+    returns; one that answers later finishes once the reactor runs.
+    """
+    from .batch import finish_batches
+
+    engine = getattr(server, "engine", None)
+    if engine is not None:
+        finish_batches(engine).addErrback(lambda failure: _log.failure("finishing batches", failure))
 
 
 def _server_tls(options: Options) -> ServerTLS:

@@ -21,6 +21,7 @@ import sqlite3
 from collections import OrderedDict
 from typing import Iterable
 
+from .batchlog import SQLiteBatchLog
 from .keys import FileState, TransferRecord, fits
 from .manifest import FileEntry, Manifest, ManifestLimits, parse_manifest
 
@@ -49,12 +50,13 @@ CREATE INDEX IF NOT EXISTS transfers_expires ON transfers(expires);
 
 
 def manifest_to_json(manifest: Manifest) -> str:
-    """The validated manifest as stored: JSON, so reading it back never re-parses INI."""
-    return json.dumps(
-        [[e.name, e.size, e.checksum, [list(pair) for pair in e.extra]] for e in manifest.files],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    """The validated manifest as stored: JSON, so reading it back never re-parses INI.
+
+    A list of files; an atomic batch (``commit = atomic``) is ``{"commit": ..., "files": [...]}``.
+    """
+    files = [[e.name, e.size, e.checksum, [list(pair) for pair in e.extra]] for e in manifest.files]
+    stored: object = files if not manifest.atomic else {"commit": manifest.commit, "files": files}
+    return json.dumps(stored, ensure_ascii=False, separators=(",", ":"))
 
 
 def manifest_from_json(text: str) -> Manifest:
@@ -66,11 +68,15 @@ def manifest_from_json(text: str) -> Manifest:
         rows = json.loads(text)
     except json.JSONDecodeError:
         return parse_manifest(text.encode("utf-8"), ManifestLimits(max_bytes=1 << 30, max_files=1 << 30))
+    commit = "each"
+    if isinstance(rows, dict):
+        commit, rows = rows["commit"], rows["files"]
     return Manifest(
         tuple(
             FileEntry(num, name, size, checksum, tuple((k, v) for k, v in extra))
             for num, (name, size, checksum, extra) in enumerate(rows)
-        )
+        ),
+        commit,
     )
 
 
@@ -120,6 +126,8 @@ class SQLiteTransferTable:
                     if "already_stored" not in columns:
                         raise
             self._add_progress_columns()
+            #: atomic batches' held files and publishing intents, in the same database
+            self.batches = SQLiteBatchLog(self._db)
             if reset_receiving:
                 self._db.execute(
                     "UPDATE transfer_files SET state = ?, holder = NULL WHERE state = ?",

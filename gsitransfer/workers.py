@@ -327,6 +327,7 @@ class SupervisorService(TransferService):
                     continue
                 if released:
                     _log.info("{n} file(s) worker pid {pid} was receiving are pending again", n=released, pid=pid)
+        self._finish_batches_of(pid)
         roots = {
             getattr(handler, "root", None)
             for server in self.servers
@@ -337,6 +338,18 @@ class SupervisorService(TransferService):
                 removed = remove_stale_temporaries(root, pid=pid)
                 if removed:
                     _log.info("removed {n} temporary file(s) of worker pid {pid}", n=len(removed), pid=pid)
+
+    def _finish_batches_of(self, pid: int) -> None:
+        """The atomic batches the dead worker ``pid`` was publishing are finished here (SPEC 7.4)."""
+        from .batch import finish_batches
+
+        for server in self.servers:
+            engine = getattr(server, "engine", None)
+            if engine is not None:
+                finish_batches(engine, holder=pid).addErrback(
+                    lambda failure: _log.failure("finishing the batches of worker pid {pid}", failure, pid=pid)
+                )
+                return
 
     def reload(self) -> None:
         """SIGHUP: re-read here and in every worker (one still starting reloads once it serves)."""

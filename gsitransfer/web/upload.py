@@ -19,7 +19,11 @@ of a path already left)::
 * RECEIVING -- each chunk goes to the sink's writer (MD5 on the way).
   ``end`` (the whole body in, the decision made) drains the writer.
 * VERIFYING -- size and MD5 checked by the core, then fsync and rename, then
-  ``CompleteUpload``: 200 with the file's description.
+  ``CompleteUpload``: 200 with the file's description. A file of an atomic
+  batch (``commit = atomic``) is synced and held in its partial instead
+  (:func:`gsitransfer.batch.hold_file`): 200 with ``state: verified``, or,
+  for the last file of the batch, every file published and completed first
+  and ``state: stored``.
 * REFUSED -- an error status (:func:`~.status.describe_failure`); what
   arrived is kept in the file's partial (synced, then its offset recorded:
   ``keep``), except after a whole-file MD5 mismatch (partial removed, offset
@@ -52,8 +56,9 @@ from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..batch import hold_file, is_atomic
 from ..engine import UploadTicket
-from ..errors import ChecksumMismatch, TransferError
+from ..errors import ChecksumMismatch, TransferError, UploadFailed
 from ..filesink import FileSink, ResumableSink
 from .digesting import BodyHashers, body_hashers_for, keep_upload_digests
 from .exchange import BodyControl, Exchange
@@ -105,6 +110,8 @@ class UploadReceiver:
         self._early: list[bytes] = []
         #: the digests the request's fields name for the body (None: none named, nothing hashed but the MD5)
         self.hashers: BodyHashers | None = None
+        #: a file of an atomic batch: its ``state:`` once held (``verified``) or published (``stored``)
+        self.batch_state: str | None = None
 
     def _move(self, event: str) -> bool:
         """Apply ``event``; False (and nothing changes) when the state does not take it."""
@@ -277,9 +284,28 @@ class UploadReceiver:
         except TransferError:
             self._fail(Failure(), "verifying an upload")
             return
+        if is_atomic(self.engine, ticket.transfer_key):
+            writer.keep(self._verified_kept)
+            return
         committed = writer.commit()
         committed.addCallbacks(self._committed, self._commit_failed)
         committed.addErrback(self._fail, "storing an upload")
+
+    def _verified_kept(self, kept: Kept) -> None:
+        """A file of an atomic batch is verified and synced in its partial: held (the last one publishes all)."""
+        ticket = self.ticket
+        assert ticket is not None
+        if kept is None:
+            self.engine.keep_partial(ticket, None)
+            self._refuse(Failure(UploadFailed("the verified file could not be kept")), "holding an upload")
+            return
+        held = hold_file(self.engine, ticket, kept[0], kept[1])
+        held.addCallbacks(self._batch_held, self._refuse, errbackArgs=("publishing a batch",))
+        held.addErrback(self._fail, "publishing a batch")
+
+    def _batch_held(self, state: str) -> None:
+        self.batch_state = state
+        self._completed(None)
 
     def _commit_failed(self, failure: Failure) -> None:
         """The writer could not fsync or rename (it removed its file): pending again, nothing held."""
@@ -323,9 +349,11 @@ class UploadReceiver:
         url = self.exchange.locate(ticket.prefix, entry.name)
         if url is not None:
             lines.append(f"url: {url}")
+        if self.batch_state is not None:
+            lines.append(f"state: {self.batch_state}")
         _log.info(
             "{what} {name} ({size} bytes) for {dn}",
-            what="already stored (body discarded):" if ticket.already_stored else "stored",
+            what="already stored (body discarded):" if ticket.already_stored else self.batch_state or "stored",
             name=entry.name,
             size=entry.size,
             dn=ticket.id_token.dn or "anonymous",

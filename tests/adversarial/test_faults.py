@@ -455,7 +455,7 @@ def test_disk_full_mid_upload_is_507_and_recoverable(tmp_path):
                              .encode() + content[: 2 * MiB])
                 wait_for(lambda: in_flight(store), 5, "the partial to appear")
                 filler = fs.path / "filler"
-                with open(filler, "wb") as out:
+                with open(filler, "wb", buffering=0) as out:
                     try:
                         while True:
                             out.write(b"\0" * MiB)
