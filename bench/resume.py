@@ -52,6 +52,7 @@ def parse_size(text: str) -> int:
 
 def start_server(workdir: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
     store = workdir / "store"
+    store.mkdir(exist_ok=True)
     log_path = workdir / "server.log"
     log = open(log_path, "wb")
     env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
