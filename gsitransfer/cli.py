@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "server holds, after 1, 2, 4, 8, 16 s (default 5)")
     upload.add_argument("--no-resume", dest="resume", action="store_false",
                         help="never continue a file (no HEAD, no PATCH): send each file whole, again if cut off")
+    upload.add_argument("--atomic", action="store_true",
+                        help="all FILEs appear together or none does (an atomic batch: commit = atomic)")
     upload.add_argument("--transfer-key", metavar="KEY",
                         help="send FILEs as the pending files of this existing transfer (no new manifest)")
     upload.set_defaults(run=_upload)
@@ -327,7 +329,7 @@ def _upload(console: Console) -> int:
     report = _with_progress(console, lambda progress: sync.call(
         api.upload_files, options.url, options.files, http=http, progress=progress,
         jobs=options.jobs, retries=options.retries, transfer_key=options.transfer_key, name=options.as_name,
-        resume=options.resume,
+        resume=options.resume, atomic=options.atomic,
     ))
     console.result(output.upload_lines(report), output.upload_json(report))
     return EXIT_OK

@@ -144,6 +144,7 @@ def upload_files(
     reactor: IClientReactor | None = None,
     run_blocking: RunBlocking | None = None,
     open_body: OpenBody | None = None,
+    atomic: bool = False,
 ) -> "Deferred[UploadReport]":
     """Upload ``paths`` to ``url`` (``https://host:8443/<prefix>``); fires with an UploadReport.
 
@@ -158,7 +159,9 @@ def upload_files(
     a pause (1, 2, 4, 8, 16 s) from what the server holds (``HEAD``), up to
     ``retries`` times in a row without the server gaining bytes; a body
     refused with ``422`` (checksum mismatch) is sent again whole, once.
-    ``resume=False``: no HEAD, no PATCH, whole bodies only. With
+    ``resume=False``: no HEAD, no PATCH, whole bodies only. ``atomic=True``
+    asks for an atomic batch (``commit = atomic``): no file appears until
+    every one is verified, then all do (a new manifest only). With
     ``transfer_key`` the files are sent as the pending files of that
     existing transfer (no new manifest; files it already stored are
     skipped, the others continued from their offsets). Fails with
@@ -169,7 +172,7 @@ def upload_files(
         session = _session(url, http, reactor, run_blocking, pool_size=jobs)
         _base(url)
         job = UploadJob(session, url, as_listener(progress), max(jobs, 1), max(retries, 0),
-                        open_body or open_for_upload, resume)
+                        open_body or open_for_upload, resume, atomic)
     except Exception:
         return defer.fail()
     return _run(job.run([Path(p) for p in paths], transfer_key, name))

@@ -205,12 +205,13 @@ def upload_files(
     reactor: IClientReactor | None = None,
     run_blocking: RunBlocking | None = None,
     open_body: OpenBody | None = None,
+    atomic: bool = False,
 ) -> UploadReport:
     """Blocking :func:`gsitransfer.client.api.upload_files` (the same keywords)."""
     client = _client(url, http, jobs)
     return call(api.upload_files, url, list(paths), http=client, jobs=jobs, progress=progress, retries=retries,
                 transfer_key=transfer_key, name=name, resume=resume, reactor=reactor, run_blocking=run_blocking,
-                open_body=open_body)
+                open_body=open_body, atomic=atomic)
 
 
 def download_file(

@@ -29,6 +29,8 @@ and re-running the same command posts a manifest that takes the names over
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, BinaryIO, Callable, Sequence, TypeVar
@@ -108,7 +110,7 @@ class UploadJob:
     """One ``upload_files`` call."""
 
     def __init__(self, session: Session, url: str, progress: ProgressListener, jobs: int,
-                 retries: int, open_body: OpenBody, resume: bool = True) -> None:
+                 retries: int, open_body: OpenBody, resume: bool = True, atomic: bool = False) -> None:
         self.session = session
         self.url = url
         #: the prefix URL (known once ``run`` has split ``url``)
@@ -119,6 +121,8 @@ class UploadJob:
         self.open_body = open_body
         #: False: whole POSTs only (asked for, or the server does not resume uploads)
         self.resume = resume
+        #: True: the manifest asks for an atomic batch (``commit = atomic``: all files appear together)
+        self.atomic = atomic
         self.key = ""
 
     async def run(self, paths: list[Path], transfer_key: str | None, name: str | None = None) -> UploadReport:
@@ -146,6 +150,8 @@ class UploadJob:
         sums = [(await self.session.md5_of(path)).hexdigest() for path, _, _ in local]
         try:
             manifest = Manifest.of(*((name, size, md5) for (_, name, size), md5 in zip(local, sums)))
+            if self.atomic:
+                manifest = dataclasses.replace(manifest, commit="atomic")
         except ManifestError as error:
             raise ClientError(f"cannot upload: {error.reason}") from None
         self.progress.phase("posting the manifest")

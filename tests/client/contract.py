@@ -108,6 +108,8 @@ class ContractRoot(resource.Resource):
         self.seen: list[tuple[str, str]] = []
         self.log: list[Arrival] = []
         self.clock: IReactorTime | None = None
+        #: the last manifest's ``[manifest] commit`` (``each`` or ``atomic``)
+        self.commit = ""
 
     def render(self, request: Request) -> Any:
         method, path = request.method.decode(), request.path.decode()
@@ -133,7 +135,9 @@ class ContractRoot(resource.Resource):
     # -- the manifest and the transfer ---------------------------------------------------
 
     def manifest(self, body: bytes) -> bytes:
-        entries = parse_manifest(body).files
+        manifest = parse_manifest(body)
+        self.commit = manifest.commit
+        entries = manifest.files
         self.files = [HeldFile(e.name, e.size, e.checksum, bytearray(self.preheld.get(e.num, b""))) for e in entries]
         stored = f"already_stored: {self.already_stored}\n" if self.already_stored else ""
         points = " ".join(f"{num}={self.claims.get(num, len(f.held))}" for num, f in enumerate(self.files) if f.held)

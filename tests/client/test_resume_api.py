@@ -308,3 +308,14 @@ def test_the_terminal_bar_starts_at_the_resumed_offset():
     last = screen.rsplit("\x1b[J", 1)[1].splitlines()
     assert last[0].startswith("big.bin") and " 60%  600.0 KiB/1000.0 KiB" in last[0]
     assert last[1].startswith("total 0/1 files") and " 60%" in last[1]
+
+
+@pytest.mark.parametrize("atomic, commit", [(False, "each"), (True, "atomic")])
+def test_atomic_asks_for_a_batch_in_the_manifest(tmp_path, atomic, commit):
+    """``atomic=True`` (the CLI's ``--atomic``) posts ``commit = atomic``; without it the manifest has none."""
+    first, _ = content_file(tmp_path, "a.bin", 1000)
+    second, _ = content_file(tmp_path, "b.bin", 2000)
+    root = ContractRoot(["/data/"])
+    report = run_upload(root, [first, second], atomic=atomic)
+    assert report.ok and root.commit == commit
+    assert all(held.stored for held in root.files)

@@ -27,7 +27,7 @@ from tests.support.server import ServerProcess
 from tests.support.waiting import wait_for
 
 from .conftest import CLI_TIMEOUT, Servers
-from .support import Relay, announce, tls_env
+from .support import Relay, announce, make_files, tls_env
 
 MiB = 1024 * 1024
 SIZE = 64 * MiB
@@ -245,3 +245,17 @@ def test_upload_help_names_the_resume_options(capsys):
     assert main(["upload", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "--no-resume" in text and "(default 5)" in text
+
+
+def test_atomic_upload_stores_every_file(run_cli, servers, test_pki, tmp_path):
+    """`upload --atomic` against a real server: both files stored (published together at the last), exit 0."""
+    env = tls_env(tmp_path, test_pki)
+    files = make_files(tmp_path, 2, 7000)
+    result = run_cli("--json", "upload", "--atomic", f"{servers.https}/data", *map(str, files), env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["ok"] is True
+    for path in files:
+        fetched = run_cli("download", f"{servers.https}/data/{path.name}", str(tmp_path / "got"), env=env)
+        assert fetched.returncode == 0, fetched.stderr
+        assert (tmp_path / "got").read_bytes() == path.read_bytes()
+        (tmp_path / "got").unlink()
