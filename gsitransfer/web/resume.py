@@ -28,17 +28,13 @@ Headers are judged before the core is asked: ``Tus-Resumable`` other than
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-from typing import Any
-
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.python.failure import Failure
 
+from ..digests import BodyHashers, DigestError, Expected, upload_checksum
 from ..engine import UploadTicket
-from ..errors import BeyondLength, OffsetMismatch, TransferError
+from ..errors import BeyondLength, ChecksumMismatch, OffsetMismatch, TransferError
 from ..filesink import FileSink, PartialLost
 from .exchange import BodyControl, BodyReceiver, Exchange
 from .heads import http_date
@@ -59,10 +55,6 @@ from .upload import DiscardedBody, UploadReceiver, UploadState
 
 #: the Content-Type of a tus PATCH body
 OFFSET_OCTET_STREAM = b"application/offset+octet-stream"
-
-#: tus checksum algorithms (``Upload-Checksum``) and their hashlib names
-CHECKSUM_ALGORITHMS = {"md5": "md5", "sha1": "sha1", "sha256": "sha256"}
-
 
 def _header(exchange: Exchange, name: bytes) -> bytes | None:
     values = exchange.request.requestHeaders.getRawHeaders(name)
@@ -92,8 +84,8 @@ def upload_offset(exchange: Exchange, body: bytes) -> None:
     write_text(request, 200, "")
 
 
-def check_patch_headers(exchange: Exchange) -> tuple[int, tuple[str, bytes] | None]:
-    """The piece's ``Upload-Offset`` and ``Upload-Checksum`` (algorithm, digest), or the refusal raised."""
+def check_patch_headers(exchange: Exchange) -> tuple[int, Expected | None]:
+    """The piece's ``Upload-Offset`` and ``Upload-Checksum``, or the refusal raised."""
     version = _header(exchange, b"tus-resumable")
     if version is not None and version != TUS_VERSION:
         raise TusVersionUnsupported()
@@ -106,19 +98,12 @@ def check_patch_headers(exchange: Exchange) -> tuple[int, tuple[str, bytes] | No
     if not offset_text.isdigit() or len(offset_text) > 20:
         raise BadRequest("Upload-Offset must be a decimal number of bytes")
     checksum_text = _header(exchange, b"upload-checksum")
-    checksum: tuple[str, bytes] | None = None
+    checksum: Expected | None = None
     if checksum_text is not None:
-        algorithm, _, value = checksum_text.decode("latin-1").partition(" ")
-        name = CHECKSUM_ALGORITHMS.get(algorithm.strip().lower())
-        if name is None:
-            raise BadRequest(f"unsupported Upload-Checksum algorithm {algorithm.strip()!r}: use md5, sha1 or sha256")
         try:
-            digest = base64.b64decode(value.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            raise BadRequest("Upload-Checksum: the value is not base64") from None
-        if len(digest) != hashlib.new(name).digest_size:
-            raise BadRequest(f"Upload-Checksum: not a {algorithm.strip()} digest")
-        checksum = (name, digest)
+            checksum = upload_checksum(checksum_text)
+        except DigestError as error:
+            raise BadRequest(str(error)) from None
     return int(offset_text), checksum
 
 
@@ -139,13 +124,21 @@ class ResumeReceiver(UploadReceiver):
     """A ``PATCH``: an upload of a file's piece starting at the bytes held (see the module rules)."""
 
     def __init__(
-        self, exchange: Exchange, control: BodyControl, offset: int, checksum: tuple[str, bytes] | None
+        self, exchange: Exchange, control: BodyControl, offset: int, checksum: Expected | None
     ) -> None:
         super().__init__(exchange, control)
         self.offset = offset
         self.piece_bytes = 0
-        self._piece_hash: Any = None if checksum is None else hashlib.new(checksum[0])
-        self._piece_digest = b"" if checksum is None else checksum[1]
+        #: the piece's ``Upload-Checksum``, hashed with the request's other digests (on the MD5's thread)
+        self._upload_checksum = checksum
+        #: this piece's bytes failed one of its digests: dropped, the offset stays the piece's start
+        self._piece_dropped = False
+
+    def _body_hashers(self) -> BodyHashers | None:
+        named = super()._body_hashers()
+        if self._upload_checksum is None:
+            return named
+        return BodyHashers([*(named.expected if named is not None else ()), self._upload_checksum])
 
     def _decide(self) -> "defer.Deferred[UploadTicket]":
         return self.engine.resume_upload(
@@ -208,24 +201,36 @@ class ResumeReceiver(UploadReceiver):
         if ticket.offset + self.piece_bytes + len(data) > ticket.entry.size:
             raise BeyondLength(f"the body passes the manifest size {ticket.entry.size} at offset {ticket.offset}")
         self.piece_bytes += len(data)
-        if self._piece_hash is not None:
-            self._piece_hash.update(data)
         super()._take(data)
 
     def _checkpoint(self, held: int) -> None:
-        if self._piece_hash is None:  # a piece with Upload-Checksum is recorded only once checked
+        if self.hashers is None:  # a piece with digests is recorded only once checked
             super()._checkpoint(held)
 
     def _body_written(self, _: object) -> None:
         ticket, sink, writer = self.ticket, self.sink, self.writer
         assert ticket is not None and sink is not None and writer is not None
-        if self._piece_hash is not None and self._piece_hash.digest() != self._piece_digest:
-            self._fail(Failure(PieceChecksumMismatch()), "checking a piece")
-            return
+        if self.hashers is not None:
+            refusal = self._piece_refusal(self.hashers)
+            if refusal is not None:
+                self._piece_dropped = True
+                self._fail(Failure(refusal), "checking a piece")
+                return
+            if self.offset:
+                # digests of a piece, not of the file: checked here, never kept as the file's
+                self.hashers = None
         if sink.received < ticket.entry.size:
             writer.keep(self._piece_kept)
             return
         self._verify(None)
+
+    def _piece_refusal(self, hashers: BodyHashers) -> TransferError | None:
+        """Why this piece's bytes are refused: 460 for its ``Upload-Checksum``, 422 for another digest; or None."""
+        checksum = self._upload_checksum
+        if checksum is not None and hashers.digests()[checksum.algorithm] != checksum.value.hex():
+            return PieceChecksumMismatch()
+        reason = hashers.mismatch()
+        return None if reason is None else ChecksumMismatch(reason)
 
     def _piece_kept(self, kept: Kept) -> None:
         """A piece short of the end is durable: recorded, then ``204`` with the new offset."""
@@ -251,7 +256,7 @@ class ResumeReceiver(UploadReceiver):
     def _abandon_partial(
         self, ticket: UploadTicket, writer: "InlineSink | OffloadedSink | DiscardedBody", failure: Failure | None
     ) -> None:
-        if failure is not None and failure.check(PieceChecksumMismatch):
+        if self._piece_dropped:
             # this piece's bytes are dropped: the offset recorded stays the piece's start
             writer.keep(lambda kept: self.engine.keep_partial(ticket, ticket.offset, ticket.resume_md5))
             return
@@ -272,7 +277,6 @@ def patch_upload(exchange: Exchange, control: BodyControl) -> BodyReceiver:
 
 
 __all__ = [
-    "CHECKSUM_ALGORITHMS",
     "OFFSET_OCTET_STREAM",
     "RefusedBody",
     "ResumeReceiver",

@@ -125,13 +125,17 @@ class UploadReceiver:
         """Ask the core whether this body may come; the connection waits meanwhile."""
         self.control.pause_body()
         try:
-            self.hashers = body_hashers_for(self.exchange.request)
+            self.hashers = self._body_hashers()
         except TransferError:
             self._fail(Failure(), "reading an upload's digest fields")
             return
         decision = self._decide()
         decision.addCallbacks(self._decided, self._decision_refused)
         decision.addErrback(self._fail, "accepting an upload")
+
+    def _body_hashers(self) -> BodyHashers | None:
+        """The digests the request's fields name for its body (raises the 400 for a malformed one)."""
+        return body_hashers_for(self.exchange.request)
 
     def _decide(self) -> "defer.Deferred[UploadTicket]":
         """The core's decision about this body (a whole file, from byte 0)."""

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from twisted.internet.task import Clock
 
 from gsitransfer.manifest import Manifest
 from gsitransfer.store import DirectoryStore
@@ -146,6 +147,38 @@ def test_upload_checksum_mismatch_is_460_and_drops_the_piece(server, key, tmp_pa
     assert status.startswith(b"HTTP/1.1 204") and headers[b"upload-offset"] == b"20000"
     exchange(server, patch(key, 20_000, BODY[20_000:]))
     assert (tmp_path / "store" / "f.bin").read_bytes() == BODY
+
+
+def test_a_pieces_content_digest_is_the_pieces_and_a_wrong_one_drops_it(server, key, tmp_path):
+    """Content-Digest on a PATCH covers that piece: wrong is 422 with the piece dropped; right appends."""
+    cut_post(server, key, 10_000)
+    piece = BODY[10_000:20_000]
+    wrong = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+    status, _, body = exchange(server, patch(key, 10_000, piece, f"Content-Digest: sha-256=:{wrong}:"))
+    assert status.startswith(b"HTTP/1.1 422") and body.startswith(b"checksum mismatch: sha-256 of the body is ")
+    assert exchange(server, head(key))[1][b"upload-offset"] == b"10000"
+    right = base64.b64encode(hashlib.sha256(piece).digest()).decode()
+    status, headers, _ = exchange(server, patch(key, 10_000, piece, f"Content-Digest: sha-256=:{right}:"))
+    assert status.startswith(b"HTTP/1.1 204") and headers[b"upload-offset"] == b"20000"
+    last = BODY[20_000:]
+    last_digest = base64.b64encode(hashlib.sha512(last).digest()).decode()
+    status, _, _ = exchange(server, patch(key, 20_000, last, f"Content-Digest: sha-512=:{last_digest}:"))
+    assert status.startswith(b"HTTP/1.1 204")
+    assert (tmp_path / "store" / "f.bin").read_bytes() == BODY
+
+
+def test_a_last_pieces_digest_is_never_served_as_the_files(server, key):
+    """The sha-512 checked on the last piece is not kept as the file's: a download computes the file's own."""
+    cut_post(server, key, 50_000)
+    last = BODY[50_000:]
+    piece_digest = base64.b64encode(hashlib.sha512(last).digest()).decode()
+    status, _, _ = exchange(server, patch(key, 50_000, last, f"Content-Digest: sha-512=:{piece_digest}:"))
+    assert status.startswith(b"HTTP/1.1 204")
+    download = SiteConnection(server.site(Clock()))  # no threads: the digest is computed in line
+    download.send(get("/data/f.bin", "Want-Repr-Digest: sha-512=9"))
+    _, headers, _ = split(download.output())
+    whole = base64.b64encode(hashlib.sha512(BODY).digest()).decode()
+    assert headers[b"repr-digest"].decode().startswith(f"sha-512=:{whole}:".lower())  # split() lower-cases
 
 
 def test_wrong_last_byte_is_422_and_offset_zero(server, key, tmp_path):
