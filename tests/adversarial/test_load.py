@@ -307,7 +307,8 @@ def test_racing_manifests_of_one_identity_leave_one_holder(race_server):
         if fields.get("return_code") == "0":
             keys.append(fields["transfer_key"])
         else:
-            assert "announcing it" in answer.text or "arriving" in answer.text, answer.text
+            # across --workers, the store's own pending-name check may answer before the take-over sees the key
+            assert any(why in answer.text for why in ("announcing it", "arriving", "already being uploaded")), answer.text
 
     threads = [threading.Thread(target=poster) for _ in range(8)]
     for thread in threads:
