@@ -19,6 +19,7 @@ from tusclient.exceptions import TusCommunicationError
 from gsitransfer.testca import TestPKI, make_test_pki
 from tests.support.relay import CuttingRelay
 from tests.support.server import ServerProcess
+from tests.support.waiting import wait_for
 
 from .helpers import running
 
@@ -106,6 +107,10 @@ def test_tuspy_resumes_after_the_connection_is_cut(server: ServerProcess, pki: T
             first.upload()
         assert relay.cuts == 1
         url = first.url
+        # the server keeps the cut piece once it sees the cut (with --workers, on the worker that had it)
+        state_url = f"{base_of(server)}{urlsplit(url).path.rsplit('/', 1)[0]}"
+        wait_for(lambda: requests.get(state_url, cert=cert(pki, "alice"), timeout=15).json()["files"][0]["state"]
+                 == "pending", 10, "the cut piece to be kept")
         before = relay.sent
         again = uploader(base, pki, path, url=url)
         held = again.offset
