@@ -208,7 +208,7 @@ class UploadIncomplete(ClientError):
         super().__init__(
             f"{len(failed)} of {len(report.files)} files failed "
             f"(transfer {report.transfer_key}: "
-            f"re-send them with: gsitransfer upload --transfer-key {report.transfer_key} URL FILE...)"
+            f"re-send them with: gsitransfer upload --transfer-key={report.transfer_key} URL FILE...)"
         )
 
 

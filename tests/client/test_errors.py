@@ -193,7 +193,7 @@ def test_422_the_file_is_not_the_announced_one(run_cli, servers, test_pki, tmp_p
     """Sending a file whose MD5 is not the manifest's: 422, and the client says the file differs."""
     [path] = make_files(tmp_path, 1, 5000)
     key = announce(servers, test_pki, [(path.name, path.read_bytes())], checksums={path.name: "0" * 32})
-    result = run_cli("upload", "--transfer-key", key, f"{servers.https}/data", str(path),
+    result = run_cli("upload", f"--transfer-key={key}", f"{servers.https}/data", str(path),
                      env=tls_env(tmp_path, test_pki))
     assert result.returncode == 1
     lines = result.stderr.splitlines()
@@ -201,7 +201,7 @@ def test_422_the_file_is_not_the_announced_one(run_cli, servers, test_pki, tmp_p
     assert lines[0].startswith(f"gsitransfer: {path.name}: 422 checksum mismatch")
     assert lines[0].endswith(f"-- {path} is not the file the manifest announced (did it change after its MD5 was taken?)")
     assert lines[1] == (f"gsitransfer: 1 of 1 files failed (transfer {key}: re-send them with: "
-                        f"gsitransfer upload --transfer-key {key} URL FILE...)")
+                        f"gsitransfer upload --transfer-key={key} URL FILE...)")
 
 
 def test_507_not_enough_space(run_cli, servers, test_pki, tmp_path):
@@ -212,7 +212,7 @@ def test_507_not_enough_space(run_cli, servers, test_pki, tmp_path):
     key = announce(servers, test_pki, [("huge.bin", b"")], prefix="perm", sizes={"huge.bin": 8 * 2**40},
                    checksums={"huge.bin": "0" * 32})
     started = time.monotonic()
-    result = run_cli("upload", "--transfer-key", key, f"{servers.https}/perm", str(huge),
+    result = run_cli("upload", f"--transfer-key={key}", f"{servers.https}/perm", str(huge),
                      env=tls_env(tmp_path, test_pki))
     assert time.monotonic() - started < 30
     assert result.returncode == 1

@@ -176,7 +176,7 @@ def test_status_shows_the_offset_and_transfer_key_continues_from_it(resumable, t
     assert status.returncode == 0, status.stderr
     assert status.stdout.splitlines()[-1].endswith(f"{path.name}  held {offset / MiB:.1f} MiB "
                                                    f"({offset / len(content) * 100:.1f}%)")
-    result = run_cli("--json", "upload", "--transfer-key", key, f"{resumable.https}/data", str(path), env=env)
+    result = run_cli("--json", "upload", f"--transfer-key={key}", f"{resumable.https}/data", str(path), env=env)
     assert result.returncode == 0, result.stderr
     [sent] = json.loads(result.stdout)["files"]
     assert sent["resumed_from"] == offset and sent["bytes_sent"] == len(content) - offset and sent["attempts"] == 1
