@@ -101,7 +101,7 @@ def claim(engine: TransferEngine, transfer_key: str) -> BatchIntent | None:
         if entry.num not in held:
             raise UploadFailed(f"the batch lost track of the verified file {entry.name}")
         held_path, final_path = held[entry.num]
-        files.append(BatchFile(entry.num, entry.name, entry.size, entry.checksum, held_path, final_path))
+        files.append(BatchFile(entry.num, entry.name, entry.counted_size, entry.checksum, held_path, final_path))
     if not files:
         return None
     intent = BatchIntent(record.key, record.prefix, record.owner_dn, tuple(files), holder=os.getpid())

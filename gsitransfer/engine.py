@@ -73,6 +73,7 @@ from .errors import (
     LengthMismatch,
     LengthRequired,
     NameTaken,
+    NoSpaceForFile,
     NotAuthorized,
     OffsetMismatch,
     QuotaExceeded,
@@ -136,6 +137,8 @@ class ManifestOutcome:
     conflict: bool = False
     #: (file number, durable bytes held) of the files that start with bytes carried over (take-over), ascending
     resume_from: tuple[tuple[int, int], ...] = ()
+    #: the handler's refusal as it was typed (NameTaken, NoSpaceForFile, ...), when a handler refused
+    refused: NotAuthorized | None = None
 
     @property
     def accepted(self) -> bool:
@@ -144,6 +147,8 @@ class ManifestOutcome:
 
     def refusal(self) -> NotAuthorized:
         """The refusal as a typed error (NameTaken for a conflict), for an answer with a status."""
+        if self.refused is not None:
+            return self.refused
         reason = self.error_reason or "the manifest was refused"
         return NameTaken(reason) if self.conflict else NotAuthorized(reason)
 
@@ -164,7 +169,8 @@ class UploadOffset:
     """What ``HEAD`` on a file URL tells its uploader: durable bytes held, the size, the key's expiry."""
 
     offset: int
-    length: int
+    #: None: not known (a chunked ``PUT``)
+    length: int | None
     expires: float
 
 
@@ -226,7 +232,10 @@ def _upload_file_info(key: str, entry: FileEntry) -> dict[str, object]:
 def _refusal(error: TransferError, context: str) -> NotAuthorized:
     """A handler's refusal of a manifest's file, its reason after ``context``; a conflict stays NameTaken."""
     reason = f"{context}: {error.reason}"
-    return NameTaken(reason) if isinstance(error, NameTaken) else NotAuthorized(reason)
+    for kind in (NameTaken, NoSpaceForFile):
+        if isinstance(error, kind):
+            return kind(reason)
+    return NotAuthorized(reason)
 
 
 def _holds(target: DownloadTarget, entry: FileEntry) -> bool:
@@ -496,7 +505,9 @@ class TransferEngine:
             for entry in to_store:
                 refused = yield self._ask_can_upload(adapter, id_token, entry, transfer_size)
                 if refused is not None:
-                    return ManifestOutcome(None, refused.reason, conflict=isinstance(refused, NameTaken))
+                    return ManifestOutcome(
+                        None, refused.reason, conflict=isinstance(refused, NameTaken), refused=refused
+                    )
                 yield self._breathe(entry.num)
         # again, in the one transaction that registers the key (other workers share the table)
         key = self._register_within_quota(manifest, id_token, prefix, stored)
@@ -527,7 +538,9 @@ class TransferEngine:
                 yield self._cancel_quietly(adapter, id_token, name)
                 yield self._breathe(num)
             if refusal is not None and failure is refusal:
-                return ManifestOutcome(None, refusal.reason, conflict=isinstance(refusal, NameTaken))
+                return ManifestOutcome(
+                    None, refusal.reason, conflict=isinstance(refusal, NameTaken), refused=refusal
+                )
             raise
         resume_from = self._carry_over(key, taken)
         return ManifestOutcome(key, already_stored=tuple(sorted(stored)), resume_from=resume_from)
@@ -616,7 +629,7 @@ class TransferEngine:
                 f"too many pending files for {who}: {files} pending, this manifest adds "
                 f"{len(new)}, at most {self.max_pending_files}; {advice}"
             )
-        total = sum(entry.size for entry in new)
+        total = sum(entry.counted_size for entry in new)
         if self.max_pending_bytes is not None and size + total > self.max_pending_bytes:
             raise QuotaExceeded(
                 f"too many pending bytes for {who}: {size} pending, this manifest adds "
@@ -670,9 +683,11 @@ class TransferEngine:
             raise FileNotFound(f"file {entry.num} of this transfer was taken over by a newer manifest")
         found_stored = state is FileState.STORED and entry.num in record.already_stored
         receiving = state if found_stored else next_state(state, "begin")
-        if content_length is None:
+        if entry.size is None:
+            pass  # announced without a size (a chunked PUT): any length, the limits checked as it arrives
+        elif content_length is None:
             raise LengthRequired("Content-Length is required for a file upload")
-        if content_length != entry.size:
+        elif content_length != entry.size:
             raise LengthMismatch(
                 f"Content-Length {content_length} differs from the manifest size {entry.size}"
             )
@@ -740,6 +755,8 @@ class TransferEngine:
         held = self.transfers.progress(record.key).get(entry.num, (0, ""))[0]
         if offset != held:
             raise OffsetMismatch(offset, held)
+        if entry.size is None:
+            raise UploadConflict(f"the size of {entry.name} was never announced (a chunked PUT): PUT the whole file again")
         if content_length is not None and held + content_length > entry.size:
             raise BeyondLength(
                 f"offset {held} + Content-Length {content_length} passes the manifest size {entry.size}"
@@ -802,9 +819,10 @@ class TransferEngine:
         state = self.transfers.states(record.key).get(entry.num, FileState.PENDING)
         if state is FileState.CANCELLED:
             raise FileNotFound(f"file {entry.num} of this transfer was taken over by a newer manifest")
-        if state is FileState.STORED:
-            return UploadOffset(entry.size, entry.size, record.expires)
         held = self.transfers.progress(record.key).get(entry.num, (0, ""))[0]
+        if state is FileState.STORED:
+            size = held if entry.size is None else entry.size
+            return UploadOffset(size, size, record.expires)
         return UploadOffset(held, entry.size, record.expires)
 
     def fail_upload(self, ticket: UploadTicket) -> None:
@@ -877,7 +895,7 @@ class TransferEngine:
             self.fail_upload(ticket)
             raise
         self.transfers.set_state(ticket.transfer_key, ticket.file_num, stored)
-        self.transfers.set_progress(ticket.transfer_key, ticket.file_num, ticket.entry.size, "")
+        self.transfers.set_progress(ticket.transfer_key, ticket.file_num, ticket.entry.counted_size, "")
         self._in_flight.discard((ticket.transfer_key, ticket.file_num))
         self._held_md5.pop((ticket.transfer_key, ticket.file_num), None)
         return None

@@ -5,7 +5,8 @@ The hierarchy (the seed's names are the public contract)::
     TransferError                    base of everything below; ``reason`` is plain text
     ├── FileNotFound                 unknown prefix, transfer key, file number or file
     ├── NotAuthorized                the identity may not do this (handler or grid-mapfile)
-    │   └── NameTaken                a file of that name exists, or is being uploaded (a conflict)
+    │   ├── NameTaken                a file of that name exists, or is being uploaded (a conflict)
+    │   └── NoSpaceForFile           the handler refuses a file for lack of free space
     ├── UploadFailed                 an upload could not be accepted or completed
     │   ├── ManifestError            the manifest breaks a rule (unparsable, unsafe name, ...)
     │   │   └── ManifestTooLarge     the manifest body is over the size limit
@@ -58,6 +59,16 @@ class NameTaken(NotAuthorized):
     """
 
     default_reason = "a file of that name exists"
+
+
+class NoSpaceForFile(NotAuthorized):
+    """A handler refuses a file because the store has not enough free space for it.
+
+    A refusal like any other in a manifest's answer (``return_code: 1``); a
+    ``PUT`` or a strict client is told ``507`` rather than ``403``.
+    """
+
+    default_reason = "not enough free space for the file"
 
 
 class CredentialRefused(NotAuthorized):
@@ -154,6 +165,7 @@ __all__ = [
     "FileNotFound",
     "NotAuthorized",
     "NameTaken",
+    "NoSpaceForFile",
     "CredentialRefused",
     "UploadFailed",
     "ManifestError",

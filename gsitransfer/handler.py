@@ -9,7 +9,11 @@ from. Every callback may return a plain value, a ``Deferred`` or a coroutine.
 creation without ``md5`` metadata) has ``checksum`` None in ``CanUpload`` and
 ``GetUploadFilename``; ``CompleteUpload`` gets the MD5 the server computed of
 the bytes it stored; such a file also has ``upload_metadata``, the tus
-``Upload-Metadata`` header as sent. ``CanUpload`` also gets
+``Upload-Metadata`` header as sent. A file sent by a ``PUT`` without
+``Content-Length`` (a chunked body, as ``globus-url-copy`` sends) has ``size``
+None in ``CanUpload`` and ``GetUploadFilename`` (the server enforces its
+limits while the body arrives) and the bytes stored in ``CompleteUpload``.
+``CanUpload`` also gets
 ``transfer_size``, the sum of the manifest's sizes (to check space for the
 whole transfer); the later upload callbacks get ``transfer_key`` and ``file_num``; any other
 keys a client put in the manifest section are passed through as strings. A

@@ -83,7 +83,7 @@ class TransferRecord:
         for entry in self.manifest.files:
             if entry.num not in self.already_stored:
                 files += 1
-                size += entry.size
+                size += entry.counted_size
         return files, size
 
 
@@ -204,7 +204,7 @@ class MemoryTransferTable:
             for entry in record.manifest.files:
                 if states.get(entry.num) not in SETTLED:
                     files += 1
-                    size += entry.size
+                    size += entry.counted_size
         return files, size
 
     def records(self) -> Iterable[TransferRecord]:

@@ -73,10 +73,16 @@ class FileEntry:
 
     num: int
     name: str
-    size: int
+    #: bytes announced; None: not known before the body ends (a chunked ``PUT``), the limits checked as it arrives
+    size: int | None
     checksum: str  # MD5, 32 lowercase hex; "" when none was announced (tus creation without md5)
     #: other keys the client put in the section, passed through as strings
     extra: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def counted_size(self) -> int:
+        """The bytes this file counts for in totals and quotas: 0 while its size is not known."""
+        return 0 if self.size is None else self.size
 
     def file_info(self) -> dict[str, object]:
         """The seed's ``file_info`` dict for this file."""
@@ -107,7 +113,7 @@ class Manifest:
     @property
     def total_size(self) -> int:
         """Sum of the announced sizes."""
-        return sum(entry.size for entry in self.files)
+        return sum(entry.counted_size for entry in self.files)
 
     def to_ini(self) -> str:
         """Serialise as ConfigParser writes it (parse_manifest reads it back)."""
@@ -140,23 +146,25 @@ class Manifest:
 
 def one_file_manifest(
     name: str,
-    size: int,
+    size: int | None,
     checksum: str | None,
     limits: ManifestLimits = ManifestLimits(),
     extra: tuple[tuple[str, str], ...] = (),
 ) -> Manifest:
-    """A one-file manifest from values a client sent otherwise (tus creation headers), checked like
-    a posted one; ``checksum`` None: no MD5 announced (the entry's is ``""``, the server computes it);
-    ``extra``: more one-line keys for the handler's ``file_info`` (not the server's reserved ones)."""
+    """A one-file manifest from values a client sent otherwise (tus creation or ``PUT`` headers), checked
+    like a posted one; ``size`` None: not known yet (a chunked ``PUT``); ``checksum`` None: no MD5
+    announced (the entry's is ``""``, the server computes it); ``extra``: more one-line keys for the
+    handler's ``file_info`` (not the server's reserved ones)."""
     for key, value in extra:
         if key in RESERVED_KEYS or key in _REQUIRED_KEYS or "\n" in value or "\r" in value:
             raise ManifestError(f"{key} cannot be given for a file")
     name = check_name(name)
-    size = _check_size(size, name)
-    if limits.max_file_size is not None and size > limits.max_file_size:
-        raise ManifestError(f"file {name!r} is larger than {limits.max_file_size} bytes")
-    if limits.max_total_size is not None and size > limits.max_total_size:
-        raise ManifestError(f"the files add up to {size} bytes (at most {limits.max_total_size})")
+    if size is not None:
+        size = _check_size(size, name)
+        if limits.max_file_size is not None and size > limits.max_file_size:
+            raise ManifestError(f"file {name!r} is larger than {limits.max_file_size} bytes")
+        if limits.max_total_size is not None and size > limits.max_total_size:
+            raise ManifestError(f"the files add up to {size} bytes (at most {limits.max_total_size})")
     md5 = "" if checksum is None else _check_md5(checksum, name)
     return Manifest((FileEntry(0, name, size, md5, extra),))
 

@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..errors import FileNotFound, NameTaken, NotAuthorized
+from ..errors import FileNotFound, NameTaken, NoSpaceForFile, NotAuthorized
 from ..filesink import FREE_SPACE_MARGIN, is_partial_name, partial_path_for, remove_stale_temporaries
 from ..handler import DownloadTarget, IBatchPendingHandler, IDigestKeeper, IListingHandler, ITransferHandler
 from ..identity import IdToken
@@ -268,8 +268,8 @@ class DirectoryStore:
                 self.metadata.delete_stored(name)
             elif self.clock() - record.created < self.pending_ttl:
                 raise NameTaken(f"a file named {name} is already being uploaded")
-        size = int(file_info.get("size", 0))
-        self._check_free_space(name, max(size, int(file_info.get("transfer_size", size))))
+        size = int(file_info.get("size") or 0)  # None: a chunked PUT's, checked as it arrives
+        self._check_free_space(name, max(size, int(file_info.get("transfer_size") or size)))
         return True
 
     def _check_free_space(self, name: str, size: int) -> None:
@@ -279,7 +279,7 @@ class DirectoryStore:
             raise NotAuthorized(f"the store is unavailable: {error.strerror}") from None
         available = max(0, fs.f_bavail * fs.f_frsize - FREE_SPACE_MARGIN)
         if size > available:
-            raise NotAuthorized(
+            raise NoSpaceForFile(
                 f"{name} is too large: {size} bytes, {available} bytes free on the server"
             )
 

@@ -114,8 +114,8 @@ class BodyControl(Protocol):
     def resume_body(self) -> None:
         """Read the body again."""
 
-    def send_continue(self) -> None:
-        """Tell the client to send its body (``100 Continue``)."""
+    def send_continue(self, fields: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        """Tell the client to send its body (``100 Continue``, with header ``fields``: a ``PUT``'s upload URL)."""
 
     def refuse(self, error: TransferError) -> None:
         """Answer with ``error``'s status, whether or not the body has arrived."""

@@ -246,10 +246,11 @@ class TransferRequest(server.Request):
         self.setHeader(b"connection", b"close")
         refuse(self, self._pending_refusal)
 
-    def send_continue(self) -> None:
-        """Tell the client to send the body (``100 Continue``)."""
+    def send_continue(self, fields: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        """Tell the client to send the body (``100 Continue``, with header ``fields``: values the server made)."""
         if not self._disconnected and not self._answered:
-            self.channel.write_raw(b"HTTP/1.1 100 Continue\r\n\r\n")
+            head = b"".join(b"%s: %s\r\n" % field for field in fields)
+            self.channel.write_raw(b"HTTP/1.1 100 Continue\r\n" + head + b"\r\n")
 
     def pause_body(self) -> None:
         """Stop reading the body from the network, and the idle timer with it.

@@ -79,7 +79,10 @@ def upload_offset(exchange: Exchange, body: bytes) -> None:
         refuse(request, refusal_for(Failure(), "reading a file's offset"))
         return
     request.setHeader(b"upload-offset", b"%d" % held.offset)
-    request.setHeader(b"upload-length", b"%d" % held.length)
+    if held.length is None:  # a chunked PUT's: not known (tus: a deferred length)
+        request.setHeader(b"upload-defer-length", b"1")
+    else:
+        request.setHeader(b"upload-length", b"%d" % held.length)
     request.setHeader(b"upload-expires", _expires(held.expires))
     write_text(request, 200, "")
 
@@ -198,7 +201,8 @@ class ResumeReceiver(UploadReceiver):
     def _take(self, data: bytes) -> None:
         ticket = self.ticket
         assert ticket is not None
-        if ticket.offset + self.piece_bytes + len(data) > ticket.entry.size:
+        # (the engine refuses a PATCH of a file whose size was never announced: counted_size is its size)
+        if ticket.offset + self.piece_bytes + len(data) > ticket.entry.counted_size:
             raise BeyondLength(f"the body passes the manifest size {ticket.entry.size} at offset {ticket.offset}")
         self.piece_bytes += len(data)
         super()._take(data)
@@ -219,7 +223,7 @@ class ResumeReceiver(UploadReceiver):
             if self.offset:
                 # digests of a piece, not of the file: checked here, never kept as the file's
                 self.hashers = None
-        if sink.received < ticket.entry.size:
+        if sink.received < ticket.entry.counted_size:
             writer.keep(self._piece_kept)
             return
         self._verify(None)
@@ -244,7 +248,7 @@ class ResumeReceiver(UploadReceiver):
             self._answer_piece(held, ticket)
 
     def _answer_stored(self, ticket: UploadTicket) -> None:
-        self._answer_piece(ticket.entry.size, ticket)
+        self._answer_piece(ticket.entry.counted_size, ticket)
 
     def _answer_piece(self, offset: int, ticket: UploadTicket) -> None:
         record = self.engine.transfers.get(ticket.transfer_key)

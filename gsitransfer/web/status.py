@@ -67,6 +67,12 @@ class TusVersionUnsupported(RequestError):
     default_reason = "unsupported Tus-Resumable version: this server speaks 1.0.0"
 
 
+class PreconditionFailed(RequestError):
+    """A request's precondition (``If-None-Match: *`` on a name that exists) does not hold."""
+
+    default_reason = "precondition failed"
+
+
 class UnsupportedMediaType(RequestError):
     """A body of a type this route does not take (a ``PATCH`` not ``application/offset+octet-stream``)."""
 
@@ -93,6 +99,7 @@ STATUS_FOR_ERROR: tuple[tuple[type[errors.TransferError], int], ...] = (
     (Unidentified, 403),
     (HeadTooLarge, 431),
     (TusVersionUnsupported, 412),
+    (PreconditionFailed, 412),
     (UnsupportedMediaType, 415),
     (PieceChecksumMismatch, 460),
     (InternalError, 500),
@@ -100,6 +107,7 @@ STATUS_FOR_ERROR: tuple[tuple[type[errors.TransferError], int], ...] = (
     (errors.ManifestError, 400),
     (errors.FileNotFound, 404),
     (errors.NameTaken, 409),
+    (errors.NoSpaceForFile, 507),
     (errors.NotAuthorized, 403),
     (errors.BeyondLength, 413),
     (errors.UploadConflict, 409),

@@ -13,6 +13,7 @@
     POST      ManifestRoute    post_manifest     register a manifest (body in memory, bounded)
               UploadRoute      begin_upload      stream one file's body (upload state machine)
               ListingRoute     tus_create        a one-file transfer from tus creation headers (.tus)
+    PUT       FileRoute        put_file          one file from its headers and body (201; .put)
     PATCH     UploadRoute      patch_upload      stream a piece of a file at its offset (tus, .resume)
     DELETE    TransferRoute    delete_transfer   cancel a transfer
               UploadRoute      terminate_upload  cancel one pending file (tus termination, .tus)
@@ -48,6 +49,7 @@ from ..errors import TransferError
 from .exchange import BodyControl, BodyReceiver, Exchange
 from .routes import FileRoute, ListingRoute, ManifestRoute, RootRoute, Route, TransferRoute, UploadRoute, route_target
 from .status import MethodNotAllowed, Unidentified, refuse, write_text
+from .put import put_file
 from .resume import patch_upload
 from .tus import head_upload, terminate_upload, tus_create, tus_options
 from .upload import begin_upload
@@ -100,6 +102,7 @@ _BUFFERED = _verbs(
 _MANIFEST = Verb("post_manifest", buffered(post_manifest, manifest_limit))
 _UPLOAD = Verb("begin_upload", begin_upload, streams=True)
 _PATCH = Verb("patch_upload", patch_upload, streams=True)
+_PUT = Verb("put_file", put_file, streams=True)
 _HEAD_OFFSET = Verb("head_upload", buffered(head_upload))
 _OPTIONS = _BUFFERED["options"]
 _GET: Mapping[type, Verb] = MappingProxyType({
@@ -116,6 +119,7 @@ ROUTES: Mapping[bytes, Mapping[type, Verb]] = MappingProxyType({
     b"POST": MappingProxyType(
         {ManifestRoute: _MANIFEST, UploadRoute: _UPLOAD, ListingRoute: _BUFFERED["tus_create"]}
     ),
+    b"PUT": MappingProxyType({FileRoute: _PUT}),
     b"PATCH": MappingProxyType({UploadRoute: _PATCH}),
     b"DELETE": MappingProxyType(
         {TransferRoute: _BUFFERED["delete_transfer"], UploadRoute: _BUFFERED["terminate_upload"]}

@@ -217,7 +217,7 @@ class _Answered:
     def resume_body(self) -> None:
         """The (empty) body is in already."""
 
-    def send_continue(self) -> None:
+    def send_continue(self, fields: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         """The (empty) body is in already."""
 
     def refuse(self, error: TransferError) -> None:

@@ -150,9 +150,9 @@ class UploadReceiver:
     def _open_sink(self, ticket: UploadTicket) -> FileSink:
         """Where the body goes: the file's partial, at the ticket's offset (0 for a whole body)."""
         if not ticket.partial_path:
-            return FileSink(ticket.final_path, ticket.entry.size)
+            return FileSink(ticket.final_path, ticket.entry.counted_size)
         return ResumableSink(
-            ticket.final_path, ticket.entry.size, ticket.partial_path, ticket.offset, ticket.resume_md5
+            ticket.final_path, ticket.entry.counted_size, ticket.partial_path, ticket.offset, ticket.resume_md5
         )
 
     # -- DECIDING ----------------------------------------------------------------
@@ -179,7 +179,8 @@ class UploadReceiver:
             else:
                 self.sink = sink
                 sink.extra_hashers = self.hashers
-                self.writer = self._writer(sink, ticket.entry.size - ticket.offset)
+                remaining = None if ticket.entry.size is None else ticket.entry.size - ticket.offset
+                self.writer = self._writer(sink, remaining)
             early, self._early = self._early, []
             for chunk in early:
                 self._take(chunk)
@@ -192,21 +193,26 @@ class UploadReceiver:
         if self.body_in:
             self._end()
             return
-        if self.exchange.expects_continue and self.exchange.length:
-            self.control.send_continue()
+        if self.exchange.expects_continue and self.exchange.length != 0:
+            self.control.send_continue(self._continue_fields())
         self.control.resume_body()
+
+    def _continue_fields(self) -> tuple[tuple[bytes, bytes], ...]:
+        """Header fields of the ``100 Continue`` (none: the client knows its upload's URL)."""
+        return ()
 
     def _decision_refused(self, failure: Failure) -> None:
         self._early = []
         self._fail(failure, "deciding an upload")
 
-    def _writer(self, sink: FileSink, size: int) -> InlineSink | OffloadedSink:
+    def _writer(self, sink: FileSink, size: int | None) -> InlineSink | OffloadedSink:
+        """The writer for ``size`` more bytes (None: not known, perhaps many: threads, as for a large body)."""
         serving = self.exchange.serving
         threshold = serving.offload_threshold
         reactor = serving.reactor
         if (
             threshold is None
-            or size <= threshold
+            or (size is not None and size <= threshold)
             or not IReactorThreads.providedBy(reactor)
             or not IReactorFromThreads.providedBy(reactor)
         ):
@@ -347,22 +353,26 @@ class UploadReceiver:
             f"size: {entry.size}",
             f"checksum: {entry.checksum}",
         ]
-        if self.sink is not None:
-            digester, adapter = self.exchange.serving.digester, self.engine.adapter_for(ticket.prefix)
-            keep_upload_digests(digester, adapter, ticket.final_path, self.sink, self.hashers)
+        self._record_stored(ticket)
         url = self.exchange.locate(ticket.prefix, entry.name)
         if url is not None:
             lines.append(f"url: {url}")
         if self.batch_state is not None:
             lines.append(f"state: {self.batch_state}")
+        write_text(self.exchange.request, 200, "\n".join(lines) + "\n")
+
+    def _record_stored(self, ticket: UploadTicket) -> None:
+        """The file is stored: keep the digests hashed on the way (for ``Want-Digest``), log it."""
+        if self.sink is not None:
+            digester, adapter = self.exchange.serving.digester, self.engine.adapter_for(ticket.prefix)
+            keep_upload_digests(digester, adapter, ticket.final_path, self.sink, self.hashers)
         _log.info(
             "{what} {name} ({size} bytes) for {dn}",
             what="already stored (body discarded):" if ticket.already_stored else self.batch_state or "stored",
-            name=entry.name,
-            size=entry.size,
+            name=ticket.entry.name,
+            size=ticket.entry.size,
             dn=ticket.id_token.dn or "anonymous",
         )
-        write_text(self.exchange.request, 200, "\n".join(lines) + "\n")
 
     # -- REFUSED and LOST --------------------------------------------------------
 

@@ -15,9 +15,11 @@ from gsitransfer.web.table import RouteTable, allowed_methods
 
 from .wire import KEY_SHAPED, get, split
 
-FILE_METHODS = b"GET, HEAD, OPTIONS"
+FILE_METHODS = b"GET, HEAD, PUT, OPTIONS"
 TRANSFER_METHODS = b"GET, HEAD, DELETE, OPTIONS"
 POST_TOO = b"GET, HEAD, POST, OPTIONS"
+#: /<prefix>/manifest: a manifest's POST, or a file named "manifest" (GET, PUT)
+MANIFEST_METHODS = b"GET, HEAD, POST, PUT, OPTIONS"
 #: a file of a transfer: its body (POST), its offset (HEAD), a piece (PATCH), tus termination (DELETE); GET is 405
 UPLOAD_METHODS = b"HEAD, POST, PATCH, DELETE, OPTIONS"
 
@@ -35,7 +37,7 @@ def server(tmp_path: Path) -> HTTPTransferServer:
         ("/data/x.bin", FILE_METHODS),
         ("/data/sub/x.bin", FILE_METHODS),
         (f"/data/{KEY_SHAPED}", TRANSFER_METHODS),
-        ("/data/manifest", POST_TOO),
+        ("/data/manifest", MANIFEST_METHODS),
         (f"/data/{KEY_SHAPED}/0", UPLOAD_METHODS),
         ("/", b"GET, HEAD, OPTIONS"),
     ],
@@ -67,10 +69,10 @@ def test_options_on_a_prefix_is_204_with_allow_and_tus(server, path):
     "method, path, allow",
     [
         ("PUT", "/data/", POST_TOO),
-        ("PUT", "/data/x.bin", FILE_METHODS),
+        ("PATCH", "/data/x.bin", FILE_METHODS),
         ("DELETE", "/data/x.bin", FILE_METHODS),
         ("PATCH", f"/data/{KEY_SHAPED}", TRANSFER_METHODS),
-        ("DELETE", "/data/manifest", POST_TOO),
+        ("DELETE", "/data/manifest", MANIFEST_METHODS),
         ("PUT", f"/data/{KEY_SHAPED}/0", UPLOAD_METHODS),
     ],
 )
