@@ -27,7 +27,7 @@ from .errors import (
     UploadConflict,
     UploadFailed,
 )
-from .handler import DownloadTarget, IBatchPendingHandler, IListingHandler, ITransferHandler
+from .handler import DownloadTarget, IBatchPendingHandler, IDeleteHandler, IListingHandler, ITransferHandler
 from .identity import ANONYMOUS, IdToken
 from .manifest import FileEntry, Manifest, ManifestLimits, parse_manifest
 
@@ -105,4 +105,5 @@ __all__ = [
     "InsufficientStorage",
     "QuotaExceeded",
     "IBatchPendingHandler",
+    "IDeleteHandler",
 ]

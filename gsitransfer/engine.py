@@ -960,6 +960,14 @@ class TransferEngine:
             return defer.fail()
         return self._timed(adapter.list_files(id_token), "ListFiles")
 
+    def delete_file(self, prefix: str, url_path: str, id_token: IdToken) -> defer.Deferred[Any]:
+        """The handler's ``DeleteFile`` of ``url_path`` for ``id_token`` (a failed Deferred for a refusal)."""
+        try:
+            adapter = self._adapter(prefix)
+        except TransferError:
+            return defer.fail()
+        return self._timed(adapter.delete_file(id_token, url_path), "DeleteFile")
+
     # -- transfer state, cancel, expiry ----------------------------------------
 
     def is_live_transfer(self, transfer_key: str) -> bool:

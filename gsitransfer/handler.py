@@ -82,6 +82,18 @@ class IListingHandler(Interface):
         """A list of JSON-serialisable dicts, one per file (name, size, ...)."""
 
 
+class IDeleteHandler(Interface):
+    """Optional: a handler that lets a client delete a file (``DELETE /<prefix>/<path>``, WebDAV).
+
+    A handler without it answers ``DELETE`` with ``405``. It raises
+    FileNotFound (``404``), NotAuthorized (``403``) or UploadConflict
+    (``409``: the file is being uploaded) to refuse, with the reason.
+    """
+
+    def DeleteFile(id_token, url_path):  # type: ignore[no-untyped-def]
+        """Remove the file behind ``url_path`` for ``id_token``, or raise the refusal."""
+
+
 class IBatchPendingHandler(Interface):
     """Optional: a handler that records a whole accepted manifest's files at once.
 
@@ -160,6 +172,8 @@ class _SeedCallbacks(Protocol):
 
     def ListFiles(self, id_token: IdToken) -> object: ...
 
+    def DeleteFile(self, id_token: IdToken, url_path: str) -> object: ...
+
     def KnownDigests(self, path: str, identity: tuple[int, int, int, int]) -> object: ...
 
     def KeepDigests(self, path: str, identity: tuple[int, int, int, int], digests: dict[str, str]) -> object: ...
@@ -203,6 +217,8 @@ class HandlerAdapter:
         self.batches_pending = _has_callback(handler, IBatchPendingHandler, "AddPendingUploads")
         #: True when the handler can list its files
         self.can_list = _has_callback(handler, IListingHandler, "ListFiles")
+        #: the handler lets clients delete files (``DELETE``)
+        self.can_delete = _has_callback(handler, IDeleteHandler, "DeleteFile")
         #: True when the handler serves downloads
         self.serves_downloads = _has_callback(handler, seed, "GetDownloadFilename")
         self._notes_pending = _has_callback(handler, seed, "AddPendingUpload")
@@ -240,6 +256,12 @@ class HandlerAdapter:
         if not self.can_list:
             return defer.fail(FileNotFound("this prefix cannot be listed"))
         return defer.maybeDeferred(self._callbacks.ListFiles, id_token)
+
+    def delete_file(self, id_token: IdToken, url_path: str) -> defer.Deferred[object]:
+        """``DeleteFile``: remove the file behind ``url_path``; FileNotFound when the handler cannot delete."""
+        if not self.can_delete:
+            return defer.fail(FileNotFound("this prefix does not delete files"))
+        return defer.maybeDeferred(self._callbacks.DeleteFile, id_token, url_path)
 
     def known_digests(self, path: str, identity: tuple[int, int, int, int]) -> dict[str, str]:
         """``KnownDigests``: the digests the handler keeps for this file state (only if it keeps any)."""

@@ -38,9 +38,16 @@ from typing import Any, Callable, Mapping
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..errors import FileNotFound, NameTaken, NoSpaceForFile, NotAuthorized
-from ..filesink import FREE_SPACE_MARGIN, is_partial_name, partial_path_for, remove_stale_temporaries
-from ..handler import DownloadTarget, IBatchPendingHandler, IDigestKeeper, IListingHandler, ITransferHandler
+from ..errors import FileNotFound, NameTaken, NoSpaceForFile, NotAuthorized, UploadConflict
+from ..filesink import FREE_SPACE_MARGIN, is_partial_name, partial_path_for, remove_stale_temporaries, sync_directory
+from ..handler import (
+    DownloadTarget,
+    IBatchPendingHandler,
+    IDeleteHandler,
+    IDigestKeeper,
+    IListingHandler,
+    ITransferHandler,
+)
 from ..identity import IdToken
 from .metadata import DB_NAME, FileRecord, FileState, StoreError, StoreMetadata
 
@@ -141,7 +148,7 @@ def _file_num(value: Any) -> int | None:
 LISTING_OWNERS = ("all", "own", "none")
 
 
-@implementer(ITransferHandler, IListingHandler, IBatchPendingHandler, IDigestKeeper)
+@implementer(ITransferHandler, IListingHandler, IBatchPendingHandler, IDigestKeeper, IDeleteHandler)
 
 class DirectoryStore:
     """A handler that keeps uploaded files in ``root`` and serves them back."""
@@ -368,6 +375,38 @@ class DirectoryStore:
             ):
                 return relative
         return None
+
+    # -- deleting -----------------------------------------------------------------
+
+    def DeleteFile(self, id_token: IdToken, url_path: str) -> None:
+        """``IDeleteHandler.DeleteFile``: the file's uploader removes it (``DELETE``, WebDAV).
+
+        Only the identity recorded as the file's uploader may delete it (an
+        anonymous upload: anonymous clients); a file without a record (placed
+        in the directory by other means) is nobody's to delete over HTTP.
+        A name being uploaded is a conflict. The file's row and kept digests go
+        with it.
+        """
+        if not url_path or "/" in url_path or _unsafe_segment(url_path):
+            raise FileNotFound(f"no file {url_path!r}")
+        record = self.metadata.get(url_path)
+        if record is not None and record.state is FileState.PENDING:
+            raise UploadConflict(f"{url_path} is being uploaded: it cannot be deleted now")
+        real_path, _, relative = self._resolve_download(url_path)
+        if record is None:
+            raise NotAuthorized(f"{url_path} has no recorded uploader: only the store's administrator may remove it")
+        if record.owner_dn != id_token.person:
+            raise NotAuthorized(f"only the uploader of {url_path} may delete it")
+        try:
+            os.unlink(real_path)
+        except FileNotFoundError:
+            raise FileNotFound(f"no file {url_path!r}") from None
+        except OSError as error:
+            raise NotAuthorized(f"{url_path} cannot be deleted: {error.strerror}") from None
+        sync_directory(os.path.dirname(real_path))
+        self.metadata.delete_stored(relative)
+        self.metadata.forget_digests([relative])
+        _log.info("deleted {name} for {dn}", name=relative, dn=id_token.dn or "anonymous")
 
     # -- listing ------------------------------------------------------------------
 

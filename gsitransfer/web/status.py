@@ -67,6 +67,12 @@ class TusVersionUnsupported(RequestError):
     default_reason = "unsupported Tus-Resumable version: this server speaks 1.0.0"
 
 
+class DepthNotSupported(RequestError):
+    """A ``PROPFIND`` asks for ``Depth: infinity`` (or sends no ``Depth``, which means it: RFC 4918 §9.1)."""
+
+    default_reason = "Depth: infinity is not supported: send Depth: 0 or Depth: 1"
+
+
 class PreconditionFailed(RequestError):
     """A request's precondition (``If-None-Match: *`` on a name that exists) does not hold."""
 
@@ -100,6 +106,7 @@ STATUS_FOR_ERROR: tuple[tuple[type[errors.TransferError], int], ...] = (
     (HeadTooLarge, 431),
     (TusVersionUnsupported, 412),
     (PreconditionFailed, 412),
+    (DepthNotSupported, 403),
     (UnsupportedMediaType, 415),
     (PieceChecksumMismatch, 460),
     (InternalError, 500),

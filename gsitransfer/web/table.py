@@ -17,8 +17,14 @@
     PATCH     UploadRoute      patch_upload      stream a piece of a file at its offset (tus, .resume)
     DELETE    TransferRoute    delete_transfer   cancel a transfer
               UploadRoute      terminate_upload  cancel one pending file (tus termination, .tus)
-    OPTIONS   (as GET, and UploadRoute) options  ``Allow`` for the path
-              ListingRoute     prefix_options    ``Allow`` and the tus discovery headers (204, .tus)
+              FileRoute        delete            the handler's DeleteFile (204, .dav), 405 without one
+    PROPFIND  ListingRoute     propfind          the collection, and its files with Depth 1 (207, .dav)
+              FileRoute        propfind          one file's properties (207, .dav)
+              TransferRoute    propfind          (a key-shaped name that is no live transfer is a file)
+    OPTIONS   (as GET, and UploadRoute) options  ``Allow`` for the path and ``DAV: 1``
+              ListingRoute     prefix_options    ``Allow``, ``DAV: 1`` and the tus discovery headers (204, .tus)
+
+``MKCOL`` has no row: ``405`` (the stores are flat: no collections but the prefixes).
 
 A request is routed once, when its head is complete
 (:meth:`RouteTable.select`, called by the request layer and by the
@@ -49,6 +55,7 @@ from ..errors import TransferError
 from .exchange import BodyControl, BodyReceiver, Exchange
 from .routes import FileRoute, ListingRoute, ManifestRoute, RootRoute, Route, TransferRoute, UploadRoute, route_target
 from .status import MethodNotAllowed, Unidentified, refuse, write_text
+from .dav import delete_file, propfind
 from .put import put_file
 from .resume import patch_upload
 from .tus import head_upload, terminate_upload, tus_create, tus_options
@@ -78,18 +85,36 @@ class Verb:
     streams: bool = False
 
 
+#: the WebDAV compliance class (RFC 4918 §10.1): class 1, without locks
+DAV_CLASSES = b"1"
+
+
 def options(exchange: Exchange, body: bytes) -> None:
-    """``OPTIONS``: which methods the route takes (``Allow``), no body."""
+    """``OPTIONS``: which methods the route takes (``Allow``) and ``DAV: 1``, no body."""
     request = exchange.request
     request.setHeader(b"allow", b", ".join(allowed_methods(request.method, request.uri)))
+    request.setHeader(b"dav", DAV_CLASSES)
     write_text(request, 200, "")
 
 
 def prefix_options(exchange: Exchange, body: bytes) -> None:
-    """``OPTIONS /<prefix>/``: ``Allow``, and the tus discovery headers (``204``, :func:`.tus.tus_options`)."""
+    """``OPTIONS /<prefix>/``: ``Allow``, ``DAV: 1``, and the tus discovery headers (``204``, :func:`.tus.tus_options`)."""
     request = exchange.request
     request.setHeader(b"allow", b", ".join(allowed_methods(request.method, request.uri)))
+    request.setHeader(b"dav", DAV_CLASSES)
     tus_options(exchange, body)
+
+
+def delete(exchange: Exchange, body: bytes) -> None:
+    """``DELETE /<prefix>/<path>``: :func:`.dav.delete_file`, or ``405`` when the prefix's handler cannot delete."""
+    request = exchange.request
+    route = exchange.route
+    adapter = exchange.serving.engine.adapter_for(getattr(route, "prefix", ""))
+    if adapter is not None and not adapter.can_delete:
+        others = tuple(method for method in allowed_methods(request.method, request.uri) if method != b"DELETE")
+        refuse(request, MethodNotAllowed(others, "this prefix's handler does not delete files"))
+        return
+    delete_file(exchange, body)
 
 
 def _verbs(*answers: Callable[[Exchange, bytes], None]) -> dict[str, Verb]:
@@ -97,7 +122,8 @@ def _verbs(*answers: Callable[[Exchange, bytes], None]) -> dict[str, Verb]:
 
 
 _BUFFERED = _verbs(
-    get_root, get_listing, get_transfer, get_file, delete_transfer, options, prefix_options, tus_create, terminate_upload
+    get_root, get_listing, get_transfer, get_file, delete_transfer, options, prefix_options, tus_create, terminate_upload,
+    delete, propfind,
 )
 _MANIFEST = Verb("post_manifest", buffered(post_manifest, manifest_limit))
 _UPLOAD = Verb("begin_upload", begin_upload, streams=True)
@@ -122,7 +148,14 @@ ROUTES: Mapping[bytes, Mapping[type, Verb]] = MappingProxyType({
     b"PUT": MappingProxyType({FileRoute: _PUT}),
     b"PATCH": MappingProxyType({UploadRoute: _PATCH}),
     b"DELETE": MappingProxyType(
-        {TransferRoute: _BUFFERED["delete_transfer"], UploadRoute: _BUFFERED["terminate_upload"]}
+        {
+            TransferRoute: _BUFFERED["delete_transfer"],
+            UploadRoute: _BUFFERED["terminate_upload"],
+            FileRoute: _BUFFERED["delete"],
+        }
+    ),
+    b"PROPFIND": MappingProxyType(
+        {kind: _BUFFERED["propfind"] for kind in (ListingRoute, FileRoute, TransferRoute)}
     ),
     # OPTIONS routes as GET does (the manifest's POST-only shape is a file to it): every path gets its Allow;
     # a prefix's also says what tus it speaks
@@ -187,5 +220,6 @@ class RouteTable(resource.Resource):
 
 
 __all__ = [
+    "DAV_CLASSES",
     "FILE_VERB", "Prefixes", "ROUTES", "RouteTable", "Verb", "allowed_methods", "options", "prefix_options", "select"
 ]

@@ -50,6 +50,7 @@ EXPECTED_ALL = {
     "InsufficientStorage",
     "QuotaExceeded",
     "IBatchPendingHandler",
+    "IDeleteHandler",
 }
 
 #: the seed's CapWords methods of every server (README "Python API"), parameter names after self

@@ -67,7 +67,7 @@ def test_routes():
     assert refusal_status(b"GET", [b"data", b"\xff"]) == 400
     with pytest.raises(MethodNotAllowed) as refusal:
         select(b"PATCH", b"/data/x")
-    assert status_for(refusal.value) == 405 and refusal.value.allow == (b"GET", b"HEAD", b"PUT", b"OPTIONS")
+    assert status_for(refusal.value) == 405 and refusal.value.allow == (b"GET", b"HEAD", b"PUT", b"DELETE", b"PROPFIND", b"OPTIONS")
 
 
 def test_upload_streams_to_disk(server, key, tmp_path):

@@ -15,11 +15,11 @@ from gsitransfer.web.table import RouteTable, allowed_methods
 
 from .wire import KEY_SHAPED, get, split
 
-FILE_METHODS = b"GET, HEAD, PUT, OPTIONS"
-TRANSFER_METHODS = b"GET, HEAD, DELETE, OPTIONS"
-POST_TOO = b"GET, HEAD, POST, OPTIONS"
-#: /<prefix>/manifest: a manifest's POST, or a file named "manifest" (GET, PUT)
-MANIFEST_METHODS = b"GET, HEAD, POST, PUT, OPTIONS"
+FILE_METHODS = b"GET, HEAD, PUT, DELETE, PROPFIND, OPTIONS"
+TRANSFER_METHODS = b"GET, HEAD, DELETE, PROPFIND, OPTIONS"
+POST_TOO = b"GET, HEAD, POST, PROPFIND, OPTIONS"
+#: /<prefix>/manifest: a manifest's POST, or a file named "manifest" (GET, PUT, DELETE, PROPFIND)
+MANIFEST_METHODS = b"GET, HEAD, POST, PUT, DELETE, PROPFIND, OPTIONS"
 #: a file of a transfer: its body (POST), its offset (HEAD), a piece (PATCH), tus termination (DELETE); GET is 405
 UPLOAD_METHODS = b"HEAD, POST, PATCH, DELETE, OPTIONS"
 
@@ -70,9 +70,9 @@ def test_options_on_a_prefix_is_204_with_allow_and_tus(server, path):
     [
         ("PUT", "/data/", POST_TOO),
         ("PATCH", "/data/x.bin", FILE_METHODS),
-        ("DELETE", "/data/x.bin", FILE_METHODS),
+        ("MKCOL", "/data/x.bin", FILE_METHODS),
         ("PATCH", f"/data/{KEY_SHAPED}", TRANSFER_METHODS),
-        ("DELETE", "/data/manifest", MANIFEST_METHODS),
+        ("MKCOL", "/data/manifest", MANIFEST_METHODS),
         ("PUT", f"/data/{KEY_SHAPED}/0", UPLOAD_METHODS),
     ],
 )

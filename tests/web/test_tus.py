@@ -98,7 +98,7 @@ def test_options_on_the_prefix_advertises_tus(server):
     assert headers[b"tus-version"] == b"1.0.0" and headers[b"tus-resumable"] == b"1.0.0"
     assert headers[b"tus-extension"] == b"creation,termination,expiration,checksum"
     assert headers[b"tus-checksum-algorithm"] == b"md5,sha1,sha256"
-    assert headers[b"allow"] == b"GET, HEAD, POST, OPTIONS"
+    assert headers[b"allow"] == b"GET, HEAD, POST, PROPFIND, OPTIONS"
     assert b"tus-max-size" not in headers
 
 
