@@ -40,19 +40,22 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from typing import Callable
 
+from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from ..engine import ManifestOutcome, UploadTicket
 from ..handler import DownloadTarget
 from ..errors import BeyondLength, ManifestError, NameTaken, TransferError
+from ..filesink import FileSink
 from ..manifest import Manifest, one_file_manifest
-from .digesting import body_hashers_for
 from .download import entity_tag
 from .exchange import BodyControl, Exchange
 from .routes import FileRoute, UploadRoute
 from .status import TUS_VERSION, BadRequest, BodyTooLarge, PreconditionFailed, refusal_for, write_text
-from .upload import UploadReceiver
+from .offload import Kept
+from .upload import BodyWriter, UploadReceiver, UploadState
 
 #: the digest algorithms whose value is an MD5 a handler's ``CanUpload`` can be given
 _MD5 = "md5"
@@ -70,10 +73,8 @@ def size_limit(exchange: Exchange) -> int | None:
     return min(bounds) if bounds else None
 
 
-def put_name(exchange: Exchange) -> str:
+def put_name(exchange: Exchange, route: FileRoute) -> str:
     """The file name a ``PUT`` targets, after the checks its headers allow; the refusal raised otherwise."""
-    route = exchange.route
-    assert isinstance(route, FileRoute)
     if "/" in route.url_path:
         raise NameTaken(f"this store is flat: no collection {route.url_path.rsplit('/', 1)[0]} (PUT to /{route.prefix}/<name>)")
     if _header(exchange, b"content-range") is not None:
@@ -84,120 +85,79 @@ def put_name(exchange: Exchange) -> str:
     return route.url_path
 
 
-class PutUpload:
-    """One ``PUT``: the announcement from its headers, then its body's :class:`PutReceiver` (a ``BodyReceiver``)."""
+class PutReceiver(UploadReceiver):
+    """One ``PUT``: its file announced from the headers, then its body uploaded as a ``POST`` of it, ``201``.
+
+    Until the announcement is accepted the receiver is DECIDING (the body
+    waits, held back as for any upload); its route is then the transfer's
+    file 0 and everything after is :class:`~.upload.UploadReceiver`'s.
+    """
 
     def __init__(self, exchange: Exchange, control: BodyControl) -> None:
-        self.exchange = exchange
-        self.control = control
-        self.engine = exchange.serving.engine
-        #: the body's receiver once the file is accepted
-        self.receiver: PutReceiver | None = None
-        self._early: list[bytes] = []
-        self.body_in = False
-        self.lost = False
-        self.ended = False
+        route = exchange.route
+        assert isinstance(route, FileRoute)
+        # the transfer key is known once the file is announced (see _announced)
+        super().__init__(replace(exchange, route=UploadRoute(route.prefix, "", "0")), control)
+        self.file_route = route
+        #: the largest body taken when its size was not announced (a chunked PUT)
+        self.limit = size_limit(exchange)
 
     def start(self) -> None:
         """Check the headers, then announce the file; the connection waits meanwhile."""
         self.control.pause_body()
-        route = self.exchange.route
-        assert isinstance(route, FileRoute)
+        route = self.file_route
         try:
-            name = put_name(self.exchange)
-            hashers = body_hashers_for(self.exchange.request)
+            name = put_name(self.exchange, route)
+            self.hashers = self._body_hashers()
             md5 = None
-            if hashers is not None:
-                md5 = next((item.value.hex() for item in hashers.expected if item.algorithm == _MD5), None)
+            if self.hashers is not None:
+                md5 = next((item.value.hex() for item in self.hashers.expected if item.algorithm == _MD5), None)
             manifest = one_file_manifest(name, self.exchange.length, md5, self.engine.manifest_limits)
         except (TransferError, ManifestError):
-            self._refuse(Failure(), "reading a PUT's headers")
+            self._fail(Failure(), "reading a PUT's headers")
             return
         if _header(self.exchange, b"if-none-match") == b"*":
             # the handler says where a download of the name would come from, as the caller
             found = self.engine.resolve_download(route.prefix, name, self.exchange.id_token)
-            found.addCallbacks(
-                self._target_found, self._no_target, callbackArgs=(route.prefix, manifest),
-                errbackArgs=(route.prefix, manifest),
-            )
-            found.addErrback(self._refuse, "announcing a PUT")
+            found.addCallbacks(self._target_found, self._no_target, callbackArgs=(manifest,), errbackArgs=(manifest,))
+            found.addErrback(self._fail, "announcing a PUT")
             return
-        self._announce(route.prefix, manifest)
+        self._announce(manifest)
 
-    def _target_found(self, target: DownloadTarget, prefix: str, manifest: Manifest) -> None:
+    def _target_found(self, target: DownloadTarget, manifest: Manifest) -> None:
         """``If-None-Match: *``: ``412`` when the name is a file, else the announcement."""
         if target.path and os.path.exists(target.path):
             name = manifest.files[0].name
-            self._refuse(Failure(PreconditionFailed(f"If-None-Match: * and {name} exists")), "announcing a PUT")
+            self._fail(Failure(PreconditionFailed(f"If-None-Match: * and {name} exists")), "announcing a PUT")
             return
-        self._announce(prefix, manifest)
+        self._announce(manifest)
 
-    def _no_target(self, failure: Failure, prefix: str, manifest: Manifest) -> None:
+    def _no_target(self, failure: Failure, manifest: Manifest) -> None:
         """``If-None-Match: *`` on a name that is not found (or not the caller's to see): it holds."""
         failure.trap(TransferError)
-        self._announce(prefix, manifest)
+        self._announce(manifest)
 
-    def _announce(self, prefix: str, manifest: Manifest) -> None:
+    def _announce(self, manifest: Manifest) -> None:
+        if self.state is not UploadState.DECIDING:
+            return  # the client went away meanwhile
         # a PUT is a whole body from byte 0: a name taken over keeps none of its old bytes
+        prefix = self.file_route.prefix
         announced = self.engine.announce_manifest(prefix, manifest, self.exchange.id_token, carry=False)
-        announced.addCallback(self._announced, prefix)
-        announced.addErrback(self._refuse, "announcing a PUT")
+        announced.addCallback(self._announced)
+        announced.addErrback(self._fail, "announcing a PUT")
 
-    def _announced(self, outcome: ManifestOutcome, prefix: str) -> None:
+    def _announced(self, outcome: ManifestOutcome) -> None:
         if not outcome.accepted:
-            self._refuse(Failure(outcome.refusal()), "announcing a PUT")
+            self._fail(Failure(outcome.refusal()), "announcing a PUT")
             return
-        key = str(outcome.transfer_key)
-        if self.lost:
+        prefix, key = self.file_route.prefix, str(outcome.transfer_key)
+        if self.state is not UploadState.DECIDING:
             # the client went away while the handler decided: nothing of this PUT is kept
             self.engine.cancel_transfer(prefix, key, self.exchange.id_token).addErrback(lambda _: None)
             return
-        exchange = replace(self.exchange, route=UploadRoute(prefix, key, "0"))
-        self.receiver = receiver = PutReceiver(exchange, self.control, size_limit(self.exchange))
-        receiver.start()
-        early, self._early = self._early, []
-        for chunk in early:
-            receiver.data_received(chunk)
-        if self.body_in:
-            receiver.body_complete()
-
-    def _refuse(self, failure: Failure, what: str) -> None:
-        self._early = []
-        if not self.ended and not self.lost:
-            self.ended = True
-            self.control.refuse(refusal_for(failure, what))
-
-    # -- BodyReceiver --------------------------------------------------------------
-
-    def data_received(self, data: bytes) -> None:
-        """A chunk of the body: to the receiver, or held (one read at most: the connection is paused)."""
-        if self.receiver is not None:
-            self.receiver.data_received(data)
-        elif not self.ended:
-            self._early.append(data)
-
-    def body_complete(self) -> None:
-        """The whole body is in."""
-        self.body_in = True
-        if self.receiver is not None:
-            self.receiver.body_complete()
-
-    def connection_lost(self) -> None:
-        """The client went away."""
-        self.lost = True
-        self._early = []
-        if self.receiver is not None:
-            self.receiver.connection_lost()
-
-
-class PutReceiver(UploadReceiver):
-    """File 0 of a ``PUT``'s transfer: an upload as a ``POST`` of it, answered ``201 Created``."""
-
-    def __init__(self, exchange: Exchange, control: BodyControl, limit: int | None) -> None:
-        super().__init__(exchange, control)
-        #: the largest body taken when its size was not announced (a chunked PUT)
-        self.limit = limit
-        self.body_bytes = 0
+        self.route = UploadRoute(prefix, key, "0")
+        self.exchange = replace(self.exchange, route=self.route)
+        self._ask()
 
     def _continue_fields(self) -> tuple[tuple[bytes, bytes], ...]:
         """The upload URL (``/<prefix>/<key>/0``) in the ``100 Continue``: where a cut-off PUT resumes."""
@@ -205,11 +165,21 @@ class PutReceiver(UploadReceiver):
         url = self.exchange.locate(route.prefix, f"{route.transfer_key}/0") or f"/{route.prefix}/{route.transfer_key}/0"
         return ((b"location", url.encode("utf-8")), (b"tus-resumable", TUS_VERSION))
 
-    def _take(self, data: bytes) -> None:
-        self.body_bytes += len(data)
-        if self.limit is not None and self.body_bytes > self.limit:
-            raise BeyondLength(f"the body passes {self.limit} bytes, the most this server takes")
-        super()._take(data)
+    def _writer(self, sink: FileSink, size: int | None) -> BodyWriter:
+        """A chunked body's writer counts its bytes against the server's size limit."""
+        writer = super()._writer(sink, size)
+        if size is None and self.limit is not None:
+            return LimitedWriter(writer, self.limit)
+        return writer
+
+    def _abandon(self, failure: Failure | None = None) -> None:
+        """A chunked PUT cut off or refused keeps nothing: it cannot be resumed (no length was announced)."""
+        ticket, writer = self.ticket, self.writer
+        if ticket is not None and ticket.entry.size is None and writer is not None:
+            self.engine.fail_upload(ticket)
+            writer.discard()
+            return
+        super()._abandon(failure)
 
     def _body_written(self, _: object) -> None:
         """A chunked body's size is known now: the file is announced with it, then verified as usual."""
@@ -238,11 +208,38 @@ class PutReceiver(UploadReceiver):
         write_text(request, 201, f"stored {entry.name}: {entry.size} bytes, md5 {md5}\n")
 
 
-def put_file(exchange: Exchange, control: BodyControl) -> PutUpload:
+class LimitedWriter:
+    """A body writer that refuses (413) the byte past ``limit``: a chunked PUT's, whose size is not announced."""
+
+    def __init__(self, writer: BodyWriter, limit: int) -> None:
+        self.writer = writer
+        self.limit = limit
+        self.received = 0
+
+    def write(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.received > self.limit:
+            raise BeyondLength(f"the body passes {self.limit} bytes, the most this server takes")
+        self.writer.write(data)
+
+    def drain(self) -> "defer.Deferred[None]":
+        return self.writer.drain()
+
+    def commit(self) -> "defer.Deferred[None]":
+        return self.writer.commit()
+
+    def discard(self) -> None:
+        self.writer.discard()
+
+    def keep(self, on_kept: Callable[[Kept], object]) -> None:
+        self.writer.keep(on_kept)
+
+
+def put_file(exchange: Exchange, control: BodyControl) -> PutReceiver:
     """The ``PUT`` verb's start: the announcement of ``exchange``'s file from its headers."""
-    upload = PutUpload(exchange, control)
-    upload.start()
-    return upload
+    receiver = PutReceiver(exchange, control)
+    receiver.start()
+    return receiver
 
 
-__all__ = ["PutReceiver", "PutUpload", "put_file", "put_name", "size_limit"]
+__all__ = ["LimitedWriter", "PutReceiver", "put_file", "put_name", "size_limit"]

@@ -38,7 +38,7 @@ from ..errors import BeyondLength, ChecksumMismatch, OffsetMismatch, TransferErr
 from ..filesink import FileSink, PartialLost
 from .exchange import BodyControl, BodyReceiver, Exchange
 from .heads import http_date
-from .offload import InlineSink, Kept, OffloadedSink
+from .offload import InlineSink, Kept
 from .routes import UploadRoute
 from .status import (
     TUS_VERSION,
@@ -51,7 +51,7 @@ from .status import (
     write_empty,
     write_text,
 )
-from .upload import DiscardedBody, UploadReceiver, UploadState
+from .upload import BodyWriter, UploadReceiver, UploadState
 
 #: the Content-Type of a tus PATCH body
 OFFSET_OCTET_STREAM = b"application/offset+octet-stream"
@@ -257,9 +257,7 @@ class ResumeReceiver(UploadReceiver):
             headers.append((b"upload-expires", _expires(record.expires)))
         write_empty(self.exchange.request, 204, tuple(headers))
 
-    def _abandon_partial(
-        self, ticket: UploadTicket, writer: "InlineSink | OffloadedSink | DiscardedBody", failure: Failure | None
-    ) -> None:
+    def _abandon_partial(self, ticket: UploadTicket, writer: BodyWriter, failure: Failure | None) -> None:
         if self._piece_dropped:
             # this piece's bytes are dropped: the offset recorded stays the piece's start
             writer.keep(lambda kept: self.engine.keep_partial(ticket, ticket.offset, ticket.resume_md5))

@@ -49,7 +49,7 @@ once on the reactor thread (:class:`~.offload.InlineSink`).
 from __future__ import annotations
 
 import enum
-from typing import Callable
+from typing import Callable, Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
@@ -67,6 +67,20 @@ from .routes import UploadRoute
 from .status import refusal_for, write_text
 
 _log = Logger()
+
+
+class BodyWriter(Protocol):
+    """Where a body's chunks go (:class:`~.offload.InlineSink`, :class:`~.offload.OffloadedSink`, :class:`DiscardedBody`)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def drain(self) -> "defer.Deferred[None]": ...
+
+    def commit(self) -> "defer.Deferred[None]": ...
+
+    def discard(self) -> None: ...
+
+    def keep(self, on_kept: Callable[[Kept], object]) -> None: ...
 
 
 class UploadState(enum.Enum):
@@ -106,7 +120,7 @@ class UploadReceiver:
         self.body_in = False
         self.ticket: UploadTicket | None = None
         self.sink: FileSink | None = None
-        self.writer: InlineSink | OffloadedSink | DiscardedBody | None = None
+        self.writer: BodyWriter | None = None
         self._early: list[bytes] = []
         #: the digests the request's fields name for the body (None: none named, nothing hashed but the MD5)
         self.hashers: BodyHashers | None = None
@@ -129,6 +143,10 @@ class UploadReceiver:
         except TransferError:
             self._fail(Failure(), "reading an upload's digest fields")
             return
+        self._ask()
+
+    def _ask(self) -> None:
+        """Ask the core for its decision (the connection is paused)."""
         decision = self._decide()
         decision.addCallbacks(self._decided, self._decision_refused)
         decision.addErrback(self._fail, "accepting an upload")
@@ -205,7 +223,7 @@ class UploadReceiver:
         self._early = []
         self._fail(failure, "deciding an upload")
 
-    def _writer(self, sink: FileSink, size: int | None) -> InlineSink | OffloadedSink:
+    def _writer(self, sink: FileSink, size: int | None) -> BodyWriter:
         """The writer for ``size`` more bytes (None: not known, perhaps many: threads, as for a large body)."""
         serving = self.exchange.serving
         threshold = serving.offload_threshold
@@ -406,9 +424,7 @@ class UploadReceiver:
         elif self.sink is not None:
             self.sink.discard()
 
-    def _abandon_partial(
-        self, ticket: UploadTicket, writer: "InlineSink | OffloadedSink | DiscardedBody", failure: Failure | None
-    ) -> None:
+    def _abandon_partial(self, ticket: UploadTicket, writer: BodyWriter, failure: Failure | None) -> None:
         """A resumable body ended unstored: what arrived is kept (synced, then recorded), the file pending.
 
         A whole-file checksum mismatch is the exception: the engine has put
@@ -456,4 +472,4 @@ def begin_upload(exchange: Exchange, control: BodyControl) -> UploadReceiver:
     return receiver
 
 
-__all__ = ["TRANSITIONS", "DiscardedBody", "UploadReceiver", "UploadState", "begin_upload"]
+__all__ = ["TRANSITIONS", "BodyWriter", "DiscardedBody", "UploadReceiver", "UploadState", "begin_upload"]

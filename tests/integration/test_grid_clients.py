@@ -193,3 +193,24 @@ def test_names_round_trip_through_put_propfind_and_get(site: GridSite, tmp_path:
     assert propfind_names(listing.stdout).get(name) == len(data)
     fetched = site.curl("-f", url)
     assert fetched.returncode == 0 and fetched.stdout == data
+
+
+def test_python_requests_puts_lists_and_deletes(site: GridSite, tmp_path: Path) -> None:
+    """Python requests with the proxy as client certificate: a streamed PUT (201, ETag), PROPFIND, GET, DELETE."""
+    import requests
+
+    proxy = str(site.proxy())
+    tls: dict[str, object] = {"cert": (proxy, proxy), "verify": str(site.pki.ca_file), "timeout": 60}
+    local = tmp_path / "req.bin"
+    data = os.urandom(1_500_000)
+    local.write_bytes(data)
+    with open(local, "rb") as body:
+        answer = requests.put(site.base + "requests.bin", data=body, **tls)  # type: ignore[arg-type]
+    assert answer.status_code == 201, answer.text
+    assert answer.headers["ETag"] and answer.text.startswith("stored requests.bin: 1500000 bytes")
+    listing = requests.request("PROPFIND", site.base, headers={"Depth": "1"}, **tls)  # type: ignore[arg-type]
+    assert listing.status_code == 207 and propfind_names(listing.content).get("requests.bin") == len(data)
+    fetched = requests.get(site.base + "requests.bin", **tls)  # type: ignore[arg-type]
+    assert fetched.content == data and fetched.headers["ETag"] == answer.headers["ETag"]
+    assert requests.delete(site.base + "requests.bin", **tls).status_code == 204  # type: ignore[arg-type]
+    assert not (site.store / "requests.bin").exists()
