@@ -108,7 +108,7 @@ def classify_target(data: bytes) -> None:
     assert isinstance(route, (ManifestRoute, UploadRoute, ListingRoute, TransferRoute, FileRoute)), route
     assert safe_component(route.prefix), route
     if isinstance(route, FileRoute):
-        assert method in (b"GET", b"HEAD", b"OPTIONS"), route
+        assert method in (b"GET", b"HEAD", b"PUT", b"DELETE", b"PROPFIND", b"OPTIONS"), route
         assert all(safe_component(part) for part in route.url_path.split("/")), route
     if isinstance(route, TransferRoute):
         assert safe_component(route.name), route

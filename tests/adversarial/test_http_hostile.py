@@ -417,7 +417,7 @@ def test_options_answers_allow_and_echoes_nothing(base):
     data, _ = exchange(base, b"OPTIONS /data/x HTTP/1.1\r\nHost: x\r\nCookie: secret=1\r\nConnection: close\r\n\r\n",
                        timeout=5)
     assert first_status(data) == 200, data[:200]
-    assert re.search(rb"(?im)^allow: GET, HEAD, OPTIONS\r$", data)
+    assert re.search(rb"(?im)^allow: GET, HEAD, PUT, DELETE, PROPFIND, OPTIONS\r$", data)
     assert re.search(rb"(?im)^content-length: 0\r$", data)
     assert b"secret" not in data
 
@@ -425,12 +425,12 @@ def test_options_answers_allow_and_echoes_nothing(base):
 @pytest.mark.parametrize(
     "method, path, allow",
     [
-        ("TRACE", "/data/x", "GET, HEAD, OPTIONS"),
-        ("PATCH", "/data/x", "GET, HEAD, OPTIONS"),
-        ("DELETE", "/data/x", "GET, HEAD, OPTIONS"),
-        ("PUT", "/data/", "GET, HEAD, POST, OPTIONS"),
-        ("PUT", "/data/" + "K" * 32, "GET, HEAD, DELETE, OPTIONS"),
-        ("PROPFIND", "/data/x", "GET, HEAD, OPTIONS"),
+        ("TRACE", "/data/x", "GET, HEAD, PUT, DELETE, PROPFIND, OPTIONS"),
+        ("PATCH", "/data/x", "GET, HEAD, PUT, DELETE, PROPFIND, OPTIONS"),
+        ("MKCOL", "/data/x", "GET, HEAD, PUT, DELETE, PROPFIND, OPTIONS"),
+        ("PUT", "/data/", "GET, HEAD, POST, PROPFIND, OPTIONS"),
+        ("PUT", "/data/" + "K" * 32, "GET, HEAD, DELETE, PROPFIND, OPTIONS"),
+        ("PROPPATCH", "/data/x", "GET, HEAD, PUT, DELETE, PROPFIND, OPTIONS"),
     ],
 )
 def test_method_not_allowed_has_allow(base, method, path, allow):

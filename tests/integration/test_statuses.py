@@ -343,8 +343,8 @@ def test_download_never_leaves_the_store(base, path):
 
 def test_method_not_allowed_405(base):
     """A method a path does not take: 405 with Allow."""
-    answer = request(base, "PUT", "/data/x", b"1")
-    assert answer.status == 405 and answer.headers["allow"] == "GET, HEAD, OPTIONS"
+    answer = request(base, "PATCH", "/data/x", b"1")
+    assert answer.status == 405 and answer.headers["allow"] == "GET, HEAD, PUT, DELETE, PROPFIND, OPTIONS"
 
 
 def test_body_on_get_over_limit_413(base):
