@@ -24,6 +24,7 @@ from ..handler import DownloadTarget
 from ..identity import IdToken
 from .download import serve_file
 from .exchange import BodyControl, BodyReceiver, Exchange, Serving
+from .html_listing import HTML_TYPE, PAGE_HEADERS, render_listing, wants_html
 from .routes import FileRoute, ListingRoute, ManifestRoute, TransferRoute
 from .status import BodyTooLarge, refusal_for, refuse, write_text
 
@@ -141,10 +142,20 @@ def get_root(exchange: Exchange, body: bytes) -> None:
 
 
 def get_listing(exchange: Exchange, body: bytes) -> None:
-    """``GET /<prefix>/``: the handler's listing, as JSON."""
+    """``GET /<prefix>/``: the handler's listing, as JSON (a page for a browser: :mod:`.html_listing`)."""
     route = exchange.route
     assert isinstance(route, ListingRoute)
     listing = exchange.serving.engine.list_files(route.prefix, exchange.id_token)
+    request = exchange.request
+    request.setHeader(b"vary", b"Accept")
+    if wants_html(request.getHeader(b"accept")):
+        for name, value in PAGE_HEADERS:
+            request.setHeader(name, value)
+        _answer(
+            exchange, listing, lambda ex, files: write_text(ex.request, 200, render_listing(route.prefix, files), HTML_TYPE),
+            "listing files",
+        )
+        return
     _answer(
         exchange,
         listing,
