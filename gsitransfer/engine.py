@@ -80,6 +80,7 @@ from .errors import (
     TransferError,
     UploadConflict,
 )
+from .events import EXPIRY, EventFanout, TransferEvent, key_hash
 from .filesink import partial_path_for, remove_partial
 from .handler import DownloadTarget, HandlerAdapter, as_download_target
 from .identity import IdToken
@@ -307,6 +308,8 @@ class TransferEngine:
         #: (transfer key, file number) -> the MD5 computed of a file announced without one (tus creation),
         #: between its verification and ``CompleteUpload``
         self._computed_md5: dict[tuple[str, int], str] = {}
+        #: where expiries are recorded (the audit log, the metrics; ``gsitransfer.events``); empty: nowhere
+        self.events = EventFanout()
         #: atomic batches' held files and publishing intents: the table's own (shared by --workers)
         self.batches: BatchLog = getattr(self.transfers, "batches", None) or MemoryBatchLog()
 
@@ -1074,7 +1077,15 @@ class TransferEngine:
         """
         expired = [r for r in self.transfers.expired(self.clock()) if not self._receiving(r)]
         for record in expired:
+            states = self.transfers.states(record.key)
+            unsettled = [e.num for e in record.manifest.files if states.get(e.num, FileState.PENDING) not in SETTLED]
             yield self._end_transfer(record)
+            if self.events and unsettled:  # a key whose files were all stored ends quietly
+                self.events.emit(TransferEvent(
+                    EXPIRY, time.time(), dn=record.owner_dn, prefix=record.prefix, key=key_hash(record.key),
+                    size=sum(record.manifest.files[num].counted_size for num in unsettled),
+                    reason=f"{len(unsettled)} of {record.manifest.num_files} file(s) never stored",
+                ))
         return len(expired)
 
     def _receiving(self, record: TransferRecord) -> bool:

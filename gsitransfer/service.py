@@ -34,6 +34,7 @@ from .manifest import ManifestLimits
 from .options import PROGRAM, ConfigError, Options, Role, ServiceAccount, report
 
 if TYPE_CHECKING:
+    from .events import EventFanout
     from .keys import TransferTable
     from .tls.context import ServerTLS
 
@@ -76,6 +77,9 @@ class Server(Protocol):
 
     def reload(self, force: bool = False) -> None:
         """Re-read CAs, CRLs and the grid-mapfile."""
+
+    def observe(self, events: "EventFanout") -> None:
+        """Send every record (finished requests, expiries) to ``events``."""
 
     def stop(self, grace: float = 0.0, reactor: object = None) -> defer.Deferred[None]:
         """Stop listening; let transfers in flight end within ``grace`` seconds."""
@@ -306,7 +310,36 @@ def build_servers(
             server.RegisterPrefix(prefix, handler)
     if recovering and servers:
         _finish_batches(servers[0])
+    _observe(options, servers, account)
     return servers
+
+
+def _observe(options: Options, servers: list[Server], account: ServiceAccount | None) -> None:
+    """Give the servers their event sinks: the audit log (``--audit-log``), opened as the service account."""
+    path = options["audit-log"]
+    if not path:
+        return
+    from .audit import AuditError, AuditLog
+    from .events import EventFanout
+
+    try:
+        with acting_as(account):
+            audit = AuditLog(path)
+    except AuditError as error:
+        raise ConfigError(str(error)) from None
+    events = EventFanout((audit,))
+    for server in servers:
+        server.observe(events)
+
+
+def event_sinks(servers: list[Server]) -> list[object]:
+    """The distinct sinks the servers send their records to (to reopen on SIGUSR1, to close at the end)."""
+    sinks: list[object] = []
+    for server in servers:
+        for sink in getattr(getattr(server, "events", None), "sinks", ()):
+            if all(sink is not known for known in sinks):
+                sinks.append(sink)
+    return sinks
 
 
 def _open_state(options: Options, recovering: bool) -> tuple[list[tuple[str, object]], TransferTable]:
@@ -391,24 +424,25 @@ def hold_sighup() -> None:
     at the wrong second). Blocked, it stays pending and is delivered, as one
     reload, when :func:`release_sighup` unblocks it. The mask is kept across
     ``fork`` and ``exec``: a worker spawned meanwhile starts with it blocked too.
+    SIGUSR1 (reopen the logs: logrotate) is held the same way, for the same reason.
     """
     if hasattr(signal, "SIGHUP") and hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGUSR1})
 
 
 def release_sighup() -> None:
-    """Unblock SIGHUP in this thread (a pending one is delivered now, to the handler just installed)."""
+    """Unblock SIGHUP and SIGUSR1 in this thread (a pending one is delivered now, to the handler just installed)."""
     if hasattr(signal, "SIGHUP") and hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP, signal.SIGUSR1})
 
 
 @contextlib.contextmanager
 def sighup_held() -> Iterator[None]:
-    """SIGHUP blocked in this thread for the block's duration (a child spawned inside inherits it blocked)."""
+    """SIGHUP and SIGUSR1 blocked in this thread for the block's duration (a child spawned inside inherits them blocked)."""
     if not (hasattr(signal, "SIGHUP") and hasattr(signal, "pthread_sigmask")):
         yield
         return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGUSR1})
     try:
         yield
     finally:
@@ -512,10 +546,24 @@ class TransferService(service.MultiService):
             self._previous_sighup = signal.signal(
                 signal.SIGHUP, lambda *_: IReactorThreads(reactor).callFromThread(self.reload)
             )
+        self.catch_sigusr1(reactor)
         # held since makeService (or the worker's first line): a SIGHUP sent meanwhile reloads now
         release_sighup()
         # what start-up made lives as long as the process: keep it out of every GC pass
         gc.freeze()
+
+    def catch_sigusr1(self, reactor: object) -> None:
+        """SIGUSR1 reopens the log files this process writes (the audit log), for logrotate."""
+        if hasattr(signal, "SIGUSR1"):
+            signal.signal(signal.SIGUSR1, lambda *_: IReactorThreads(reactor).callFromThread(self.reopen_logs))
+
+    def reopen_logs(self) -> None:
+        """Reopen every log file by its name (SIGUSR1)."""
+        for sink in event_sinks(self.servers):
+            reopen = getattr(sink, "reopen", None)
+            if reopen is not None:
+                reopen()
+        _log.info("log files reopened")
 
     def reload(self) -> None:
         """Re-read CAs, CRLs and the grid-mapfile (SIGHUP)."""
@@ -539,6 +587,10 @@ class TransferService(service.MultiService):
         await defer.DeferredList(
             [server.stop(self.shutdown_grace) for server in self.servers], consumeErrors=True
         )
+        for sink in event_sinks(self.servers):
+            close = getattr(sink, "close", None)
+            if close is not None:
+                close()
         await service.MultiService.stopService(self)
 
 

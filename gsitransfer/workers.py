@@ -178,8 +178,8 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.supervisor.worker_ended(self, code, signum)
         self.ended.callback(None)
 
-    def signal(self, name: str) -> None:
-        """Send ``name`` (``TERM``, ``HUP``, ``KILL``) if the worker still runs."""
+    def signal(self, name: str | int) -> None:
+        """Send ``name`` (``TERM``, ``HUP``, ``KILL``, or a signal number) if the worker still runs."""
         if self.transport is None:
             return
         try:
@@ -234,6 +234,7 @@ class SupervisorService(TransferService):
             self._previous_sighup = signal.signal(
                 signal.SIGHUP, lambda *_: IReactorThreads(self.reactor).callFromThread(self.reload)
             )
+        self.catch_sigusr1(self.reactor)
         _log.info("starting {n} worker processes", n=self.worker_count)
         for index in range(1, self.worker_count + 1):
             self.spawn(index)
@@ -358,6 +359,12 @@ class SupervisorService(TransferService):
         super().reload()
         for worker in list(self.workers.values()):
             worker.signal("HUP")
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: reopen the log files here and in every worker."""
+        super().reopen_logs()
+        for worker in list(self.workers.values()):
+            worker.signal(signal.SIGUSR1)  # Twisted names only TERM, HUP, INT and KILL
 
     def stopService(self) -> defer.Deferred[None]:
         """Pass SIGTERM on, wait for the workers (killing stragglers), then stop; SIGHUP ignored from now."""

@@ -41,6 +41,7 @@ from twisted.web.http_headers import Headers
 from ..errors import TransferError
 from ..handler import DownloadTarget
 from .download import entity_tag, file_headers
+from .events import plain_get_event
 from .exchange import HandlerAnswer, ServingSite
 from .filebody import SMALL_BODY
 from .heads import SERVER_HEADER, answer_with_head, http_date
@@ -101,6 +102,9 @@ class KeepAliveChannel(Protocol):
 
     def hand_over(self, answer: HandlerAnswer) -> None:
         """Give the next request twisted.web makes the handler's answer."""
+
+    def peer_address(self) -> Any:
+        """The client's address."""
 
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
@@ -243,6 +247,8 @@ def answer_plain_get(channel: KeepAliveChannel, data: bytes) -> bool:
     response, sent = answer
     channel.transport.write(response)
     site.log_plain_get(channel, head.target, sent, head.header(b"referer"), head.header(b"user-agent"))
+    if site.events:  # the record the plain path's Site.log makes of the same answer
+        site.events.emit(plain_get_event(channel.peer_address(), route.prefix, route.url_path, sent, id_token.dn))
     if head.close:
         channel.persistent = False
         channel.loseConnection()

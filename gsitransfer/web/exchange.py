@@ -28,6 +28,7 @@ from .urls import request_origin
 
 if TYPE_CHECKING:
     from ..engine import TransferEngine
+    from ..events import EventFanout
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,9 @@ class ServingSite(Protocol):
         self, channel: Any, target: bytes, sent: int, referrer: bytes | None, agent: bytes | None
     ) -> None:
         """The access line of a GET answered 200 by the keep-alive fast path."""
+
+    #: where finished requests' records go (``gsitransfer.events``); empty (False): none is made
+    events: "EventFanout"
 
 
 class BodyControl(Protocol):

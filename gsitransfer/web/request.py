@@ -62,6 +62,12 @@ class TransferRequest(server.Request):
     _counted_on: Any = None
     #: the channel's idle timeout while pause_body holds it off (0: there was none)
     _idle_timeout_held: float | None = None
+    #: for the request's record (``web/events.py``), set only while the site records events: when its head
+    #: was in (monotonic), the refusal's reason, the stored file (name, size, MD5), the body bytes stored
+    audit_started: float | None = None
+    audit_reason: str | None = None
+    audit_file: tuple[str, int | None, str | None] | None = None
+    audit_received: int | None = None
 
     # -- called by the channel ------------------------------------------------
 
@@ -72,6 +78,8 @@ class TransferRequest(server.Request):
         self.content = io.BytesIO()
         self._prime_request_line()
         site = self.channel.site
+        if site.events:
+            self.audit_started = time.monotonic()
         handler_answer = self.channel.take_handler_answer()
         try:
             self.id_token = site.identity.identify(self)

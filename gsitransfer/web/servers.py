@@ -32,7 +32,9 @@ from twisted.web.http import combinedLogFormatter
 from ..core import TransferServer
 from ..fastpaths import FastPaths
 from ..tls.factory import server_protocol_factory
+from ..events import EventFanout
 from .accesslog import AccessLineWriter, access_line, emit_access_line, plain_get_line
+from .events import request_event
 from .channel import (
     DEFAULT_FIRST_REQUEST_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -111,6 +113,8 @@ class TransferSite(web_server.Site):
         self.active_requests = 0
         #: protocols of the connections made (closed gracefully at shutdown)
         self.connections: weakref.WeakSet[TransferChannel] = weakref.WeakSet()
+        #: where each finished request's record goes (the audit log, the metrics); empty: none is made
+        self.events = EventFanout()
 
     @property
     def reactor(self) -> Any:
@@ -156,7 +160,14 @@ class TransferSite(web_server.Site):
         )
 
     def log(self, request: http.Request) -> None:
-        """The access log line ``Site.log`` writes; with the fast writer, formatted and emitted more cheaply."""
+        """The access log line ``Site.log`` writes; with the fast writer, formatted and emitted more cheaply.
+
+        Also the one place every finished request passes: its record goes to :attr:`events`.
+        """
+        if self.events:
+            event = request_event(request, self.serving.engine)
+            if event is not None:
+                self.events.emit(event)
         log_file = self._logFile
         if log_file is not None:
             if self.fast_paths.access_log_writer and self._logFormatter is combinedLogFormatter:
@@ -233,6 +244,15 @@ class HTTPTransferServer(TransferServer):
         self.offload_threshold: int | None = OFFLOAD_THRESHOLD
         #: the digests downloads ask for: kept, or computed once per file state (every site shares it)
         self.digester = Digester()
+        #: where the records of finished requests and expiries go (``observe``); empty: none is made
+        self.events = EventFanout()
+
+    def observe(self, events: EventFanout) -> None:
+        """Send every record of this server (each finished request, each expiry) to ``events``."""
+        self.events = events
+        self.engine.events = events
+        for site in self._sites:
+            site.events = events
 
     def _base_identity(self, trusted_proxies: tuple[str, ...]) -> IdentitySource:
         return TrustedProxyIdentity(trusted_proxies)
@@ -269,6 +289,7 @@ class HTTPTransferServer(TransferServer):
             max_connection_age=self.max_connection_age,
             under_tls=self.scheme == "https",
         )
+        site.events = self.events
         self._sites.append(site)
         return site
 

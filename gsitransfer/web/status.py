@@ -183,6 +183,8 @@ def refusal_for(failure: Failure, what: str) -> errors.TransferError:
 def refuse(request: IRequest, error: errors.TransferError) -> None:
     """Answer ``request`` with ``error``'s status and reason (and ``Allow`` for a 405)."""
     allow = error.allow if isinstance(error, MethodNotAllowed) else ()
+    if getattr(request, "audit_started", None) is not None:  # the site records events: the reason goes in
+        setattr(request, "audit_reason", error.reason)
     for name, value in headers_for(error):
         request.setHeader(name, value)
     write_error(request, status_for(error), error.reason, allow)

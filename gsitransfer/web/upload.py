@@ -381,6 +381,11 @@ class UploadReceiver:
 
     def _record_stored(self, ticket: UploadTicket) -> None:
         """The file is stored: keep the digests hashed on the way (for ``Want-Digest``), log it."""
+        request = self.exchange.request
+        if getattr(request, "audit_started", None) is not None:  # the site records events
+            md5 = self.sink.hexdigest() if self.sink is not None else ticket.entry.checksum
+            setattr(request, "audit_file", (ticket.entry.name, ticket.entry.size, md5 or None))
+            setattr(request, "audit_received", self.exchange.length)
         if self.sink is not None:
             digester, adapter = self.exchange.serving.digester, self.engine.adapter_for(ticket.prefix)
             keep_upload_digests(digester, adapter, ticket.final_path, self.sink, self.hashers)

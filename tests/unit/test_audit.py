@@ -1,0 +1,65 @@
+"""The audit log's lines and file handling (a real file; the writer thread is the real one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from gsitransfer.audit import AuditLog, audit_line
+from gsitransfer.events import EventFanout, TransferEvent, key_hash
+
+FIELDS = {"time", "event", "dn", "peer", "prefix", "name", "size", "md5", "bytes", "duration_s", "status", "reason",
+          "key", "method"}
+
+
+def wait_for_lines(path: Path, count: int) -> list[dict[str, object]]:
+    """The file's lines once it has ``count`` (bounded wait: the writer is a thread)."""
+    for _ in range(500):
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= count:
+            return [json.loads(line) for line in lines]
+        time.sleep(0.01)
+    raise AssertionError(f"{path} has {len(lines)} lines, expected {count}")
+
+
+def test_a_line_has_every_field_and_stays_one_line():
+    """Every field is present (null when unknown); a name with a newline and quotes stays one JSON line."""
+    event = TransferEvent("upload", 1_764_900_000.5, dn="/CN=a", name='x\ny"z', size=3, status=201, key=key_hash("K" * 32))
+    line = audit_line(event)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    record = json.loads(line)
+    assert set(record) == FIELDS
+    assert record["name"] == 'x\ny"z' and record["md5"] is None and record["time"] == "2025-12-05T02:00:00.500Z"
+    assert record["key"] != "K" * 32 and len(record["key"]) == 12
+
+
+def test_lines_are_appended_and_reopened_after_a_rename(tmp_path: Path):
+    """Lines are appended; after the file is renamed away, reopen() sends the next lines to a new file."""
+    path = tmp_path / "audit.log"
+    audit = AuditLog(str(path))
+    fanout = EventFanout((audit,))
+    assert fanout and not EventFanout()
+    fanout.emit(TransferEvent("download", time.time(), name="a"))
+    wait_for_lines(path, 1)
+    os.rename(path, tmp_path / "audit.log.1")
+    fanout.emit(TransferEvent("download", time.time(), name="b"))  # still the renamed file
+    wait_for_lines(tmp_path / "audit.log.1", 2)
+    audit.reopen()
+    fanout.emit(TransferEvent("download", time.time(), name="c"))
+    assert [r["name"] for r in wait_for_lines(path, 1)] == ["c"]
+    audit.close()
+    assert oct(path.stat().st_mode & 0o777) == "0o640"
+
+
+def test_an_unopenable_file_is_one_clear_error(tmp_path: Path):
+    """A directory that does not exist: AuditError naming the option and the reason."""
+    from gsitransfer.audit import AuditError
+
+    try:
+        AuditLog(str(tmp_path / "missing" / "audit.log"))
+    except AuditError as error:
+        assert str(error).startswith("--audit-log ") and "No such file or directory" in str(error)
+    else:
+        raise AssertionError("no error")
