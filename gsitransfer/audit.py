@@ -33,7 +33,7 @@ from .events import TransferEvent
 #: lines waiting for the writer thread before the reactor writes them itself
 QUEUE_LINES = 10_000
 _FIELDS = ("event", "dn", "peer", "prefix", "name", "size", "md5", "bytes", "duration_s", "status", "reason", "key",
-           "method")
+           "method", "action")
 
 
 def audit_line(event: TransferEvent) -> bytes:

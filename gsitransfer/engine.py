@@ -1084,7 +1084,7 @@ class TransferEngine:
                 self.events.emit(TransferEvent(
                     EXPIRY, time.time(), dn=record.owner_dn, prefix=record.prefix, key=key_hash(record.key),
                     size=sum(record.manifest.files[num].counted_size for num in unsettled),
-                    reason=f"{len(unsettled)} of {record.manifest.num_files} file(s) never stored",
+                    reason=f"{len(unsettled)} of {record.manifest.num_files} file(s) never stored", action=EXPIRY,
                 ))
         return len(expired)
 

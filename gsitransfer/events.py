@@ -47,6 +47,8 @@ class TransferEvent:
     reason: str | None = None
     key: str | None = None
     method: str | None = None
+    #: what the request did or asked to do (``upload``, ``download``…): a refusal's is what was refused
+    action: str | None = None
 
 
 class EventSink(Protocol):

@@ -147,6 +147,7 @@ _PARAMETERS: list[list[object]] = [
     ["listing-owners", None, "own", "Whose uploader DN a listing shows: all, own (the asking person's only; none to anonymous clients) or none."],
     ["max-pending-bytes", None, None, "Most bytes one identity may have announced and not stored (0 or absent: no limit).", int],
     ["workers", None, 1, "Processes serving the listeners (1: this one; N > 1: a supervisor and N workers).", int],
+    ["metrics", None, None, "Serve /metrics (Prometheus), /healthz and /readyz in plain HTTP on this endpoint (e.g. tcp:9108:interface=127.0.0.1)."],
     ["audit-log", None, None, "Append one JSON line per manifest, upload, download, cancel, delete, expiry and refusal to FILE (SIGUSR1 reopens it)."],
 ]
 
@@ -161,7 +162,7 @@ HELP_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
                 "keepalive-timeout", "max-connection-age", "min-body-rate", "handler-timeout",
                 "max-manifest-bytes", "max-files", "max-transfer-size", "max-pending-files",
                 "max-pending-bytes")),
-    ("Operations", ("workers", "shutdown-grace", "audit-log", "no-fast-paths", "version", "help")),
+    ("Operations", ("workers", "shutdown-grace", "metrics", "audit-log", "no-fast-paths", "version", "help")),
 )
 
 

@@ -19,7 +19,8 @@ import gc
 import importlib
 import os
 import signal
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping, NoReturn, Protocol, TypedDict
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NoReturn, Protocol, TypedDict
 
 from twisted.application import service
 from twisted.internet import defer
@@ -34,7 +35,8 @@ from .manifest import ManifestLimits
 from .options import PROGRAM, ConfigError, Options, Role, ServiceAccount, report
 
 if TYPE_CHECKING:
-    from .events import EventFanout
+    from .events import EventFanout, EventSink
+    from .metrics import Metrics
     from .keys import TransferTable
     from .tls.context import ServerTLS
 
@@ -315,21 +317,40 @@ def build_servers(
 
 
 def _observe(options: Options, servers: list[Server], account: ServiceAccount | None) -> None:
-    """Give the servers their event sinks: the audit log (``--audit-log``), opened as the service account."""
-    path = options["audit-log"]
-    if not path:
-        return
-    from .audit import AuditError, AuditLog
+    """Give the servers their event sinks: the audit log (``--audit-log``, opened as the service
+    account) and the metrics (``--metrics``; every process counts, the listener is the service's)."""
     from .events import EventFanout
 
-    try:
-        with acting_as(account):
-            audit = AuditLog(path)
-    except AuditError as error:
-        raise ConfigError(str(error)) from None
-    events = EventFanout((audit,))
-    for server in servers:
-        server.observe(events)
+    sinks: list[EventSink] = []
+    path = options["audit-log"]
+    if path:
+        from .audit import AuditError, AuditLog
+
+        try:
+            with acting_as(account):
+                sinks.append(AuditLog(path))
+        except AuditError as error:
+            raise ConfigError(str(error)) from None
+    if options["metrics"]:
+        from .metrics import Metrics
+
+        metrics = Metrics()
+        sinks.append(metrics)
+        for server in servers:
+            tls = getattr(server, "tls", None)
+            if tls is not None:
+                tls.on_refusal = metrics.handshake_failed
+    if sinks:
+        events = EventFanout(tuple(sinks))
+        for server in servers:
+            server.observe(events)
+
+
+def metrics_of(servers: list[Server]) -> "Metrics | None":
+    """The servers' metrics sink (``--metrics``), if any."""
+    from .metrics import Metrics
+
+    return next((sink for sink in event_sinks(servers) if isinstance(sink, Metrics)), None)
 
 
 def event_sinks(servers: list[Server]) -> list[object]:
@@ -493,12 +514,23 @@ class TransferService(service.MultiService):
         endpoints: list[tuple[Server, str]],
         reload_interval: float,
         shutdown_grace: float = 30.0,
+        *,
+        metrics_endpoint: str | None = None,
+        store_dirs: tuple[str, ...] = (),
     ) -> None:
+        """``metrics_endpoint``: where the metrics listener listens (``--metrics``; a worker has none);
+        ``store_dirs``: the ``--store`` directories ``/healthz`` checks."""
         super().__init__()  # type: ignore[no-untyped-call]  # twisted.application.service is untyped
         self.servers = servers
         self.endpoints = endpoints
         self.reload_interval = reload_interval
         self.shutdown_grace = shutdown_grace
+        self.metrics_endpoint = metrics_endpoint
+        self.store_dirs = store_dirs
+        #: True from SIGTERM on (``/readyz`` answers 503)
+        self.draining = False
+        self._metrics_port: Any = None
+        self._sampler: LoopingCall | None = None
         self._previous_sighup: signal.Handlers | int | Callable[..., object] | None = None
 
     def privilegedStartService(self) -> None:
@@ -519,6 +551,84 @@ class TransferService(service.MultiService):
             )
             if failures:
                 self.refuse(cannot_listen(endpoint, server.scheme, failures[0]))
+        if self.metrics_endpoint:
+            self._listen_metrics(reactor, self.metrics_endpoint)
+
+    def _listen_metrics(self, reactor: Any, endpoint: str) -> None:
+        """The metrics listener (``/metrics``, ``/healthz``, ``/readyz``), bound before the reactor runs."""
+        from .metrics import MetricsSite
+
+        metrics = metrics_of(self.servers)
+        assert metrics is not None, "--metrics gives the servers a Metrics sink"
+        try:
+            parsed = serverFromString(reactor, endpoint)
+        except (ValueError, TypeError, KeyError) as error:
+            self.refuse(f"--metrics {endpoint}: not a Twisted endpoint string ({error})")
+        failures: list[Failure] = []
+        listening = parsed.listen(MetricsSite(metrics, self.health_problems, lambda: self.draining))
+        listening.addCallbacks(self._metrics_listening, failures.append, callbackArgs=(endpoint,))
+        if failures:
+            self.refuse(cannot_listen(endpoint, "metrics", failures[0]))
+
+    def _metrics_listening(self, port: Any, endpoint: str) -> None:
+        self._metrics_port = port
+        host = port.getHost()
+        _log.info("metrics listening: http://{host}:{port}/metrics (/healthz, /readyz) on {endpoint}",
+                  host=getattr(host, "host", "?"), port=getattr(host, "port", "?"), endpoint=endpoint)
+
+    def health_problems(self) -> list[str]:
+        """Why the server is not healthy (``/healthz``): stores, the transfer database, CRLs; empty: healthy."""
+        from .metrics import crl_problems, store_problems
+
+        problems = store_problems(self.store_dirs)
+        for server in self.servers[:1]:  # the servers share one transfer table
+            ping = getattr(getattr(server, "transfers", None), "ping", None)
+            if ping is not None:
+                try:
+                    ping()
+                except Exception as error:
+                    problems.append(f"the transfer database does not answer: {error}")
+        problems += crl_problems(self._crl_updates())
+        return problems
+
+    def _crl_updates(self) -> list[tuple[str, float]]:
+        """(issuer DN, nextUpdate as Unix time) of every CRL in force."""
+        from .identity import format_dn
+
+        updates: dict[str, float] = {}
+        for server in self.servers:
+            material = getattr(getattr(server, "tls", None), "material", None)
+            for crl in getattr(material, "crls", ()):
+                next_update = crl.next_update_utc
+                if next_update is not None:
+                    updates[format_dn(crl.issuer)] = next_update.timestamp()
+        return sorted(updates.items())
+
+    def sample_metrics(self) -> None:
+        """Set the metrics' gauges: open connections here; pending totals and CRLs where keys expire."""
+        metrics = metrics_of(self.servers)
+        if metrics is None:
+            return
+        connections = sum(getattr(server, "open_connections", lambda: 0)() for server in self.servers)
+        pending = self._pending() if self.expire_keys else None
+        metrics.sample(connections, pending, self._crl_updates() if pending is not None else ())
+
+    def _pending(self) -> tuple[int, int]:
+        """Files and bytes announced and not yet stored, over every live transfer."""
+        from .keys import SETTLED
+
+        files = size = 0
+        table = getattr(self.servers[0], "transfers", None) if self.servers else None
+        now = time.time()
+        for record in getattr(table, "records", lambda: ())():
+            if record.expired(now):
+                continue
+            states = table.states(record.key)  # type: ignore[union-attr]
+            for entry in record.manifest.files:
+                if states.get(entry.num) not in SETTLED and entry.num not in record.already_stored:
+                    files += 1
+                    size += entry.counted_size
+        return files, size
 
     def refuse(self, message: str) -> NoReturn:
         """Stop the start-up with one error line (a daemon's twistd parent is told it too).
@@ -547,10 +657,21 @@ class TransferService(service.MultiService):
                 signal.SIGHUP, lambda *_: IReactorThreads(reactor).callFromThread(self.reload)
             )
         self.catch_sigusr1(reactor)
+        self.start_sampling(reactor)
         # held since makeService (or the worker's first line): a SIGHUP sent meanwhile reloads now
         release_sighup()
         # what start-up made lives as long as the process: keep it out of every GC pass
         gc.freeze()
+
+    def start_sampling(self, reactor: Any) -> None:
+        """Sample the metrics' gauges every few seconds (with ``--metrics``)."""
+        from .metrics import SAMPLE_SECONDS
+
+        if metrics_of(self.servers) is None:
+            return
+        self._sampler = LoopingCall(self.sample_metrics)
+        self._sampler.clock = reactor
+        self._sampler.start(SAMPLE_SECONDS, now=True)
 
     def catch_sigusr1(self, reactor: object) -> None:
         """SIGUSR1 reopens the log files this process writes (the audit log), for logrotate."""
@@ -573,6 +694,9 @@ class TransferService(service.MultiService):
                 server.reload(force=True)
             except Exception:
                 _log.failure("reload failed")
+        metrics = metrics_of(self.servers)
+        if metrics is not None:
+            metrics.reloaded()
 
     def stopService(self) -> defer.Deferred[None]:
         """Stop accepting, give uploads in flight ``shutdown_grace`` seconds, then stop.
@@ -581,6 +705,7 @@ class TransferService(service.MultiService):
         the uploads the grace is for).
         """
         ignore_sighup_from_now(self._previous_sighup)
+        self.draining = True
         return defer.Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
@@ -591,6 +716,10 @@ class TransferService(service.MultiService):
             close = getattr(sink, "close", None)
             if close is not None:
                 close()
+        if self._sampler is not None and self._sampler.running:
+            self._sampler.stop()
+        if self._metrics_port is not None:  # up through the drain: /readyz said 503 meanwhile
+            await defer.maybeDeferred(self._metrics_port.stopListening)
         await service.MultiService.stopService(self)
 
 

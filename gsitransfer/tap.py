@@ -16,10 +16,13 @@ a traceback. The modules form a line: options ← service ← workers ← tap.
 
 from __future__ import annotations
 
+import atexit
+
 from twisted.application.service import IService
 
 from .options import MAX_WORKERS, PROGRAM, ConfigError, Options, Role, fail
 from .service import Server, TransferService, build_servers, endpoints_of, hold_sighup, load_factory
+from .metrics import end_multiprocess, start_multiprocess
 from .workers import SupervisorService
 
 
@@ -32,11 +35,17 @@ def makeService(options: Options) -> IService:
     """
     hold_sighup()
     role: Role = "supervisor" if options["workers"] > 1 else "single"
+    if role == "supervisor" and options["metrics"]:
+        # before anything imports prometheus_client: every process's values go to one directory
+        account = options.service_account()
+        metrics_dir = start_multiprocess(None if account is None else (account.uid, account.gid))
+        atexit.register(end_multiprocess, metrics_dir)
     try:
         servers = build_servers(options, role, fast_paths=options.fast_paths())
     except ConfigError as error:
         fail(str(error), 1)
     endpoints = endpoints_of(options, servers)
+    watch = {"metrics_endpoint": options["metrics"], "store_dirs": tuple(d for _, d in options["stores"])}
     made: TransferService
     if role == "supervisor":
         # the workers get the same arguments (``--no-fast-paths`` among them) and environment
@@ -47,9 +56,10 @@ def makeService(options: Options) -> IService:
             options["shutdown-grace"],
             workers=options["workers"],
             argv=options.argv,
+            **watch,
         )
     else:
-        made = TransferService(servers, endpoints, options["reload-interval"], options["shutdown-grace"])
+        made = TransferService(servers, endpoints, options["reload-interval"], options["shutdown-grace"], **watch)
     made.twistd_config = options.parent
     return made
 

@@ -314,6 +314,10 @@ class SQLiteTransferTable:
         """Close the database."""
         self._db.close()
 
+    def ping(self) -> None:
+        """Ask the database one trivial question (a health check); raises if it cannot answer."""
+        self._db.execute("SELECT 1").fetchone()
+
 
 def _holder(state: FileState) -> int | None:
     """The pid recorded with a file this process starts receiving."""

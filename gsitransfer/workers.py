@@ -66,6 +66,7 @@ from .service import (
     build_servers,
     hold_sighup,
     ignore_sighup_from_now,
+    metrics_of,
     release_sighup,
     sighup_held,
 )
@@ -201,8 +202,12 @@ class SupervisorService(TransferService):
         workers: int,
         argv: list[str],
         reactor: SupervisorReactor | None = None,
+        metrics_endpoint: str | None = None,
+        store_dirs: tuple[str, ...] = (),
     ) -> None:
-        super().__init__(servers, endpoints, reload_interval, shutdown_grace)
+        super().__init__(
+            servers, endpoints, reload_interval, shutdown_grace, metrics_endpoint=metrics_endpoint, store_dirs=store_dirs
+        )
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -281,6 +286,9 @@ class SupervisorService(TransferService):
         how = f"signal {signum}" if signum else f"status {code}"
         if worker.pid is not None:
             self._release(worker.pid)
+            metrics = metrics_of(self.servers)
+            if metrics is not None:
+                metrics.process_ended(worker.pid)
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
         if self.stopping:

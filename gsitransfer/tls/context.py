@@ -383,6 +383,8 @@ class ServerTLS:
         self.trust = trust
         self._clock = clock or (lambda: datetime.datetime.now(datetime.timezone.utc))
         self._handshakes: weakref.WeakKeyDictionary[SSL.Connection, _Handshake] = weakref.WeakKeyDictionary()
+        #: told the reason of each handshake refused (the metrics: ``--metrics``), after it is logged
+        self.on_refusal: Callable[[str], None] | None = None
         #: the info callback set on each connection whose transport does not report its handshake
         self._connection_info = connection_info_callback(self._info)
         self._stamp = self._files_stamp()
@@ -559,6 +561,12 @@ class ServerTLS:
             self._connection_info.install(connection)
         return connection
 
+    def _refused(self, state: _Handshake, alert: str) -> None:
+        """Log a refused handshake, and tell :attr:`on_refusal` its reason (the verify error, else the alert)."""
+        _log_refusal(state, alert)
+        if self.on_refusal is not None:
+            self.on_refusal(state.failure.reason if state.failure is not None else alert)
+
     def handshake_completed(self, connection: SSL.Connection) -> None:
         """A reporting transport's handshake succeeded: its record is not kept (idle memory)."""
         self._handshakes.pop(connection, None)
@@ -582,7 +590,7 @@ class ServerTLS:
             alert = f"no client certificate ({_ALERTS[116] if tls13 else _ALERTS[40]})"
         else:
             alert = next((_REASON_ALERTS[r] for r in reasons if r in _REASON_ALERTS), None) or sorted(reasons)[0]
-        _log_refusal(state, alert)
+        self._refused(state, alert)
 
     # -- callbacks (never raise: pyOpenSSL would re-raise out of the handshake) --
 
@@ -613,7 +621,7 @@ class ServerTLS:
         alert = _ALERTS.get(value & 0xFF, f"alert {value & 0xFF}")
         if state.failure is None and state.asked_certificate and connection.get_peer_certificate() is None:
             alert = f"no client certificate ({alert})"
-        _log_refusal(state, alert)
+        self._refused(state, alert)
 
 
 def _trust_digest(material: TrustMaterial, policies: SigningPolicies) -> bytes:

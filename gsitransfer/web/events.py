@@ -51,7 +51,8 @@ def request_event(request: Any, engine: Any) -> TransferEvent | None:
     exchange = getattr(request, "exchange", None)
     route = None if exchange is None else exchange.route
     code = int(request.code)
-    kind = REFUSAL if code >= 400 else _kind(request.method, route)
+    action = _kind(request.method, route)
+    kind = REFUSAL if code >= 400 else action
     if kind is None:
         return None
     id_token = getattr(request, "id_token", None)
@@ -92,6 +93,7 @@ def request_event(request: Any, engine: Any) -> TransferEvent | None:
         reason=getattr(request, "audit_reason", None) if code >= 400 else None,
         key=key,
         method=request.method.decode("ascii", "replace"),
+        action=action or "other",
     )
 
 
@@ -109,7 +111,7 @@ def plain_get_event(client: Any, prefix: str, name: str, sent: int, dn: str | No
     """The record of a ``GET`` answered ``200`` by the keep-alive shortcut."""
     return TransferEvent(
         event=DOWNLOAD, time=time.time(), dn=dn, peer=_peer(client), prefix=prefix, name=name, bytes=sent,
-        status=200, method="GET",
+        status=200, method="GET", action=DOWNLOAD,
     )
 
 

@@ -293,6 +293,10 @@ class HTTPTransferServer(TransferServer):
         self._sites.append(site)
         return site
 
+    def open_connections(self) -> int:
+        """Client connections open now, over every site (the metrics' gauge)."""
+        return sum(len(site.connections) for site in self._sites)
+
     def busy(self) -> int:
         """Uploads in flight plus requests being answered, over every site."""
         return self.engine.uploads_in_flight() + sum(site.active_requests for site in self._sites)

@@ -11,7 +11,7 @@ from gsitransfer.audit import AuditLog, audit_line
 from gsitransfer.events import EventFanout, TransferEvent, key_hash
 
 FIELDS = {"time", "event", "dn", "peer", "prefix", "name", "size", "md5", "bytes", "duration_s", "status", "reason",
-          "key", "method"}
+          "key", "method", "action"}
 
 
 def wait_for_lines(path: Path, count: int) -> list[dict[str, object]]:
