@@ -292,7 +292,7 @@ class SQLiteTransferTable:
             record = records[key]
             if record is not None and num < record.manifest.num_files:
                 files += 1
-                size += record.manifest.files[num].size
+                size += record.manifest.files[num].counted_size
         return files, size
 
     def records(self) -> Iterable[TransferRecord]:
@@ -313,6 +313,13 @@ class SQLiteTransferTable:
     def close(self) -> None:
         """Close the database."""
         self._db.close()
+
+    def expire_now(self, key: str, now: float) -> bool:
+        """End ``key``'s life now (``gsitransfer-admin transfers cancel``): the expiry sweep of the server
+        cancels its files as for any expired key. False when there is no such key."""
+        changed = self._db.execute("UPDATE transfers SET expires = ? WHERE key = ? AND expires > ?", (now, key, now))
+        self._cache.pop(key, None)
+        return changed.rowcount > 0
 
     def ping(self) -> None:
         """Ask the database one trivial question (a health check); raises if it cannot answer."""

@@ -363,6 +363,13 @@ def build_context(
     return context
 
 
+def ca_policies(material: TrustMaterial, trust: TrustConfig) -> SigningPolicies:
+    """The signing policies and namespaces of the trusted CAs (``<hash>.signing_policy``, ``<hash>.namespaces``)."""
+    cas = [(format_dn(ca.subject), f"{crypto.X509.from_cryptography(ca).subject_name_hash():08x}")
+           for ca in material.cas]
+    return load_policies(trust.ca_dir, cas, trust.signing_policy)
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class ServerTLS:
     """Creates the server side of each TLS connection, with reloadable trust.
@@ -436,9 +443,7 @@ class ServerTLS:
         return context, material, policies
 
     def _load_policies(self, material: TrustMaterial) -> SigningPolicies:
-        cas = [(format_dn(ca.subject), f"{crypto.X509.from_cryptography(ca).subject_name_hash():08x}")
-               for ca in material.cas]
-        policies = load_policies(self.trust.ca_dir, cas, self.trust.signing_policy)
+        policies = ca_policies(material, self.trust)
         for policy in policies.by_ca.values():
             if policy.broken is not None:
                 log.error("signing policy unreadable, the CA's certificates are refused: {reason}",
@@ -494,46 +499,14 @@ class ServerTLS:
     def _untrusted(self, chain: Sequence[x509.Certificate]) -> str | None:
         store = self._recheck_store
         if store is None:
-            store = crypto.X509Store()
-            for ca in self.material.cas:
-                store.add_cert(crypto.X509.from_cryptography(ca))
-            store.set_flags(crypto.X509StoreFlags.ALLOW_PROXY_CERTS)
-            self._recheck_store = store
-        store.set_time(self._clock())
-        leaf = crypto.X509.from_cryptography(chain[0])
-        others = [crypto.X509.from_cryptography(cert) for cert in chain[1:]]
-        try:
-            crypto.X509StoreContext(store, leaf, others).verify_certificate()
-        except crypto.X509StoreContextError as error:
-            code = error.errors[0] if error.errors and isinstance(error.errors[0], int) else -1
-            return f"the certificate chain is no longer trusted ({verify_error_text(code)})"
-        return None
+            store = self._recheck_store = trust_store(self.material)
+        failure = chain_failure(store, chain, self._clock())
+        if failure is None:
+            return None
+        return f"the certificate chain is no longer trusted ({failure.reason})"
 
     def _revoked(self, chain: Sequence[x509.Certificate]) -> str | None:
-        crls: dict[x509.Name, list[x509.CertificateRevocationList]] = {}
-        for crl in self.material.crls:
-            crls.setdefault(crl.issuer, []).append(crl)
-        checking = bool(self.material.crls) or self.trust.crl_policy == "strict"
-        if not checking:
-            return None
-        now = self._clock()
-        for index, cert in enumerate(chain):
-            if cert.issuer == cert.subject:
-                continue
-            issuer = chain[index + 1] if index + 1 < len(chain) else None
-            found = [crl for crl in crls.get(cert.issuer, ())
-                     if issuer is not None and _crl_signed_by(crl, issuer)]
-            if not found:
-                if self.trust.crl_policy == "strict" and not is_proxy(cert):
-                    return f"no CRL for the CA of {format_dn(cert.subject)} (CRL policy strict)"
-                continue
-            for crl in found:
-                next_update = crl.next_update_utc
-                if next_update is not None and next_update < now:
-                    return f"the CRL of {format_dn(crl.issuer)} has expired"
-                if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
-                    return f"certificate revoked: {format_dn(cert.subject)}"
-        return None
+        return revocation_refusal(chain, self.material, self.trust.crl_policy, self._clock())
 
     def _files_stamp(self) -> tuple[tuple[str, int, int, int, int], ...]:
         """(path, mtime, ctime, size, inode) of every file a build reads; missing files count too."""
@@ -622,6 +595,71 @@ class ServerTLS:
         if state.failure is None and state.asked_certificate and connection.get_peer_certificate() is None:
             alert = f"no client certificate ({alert})"
         self._refused(state, alert)
+
+
+def trust_store(material: TrustMaterial) -> crypto.X509Store:
+    """An X509Store of the trusted CAs that takes RFC 3820 proxies (as the server's contexts do)."""
+    store = crypto.X509Store()
+    for ca in material.cas:
+        store.add_cert(crypto.X509.from_cryptography(ca))
+    store.set_flags(crypto.X509StoreFlags.ALLOW_PROXY_CERTS)
+    return store
+
+
+def chain_failure(store: crypto.X509Store, chain: Sequence[x509.Certificate], when: datetime.datetime) -> VerifyFailure | None:
+    """Why OpenSSL does not verify ``chain`` (leaf first) against ``store`` at ``when``; None: it does."""
+    store.set_time(when)
+    leaf = crypto.X509.from_cryptography(chain[0])
+    others = [crypto.X509.from_cryptography(cert) for cert in chain[1:]]
+    try:
+        crypto.X509StoreContext(store, leaf, others).verify_certificate()
+    except crypto.X509StoreContextError as error:
+        code = error.errors[0] if error.errors and isinstance(error.errors[0], int) else -1
+        depth = error.errors[1] if len(error.errors) > 1 and isinstance(error.errors[1], int) else -1
+        subject = _subject(error.certificate) if error.certificate is not None else "(unknown)"
+        return VerifyFailure(depth, code, verify_error_text(code), subject)
+    return None
+
+
+def verified_chain_of(
+    store: crypto.X509Store, chain: Sequence[x509.Certificate], when: datetime.datetime
+) -> list[x509.Certificate]:
+    """The chain OpenSSL builds from ``chain`` to a trusted CA (leaf first, the CA last), as a handshake's
+    verified chain is; :func:`chain_failure` must have found nothing wrong."""
+    store.set_time(when)
+    leaf = crypto.X509.from_cryptography(chain[0])
+    others = [crypto.X509.from_cryptography(cert) for cert in chain[1:]]
+    built = crypto.X509StoreContext(store, leaf, others).get_verified_chain()
+    return [cert.to_cryptography() for cert in built]
+
+
+def revocation_refusal(
+    chain: Sequence[x509.Certificate], material: TrustMaterial, crl_policy: str, now: datetime.datetime
+) -> str | None:
+    """Why the CRLs refuse ``chain`` (revoked, a CRL expired, none under ``strict``); None: they do not."""
+    crls: dict[x509.Name, list[x509.CertificateRevocationList]] = {}
+    for crl in material.crls:
+        crls.setdefault(crl.issuer, []).append(crl)
+    checking = bool(material.crls) or crl_policy == "strict"
+    if not checking:
+        return None
+    for index, cert in enumerate(chain):
+        if cert.issuer == cert.subject:
+            continue
+        issuer = chain[index + 1] if index + 1 < len(chain) else None
+        found = [crl for crl in crls.get(cert.issuer, ())
+                 if issuer is not None and _crl_signed_by(crl, issuer)]
+        if not found:
+            if crl_policy == "strict" and not is_proxy(cert):
+                return f"no CRL for the CA of {format_dn(cert.subject)} (CRL policy strict)"
+            continue
+        for crl in found:
+            next_update = crl.next_update_utc
+            if next_update is not None and next_update < now:
+                return f"the CRL of {format_dn(crl.issuer)} has expired"
+            if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+                return f"certificate revoked: {format_dn(cert.subject)}"
+    return None
 
 
 def _trust_digest(material: TrustMaterial, policies: SigningPolicies) -> bytes:
@@ -721,6 +759,11 @@ __all__ = [
     "TrustMaterial",
     "VerifyFailure",
     "build_context",
+    "ca_policies",
+    "chain_failure",
+    "verified_chain_of",
+    "revocation_refusal",
+    "trust_store",
     "load_ca_directory",
     "load_host_credential",
     "load_trust",
