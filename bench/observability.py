@@ -44,15 +44,16 @@ def parse_size(text: str) -> int:
     return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
 
 
-def run(rounds: int, requests: int, size: int, workdir: Path) -> dict[str, Any]:
+def run(rounds: int, requests: int, size: int, workdir: Path, on_args: list[str] | None = None) -> dict[str, Any]:
     from gsitransfer.testca import make_test_pki
 
     pki = make_test_pki(workdir / "pki", users=("alice",))
     alice = pki.users["alice"]
     tls = ["--cacert", str(pki.ca_file), "--cert", str(alice.cert), "--key", str(alice.key)]
     servers = {}
-    for label, extra in (("off", []), ("on", ["--metrics", "tcp:0:interface=127.0.0.1",
-                                              "--audit-log", str(workdir / "audit.log")])):
+    if on_args is None:
+        on_args = ["--metrics", "tcp:0:interface=127.0.0.1", "--audit-log", str(workdir / "audit.log")]
+    for label, extra in (("off", []), ("on", on_args)):
         store = workdir / f"store-{label}"
         store.mkdir()
         (store / "64k.bin").write_bytes(os.urandom(64 * 1024))
@@ -122,9 +123,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--size", default="256MiB")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--only", choices=("metrics", "audit"), default=None, help="turn on only one of the two")
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-obs-"))
-    print(json.dumps(run(args.rounds, args.requests, parse_size(args.size), workdir), indent=1))
+    on_args = None
+    if args.only == "metrics":
+        on_args = ["--metrics", "tcp:0:interface=127.0.0.1"]
+    elif args.only == "audit":
+        on_args = ["--audit-log", str(workdir / "audit.log")]
+    print(json.dumps(run(args.rounds, args.requests, parse_size(args.size), workdir, on_args), indent=1))
 
 
 if __name__ == "__main__":

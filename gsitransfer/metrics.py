@@ -70,6 +70,8 @@ class Metrics:
 
         self.multiprocess = MULTIPROC_VARIABLE in os.environ
         self.registry = CollectorRegistry()
+        #: the labelled children already made, by (family, label values): bounded by the label values there are
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         into: dict[str, Any] = {"registry": None if self.multiprocess else self.registry}
         self.uploads = Counter("gsitransfer_uploads", "File uploads (POST, PUT, PATCH) answered, by prefix and result.",
                                ["prefix", "result"], **into)
@@ -97,27 +99,35 @@ class Metrics:
         self.crl_next_update = Gauge("gsitransfer_crl_next_update_seconds",
                                      "Unix time of each CRL's nextUpdate.", ["issuer"], **shared)
 
+    def _child(self, family: Any, *labels: str) -> Any:
+        """``family.labels(*labels)``, remembered (``labels`` checks and locks on every call)."""
+        key = (id(family), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
+
     def emit(self, event: TransferEvent) -> None:
         """Count one record (``EventSink``)."""
         prefix = event.prefix or ""
         result = _result(event.status)
         action = event.action or event.event
         if event.event == REFUSAL:
-            self.refusals.labels(prefix, action, str(event.status)).inc()
-        if action == UPLOAD:
-            self.uploads.labels(prefix, result).inc()
-            if result == "ok" and event.bytes:
-                self.received_bytes.inc(event.bytes)
-        elif action == DOWNLOAD:
-            self.downloads.labels(prefix, result).inc()
+            self._child(self.refusals, prefix, action, str(event.status)).inc()
+        if action == DOWNLOAD:
+            self._child(self.downloads, prefix, result).inc()
             if result == "ok" and event.bytes:
                 self.sent_bytes.inc(event.bytes)
+        elif action == UPLOAD:
+            self._child(self.uploads, prefix, result).inc()
+            if result == "ok" and event.bytes:
+                self.received_bytes.inc(event.bytes)
         elif action == MANIFEST:
-            self.manifests.labels(prefix, result).inc()
+            self._child(self.manifests, prefix, result).inc()
         elif action in (CANCEL, DELETE, EXPIRY) and result == "ok":
-            self.ends.labels(prefix, action).inc()
+            self._child(self.ends, prefix, action).inc()
         if event.duration_s is not None:
-            self.durations.labels(action).observe(event.duration_s)
+            self._child(self.durations, action).observe(event.duration_s)
 
     def handshake_failed(self, reason: str) -> None:
         """A TLS handshake was refused for ``reason`` (OpenSSL's verify text, or the alert sent)."""

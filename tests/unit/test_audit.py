@@ -63,3 +63,21 @@ def test_an_unopenable_file_is_one_clear_error(tmp_path: Path):
         assert str(error).startswith("--audit-log ") and "No such file or directory" in str(error)
     else:
         raise AssertionError("no error")
+
+
+def test_the_fast_line_is_the_json_of_the_record():
+    """audit_line gives exactly json.dumps(audit_record(...)) for many times, names and values."""
+    import random
+
+    from gsitransfer.audit import audit_record
+
+    chooser = random.Random(7)
+    names = ["a.txt", "ü 日本.bin", 'quote"back\\slash', "line\nbreak", "x" * 600, None]
+    for _ in range(2000):
+        event = TransferEvent(
+            chooser.choice(["upload", "download", "refusal"]), chooser.uniform(0, 2e9), dn=chooser.choice(names),
+            name=chooser.choice(names), size=chooser.choice([None, 0, 10**12]), duration_s=chooser.choice([None, 0.1234567]),
+            status=chooser.choice([None, 200, 404]), reason=chooser.choice(names), bytes=chooser.choice([None, 5]),
+        )
+        reference = json.dumps(audit_record(event), ensure_ascii=False, separators=(", ", ": ")) + "\n"
+        assert audit_line(event) == reference.encode("utf-8")
