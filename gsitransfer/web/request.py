@@ -78,7 +78,7 @@ class TransferRequest(server.Request):
         self.content = io.BytesIO()
         self._prime_request_line()
         site = self.channel.site
-        if site.events:
+        if site.events.sinks:
             self.audit_started = time.monotonic()
         handler_answer = self.channel.take_handler_answer()
         try:

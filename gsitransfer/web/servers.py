@@ -164,7 +164,7 @@ class TransferSite(web_server.Site):
 
         Also the one place every finished request passes: its record goes to :attr:`events`.
         """
-        if self.events:
+        if self.events.sinks:
             event = request_event(request, self.serving.engine)
             if event is not None:
                 self.events.emit(event)
