@@ -114,27 +114,28 @@ def _open(path: str) -> int:
 class AuditLog:
     """The audit log of one process: an :class:`~gsitransfer.events.EventSink` writing through a thread.
 
-    The reactor appends each line to a deque (one C call, no lock of ours);
-    the writer thread takes what gathered every :data:`GATHER_SECONDS` and
-    writes it in one ``write``. Past :data:`QUEUE_LINES` waiting lines the
-    reactor writes them itself (nothing is dropped).
+    The reactor appends each record to a deque (one C call, no lock of ours);
+    the writer thread takes what gathered every :data:`GATHER_SECONDS`, makes
+    the lines (in one tight loop, off the reactor's path) and writes them in
+    one ``write``. Past :data:`QUEUE_LINES` waiting records the reactor writes
+    them itself (nothing is dropped).
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd = _open(path)
         self._lock = threading.Lock()
-        self._lines: collections.deque[bytes] = collections.deque()
+        self._events: collections.deque[TransferEvent] = collections.deque()
         self._reopen = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gsitransfer-audit", daemon=True)
         self._thread.start()
 
     def emit(self, event: TransferEvent) -> None:
-        """Queue the event's line (written at once, here, if the writer is far behind)."""
-        lines = self._lines
-        lines.append(audit_line(event))
-        if len(lines) > QUEUE_LINES:
+        """Queue the record (its line is made and written at once, here, if the writer is far behind)."""
+        events = self._events
+        events.append(event)
+        if len(events) > QUEUE_LINES:
             self._flush()
 
     def reopen(self) -> None:
@@ -157,12 +158,12 @@ class AuditLog:
             self._flush()
 
     def _flush(self) -> None:
-        """Take every waiting line (deque.popleft is atomic) and write them in one ``write``."""
-        lines = self._lines
+        """Take every waiting record (deque.popleft is atomic), write their lines in one ``write``."""
+        events = self._events
         batch = []
         try:
-            for _ in range(len(lines)):
-                batch.append(lines.popleft())
+            for _ in range(len(events)):
+                batch.append(audit_line(events.popleft()))
         except IndexError:
             pass
         self._write(b"".join(batch))

@@ -2,7 +2,8 @@
 
 :class:`Metrics` is an :class:`~gsitransfer.events.EventSink`: the records of
 finished requests and expiries (``gsitransfer.events``) become counters and
-histograms, so no hot path carries metric code of its own; a few gauges
+histograms — counted by a thread within :data:`COUNT_SECONDS` (and before
+every exposition), so no request path carries metric code of its own; a few gauges
 (open connections, pending files and bytes, CRL next updates) are sampled
 every :data:`SAMPLE_SECONDS`. The exposition is ``prometheus_client``'s.
 
@@ -21,9 +22,11 @@ listener stays up through the drain).
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -34,6 +37,8 @@ from .events import CANCEL, DELETE, DOWNLOAD, EXPIRY, MANIFEST, REFUSAL, UPLOAD,
 
 #: seconds between samples of the gauges
 SAMPLE_SECONDS = 5.0
+#: the records of finished requests are counted by a thread at most this long after they are taken
+COUNT_SECONDS = 0.25
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
@@ -72,6 +77,11 @@ class Metrics:
         self.registry = CollectorRegistry()
         #: the labelled children already made, by (family, label values): bounded by the label values there are
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        #: records taken and not yet counted (appended by the reactor, counted by a thread: no counting per request)
+        self._events: collections.deque[TransferEvent] = collections.deque()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gsitransfer-metrics", daemon=True)
+        self._thread.start()
         into: dict[str, Any] = {"registry": None if self.multiprocess else self.registry}
         self.uploads = Counter("gsitransfer_uploads", "File uploads (POST, PUT, PATCH) answered, by prefix and result.",
                                ["prefix", "result"], **into)
@@ -108,7 +118,30 @@ class Metrics:
         return child
 
     def emit(self, event: TransferEvent) -> None:
-        """Count one record (``EventSink``)."""
+        """Take one record (``EventSink``): counted by the counting thread within :data:`COUNT_SECONDS`."""
+        self._events.append(event)
+
+    def count_now(self) -> None:
+        """Count every record taken so far (the counting thread; before each exposition)."""
+        events = self._events
+        try:
+            for _ in range(len(events)):
+                self._count(events.popleft())
+        except IndexError:
+            pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(COUNT_SECONDS):
+            self.count_now()
+
+    def close(self) -> None:
+        """Count what is left and stop the counting thread."""
+        self._stop.set()
+        self._thread.join(10)
+        self.count_now()
+
+    def _count(self, event: TransferEvent) -> None:
+        """Count one record."""
         prefix = event.prefix or ""
         result = _result(event.status)
         action = event.action or event.event
@@ -151,6 +184,7 @@ class Metrics:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
         from prometheus_client.multiprocess import MultiProcessCollector
 
+        self.count_now()
         if not self.multiprocess:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
         registry = CollectorRegistry()
@@ -241,6 +275,6 @@ def crl_problems(crls: Iterable[tuple[str, float]], now: float | None = None) ->
 
 
 __all__ = [
-    "MULTIPROC_VARIABLE", "SAMPLE_SECONDS", "HealthCheck", "Metrics", "MetricsSite",
+    "COUNT_SECONDS", "MULTIPROC_VARIABLE", "SAMPLE_SECONDS", "HealthCheck", "Metrics", "MetricsSite",
     "crl_problems", "end_multiprocess", "start_multiprocess", "store_problems",
 ]

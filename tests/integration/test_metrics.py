@@ -39,6 +39,18 @@ def get(url: str) -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
+def scrape_until(base: str, sample: str, expected: float) -> str:
+    """/metrics once ``sample`` has ``expected`` (workers count their records within a quarter second)."""
+    deadline = time.monotonic() + 20
+    text = ""
+    while time.monotonic() < deadline:
+        status, text = get(base + "/metrics")
+        if status == 200 and value(text, sample) == expected:
+            break
+        time.sleep(0.1)
+    return text
+
+
 def value(text: str, sample: str) -> float:
     """One sample's value in the exposition (0 when absent)."""
     for line in text.splitlines():
@@ -98,8 +110,7 @@ def test_workers_add_up(tmp_path: Path) -> None:
             subprocess.run([*CURL, "-o", "/dev/null", url], check=True, timeout=60)
         log = server.log_text()
         assert "worker 1:" in log and "worker 2:" in log  # each worker answered some
-        status, text = get(base + "/metrics")
-        assert status == 200
+        text = scrape_until(base, 'gsitransfer_downloads_total{prefix="data",result="ok"}', 60)
         assert value(text, 'gsitransfer_downloads_total{prefix="data",result="ok"}') == 60
         assert value(text, "gsitransfer_sent_bytes_total") == 300_000
 
