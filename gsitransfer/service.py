@@ -712,6 +712,11 @@ class TransferService(service.MultiService):
         await defer.DeferredList(
             [server.stop(self.shutdown_grace) for server in self.servers], consumeErrors=True
         )
+        await self.stop_observing()
+        await service.MultiService.stopService(self)
+
+    async def stop_observing(self) -> None:
+        """After the drain: close the event sinks, stop sampling, close the metrics listener."""
         for sink in event_sinks(self.servers):
             close = getattr(sink, "close", None)
             if close is not None:
@@ -720,7 +725,6 @@ class TransferService(service.MultiService):
             self._sampler.stop()
         if self._metrics_port is not None:  # up through the drain: /readyz said 503 meanwhile
             await defer.maybeDeferred(self._metrics_port.stopListening)
-        await service.MultiService.stopService(self)
 
 
 __all__ = [

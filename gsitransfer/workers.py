@@ -240,6 +240,7 @@ class SupervisorService(TransferService):
                 signal.SIGHUP, lambda *_: IReactorThreads(self.reactor).callFromThread(self.reload)
             )
         self.catch_sigusr1(self.reactor)
+        self.start_sampling(self.reactor)
         _log.info("starting {n} worker processes", n=self.worker_count)
         for index in range(1, self.worker_count + 1):
             self.spawn(index)
@@ -377,6 +378,7 @@ class SupervisorService(TransferService):
     def stopService(self) -> defer.Deferred[None]:
         """Pass SIGTERM on, wait for the workers (killing stragglers), then stop; SIGHUP ignored from now."""
         self.stopping = True
+        self.draining = True
         ignore_sighup_from_now(self._previous_sighup)
         self._previous_sighup = None
         return defer.Deferred.fromCoroutine(self._stop_workers())
@@ -396,6 +398,7 @@ class SupervisorService(TransferService):
             await ended
             if timer.active():
                 timer.cancel()
+        await self.stop_observing()
         await service.MultiService.stopService(self)
 
     @staticmethod

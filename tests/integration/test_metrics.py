@@ -39,13 +39,14 @@ def get(url: str) -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
-def scrape_until(base: str, sample: str, expected: float) -> str:
-    """/metrics once ``sample`` has ``expected`` (workers count their records within a quarter second)."""
+def scrape_until(base: str, sample: str, expected: float, *more: tuple[str, float]) -> str:
+    """/metrics once each sample has its expected value (workers count their records within a quarter second)."""
+    wanted = [(sample, expected), *more]
     deadline = time.monotonic() + 20
     text = ""
     while time.monotonic() < deadline:
         status, text = get(base + "/metrics")
-        if status == 200 and value(text, sample) == expected:
+        if status == 200 and all(value(text, name) == number for name, number in wanted):
             break
         time.sleep(0.1)
     return text
@@ -81,8 +82,11 @@ def test_counts_after_real_transfers_and_health(tmp_path: Path) -> None:
         subprocess.run([*CURL, *tls, "-o", "/dev/null", https + "missing.bin"], check=True, timeout=90)
         no_cert = subprocess.run([*CURL, "--cacert", str(pki.ca_file), https], capture_output=True, timeout=90)
         assert no_cert.returncode != 0
-        status, text = get(base + "/metrics")
-        assert status == 200
+        text = scrape_until(
+            base, 'gsitransfer_uploads_total{prefix="data",result="ok"}', 3,
+            ('gsitransfer_downloads_total{prefix="data",result="ok"}', 2),
+            ('gsitransfer_downloads_total{prefix="data",result="refused"}', 1),
+        )
         assert value(text, 'gsitransfer_uploads_total{prefix="data",result="ok"}') == 3
         assert value(text, 'gsitransfer_downloads_total{prefix="data",result="ok"}') == 2
         assert value(text, 'gsitransfer_downloads_total{prefix="data",result="refused"}') == 1
