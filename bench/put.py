@@ -36,17 +36,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from resume import parse_size  # noqa: E402
 from benchservers import GsiTransferServer, NginxServer, stop_all  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1]
-
-
-def parse_size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    text = text.strip().lower().removesuffix("ib").removesuffix("b")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
 
 
 def make_file(path: Path, size: int) -> str:

@@ -66,6 +66,12 @@ class ManifestLimits:
     #: largest sum of the file sizes of one manifest, in bytes (None: no limit)
     max_total_size: int | None = None
 
+    @property
+    def largest_file(self) -> int | None:
+        """The largest file one upload may be (a one-file manifest: both limits hold), or None."""
+        bounds = [bound for bound in (self.max_file_size, self.max_total_size) if bound is not None]
+        return min(bounds) if bounds else None
+
 
 @dataclass(frozen=True)
 class FileEntry:

@@ -82,6 +82,11 @@ class Exchange:
     #: the handler's answer to this download, when the keep-alive shortcut already asked it
     handler_answer: HandlerAnswer | None = None
 
+    def header(self, name: bytes) -> bytes | None:
+        """The request's first ``name`` field, stripped; None when it has none."""
+        values = self.request.requestHeaders.getRawHeaders(name)
+        return None if not values else values[0].strip()
+
     def locate(self, prefix: str, name: str) -> str | None:
         """The URL of file ``name`` under ``prefix``, on the host this request came to."""
         return self.serving.locate(prefix, name, request_origin(self.request, self.serving.scheme))

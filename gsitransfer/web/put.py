@@ -61,25 +61,13 @@ from .upload import BodyWriter, UploadReceiver, UploadState
 _MD5 = "md5"
 
 
-def _header(exchange: Exchange, name: bytes) -> bytes | None:
-    values = exchange.request.requestHeaders.getRawHeaders(name)
-    return None if not values else values[0].strip()
-
-
-def size_limit(exchange: Exchange) -> int | None:
-    """The largest file the server takes (``--max-transfer-size`` and the per-file limit), or None."""
-    limits = exchange.serving.engine.manifest_limits
-    bounds = [bound for bound in (limits.max_file_size, limits.max_total_size) if bound is not None]
-    return min(bounds) if bounds else None
-
-
 def put_name(exchange: Exchange, route: FileRoute) -> str:
     """The file name a ``PUT`` targets, after the checks its headers allow; the refusal raised otherwise."""
     if "/" in route.url_path:
         raise NameTaken(f"this store is flat: no collection {route.url_path.rsplit('/', 1)[0]} (PUT to /{route.prefix}/<name>)")
-    if _header(exchange, b"content-range") is not None:
+    if exchange.header(b"content-range") is not None:
         raise BadRequest("a PUT carries a whole file: Content-Range is not supported (resume with HEAD and PATCH)")
-    largest = size_limit(exchange)
+    largest = exchange.serving.engine.manifest_limits.largest_file
     if largest is not None and exchange.length is not None and exchange.length > largest:
         raise BodyTooLarge(f"Content-Length {exchange.length} is more than this server takes ({largest} bytes)")
     return route.url_path
@@ -100,7 +88,7 @@ class PutReceiver(UploadReceiver):
         super().__init__(replace(exchange, route=UploadRoute(route.prefix, "", "0")), control)
         self.file_route = route
         #: the largest body taken when its size was not announced (a chunked PUT)
-        self.limit = size_limit(exchange)
+        self.limit = exchange.serving.engine.manifest_limits.largest_file
 
     def start(self) -> None:
         """Check the headers, then announce the file; the connection waits meanwhile."""
@@ -116,7 +104,7 @@ class PutReceiver(UploadReceiver):
         except (TransferError, ManifestError):
             self._fail(Failure(), "reading a PUT's headers")
             return
-        if _header(self.exchange, b"if-none-match") == b"*":
+        if self.exchange.header(b"if-none-match") == b"*":
             # the handler says where a download of the name would come from, as the caller
             found = self.engine.resolve_download(route.prefix, name, self.exchange.id_token)
             found.addCallbacks(self._target_found, self._no_target, callbackArgs=(manifest,), errbackArgs=(manifest,))
@@ -242,4 +230,4 @@ def put_file(exchange: Exchange, control: BodyControl) -> PutReceiver:
     return receiver
 
 
-__all__ = ["LimitedWriter", "PutReceiver", "put_file", "put_name", "size_limit"]
+__all__ = ["LimitedWriter", "PutReceiver", "put_file", "put_name"]

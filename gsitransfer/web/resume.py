@@ -56,11 +56,6 @@ from .upload import BodyWriter, UploadReceiver, UploadState
 #: the Content-Type of a tus PATCH body
 OFFSET_OCTET_STREAM = b"application/offset+octet-stream"
 
-def _header(exchange: Exchange, name: bytes) -> bytes | None:
-    values = exchange.request.requestHeaders.getRawHeaders(name)
-    return None if not values else values[0].strip()
-
-
 def _expires(seconds: float) -> bytes:
     return http_date(int(seconds))
 
@@ -89,18 +84,18 @@ def upload_offset(exchange: Exchange, body: bytes) -> None:
 
 def check_patch_headers(exchange: Exchange) -> tuple[int, Expected | None]:
     """The piece's ``Upload-Offset`` and ``Upload-Checksum``, or the refusal raised."""
-    version = _header(exchange, b"tus-resumable")
+    version = exchange.header(b"tus-resumable")
     if version is not None and version != TUS_VERSION:
         raise TusVersionUnsupported()
-    content_type = (_header(exchange, b"content-type") or b"").split(b";", 1)[0].strip().lower()
+    content_type = (exchange.header(b"content-type") or b"").split(b";", 1)[0].strip().lower()
     if content_type != OFFSET_OCTET_STREAM:
         raise UnsupportedMediaType(f"a PATCH body must be {OFFSET_OCTET_STREAM.decode()}")
-    offset_text = _header(exchange, b"upload-offset")
+    offset_text = exchange.header(b"upload-offset")
     if offset_text is None:
         raise BadRequest("Upload-Offset is required")
     if not offset_text.isdigit() or len(offset_text) > 20:
         raise BadRequest("Upload-Offset must be a decimal number of bytes")
-    checksum_text = _header(exchange, b"upload-checksum")
+    checksum_text = exchange.header(b"upload-checksum")
     checksum: Expected | None = None
     if checksum_text is not None:
         try:

@@ -56,18 +56,6 @@ METADATA_KEY = "upload_metadata"
 _MAX_LENGTH_DIGITS = 20
 
 
-def _header(exchange: Exchange, name: bytes) -> bytes | None:
-    values = exchange.request.requestHeaders.getRawHeaders(name)
-    return None if not values else values[0].strip()
-
-
-def _max_size(exchange: Exchange) -> int | None:
-    """The largest upload the server takes (``--max-transfer-size`` and the per-file limit), or None."""
-    limits = exchange.serving.engine.manifest_limits
-    bounds = [bound for bound in (limits.max_file_size, limits.max_total_size) if bound is not None]
-    return min(bounds) if bounds else None
-
-
 def tus_options(exchange: Exchange, body: bytes) -> None:
     """``OPTIONS /<prefix>/``: ``204`` with the tus versions, extensions, checksum algorithms, size limit.
 
@@ -80,7 +68,7 @@ def tus_options(exchange: Exchange, body: bytes) -> None:
         (b"tus-extension", TUS_EXTENSIONS),
         (b"tus-checksum-algorithm", TUS_CHECKSUM_ALGORITHMS),
     ]
-    largest = _max_size(exchange)
+    largest = exchange.serving.engine.manifest_limits.largest_file
     if largest is not None:
         headers.append((b"tus-max-size", b"%d" % largest))
     write_empty(request, 204, tuple(headers))
@@ -131,21 +119,21 @@ def metadata_md5(value: bytes) -> str:
 def creation_request(exchange: Exchange) -> tuple[str, int, str | None, str]:
     """A tus creation's (file name, length, MD5 or None, ``Upload-Metadata`` as sent) from its headers;
     the refusal raised otherwise."""
-    version = _header(exchange, b"tus-resumable")
+    version = exchange.header(b"tus-resumable")
     if version is None:
         raise BadRequest(
             "POST on /<prefix>/ creates a tus upload (send Tus-Resumable: 1.0.0); a manifest goes to /<prefix>/manifest"
         )
     if version != TUS_VERSION:
         raise TusVersionUnsupported()
-    if _header(exchange, b"upload-defer-length") is not None:
+    if exchange.header(b"upload-defer-length") is not None:
         raise BadRequest("Upload-Defer-Length is not supported: send Upload-Length")
-    length_text = _header(exchange, b"upload-length")
+    length_text = exchange.header(b"upload-length")
     if length_text is None:
         raise BadRequest("Upload-Length is required")
     if not length_text.isdigit() or len(length_text) > _MAX_LENGTH_DIGITS:
         raise BadRequest("Upload-Length must be a decimal number of bytes")
-    raw = _header(exchange, b"upload-metadata") or b""
+    raw = exchange.header(b"upload-metadata") or b""
     metadata = parse_metadata(raw)
     if "filename" not in metadata:
         raise BadRequest("Upload-Metadata must name the file: filename <base64 of the name>")
@@ -169,7 +157,7 @@ def tus_create(exchange: Exchange, body: bytes) -> None:
         if body:
             raise BadRequest("a creation carries no body here (no creation-with-upload): send it with PATCH")
         name, length, md5, metadata = creation_request(exchange)
-        largest = _max_size(exchange)
+        largest = exchange.serving.engine.manifest_limits.largest_file
         if largest is not None and length > largest:
             # tus: an upload over the maximum (Tus-Max-Size) is 413
             raise BodyTooLarge(f"Upload-Length {length} is more than this server takes (Tus-Max-Size: {largest})")
@@ -267,7 +255,7 @@ def terminate_upload(exchange: Exchange, body: bytes) -> None:
     assert isinstance(route, UploadRoute)
     request = exchange.request
     request.setHeader(b"tus-resumable", TUS_VERSION)
-    version = _header(exchange, b"tus-resumable")
+    version = exchange.header(b"tus-resumable")
     if version is not None and version != TUS_VERSION:
         refuse(request, TusVersionUnsupported())
         return

@@ -18,6 +18,8 @@ from gsitransfer.web import HTTPTransferServer
 from gsitransfer.web.dav import parse_propfind
 from gsitransfer.web.status import BadRequest
 
+from .wire import answers
+
 D = "{DAV:}"
 BODY = b"0123456789" * 1000
 
@@ -33,18 +35,6 @@ def server(store: DirectoryStore) -> HTTPTransferServer:
     s.offload_threshold = None
     s.RegisterPrefix("data", store)
     return s
-
-
-def answers(output: bytes) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
-    out = []
-    while output:
-        head, _, rest = output.partition(b"\r\n\r\n")
-        status, *lines = head.split(b"\r\n")
-        fields = {name.lower(): value for name, value in (line.split(b": ", 1) for line in lines)}
-        length = int(fields.get(b"content-length", b"0"))
-        out.append((status, fields, rest[:length]))
-        output = rest[length:]
-    return out
 
 
 def send(server: HTTPTransferServer, method: str, path: str, *headers: str, body: bytes = b"") -> tuple[bytes, dict[bytes, bytes], bytes]:

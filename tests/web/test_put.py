@@ -5,34 +5,17 @@ from __future__ import annotations
 import base64
 import hashlib
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from gsitransfer.identity import IdToken
 from gsitransfer.manifest import ManifestLimits
-from gsitransfer.store import DirectoryStore
 from gsitransfer.testing import SiteConnection
 from gsitransfer.web import HTTPTransferServer
 
+from .wire import Seen, answers
+
 BODY = bytes(range(256)) * 300  # 76,800 bytes
 MD5 = hashlib.md5(BODY).hexdigest()
-
-
-class Seen(DirectoryStore):
-    """A DirectoryStore that keeps the file_info CanUpload and CompleteUpload were given."""
-
-    def __init__(self, root: str) -> None:
-        super().__init__(root)
-        self.seen: list[tuple[str, dict[str, Any]]] = []
-
-    def CanUpload(self, id_token: IdToken, file_info: Any) -> bool:
-        self.seen.append(("CanUpload", dict(file_info)))
-        return super().CanUpload(id_token, file_info)
-
-    def CompleteUpload(self, id_token: IdToken, file_info: Any) -> None:
-        self.seen.append(("CompleteUpload", dict(file_info)))
-        super().CompleteUpload(id_token, file_info)
 
 
 @pytest.fixture
@@ -53,19 +36,6 @@ def server(store: Seen) -> HTTPTransferServer:
     return make_server(store)
 
 
-def split(output: bytes) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
-    """Every answer in ``output`` (interim 100s too): (status line, headers lower-cased, body so far)."""
-    answers = []
-    while output:
-        head, _, rest = output.partition(b"\r\n\r\n")
-        status, *lines = head.split(b"\r\n")
-        fields = {name.lower(): value for name, value in (line.split(b": ", 1) for line in lines)}
-        length = int(fields.get(b"content-length", b"0")) if not status.startswith(b"HTTP/1.1 1") else 0
-        answers.append((status, fields, rest[:length]))
-        output = rest[length:]
-    return answers
-
-
 def put_head(name: str, *extra: str, length: int | None = len(BODY)) -> bytes:
     lines = [f"PUT /data/{name} HTTP/1.1", "Host: t"]
     lines.append("Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}")
@@ -81,14 +51,14 @@ def put(server: HTTPTransferServer, name: str, *extra: str, body: bytes = BODY) 
     conn = SiteConnection(server.site())
     conn.send(put_head(name, *extra, length=len(body)) + body)
     conn.clock.advance(0)
-    return split(conn.output())[-1]
+    return answers(conn.output())[-1]
 
 
 def get_etag(server: HTTPTransferServer, name: str) -> bytes:
     conn = SiteConnection(server.site())
     conn.send(f"GET /data/{name} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
     conn.clock.advance(0)
-    status, headers, _ = split(conn.output())[0]
+    status, headers, _ = answers(conn.output())[0]
     assert status.startswith(b"HTTP/1.1 200"), status
     return headers[b"etag"]
 
@@ -166,9 +136,9 @@ def test_refused_from_the_headers_before_any_body(server, store, target, extra, 
     """Bad names, partial PUTs and malformed digests are refused from the headers; Expect: 100-continue gets no 100."""
     conn = SiteConnection(server.site())
     conn.send(put_head(target, "Expect: 100-continue", *extra))
-    answers = split(conn.output())
-    assert len(answers) == 1
-    status, _, body = answers[0]
+    found = answers(conn.output())
+    assert len(found) == 1
+    status, _, body = found[0]
     assert status.startswith(b"HTTP/1.1 " + code), (status, body)
     assert reason in body
     assert store.seen == []
@@ -179,7 +149,7 @@ def test_over_the_size_limit_is_413_from_the_headers(store):
     server = make_server(store, ManifestLimits(max_file_size=1000))
     conn = SiteConnection(server.site())
     conn.send(put_head("big.dat", "Expect: 100-continue"))
-    (status, _, body), = split(conn.output())
+    (status, _, body), = answers(conn.output())
     assert status.startswith(b"HTTP/1.1 413"), body
     assert store.seen == []
 
@@ -188,13 +158,13 @@ def test_expect_100_continue_after_the_decision_with_the_upload_url(server, tmp_
     """100 Continue only once accepted; it names the file's resumable upload URL; then 201."""
     conn = SiteConnection(server.site())
     conn.send(put_head("e.dat", "Expect: 100-continue"))
-    (status, headers, _), = split(conn.output())
+    (status, headers, _), = answers(conn.output())
     assert status == b"HTTP/1.1 100 Continue"
     assert headers[b"location"].startswith(b"http://test/data/") and headers[b"location"].endswith(b"/0")
     assert headers[b"tus-resumable"] == b"1.0.0"
     conn.send(BODY)
     conn.clock.advance(0)
-    assert split(conn.output())[-1][0] == b"HTTP/1.1 201 Created"
+    assert answers(conn.output())[-1][0] == b"HTTP/1.1 201 Created"
     assert (tmp_path / "store" / "e.dat").read_bytes() == BODY
 
 
@@ -203,7 +173,7 @@ def test_a_refused_put_with_expect_gets_no_100(server):
     assert put(server, "taken.dat")[0].startswith(b"HTTP/1.1 201")
     conn = SiteConnection(server.site())
     conn.send(put_head("taken.dat", "Expect: 100-continue"))
-    (status, _, _), = split(conn.output())
+    (status, _, _), = answers(conn.output())
     assert status.startswith(b"HTTP/1.1 409")
 
 
@@ -212,7 +182,7 @@ def test_chunked_put_is_announced_without_a_size(server, store, tmp_path):
     conn = SiteConnection(server.site())
     conn.send(put_head("c.dat", length=None) + chunked(BODY))
     conn.clock.advance(0)
-    status, _, body = split(conn.output())[-1]
+    status, _, body = answers(conn.output())[-1]
     assert status == b"HTTP/1.1 201 Created", body
     assert (tmp_path / "store" / "c.dat").read_bytes() == BODY
     (_, can), (_, complete) = store.seen
@@ -226,7 +196,7 @@ def test_chunked_put_over_the_limit_is_413_as_it_arrives(store, tmp_path):
     conn = SiteConnection(server.site())
     conn.send(put_head("c.dat", length=None) + chunked(BODY))
     conn.clock.advance(0)
-    status, _, body = split(conn.output())[-1]
+    status, _, body = answers(conn.output())[-1]
     assert status.startswith(b"HTTP/1.1 413"), body
     assert not (tmp_path / "store" / "c.dat").exists()
 
@@ -235,14 +205,14 @@ def test_a_cut_put_resumes_with_head_and_patch(server, tmp_path):
     """A PUT cut off keeps what arrived: HEAD on the 100's Location tells the offset, a PATCH finishes the file."""
     conn = SiteConnection(server.site())
     conn.send(put_head("cut.dat", "Expect: 100-continue"))
-    (_, headers, _), = split(conn.output())
+    (_, headers, _), = answers(conn.output())
     upload = headers[b"location"].decode()[len("http://test"):]
     conn.send(BODY[:30_000])
     conn.drop()
     conn.clock.advance(0)
     head = SiteConnection(server.site())
     head.send(f"HEAD {upload} HTTP/1.1\r\nHost: t\r\nTus-Resumable: 1.0.0\r\n\r\n".encode())
-    status, fields, _ = split(head.output())[0]
+    status, fields, _ = answers(head.output())[0]
     assert status.startswith(b"HTTP/1.1 200") and fields[b"upload-offset"] == b"30000"
     rest = BODY[30_000:]
     patch = SiteConnection(server.site())
@@ -251,7 +221,7 @@ def test_a_cut_put_resumes_with_head_and_patch(server, tmp_path):
          f"Content-Type: application/offset+octet-stream\r\nContent-Length: {len(rest)}\r\n\r\n").encode() + rest
     )
     patch.clock.advance(0)
-    assert split(patch.output())[-1][0].startswith(b"HTTP/1.1 204")
+    assert answers(patch.output())[-1][0].startswith(b"HTTP/1.1 204")
     assert (tmp_path / "store" / "cut.dat").read_bytes() == BODY
 
 
@@ -270,5 +240,5 @@ def test_options_on_a_file_allows_put(server):
     """OPTIONS on a file path lists PUT in Allow (the route table's row)."""
     conn = SiteConnection(server.site())
     conn.send(b"OPTIONS /data/f.dat HTTP/1.1\r\nHost: t\r\n\r\n")
-    status, headers, _ = split(conn.output())[0]
+    status, headers, _ = answers(conn.output())[0]
     assert b"PUT" in headers[b"allow"].split(b", ")

@@ -6,38 +6,19 @@ import base64
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from gsitransfer.identity import IdToken
 from gsitransfer.manifest import ManifestLimits
-from gsitransfer.store import DirectoryStore
 from gsitransfer.testing import SiteConnection
 from gsitransfer.web import HTTPTransferServer
 from gsitransfer.web.tus import MAX_METADATA_PAIRS, metadata_md5, parse_metadata
 from gsitransfer.web.status import BadRequest
 
-from .wire import get
+from .wire import Seen, get
 
 BODY = bytes(range(256)) * 300  # 76,800 bytes
 MD5 = hashlib.md5(BODY).hexdigest()
-
-
-class Seen(DirectoryStore):
-    """A DirectoryStore that keeps the file_info CanUpload and CompleteUpload were given."""
-
-    def __init__(self, root: str) -> None:
-        super().__init__(root)
-        self.seen: list[tuple[str, dict[str, Any]]] = []
-
-    def CanUpload(self, id_token: IdToken, file_info: Any) -> bool:
-        self.seen.append(("CanUpload", dict(file_info)))
-        return super().CanUpload(id_token, file_info)
-
-    def CompleteUpload(self, id_token: IdToken, file_info: Any) -> None:
-        self.seen.append(("CompleteUpload", dict(file_info)))
-        super().CompleteUpload(id_token, file_info)
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gsitransfer.identity import IdToken
+from gsitransfer.store import DirectoryStore
 from gsitransfer.testing import SiteConnection
 
 #: a name shaped like a transfer key (no transfer has it)
@@ -34,3 +36,32 @@ def split(output: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
 def channel(conn: SiteConnection) -> Any:
     """The connection's HTTP channel (``TransferChannel``), under any protocol wrapper."""
     return getattr(conn.protocol, "_channel", conn.protocol)
+
+
+def answers(output: bytes) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
+    """Every answer in ``output`` (interim 100s too): (status line, headers lower-cased, body)."""
+    found = []
+    while output:
+        head, _, rest = output.partition(b"\r\n\r\n")
+        status, *lines = head.split(b"\r\n")
+        fields = {name.lower(): value for name, value in (line.split(b": ", 1) for line in lines)}
+        length = int(fields.get(b"content-length", b"0")) if not status.startswith(b"HTTP/1.1 1") else 0
+        found.append((status, fields, rest[:length]))
+        output = rest[length:]
+    return found
+
+
+class Seen(DirectoryStore):
+    """A DirectoryStore that keeps the file_info CanUpload and CompleteUpload were given."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def CanUpload(self, id_token: IdToken, file_info: Any) -> bool:
+        self.seen.append(("CanUpload", dict(file_info)))
+        return super().CanUpload(id_token, file_info)
+
+    def CompleteUpload(self, id_token: IdToken, file_info: Any) -> None:
+        self.seen.append(("CompleteUpload", dict(file_info)))
+        super().CompleteUpload(id_token, file_info)
