@@ -402,8 +402,9 @@ class TransferEngine:
                 )
         names = [entry.name for entry in manifest.files]
         held.update(names)
+        taken: ManifestOutcome | list[TakeOver] = []
         try:
-            taken: ManifestOutcome | list[TakeOver] = yield self._take_over(prefix, adapter, manifest, id_token)
+            taken = yield self._take_over(prefix, adapter, manifest, id_token)
             if isinstance(taken, ManifestOutcome):
                 return taken
             if not carry:

@@ -19,7 +19,8 @@ The hierarchy (the seed's names are the public contract)::
     │   ├── InsufficientStorage      not enough free space for the file
     │   └── QuotaExceeded            the identity has too many files or bytes pending
     ├── DownloadFailed               a download could not be served
-    └── HandlerTimeout               a handler callback did not answer in time
+    ├── HandlerTimeout               a handler callback did not answer in time
+    └── StateUnavailable             the shared state database (PostgreSQL --state) cannot be reached now
 
 The core raises these; the web layer maps each to an HTTP status in one table
 (``gsitransfer.web.status``). Nothing here knows about HTTP.
@@ -160,6 +161,12 @@ class HandlerTimeout(TransferError):
     default_reason = "the handler did not answer in time"
 
 
+class StateUnavailable(TransferError):
+    """The shared state database cannot be reached now (``503``; the request may be repeated later)."""
+
+    default_reason = "the transfer database is not reachable"
+
+
 __all__ = [
     "TransferError",
     "FileNotFound",
@@ -180,4 +187,5 @@ __all__ = [
     "QuotaExceeded",
     "DownloadFailed",
     "HandlerTimeout",
+    "StateUnavailable",
 ]

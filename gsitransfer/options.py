@@ -129,7 +129,9 @@ _PARAMETERS: list[list[object]] = [
     ["gridmap", None, None, "Grid-mapfile: only DNs listed in it are served."],
     ["manifest-ttl", None, DEFAULT_MANIFEST_TTL, "Seconds a transfer key lives.", float],
     ["public-url", None, None, "Base URL given to clients (e.g. https://data.example.org:8443)."],
-    ["state", None, None, "Transfer database (SQLite). Default: in the first --store directory."],
+    ["state", None, None,
+     "Transfer database: an SQLite file (default: in the first --store directory), or "
+     "postgresql://user@host:port/db (a libpq URI) shared by several nodes."],
     ["idle-timeout", None, 300.0, "Seconds a silent connection is kept.", float],
     ["head-timeout", None, 30.0, "Seconds a client has to send a request's headers.", float],
     ["handshake-timeout", None, 30.0, "Seconds a client has to finish the TLS handshake (at most --idle-timeout).", float],
@@ -357,6 +359,12 @@ class Options(usage.Options):
             raise usage.UsageError("--min-body-rate must not be negative")
         if self["max-connection-age"] < 0:
             raise usage.UsageError("--max-connection-age must not be negative")
+        state = self["state"]
+        if state is not None and "://" in state and not state.startswith(("postgresql://", "postgres://")):
+            scheme = state.split("://", 1)[0]
+            raise usage.UsageError(
+                f"--state {scheme}://… is not supported: give an SQLite file path or a postgresql:// URI"
+            )
         if self["listing-owners"] not in ("all", "own", "none"):
             raise usage.UsageError("--listing-owners is one of all, own, none")
         for limit in ("max-pending-files", "max-pending-bytes"):

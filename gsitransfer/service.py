@@ -162,7 +162,7 @@ def _directories(options: Options) -> list[tuple[str, str]]:
     """Each directory the server writes in, with how an error line names it."""
     named = [(os.path.abspath(directory), f"store directory {os.path.abspath(directory)}")
              for _, directory in options["stores"]]
-    if options["state"] is not None:
+    if options["state"] is not None and "://" not in options["state"]:
         state_dir = os.path.dirname(os.path.abspath(options["state"]))
         named.append((state_dir, f"directory {state_dir} of --state"))
     elif not options["stores"]:
@@ -364,12 +364,34 @@ def event_sinks(servers: list[Server]) -> list[object]:
 
 
 def _open_state(options: Options, recovering: bool) -> tuple[list[tuple[str, object]], TransferTable]:
-    """The handlers (stores opened, factories called) and the transfer table."""
+    """The handlers (stores opened, factories called) and the transfer table.
+
+    ``--state postgresql://…`` keeps the transfer table and every store's
+    metadata in that database (one connection pool per process), for nodes
+    sharing it (SPEC 9); otherwise SQLite files (the default).
+    """
     from .store import DirectoryStore, StoreError
     from .transfers_db import SQLiteTransferTable, TransferDBError
 
+    state_url = options["state"]
+    shared = None
+    transfers: TransferTable
+    if state_url is not None and "://" in state_url:
+        from .postgres import PostgresState, PostgresTransferTable, StateConfigError
+
+        try:
+            shared = PostgresState(state_url)
+        except StateConfigError as error:
+            raise ConfigError(str(error)) from None
+        transfers = PostgresTransferTable(shared)
+
     handlers: list[tuple[str, object]] = []
     for prefix, directory in options["stores"]:
+        metadata = None
+        if shared is not None:
+            from .postgres import PostgresStoreMetadata
+
+            metadata = PostgresStoreMetadata(shared, os.path.abspath(directory))
         try:
             handlers.append(
                 (
@@ -379,6 +401,7 @@ def _open_state(options: Options, recovering: bool) -> tuple[list[tuple[str, obj
                         pending_ttl=options["manifest-ttl"],
                         recover=recovering,
                         listing_owners=options["listing-owners"],
+                        metadata=metadata,
                     ),
                 )
             )
@@ -386,8 +409,10 @@ def _open_state(options: Options, recovering: bool) -> tuple[list[tuple[str, obj
             raise ConfigError(str(error)) from None
     for prefix, target in options["handlers"]:
         handlers.append((prefix, load_factory(target)))
+    if shared is not None:
+        return handlers, transfers
 
-    state_path = options["state"]
+    state_path = state_url
     if state_path is None:
         first_dir = options["stores"][0][1] if options["stores"] else "."
         state_path = os.path.join(first_dir, ".gsitransfer-transfers.sqlite")

@@ -49,7 +49,7 @@ from ..handler import (
     ITransferHandler,
 )
 from ..identity import IdToken
-from .metadata import DB_NAME, FileRecord, FileState, StoreError, StoreMetadata
+from .metadata import DB_NAME, FileRecord, FileState, MetadataTable, StoreError, StoreMetadata
 
 #: names starting with this belong to the server and are invisible to clients
 HIDDEN_PREFIX = ".gsitransfer"
@@ -161,12 +161,15 @@ class DirectoryStore:
         clock: Callable[[], float] = time.time,
         recover: bool = True,
         listing_owners: str = "own",
+        metadata: MetadataTable | None = None,
     ) -> None:
         """``listing_owners`` (``--listing-owners``): whose uploader DN a listing
         shows: ``all``, ``own`` (only the asking person's own, never to
         anonymous clients; the default) or ``none``. ``recover=False`` skips the start-up clean-up: a ``--workers`` worker
         process shares a directory whose supervisor already recovered it, and
-        other workers' temporary files in it are live."""
+        other workers' temporary files in it are live. ``metadata``: the rows kept elsewhere
+        (a PostgreSQL ``--state`` shared by nodes on one shared directory: SPEC 9.2); the
+        start-up clean-up then leaves temporary files alone, as other nodes' may be live."""
         if pending_ttl <= 0:
             raise ValueError("pending_ttl must be positive")
         if listing_owners not in LISTING_OWNERS:
@@ -177,7 +180,9 @@ class DirectoryStore:
         self.clock = clock
         _make_directory(self.root)
         self._real_root = os.path.realpath(self.root)
-        self.metadata = StoreMetadata(os.path.join(self.root, DB_NAME))
+        #: the metadata is shared with other nodes (kept in PostgreSQL), not this directory's own
+        self.shared = metadata is not None
+        self.metadata: MetadataTable = metadata if metadata is not None else StoreMetadata(os.path.join(self.root, DB_NAME))
         #: (name, st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) -> MD5 or None, for downloads:
         #: a file replaced, touched or renamed has another key, so its checksum is looked up again
         self._checksums: dict[tuple[Any, ...], str | None] = {}
@@ -462,7 +467,8 @@ class DirectoryStore:
         as stored, without a checksum); forgets stored rows whose file is gone,
         and the digests kept for names that are no file now.
         """
-        removed = remove_stale_temporaries(self.root)
+        # other nodes sharing the directory may be writing their temporaries now
+        removed = [] if self.shared else remove_stale_temporaries(self.root)
         cutoff = self.clock() - self.pending_ttl
         expired: list[str] = []
         promoted: list[FileRecord] = []

@@ -34,7 +34,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 #: the database's file name inside the store directory
 DB_NAME = ".gsitransfer-store.sqlite"
@@ -115,7 +115,8 @@ class FileRecord:
     file_num: int | None = None
 
 
-def _record(row: tuple[Any, ...]) -> FileRecord:
+def record_from_row(row: tuple[Any, ...]) -> FileRecord:
+    """A row of the ``files`` columns (in :data:`_COLUMNS` order) as a FileRecord."""
     name, owner, state, created, completed, size, md5, mtime_ns, key, num = row
     return FileRecord(
         name=str(name),
@@ -129,6 +130,45 @@ def _record(row: tuple[Any, ...]) -> FileRecord:
         transfer_key=None if key is None else str(key),
         file_num=None if num is None else int(num),
     )
+
+
+class MetadataTable(Protocol):
+    """What the directory store asks of its metadata: :class:`StoreMetadata` (SQLite, in the store
+    directory) or :class:`~gsitransfer.postgres.store.PostgresStoreMetadata` (shared by nodes)."""
+
+    path: str
+
+    def close(self) -> None: ...
+    def get(self, name: str) -> FileRecord | None: ...
+    def records(self) -> dict[str, FileRecord]: ...
+    def stored(self) -> dict[str, FileRecord]: ...
+    def pending(self) -> list[FileRecord]: ...
+    def add_pending(self, name: str, owner_dn: str | None, now: float, stale_before: float) -> bool: ...
+    def add_pending_many(
+        self, names: list[str], owner_dn: str | None, now: float, stale_before: float
+    ) -> str | None: ...
+    def bind_pending(
+        self, name: str, owner_dn: str | None, transfer_key: str | None, file_num: int | None
+    ) -> bool: ...
+    def mark_stored(
+        self,
+        name: str,
+        owner_dn: str | None,
+        *,
+        size: int,
+        md5: str | None,
+        mtime_ns: int | None,
+        now: float,
+        transfer_key: str | None = None,
+        file_num: int | None = None,
+    ) -> None: ...
+    def cancel_pending(self, name: str, owner_dn: str | None) -> bool: ...
+    def delete(self, names: list[str]) -> None: ...
+    def delete_stored(self, name: str) -> None: ...
+    def digests(self, name: str, identity: Identity) -> dict[str, str]: ...
+    def keep_digests(self, name: str, identity: Identity, digests: dict[str, str]) -> None: ...
+    def forget_digests(self, names: list[str]) -> None: ...
+    def digest_names(self) -> set[str]: ...
 
 
 class StoreMetadata:
@@ -172,24 +212,24 @@ class StoreMetadata:
     def get(self, name: str) -> FileRecord | None:
         """The row for ``name``, or None."""
         row = self._db.execute(f"SELECT {_COLUMNS} FROM files WHERE name = ?", (name,)).fetchone()
-        return None if row is None else _record(row)
+        return None if row is None else record_from_row(row)
 
     def records(self) -> dict[str, FileRecord]:
         """Every row, by name."""
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM files")
-        return {record.name: record for record in map(_record, rows)}
+        return {record.name: record for record in map(record_from_row, rows)}
 
     def stored(self) -> dict[str, FileRecord]:
         """Every stored row, by name."""
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM files WHERE state = 'stored'")
-        return {record.name: record for record in map(_record, rows)}
+        return {record.name: record for record in map(record_from_row, rows)}
 
     def pending(self) -> list[FileRecord]:
         """Every pending row, oldest first."""
         rows = self._db.execute(
             f"SELECT {_COLUMNS} FROM files WHERE state = 'pending' ORDER BY created"
         )
-        return [_record(row) for row in rows]
+        return [record_from_row(row) for row in rows]
 
     # -- writes -----------------------------------------------------------------
 
@@ -313,4 +353,7 @@ class StoreMetadata:
         self._db.execute("DELETE FROM files WHERE name = ? AND state = 'stored'", (name,))
 
 
-__all__ = ["DB_NAME", "SCHEMA_VERSION", "FileRecord", "FileState", "StoreError", "StoreMetadata"]
+__all__ = [
+    "DB_NAME", "SCHEMA_VERSION", "FileRecord", "FileState", "MetadataTable", "StoreError", "StoreMetadata",
+    "record_from_row",
+]

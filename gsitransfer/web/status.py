@@ -124,6 +124,7 @@ STATUS_FOR_ERROR: tuple[tuple[type[errors.TransferError], int], ...] = (
     (errors.InsufficientStorage, 507),
     (errors.QuotaExceeded, 429),
     (errors.HandlerTimeout, 503),
+    (errors.StateUnavailable, 503),
     (errors.UploadFailed, 500),
     (errors.DownloadFailed, 500),
     (errors.TransferError, 500),

@@ -7,10 +7,17 @@ Every wait is bounded.
 ``GSITRANSFER_TEST_WORKERS=N`` in the environment runs every such server with
 ``--workers N`` (unless the test chose ``--workers`` itself): the whole suite
 can be run against a supervisor and N worker processes.
+
+``GSITRANSFER_TEST_POSTGRES=URL`` (set by ``tests/conftest.py`` when
+``GSITRANSFER_TEST_STATE=postgresql``) runs every such server with ``--state``
+in that PostgreSQL (unless the test chose ``--state`` itself), in a schema of
+its own per work directory: a server restarted in the same directory finds
+its state again, as with the SQLite default.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -48,6 +55,12 @@ class ServerProcess:
         workers = os.environ.get("GSITRANSFER_TEST_WORKERS")
         if workers and not any(a.startswith("--workers") for a in args):
             args = [*args, "--workers", workers]
+        postgres = os.environ.get("GSITRANSFER_TEST_POSTGRES")
+        if postgres and not any(a.startswith("--state") for a in args):
+            from .postgres import schema_url
+
+            schema = "w" + hashlib.sha256(str(workdir.resolve()).encode()).hexdigest()[:20]
+            args = [*args, "--state", schema_url(postgres, schema)]
         self.args = args
         #: worker processes to wait for at start (``--workers N``, N > 1)
         self.workers = 0

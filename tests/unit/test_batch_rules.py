@@ -22,6 +22,7 @@ from gsitransfer.errors import ChecksumMismatch, FileNotFound, ManifestError, Up
 from gsitransfer.filesink import ResumableSink, publish_held
 from gsitransfer.keys import FileState, MemoryTransferTable, TransferTable
 from gsitransfer.manifest import Manifest, parse_manifest
+from tests.support.tables import KINDS, metadata_beside, open_table
 from gsitransfer.transfers_db import SQLiteTransferTable, manifest_from_json, manifest_to_json
 from tests.support.batch_handlers import RecordingStore
 from tests.support.deferreds import result_of
@@ -35,16 +36,14 @@ def atomic_manifest(files: dict[str, bytes] = FILES, commit: str = "atomic") -> 
     return dataclasses.replace(plain, commit=commit).to_ini().encode()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=KINDS)
 def table(request: pytest.FixtureRequest, tmp_path: Path) -> TransferTable:
-    if request.param == "memory":
-        return MemoryTransferTable()
-    return SQLiteTransferTable(str(tmp_path / "transfers.sqlite"))
+    return open_table(request.param, tmp_path, request)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> RecordingStore:
-    return RecordingStore(str(tmp_path / "store"))
+def store(tmp_path: Path, table: TransferTable) -> RecordingStore:
+    return RecordingStore(str(tmp_path / "store"), metadata=metadata_beside(table, tmp_path / "store"))
 
 
 @pytest.fixture

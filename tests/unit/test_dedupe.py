@@ -17,6 +17,7 @@ from gsitransfer.handler import DownloadTarget
 from gsitransfer.keys import FileState, MemoryTransferTable, TransferTable
 from gsitransfer.manifest import Manifest
 from gsitransfer.store import DirectoryStore
+from tests.support.tables import KINDS, metadata_beside, open_table
 from gsitransfer.transfers_db import SQLiteTransferTable
 from tests.support.deferreds import result_of
 
@@ -32,8 +33,8 @@ def md5(data: bytes) -> str:
 class Counting(DirectoryStore):
     """A DirectoryStore counting the upload callbacks the engine makes."""
 
-    def __init__(self, root: str) -> None:
-        super().__init__(root)
+    def __init__(self, root: str, **options: Any) -> None:
+        super().__init__(root, **options)
         self.counted: dict[str, list[str]] = {}
 
     def _count(self, callback: str, name: str) -> None:
@@ -53,20 +54,14 @@ class Counting(DirectoryStore):
         return super().GetUploadFilename(id_token, file_info)
 
 
-TABLES: dict[str, Callable[[Path], TransferTable]] = {
-    "memory": lambda tmp: MemoryTransferTable(),
-    "sqlite": lambda tmp: SQLiteTransferTable(str(tmp / "transfers.db")),
-}
-
-
-@pytest.fixture(params=sorted(TABLES))
+@pytest.fixture(params=KINDS)
 def table(request: pytest.FixtureRequest, tmp_path: Path) -> TransferTable:
-    return TABLES[request.param](tmp_path)
+    return open_table(request.param, tmp_path, request)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Counting:
-    return Counting(str(tmp_path / "store"))
+def store(tmp_path: Path, table: TransferTable) -> Counting:
+    return Counting(str(tmp_path / "store"), metadata=metadata_beside(table, tmp_path / "store"))
 
 
 def stored_engine(store: Counting, table: TransferTable, **options: Any) -> TransferEngine:

@@ -12,6 +12,7 @@ from gsitransfer.keys import (
     mint_transfer_key,
 )
 from gsitransfer.manifest import Manifest
+from tests.support.tables import KINDS, open_table
 from gsitransfer.transfers_db import SQLiteTransferTable
 
 MD5 = "0" * 32
@@ -28,14 +29,9 @@ def record(key: str = "k" * 32, expires: float = 100.0) -> TransferRecord:
     return TransferRecord(key, "data", "/CN=Alice", Manifest.of(("a", 1, MD5), ("b", 2, MD5)), 0.0, expires)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=KINDS)
 def table(request, tmp_path):
-    if request.param == "memory":
-        yield MemoryTransferTable()
-    else:
-        db = SQLiteTransferTable(str(tmp_path / "t.sqlite"))
-        yield db
-        db.close()
+    return open_table(request.param, tmp_path, request)
 
 
 def test_table_keeps_records_and_states(table):

@@ -17,6 +17,7 @@ from gsitransfer.filesink import ResumableSink, partial_path_for
 from gsitransfer.keys import FileState, MemoryTransferTable, TransferTable
 from gsitransfer.manifest import Manifest
 from gsitransfer.store import DirectoryStore
+from tests.support.tables import KINDS, metadata_beside, open_table
 from gsitransfer.transfers_db import SQLiteTransferTable
 from tests.support.deferreds import result_of
 
@@ -29,16 +30,14 @@ def manifest(*files: tuple[str, bytes]) -> bytes:
     return Manifest.of(*((name, len(data), hashlib.md5(data).hexdigest()) for name, data in files)).to_ini().encode()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=KINDS)
 def table(request: pytest.FixtureRequest, tmp_path: Path) -> TransferTable:
-    if request.param == "memory":
-        return MemoryTransferTable()
-    return SQLiteTransferTable(str(tmp_path / "transfers.sqlite"))
+    return open_table(request.param, tmp_path, request)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> DirectoryStore:
-    return DirectoryStore(str(tmp_path / "store"))
+def store(tmp_path: Path, table: TransferTable) -> DirectoryStore:
+    return DirectoryStore(str(tmp_path / "store"), metadata=metadata_beside(table, tmp_path / "store"))
 
 
 @pytest.fixture
@@ -179,6 +178,6 @@ def test_store_recovery_keeps_pending_partials(engine, tmp_path):
     hold(engine, key, DATA[:10])
     orphan = Path(partial_path_for(str(tmp_path / "store" / "gone.bin")))
     orphan.write_bytes(b"x")
-    report = DirectoryStore(str(tmp_path / "store"), recover=False).recover()
+    report = DirectoryStore(str(tmp_path / "store"), recover=False, metadata=metadata_beside(engine.transfers, tmp_path / "store")).recover()
     assert report.removed_partials == (orphan.name,)
     assert Path(partial_path_for(str(tmp_path / "store" / "f.bin"))).exists()

@@ -45,9 +45,17 @@ def root(tmp_path: Path) -> Path:
     return tmp_path / "store"
 
 
-@pytest.fixture
-def store(root: Path, clock: Clock):  # type: ignore[no-untyped-def]
-    s = DirectoryStore(str(root), clock=clock)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(root: Path, clock: Clock, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """The store with its metadata in its own SQLite file, and in PostgreSQL (a ``--state`` URL)."""
+    metadata = None
+    if request.param == "postgresql":
+        from gsitransfer.postgres import PostgresState, PostgresStoreMetadata
+
+        state = PostgresState(request.getfixturevalue("postgres_url"), heartbeat=False)
+        request.addfinalizer(state.close)
+        metadata = PostgresStoreMetadata(state, str(root))
+    s = DirectoryStore(str(root), clock=clock, metadata=metadata)
     yield s
     s.close()
 
@@ -88,13 +96,15 @@ def test_implements_handler_interfaces(store: DirectoryStore) -> None:
 
 
 def test_creates_root_with_mode_0755_and_database(store: DirectoryStore, root: Path) -> None:
-    """A missing root is created with mode 0755 and holds the SQLite database."""
+    """A missing root is created with mode 0755 and holds the SQLite database (unless the metadata is shared)."""
     assert stat.S_IMODE(root.stat().st_mode) == 0o755
-    assert (root / DB_NAME).is_file()
+    assert (root / DB_NAME).is_file() is not store.shared
 
 
 def test_database_uses_wal_and_schema_version(store: DirectoryStore, root: Path) -> None:
     """The metadata database is in WAL mode and carries a schema version."""
+    if store.shared:
+        pytest.skip("the metadata is in PostgreSQL (its schema: tests/unit/test_postgres_state.py)")
     db = sqlite3.connect(root / DB_NAME)
     try:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -491,10 +501,15 @@ def test_constructor_removes_stale_temporaries(root: Path, clock: Clock) -> None
 
 
 def test_recover_reports_removed_temporaries(store: DirectoryStore, root: Path) -> None:
-    """recover() removes temporaries and says which."""
+    """recover() removes temporaries and says which — not when the metadata is shared by nodes:
+    another node's temporaries in the shared directory may be live."""
     (root / ".gsitransfer-0123456789abcdef.part").write_bytes(b"partial")
     report = store.recover()
-    assert report.removed_temporaries == (".gsitransfer-0123456789abcdef.part",)
+    if store.shared:
+        assert report.removed_temporaries == ()
+        assert (root / ".gsitransfer-0123456789abcdef.part").exists()
+    else:
+        assert report.removed_temporaries == (".gsitransfer-0123456789abcdef.part",)
 
 
 def test_recover_expires_old_pending_rows(store: DirectoryStore, clock: Clock) -> None:

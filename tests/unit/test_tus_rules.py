@@ -3,6 +3,8 @@ files without an MD5, termination. Real DirectoryStores on disk, both transfer t
 
 from __future__ import annotations
 
+from typing import Any
+
 import hashlib
 import os
 from pathlib import Path
@@ -15,6 +17,7 @@ from gsitransfer.filesink import ResumableSink
 from gsitransfer.keys import FileState, MemoryTransferTable, TransferTable
 from gsitransfer.manifest import ManifestLimits, one_file_manifest
 from gsitransfer.store import DirectoryStore
+from tests.support.tables import KINDS, metadata_beside, open_table
 from gsitransfer.transfers_db import SQLiteTransferTable
 from tests.support.deferreds import result_of
 
@@ -27,8 +30,8 @@ MD5 = hashlib.md5(DATA).hexdigest()
 class Seen(DirectoryStore):
     """A DirectoryStore that keeps the checksum each callback was given."""
 
-    def __init__(self, root: str) -> None:
-        super().__init__(root)
+    def __init__(self, root: str, **options: Any) -> None:
+        super().__init__(root, **options)
         self.seen: list[tuple[str, object]] = []
 
     def CanUpload(self, id_token, file_info):  # type: ignore[no-untyped-def]
@@ -44,16 +47,14 @@ class Seen(DirectoryStore):
         return super().CancelPendingUpload(id_token, filename)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=KINDS)
 def table(request: pytest.FixtureRequest, tmp_path: Path) -> TransferTable:
-    if request.param == "memory":
-        return MemoryTransferTable()
-    return SQLiteTransferTable(str(tmp_path / "transfers.sqlite"))
+    return open_table(request.param, tmp_path, request)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Seen:
-    return Seen(str(tmp_path / "store"))
+def store(tmp_path: Path, table: TransferTable) -> Seen:
+    return Seen(str(tmp_path / "store"), metadata=metadata_beside(table, tmp_path / "store"))
 
 
 @pytest.fixture

@@ -54,8 +54,8 @@ def answers(output: bytes) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
 class Seen(DirectoryStore):
     """A DirectoryStore that keeps the file_info CanUpload and CompleteUpload were given."""
 
-    def __init__(self, root: str) -> None:
-        super().__init__(root)
+    def __init__(self, root: str, **options: Any) -> None:
+        super().__init__(root, **options)
         self.seen: list[tuple[str, dict[str, Any]]] = []
 
     def CanUpload(self, id_token: IdToken, file_info: Any) -> bool:
