@@ -77,6 +77,7 @@ from .errors import (
     NotAuthorized,
     OffsetMismatch,
     QuotaExceeded,
+    StateUnavailable,
     TransferError,
     UploadConflict,
 )
@@ -793,7 +794,13 @@ class TransferEngine:
         if held is None:
             held = 0
             remove_partial(ticket.partial_path)
-        if not self.transfers.release(ticket.transfer_key, ticket.file_num, held, ticket.partial_path):
+        try:
+            released = self.transfers.release(ticket.transfer_key, ticket.file_num, held, ticket.partial_path)
+        except StateUnavailable as error:
+            # the file stays receiving under this process until the database is back (release_abandoned)
+            _log.warn("file {num} of a transfer stays receiving for now: {reason}", num=ticket.file_num, reason=error)
+            return held
+        if not released:
             # the transfer ended meanwhile (or this file is not receiving any more): its partial goes
             if self.transfers.get(ticket.transfer_key) is None:
                 remove_partial(ticket.partial_path)
@@ -810,8 +817,11 @@ class TransferEngine:
         """``held`` bytes of a body still arriving are synced: recorded, so a crash (SIGKILL) keeps them."""
         if (ticket.transfer_key, ticket.file_num) not in self._in_flight:
             return
-        if self.transfers.states(ticket.transfer_key).get(ticket.file_num) is FileState.RECEIVING:
-            self.transfers.set_progress(ticket.transfer_key, ticket.file_num, held, ticket.partial_path)
+        try:
+            if self.transfers.states(ticket.transfer_key).get(ticket.file_num) is FileState.RECEIVING:
+                self.transfers.set_progress(ticket.transfer_key, ticket.file_num, held, ticket.partial_path)
+        except StateUnavailable:
+            pass  # recorded at the next checkpoint, or when the body ends
 
     #: running MD5s of kept partials remembered per process (the oldest forgotten first)
     held_md5_limit = 10_000
@@ -833,9 +843,18 @@ class TransferEngine:
         """The body did not make it (or failed verification): the file is pending again."""
         self._in_flight.discard((ticket.transfer_key, ticket.file_num))
         self._computed_md5.pop((ticket.transfer_key, ticket.file_num), None)
-        state = self.transfers.states(ticket.transfer_key).get(ticket.file_num)
-        if state is FileState.RECEIVING:
-            self.transfers.set_state(ticket.transfer_key, ticket.file_num, next_state(state, "fail"))
+        try:
+            state = self.transfers.states(ticket.transfer_key).get(ticket.file_num)
+            if state is FileState.RECEIVING:
+                self.transfers.set_state(ticket.transfer_key, ticket.file_num, next_state(state, "fail"))
+        except StateUnavailable as error:
+            _log.warn("file {num} of a transfer stays receiving for now: {reason}", num=ticket.file_num, reason=error)
+
+    def release_abandoned(self) -> int:
+        """Files this process holds as receiving but receives no more (their release failed while the
+        shared database was away) are pending again; how many. Tables without holders: 0."""
+        release = getattr(self.transfers, "release_unreceived", None)
+        return 0 if release is None else int(release(frozenset(self._in_flight)))
 
     def verify_upload(
         self,
@@ -1076,6 +1095,7 @@ class TransferEngine:
         body was accepted while the key lived and may still be stored. Fires
         with the number of transfers expired.
         """
+        self.release_abandoned()
         expired = [r for r in self.transfers.expired(self.clock()) if not self._receiving(r)]
         for record in expired:
             states = self.transfers.states(record.key)

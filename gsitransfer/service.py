@@ -75,7 +75,7 @@ class Server(Protocol):
         """Accept on an inherited listening socket."""
 
     def maintain(self, reactor: object = None, interval: float = 60.0, expire: bool = True) -> LoopingCall:
-        """Expire keys (unless ``expire`` is False) and reload trust every ``interval`` seconds."""
+        """Reload trust every ``interval`` seconds; expire keys (unless ``expire`` is False) every 10 seconds."""
 
     def reload(self, force: bool = False) -> None:
         """Re-read CAs, CRLs and the grid-mapfile."""
@@ -381,6 +381,8 @@ def _open_state(options: Options, recovering: bool) -> tuple[list[tuple[str, obj
 
         try:
             shared = PostgresState(state_url)
+            if recovering:
+                shared.release_dead_on_this_host()
         except StateConfigError as error:
             raise ConfigError(str(error)) from None
         transfers = PostgresTransferTable(shared)

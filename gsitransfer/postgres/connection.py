@@ -318,6 +318,28 @@ class PostgresState:
             except StateUnavailable:
                 pass
 
+    def release_dead_on_this_host(self) -> int:
+        """At start-up: files held by processes of this host that are gone (the previous run of this
+        node, killed) are pending again now, not after :data:`HOLDER_TIMEOUT`; how many."""
+
+        def release(connection: psycopg.Connection[Any]) -> int:
+            rows = connection.execute(
+                "SELECT holder, pid FROM holders WHERE host = %s AND holder != %s", (socket.gethostname(), self.holder)
+            ).fetchall()
+            dead = [int(holder) for holder, pid in rows if not _running(int(pid))]
+            if not dead:
+                return 0
+            with connection.transaction():
+                cursor = connection.execute(
+                    "UPDATE transfer_files SET state = 'pending', holder = NULL "
+                    "WHERE state = 'receiving' AND holder = ANY(%s)",
+                    (dead,),
+                )
+                connection.execute("DELETE FROM holders WHERE holder = ANY(%s)", (dead,))
+                return cursor.rowcount
+
+        return self.run(release)
+
     def hosts_holder(self, pid: int) -> list[int]:
         """The holders of process ``pid`` on this host (a ``--workers`` worker that died)."""
         rows = self.run(
@@ -333,6 +355,17 @@ class PostgresState:
         if self._thread is not None:
             self._thread.join(timeout=CONNECT_TIMEOUT + 1)
         self.pool.close()
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _one_line(error: BaseException) -> str:

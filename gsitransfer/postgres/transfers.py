@@ -181,6 +181,23 @@ class PostgresTransferTable:
             (FileState.PENDING.value, FileState.RECEIVING.value, holders),
         )
 
+    def release_unreceived(self, receiving: frozenset[tuple[str, int]]) -> int:
+        """Files held by this process as receiving that it is not receiving (``receiving``: those it is)
+        are pending again — their release failed while the database was away; how many."""
+        rows = self._all(
+            "SELECT key, num FROM transfer_files WHERE holder = %s AND state = %s",
+            (self.state.holder, FileState.RECEIVING.value),
+        )
+        released = 0
+        for key, num in rows:
+            if (key, int(num)) not in receiving:
+                released += self._count(
+                    "UPDATE transfer_files SET state = %s, holder = NULL WHERE key = %s AND num = %s "
+                    "AND state = %s AND holder = %s",
+                    (FileState.PENDING.value, key, num, FileState.RECEIVING.value, self.state.holder),
+                )
+        return released
+
     # -- the rest ---------------------------------------------------------------------
 
     def ping(self) -> None:

@@ -30,6 +30,7 @@ from twisted.web import http
 from twisted.web.http import combinedLogFormatter
 
 from ..core import TransferServer
+from ..errors import StateUnavailable
 from ..fastpaths import FastPaths
 from ..tls.factory import server_protocol_factory
 from ..events import EventFanout
@@ -56,6 +57,8 @@ _log = Logger()
 
 #: seconds a connection may stay silent (headers, body or between requests)
 DEFAULT_IDLE_TIMEOUT = 300
+#: seconds between expiry sweeps (SPEC 9.2: an expired key's pending files are cancelled within 15 s)
+EXPIRY_INTERVAL = 10.0
 
 
 class TransferSite(web_server.Site):
@@ -236,7 +239,7 @@ class HTTPTransferServer(TransferServer):
             self.identity = self.gridmap
         self.ports: list[IListeningPort] = []
         self._sites: list[TransferSite] = []
-        self._sweeper: LoopingCall | None = None
+        self._sweepers: list[LoopingCall] = []
         self._discards_finished_at_shutdown = False
         #: the upload writer threads told to discard (waited for after the reactor's shutdown)
         self.discards = UploadDiscards()
@@ -368,28 +371,43 @@ class HTTPTransferServer(TransferServer):
             self.public_url = f"{self.scheme}://{f'[{host}]' if ':' in host else host}:{port_number}"
 
     def maintain(self, reactor: Any = None, interval: float = 60.0, expire: bool = True) -> LoopingCall:
-        """Expire transfer keys (and reload trust) every ``interval`` seconds, starting now.
+        """Reload trust every ``interval`` seconds and expire transfer keys every
+        :data:`EXPIRY_INTERVAL` seconds (SPEC 9.2: an expired key's files are
+        cancelled within 15 s), both starting now; the reload's LoopingCall.
 
         ``expire=False`` only reloads: with ``--workers`` the supervisor alone expires keys.
         """
-        sweeper = LoopingCall(self.maintenance if expire else self.reload)
+        self._sweepers = []
+        if expire:
+            self._sweepers.append(self._every(EXPIRY_INTERVAL, self.expire, reactor))
+        reloader = self._every(interval, self.reload, reactor)
+        self._sweepers.append(reloader)
+        return reloader
+
+    @staticmethod
+    def _every(interval: float, work: Callable[[], object], reactor: Any) -> LoopingCall:
+        call = LoopingCall(work)
         if reactor is not None:
-            sweeper.clock = reactor
-        sweeper.start(interval, now=True).addErrback(
-            lambda failure: _log.failure("maintenance stopped", failure)
-        )
-        self._sweeper = sweeper
-        return sweeper
+            call.clock = reactor
+        call.start(interval, now=True).addErrback(lambda failure: _log.failure("maintenance stopped", failure))
+        return call
 
     @defer.inlineCallbacks
-    def maintenance(self) -> Any:
-        """One round of housekeeping: expire keys, re-read the grid-mapfile."""
+    def expire(self) -> Any:
+        """One expiry sweep: forget expired keys, cancelling their unstored files (each exactly once)."""
         try:
             expired = yield self.engine.expire_transfers()
             if expired:
                 _log.info("{n} transfer key(s) expired", n=expired)
+        except StateUnavailable:
+            pass  # said once where the database went away; the next sweep tries again
         except Exception:
             _log.failure("expiring transfer keys failed")
+
+    @defer.inlineCallbacks
+    def maintenance(self) -> Any:
+        """One round of housekeeping: expire keys, re-read the grid-mapfile."""
+        yield self.expire()
         self.reload()
 
     def reload(self, force: bool = False) -> None:
@@ -409,8 +427,9 @@ class HTTPTransferServer(TransferServer):
         is still going after that is abandoned when the connections close (an
         upload's temporary file is removed).
         """
-        if self._sweeper is not None and self._sweeper.running:
-            self._sweeper.stop()
+        for sweeper in self._sweepers:
+            if sweeper.running:
+                sweeper.stop()
         ports, self.ports = self.ports, []
         for port in ports:
             yield port.stopListening()

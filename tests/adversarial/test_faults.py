@@ -546,6 +546,7 @@ def test_store_databases_deleted_while_running(tmp_path):
         assert_clean_log(process)
 
 
+@pytest.mark.skipif(bool(os.environ.get("GSITRANSFER_TEST_STATE")), reason="rows of the previous SQLite format are written into the SQLite file")
 def test_transfer_keys_from_the_previous_format_survive_an_upgrade(tmp_path):
     """Keys whose manifest the previous release stored as INI text still work after the upgrade,
     and keys keep expiring: no traceback."""

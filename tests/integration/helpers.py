@@ -103,15 +103,37 @@ def in_flight(directory: Path) -> list[str]:
 
 
 def upload_holder(store: Path, key: str) -> int | None:
-    """The pid of the process receiving file 0 of ``key`` (the transfer table's ``holder``), or None."""
+    """The pid of the process receiving file 0 of ``key`` (the transfer table's ``holder``), or None.
+
+    With the servers' state in PostgreSQL (``GSITRANSFER_TEST_STATE``), the holder's pid is read from
+    table ``holders`` of whichever test schema holds ``key``.
+    """
     import sqlite3
 
+    postgres = os.environ.get("GSITRANSFER_TEST_POSTGRES")
+    if postgres:
+        return _postgres_upload_holder(postgres, key)
     path = store / ".gsitransfer-transfers.sqlite"
     if not path.exists():
         return None
     with contextlib.closing(sqlite3.connect(path, timeout=5)) as db:
         row = db.execute("SELECT holder FROM transfer_files WHERE key = ? AND num = 0", (key,)).fetchone()
     return None if row is None or row[0] is None else int(row[0])
+
+
+def _postgres_upload_holder(url: str, key: str) -> int | None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        schemas = [row[0] for row in connection.execute(
+            "SELECT table_schema FROM information_schema.tables WHERE table_name = 'transfer_files'")]
+        for schema in schemas:
+            row = connection.execute(
+                f'SELECT h.pid FROM "{schema}".transfer_files f JOIN "{schema}".holders h ON h.holder = f.holder '
+                "WHERE f.key = %s AND f.num = 0", (key,)).fetchone()
+            if row is not None:
+                return int(row[0])
+    return None
 
 
 def open_socket(base_url: str, timeout: float = 10.0) -> socket.socket:

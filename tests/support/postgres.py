@@ -56,6 +56,8 @@ class PrivatePostgres:
         self.account = _account()
         # a short path: a unix socket's path is limited to ~107 bytes
         self.directory = Path(tempfile.mkdtemp(prefix="gsipg-"))
+        # the socket is in it: servers running as another account (--uid nobody) connect too
+        os.chmod(self.directory, 0o755)
         self.data = self.directory / "data"
         self.socket_dir = self.directory
         self.log = self.directory / "postgres.log"
