@@ -21,6 +21,8 @@ error is one line on stderr.
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import datetime
 import json
@@ -97,17 +99,30 @@ def run_explain(args: argparse.Namespace) -> int:
     return 0 if result.accepted else 1
 
 
+def _open_table(state: str) -> Any:
+    """The server's transfer table: its SQLite file, or its PostgreSQL (``postgresql://…``)."""
+    if "://" in state:
+        from .postgres import PostgresState, PostgresTransferTable, StateConfigError
+
+        try:
+            return PostgresTransferTable(PostgresState(state, heartbeat=False))
+        except StateConfigError as error:
+            raise ExplainError(str(error)) from None
+    from .transfers_db import SQLiteTransferTable, TransferDBError
+
+    if not os.path.exists(state):
+        raise ExplainError(f"--state {state}: no such file")
+    try:
+        return SQLiteTransferTable(state, reset_receiving=False)
+    except TransferDBError as error:
+        raise ExplainError(str(error)) from None
+
+
 def run_transfers(args: argparse.Namespace) -> int:
     """``transfers``: list, or ``--cancel`` one."""
     from .keys import FileState
-    from .transfers_db import SQLiteTransferTable, TransferDBError
 
-    if not os.path.exists(args.state):
-        raise ExplainError(f"--state {args.state}: no such file")
-    try:
-        table = SQLiteTransferTable(args.state, reset_receiving=False)
-    except TransferDBError as error:
-        raise ExplainError(str(error)) from None
+    table = _open_table(args.state)
     now = time.time()
     live = [record for record in table.records() if not record.expired(now)
             and (args.prefix is None or record.prefix == args.prefix)]

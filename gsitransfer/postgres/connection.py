@@ -198,7 +198,6 @@ class PostgresState:
                 "application_name": "gsitransfer",
                 "options": f"{given_options} -c statement_timeout={STATEMENT_TIMEOUT_MS}".strip(),
             },
-            check=ConnectionPool.check_connection,
             reconnect_timeout=0,
             open=False,
             name="gsitransfer-state",

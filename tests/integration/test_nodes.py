@@ -72,9 +72,10 @@ def start_body(base: str, path: str, body: bytes, sent: int, headers: dict[str, 
 
 
 def test_a_manifest_on_one_node_files_through_the_others_downloads_from_any(postgres_url: str, tmp_path: Path) -> None:
-    """Three nodes: the manifest on node 0, file i through node i % 3, every file from every node."""
+    """Three nodes (each with two worker processes): the manifest on node 0, file i through node i % 3,
+    every file from every node."""
     files = [(f"f{i}.dat", os.urandom(20_000 + i)) for i in range(6)]
-    with nodes(tmp_path, postgres_url, 3) as started:
+    with nodes(tmp_path, postgres_url, 3, "--workers", "2") as started:
         bases = [node.url() for node in started]
         key = post_manifest(bases[0], "data", files, as_person(ALICE))
         for num, (_, data) in enumerate(files):
@@ -265,6 +266,24 @@ def test_200_uploads_through_haproxy_across_two_nodes_over_mutual_tls(postgres_u
             assert len(listed) == 200 and {f["owner"] for f in listed} == {pki.users["alice"].dn}
         served = [node.log_text().count('"PUT /data/h') for node in started]
         assert sum(served) == 200 and min(served) > 0, served
+
+
+def test_admin_lists_and_cancels_the_transfers_every_node_shares(postgres_url: str, tmp_path: Path) -> None:
+    """``gsitransfer-admin transfers --state postgresql://…`` lists a key announced on node 0 and cancels it:
+    node 1 refuses it at once."""
+    import subprocess
+    import sys
+
+    admin = [sys.executable, "-m", "gsitransfer.admin", "transfers", "--state", postgres_url]
+    with nodes(tmp_path, postgres_url, 2) as (first, second):
+        key = post_manifest(first.url(), "data", [("a.dat", b"a" * 10)], as_person(ALICE))
+        listed = subprocess.run(admin, capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        key_hash = hashlib.sha256(key.encode()).hexdigest()[:12]
+        assert key_hash in listed.stdout and "pending" in listed.stdout
+        cancelled = subprocess.run([*admin, "--cancel", key_hash], capture_output=True, text=True, timeout=60)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert request(second.url(), "POST", f"/data/{key}/0", b"a" * 10, as_person(ALICE)).status == 404
 
 
 @pytest.mark.parametrize("state", ["postgresql://nobody@/nowhere?host=/nonexistent", "mysql://x@y/z"])

@@ -48,7 +48,9 @@ class PostgresError(RuntimeError):
 class PrivatePostgres:
     """One throw-away PostgreSQL cluster with one database, :data:`DATABASE`, owned by :data:`ROLE`."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
+        """``durable``: commits are fsync'd, as in production (benchmarks); tests run with ``fsync=off``."""
+        self.durable = durable
         bindir = postgres_bindir()
         if bindir is None:
             raise PostgresError("PostgreSQL is not installed (Debian: apt-get install postgresql)")
@@ -90,7 +92,8 @@ class PrivatePostgres:
         try:
             self.process = subprocess.Popen(
                 [str(self.bindir / "postgres"), "-D", str(self.data), "-k", str(self.socket_dir),
-                 "-c", "listen_addresses=", "-c", "fsync=off", "-c", "max_connections=200"],
+                 "-c", "listen_addresses=", "-c", f"fsync={'on' if self.durable else 'off'}",
+                 "-c", "max_connections=200"],
                 stdout=log, stderr=subprocess.STDOUT, **self._user(),
             )
         finally:
