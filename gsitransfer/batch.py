@@ -54,10 +54,9 @@ _Steps = Generator["defer.Deferred[Any]", Any, Any]
 _log = Logger()
 
 
-def is_atomic(engine: TransferEngine, transfer_key: str) -> bool:
-    """True when ``transfer_key``'s manifest said ``commit = atomic``."""
-    record = engine.transfers.get(transfer_key)
-    return record is not None and record.manifest.atomic
+def is_atomic(ticket: UploadTicket) -> bool:
+    """True when the ticket's manifest said ``commit = atomic``."""
+    return ticket.atomic
 
 
 @defer.inlineCallbacks
@@ -70,9 +69,10 @@ def hold_file(engine: TransferEngine, ticket: UploadTicket, held: int, md5: Any 
     meanwhile, or the publishing's error (the intent stays: finished at the
     next start-up).
     """
-    if not engine.hold_verified(ticket, held, md5):
+    verified = yield engine.hold_verified(ticket, held, md5)
+    if not verified:
         raise FileNotFound("the transfer was cancelled while the file was arriving")
-    intent = claim(engine, ticket.transfer_key)
+    intent = yield claim(engine, ticket.transfer_key)
     if intent is None:
         return VERIFIED
     _log.info(
@@ -82,18 +82,20 @@ def hold_file(engine: TransferEngine, ticket: UploadTicket, held: int, md5: Any 
     return STORED
 
 
-def claim(engine: TransferEngine, transfer_key: str) -> BatchIntent | None:
-    """The batch's intent, recorded durably, when every file not already stored is verified and this
-    process is the first to claim it; None otherwise."""
-    record = engine.transfers.get(transfer_key)
+@defer.inlineCallbacks
+def claim(engine: TransferEngine, transfer_key: str) -> _Steps:
+    """The batch's intent (fires with it), recorded durably, when every file not already stored is
+    verified and this process is the first to claim it; None otherwise."""
+    record = yield engine.calls.get(transfer_key)
     if record is None:
         return None
-    if engine.batches.held_count(transfer_key) < record.manifest.num_files - len(record.already_stored):
+    held_count = yield engine.calls.held_count(transfer_key)
+    if held_count < record.manifest.num_files - len(record.already_stored):
         return None  # not the last one (one indexed count, not every file's state)
-    states = engine.transfers.states(transfer_key)
+    states = yield engine.calls.states(transfer_key)
     if any(states.get(entry.num) not in (FileState.VERIFIED, FileState.STORED) for entry in record.manifest.files):
         return None
-    held = engine.batches.held_files(transfer_key)
+    held = yield engine.calls.held_files(transfer_key)
     files: list[BatchFile] = []
     for entry in record.manifest.files:
         if states.get(entry.num) is not FileState.VERIFIED:
@@ -105,10 +107,12 @@ def claim(engine: TransferEngine, transfer_key: str) -> BatchIntent | None:
     if not files:
         return None
     intent = BatchIntent(record.key, record.prefix, record.owner_dn, tuple(files), holder=os.getpid())
-    if not engine.batches.begin(intent):
-        return None  # another process (--workers) claimed it
-    if engine.transfers.get(transfer_key) is None:
-        engine.batches.forget(transfer_key)  # cancelled meanwhile: its held files are gone
+    claimed = yield engine.calls.begin(intent)
+    if not claimed:
+        return None  # another process (--workers, another node) claimed it
+    still = yield engine.calls.get(transfer_key)
+    if still is None:
+        yield engine.calls.forget(transfer_key)  # cancelled meanwhile: its held files are gone
         return None
     return intent
 
@@ -127,7 +131,7 @@ def finish(engine: TransferEngine, intent: BatchIntent, id_token: IdToken, may_f
             if publish_held(file.held, file.final, file.size, file.md5):
                 linked.append(file)
         except UploadConflict:
-            _unpublish(engine, intent, linked)
+            yield _unpublish(engine, intent, linked)
             raise
         directory = os.path.dirname(file.final) or "."
         if directory not in directories:
@@ -141,12 +145,12 @@ def finish(engine: TransferEngine, intent: BatchIntent, id_token: IdToken, may_f
         if file.num in intent.completed:
             continue
         yield _complete(engine, intent, file, id_token)
-        engine.batches.completed(intent.key, file.num)
-    engine.batches.forget(intent.key)
+        yield engine.calls.completed(intent.key, file.num)
+    yield engine.calls.forget(intent.key)
     return None
 
 
-def _unpublish(engine: TransferEngine, intent: BatchIntent, linked: list[BatchFile]) -> None:
+def _unpublish(engine: TransferEngine, intent: BatchIntent, linked: list[BatchFile]) -> defer.Deferred[None]:
     """Another file took a final name of the batch: the files this call published are held again
     (moved back to their held names), the intent is dropped; the batch stays verified (its owner cancels it)."""
     for file in linked:
@@ -154,25 +158,31 @@ def _unpublish(engine: TransferEngine, intent: BatchIntent, linked: list[BatchFi
             os.rename(file.final, file.held)
         except OSError:
             _log.failure("batch {key}...: cannot take {name} back", key=intent.key[:8], name=file.name)
-    engine.batches.abandon(intent.key)
+    return engine.calls.abandon(intent.key)
 
 
-def _complete(engine: TransferEngine, intent: BatchIntent, file: BatchFile, id_token: IdToken) -> defer.Deferred[Any]:
+@defer.inlineCallbacks
+def _complete(engine: TransferEngine, intent: BatchIntent, file: BatchFile, id_token: IdToken) -> _Steps:
     """``CompleteUpload`` for one published file (through the engine while its key lives)."""
-    record = engine.transfers.get(intent.key)
-    state = None if record is None else engine.transfers.states(intent.key).get(file.num)
+    record = yield engine.calls.get(intent.key)
+    state = None
+    if record is not None:
+        states = yield engine.calls.states(intent.key)
+        state = states.get(file.num)
     if record is not None and state is FileState.VERIFIED:
         entry = record.manifest.files[file.num]
         ticket = UploadTicket(intent.prefix, intent.key, file.num, entry, id_token, file.final, partial_path=file.held)
-        return engine.complete_upload(ticket)
+        yield engine.complete_upload(ticket)
+        return None
     if state is FileState.STORED:
-        return defer.succeed(None)
+        return None
     adapter = engine.adapter_for(intent.prefix)
     if adapter is None:
-        return defer.fail(FileNotFound(f"no such prefix /{intent.prefix}/"))
+        raise FileNotFound(f"no such prefix /{intent.prefix}/")
     info = FileEntry(file.num, file.name, file.size, file.md5).file_info()
     info.update(transfer_key=intent.key, file_num=file.num)
-    return adapter.complete_upload(id_token, info)
+    yield adapter.complete_upload(id_token, info)
+    return None
 
 
 @defer.inlineCallbacks
@@ -185,7 +195,8 @@ def finish_batches(engine: TransferEngine, holder: int | None = None) -> _Steps:
     the next start-up.
     """
     finished = 0
-    for intent in engine.batches.intents():
+    intents = yield engine.calls.intents()
+    for intent in intents:
         if holder is not None and intent.holder != holder:
             continue
         if engine.adapter_for(intent.prefix) is None:

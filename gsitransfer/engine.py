@@ -65,6 +65,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .batchlog import BatchLog, MemoryBatchLog
+from .tablecalls import TableCalls
 from .errors import (
     BeyondLength,
     ChecksumMismatch,
@@ -218,6 +219,8 @@ class UploadTicket:
     partial_path: str = ""
     #: the running MD5 of the ``offset`` bytes held, when this process kept it (else rebuilt by reading them)
     resume_md5: Any = None
+    #: the file belongs to an atomic batch (``commit = atomic``): verified, it waits for the others
+    atomic: bool = False
 
     @property
     def file_info(self) -> dict[str, object]:
@@ -313,6 +316,14 @@ class TransferEngine:
         self.events = EventFanout()
         #: atomic batches' held files and publishing intents: the table's own (shared by --workers)
         self.batches: BatchLog = getattr(self.transfers, "batches", None) or MemoryBatchLog()
+        self._calls = TableCalls(self.transfers, self.batches)
+
+    @property
+    def calls(self) -> TableCalls:
+        """The table and batch log, each call a Deferred (off the reactor for PostgreSQL: ``tablecalls.py``)."""
+        if self._calls.table is not self.transfers:  # a table given after construction
+            self._calls = TableCalls(self.transfers, self.batches)
+        return self._calls
 
     # -- the prefix registry ----------------------------------------------------
 
@@ -362,8 +373,10 @@ class TransferEngine:
         return record.key
 
     def upload_information(self, transfer_key: str, file_num: int | str) -> dict[str, object]:
-        """The ``file_info`` of one file of a live transfer; FileNotFound otherwise."""
-        record = self._live_record(transfer_key)
+        """The ``file_info`` of one file of a live transfer; FileNotFound otherwise (synchronous: the seed's API)."""
+        record = self.transfers.get(transfer_key)
+        if record is None or record.expired(self.clock()):
+            raise FileNotFound("unknown or expired transfer key")
         return _upload_file_info(record.key, self._entry(record, file_num))
 
     @defer.inlineCallbacks
@@ -413,7 +426,7 @@ class TransferEngine:
                 taken = [item for item in taken if not item.carries]
             if not adapter.serves_downloads:
                 # nothing can be found already stored: refused before the handler is asked anything
-                self._check_pending_quota(manifest, id_token)
+                yield self._check_pending_quota(manifest, id_token)
             outcome: ManifestOutcome = yield self._check_and_register(prefix, adapter, manifest, id_token, taken)
         except BaseException:
             _drop_carried(taken)
@@ -439,15 +452,17 @@ class TransferEngine:
         """
         wanted = {entry.name: entry for entry in manifest.files}
         found: list[TakeOver] = []
-        for record in self.transfers.live_owned(id_token.person, prefix, self.clock()):
-            states = self.transfers.states(record.key)
-            progress = self.transfers.progress(record.key)
+        owned: list[TransferRecord] = yield self.calls.live_owned(id_token.person, prefix, self.clock())
+        for record in owned:
+            states: dict[int, FileState] = yield self.calls.states(record.key)
+            progress: dict[int, tuple[int, str]] = yield self.calls.progress(record.key)
             for old in record.manifest.files:
                 new = wanted.get(old.name)
                 state = states.get(old.num, FileState.PENDING)
                 if new is None or state in SETTLED:
                     continue
-                if self.batches.intent(record.key) is not None:
+                intent = yield self.calls.intent(record.key)
+                if intent is not None:
                     return ManifestOutcome(
                         None, f"Upload error for file {old.name}: its batch is being published", conflict=True
                     )
@@ -459,9 +474,10 @@ class TransferEngine:
                 found.append(TakeOver(record, old, new, held, partial))
         for index, taken in enumerate(found):
             key, num = taken.record.key, taken.old.num
-            before = self.transfers.states(key).get(num)
-            before = FileState.VERIFIED if before is FileState.VERIFIED else FileState.PENDING
-            if not self.transfers.transition(key, num, before, FileState.CANCELLED):
+            now_states: dict[int, FileState] = yield self.calls.states(key)
+            before = FileState.VERIFIED if now_states.get(num) is FileState.VERIFIED else FileState.PENDING
+            cancelled = yield self.calls.transition(key, num, before, FileState.CANCELLED)
+            if not cancelled:
                 return ManifestOutcome(
                     None, f"Upload error for file {taken.old.name}: it is arriving on another connection", conflict=True
                 )
@@ -470,24 +486,26 @@ class TransferEngine:
                 found[index] = dataclasses.replace(taken, md5=memory[1])
             elif not taken.carries:
                 remove_partial(taken.partial)
-            self.batches.drop(key, num)
+            yield self.calls.drop(key, num)
             _log.info(
                 "file {name} of transfer {key}... taken over by a new manifest of {dn}",
                 name=taken.old.name, key=key[:8], dn=id_token.dn or "anonymous",
             )
             yield self._cancel_quietly(adapter, IdToken(dn=taken.record.owner_dn), taken.old.name)
         for record in {taken.record.key: taken.record for taken in found}.values():
-            if all(state in SETTLED for state in self.transfers.states(record.key).values()):
-                self.transfers.remove(record.key)
+            left: dict[int, FileState] = yield self.calls.states(record.key)
+            if all(state in SETTLED for state in left.values()):
+                yield self.calls.remove(record.key)
         return found
 
-    def _carry_over(self, key: str, taken: list[TakeOver]) -> tuple[tuple[int, int], ...]:
+    @defer.inlineCallbacks
+    def _carry_over(self, key: str, taken: list[TakeOver]) -> _Steps[tuple[tuple[int, int], ...]]:
         """Give the new key's files the partials carried over to them; (number, bytes held) of each."""
         carried: list[tuple[int, int]] = []
         for item in taken:
             if not item.carries:
                 continue
-            self.transfers.set_progress(key, item.new.num, item.held, item.partial)
+            yield self.calls.set_progress(key, item.new.num, item.held, item.partial)
             if item.md5 is not None:
                 self._held_md5[(key, item.new.num)] = (item.held, item.md5)
             carried.append((item.new.num, item.held))
@@ -503,7 +521,7 @@ class TransferEngine:
         taken: list[TakeOver] = [],  # noqa: B006 (never mutated)
     ) -> _Steps[ManifestOutcome]:
         stored: frozenset[int] = yield self._find_already_stored(prefix, adapter, manifest, id_token)
-        self._check_pending_quota(manifest, id_token, stored=stored)
+        yield self._check_pending_quota(manifest, id_token, stored=stored)
         to_store = [entry for entry in manifest.files if entry.num not in stored]
         transfer_size = manifest.total_size
         if adapter.gates_uploads:
@@ -515,7 +533,7 @@ class TransferEngine:
                     )
                 yield self._breathe(entry.num)
         # again, in the one transaction that registers the key (other workers share the table)
-        key = self._register_within_quota(manifest, id_token, prefix, stored)
+        key: str = yield self._register_within_quota(manifest, id_token, prefix, stored)
         names = [entry.name for entry in to_store]
         added: list[str] = []
         refusal: NotAuthorized | None = None
@@ -538,7 +556,7 @@ class TransferEngine:
             if refusal is not None:
                 raise refusal
         except BaseException as failure:
-            self.transfers.remove(key)
+            yield self.calls.remove(key)
             for num, name in enumerate(added):
                 yield self._cancel_quietly(adapter, id_token, name)
                 yield self._breathe(num)
@@ -547,7 +565,7 @@ class TransferEngine:
                     None, refusal.reason, conflict=isinstance(refusal, NameTaken), refused=refusal
                 )
             raise
-        resume_from = self._carry_over(key, taken)
+        resume_from: tuple[tuple[int, int], ...] = yield self._carry_over(key, taken)
         return ManifestOutcome(key, already_stored=tuple(sorted(stored)), resume_from=resume_from)
 
     @defer.inlineCallbacks
@@ -600,31 +618,34 @@ class TransferEngine:
             expires=now + self.manifest_ttl,
         )
 
+    @defer.inlineCallbacks
     def _register_within_quota(
         self, manifest: Manifest, id_token: IdToken, prefix: str, stored: frozenset[int] = frozenset()
-    ) -> str:
+    ) -> _Steps[str]:
         """Register ``manifest`` if it fits its owner's pending limits, as one step; its key.
 
         The files numbered in ``stored`` start stored and count against no limit.
         """
         record = dataclasses.replace(self._new_record(manifest, id_token, prefix), already_stored=stored)
-        totals = self.transfers.add_within(record, self.max_pending_files, self.max_pending_bytes, record.created)
+        totals = yield self.calls.add_within(record, self.max_pending_files, self.max_pending_bytes, record.created)
         if totals is not None:
-            self._check_pending_quota(manifest, id_token, totals, stored)
+            yield self._check_pending_quota(manifest, id_token, totals, stored)
         return record.key
 
+    @defer.inlineCallbacks
     def _check_pending_quota(
         self,
         manifest: Manifest,
         id_token: IdToken,
         totals: tuple[int, int] | None = None,
         stored: frozenset[int] = frozenset(),
-    ) -> None:
+    ) -> _Steps[None]:
         """Raise QuotaExceeded if ``manifest`` (but its ``stored`` files) would take its owner over the limits."""
         if self.max_pending_files is None and self.max_pending_bytes is None:
-            return
+            return None
         if totals is None:
-            totals = self.transfers.pending_totals(id_token.person, self.clock())
+            totals = yield self.calls.pending_totals(id_token.person, self.clock())
+            assert totals is not None
         files, size = totals
         new = [entry for entry in manifest.files if entry.num not in stored]
         who = "anonymous clients" if id_token.person is None else id_token.person
@@ -677,13 +698,14 @@ class TransferEngine:
         stored, the handler is not asked: the body is to be discarded).
         """
         adapter = self._adapter(prefix)
-        record = self._live_record(transfer_key)
+        record: TransferRecord = yield self._live_record(transfer_key)
         if record.prefix != prefix:
             raise FileNotFound(f"no transfer {transfer_key} under /{prefix}/")
         entry = self._entry(record, file_num)
         if id_token.person != record.owner_dn:
             raise NotAuthorized("this transfer belongs to another identity")
-        state = self.transfers.states(record.key).get(entry.num, FileState.PENDING)
+        states: dict[int, FileState] = yield self.calls.states(record.key)
+        state = states.get(entry.num, FileState.PENDING)
         if state is FileState.CANCELLED:
             raise FileNotFound(f"file {entry.num} of this transfer was taken over by a newer manifest")
         found_stored = state is FileState.STORED and entry.num in record.already_stored
@@ -701,18 +723,22 @@ class TransferEngine:
             return UploadTicket(prefix, record.key, entry.num, entry, id_token, "", already_stored=True)
         final_path, partial = yield self._receive(adapter, record, entry, state, id_token)
         # a whole body restarts the file: nothing held from here on (recorded before the partial is truncated)
-        self.transfers.set_progress(record.key, entry.num, 0, partial)
+        yield self.calls.set_progress(record.key, entry.num, 0, partial)
         self._held_md5.pop((record.key, entry.num), None)
-        return UploadTicket(prefix, record.key, entry.num, entry, id_token, final_path, partial_path=partial)
+        return UploadTicket(
+            prefix, record.key, entry.num, entry, id_token, final_path, partial_path=partial, atomic=record.manifest.atomic
+        )
 
     @defer.inlineCallbacks
     def _receive(
         self, adapter: HandlerAdapter, record: TransferRecord, entry: FileEntry, state: FileState, id_token: IdToken
     ) -> _Steps[tuple[str, str]]:
         """Win the file for this connection (pending -> receiving), ask where it goes: (final path, partial path)."""
-        if not self.transfers.transition(record.key, entry.num, state, FileState.RECEIVING):
+        won = yield self.calls.transition(record.key, entry.num, state, FileState.RECEIVING)
+        if not won:
             # another connection (or worker process) moved it first, or it was cancelled
-            now = self.transfers.states(record.key).get(entry.num)
+            states: dict[int, FileState] = yield self.calls.states(record.key)
+            now = states.get(entry.num)
             if now is None:
                 raise FileNotFound(f"no transfer {record.key} under /{record.prefix}/")
             next_state(now, "begin")
@@ -727,9 +753,10 @@ class TransferEngine:
                 raise NotAuthorized(f"the handler refused file {entry.name}")
         except BaseException:
             self._in_flight.discard((record.key, entry.num))
-            self.transfers.set_state(record.key, entry.num, FileState.PENDING)
+            yield self.calls.set_state(record.key, entry.num, FileState.PENDING)
             raise
-        recorded = self.transfers.progress(record.key).get(entry.num, (0, ""))[1]
+        progress: dict[int, tuple[int, str]] = yield self.calls.progress(record.key)
+        recorded = progress.get(entry.num, (0, ""))[1]
         return str(final_path), recorded or partial_path_for(str(final_path))
 
     @defer.inlineCallbacks
@@ -751,13 +778,15 @@ class TransferEngine:
         Content-Length would pass the manifest size).
         """
         adapter = self._adapter(prefix)
-        record = self._owned_record(prefix, transfer_key, id_token)
+        record: TransferRecord = yield self._owned_record(prefix, transfer_key, id_token)
         entry = self._entry(record, file_num)
-        state = self.transfers.states(record.key).get(entry.num, FileState.PENDING)
+        states: dict[int, FileState] = yield self.calls.states(record.key)
+        state = states.get(entry.num, FileState.PENDING)
         if state is FileState.CANCELLED:
             raise FileNotFound(f"file {entry.num} of this transfer was taken over by a newer manifest")
         next_state(state, "begin")  # stored or arriving elsewhere: the conflict
-        held = self.transfers.progress(record.key).get(entry.num, (0, ""))[0]
+        progress: dict[int, tuple[int, str]] = yield self.calls.progress(record.key)
+        held = progress.get(entry.num, (0, ""))[0]
         if offset != held:
             raise OffsetMismatch(offset, held)
         if entry.size is None:
@@ -767,25 +796,30 @@ class TransferEngine:
                 f"offset {held} + Content-Length {content_length} passes the manifest size {entry.size}"
             )
         final_path, partial = yield self._receive(adapter, record, entry, state, id_token)
-        now_held = self.transfers.progress(record.key).get(entry.num, (0, ""))[0]
+        progress = yield self.calls.progress(record.key)
+        now_held = progress.get(entry.num, (0, ""))[0]
         if now_held != held:  # another process recorded more meanwhile
-            self.fail_upload(UploadTicket(prefix, record.key, entry.num, entry, id_token, final_path))
+            yield self.fail_upload(UploadTicket(prefix, record.key, entry.num, entry, id_token, final_path))
             raise OffsetMismatch(offset, now_held)
-        self.transfers.set_progress(record.key, entry.num, held, partial)
+        yield self.calls.set_progress(record.key, entry.num, held, partial)
         memory = self._held_md5.get((record.key, entry.num))
         md5 = memory[1] if memory is not None and memory[0] == held else None
         return UploadTicket(
-            prefix, record.key, entry.num, entry, id_token, final_path, offset=held, partial_path=partial, resume_md5=md5
+            prefix, record.key, entry.num, entry, id_token, final_path, offset=held, partial_path=partial, resume_md5=md5,
+            atomic=record.manifest.atomic,
         )
 
-    def keep_partial(self, ticket: UploadTicket, held: int | None, md5: Any = None) -> int:
+    @defer.inlineCallbacks
+    def keep_partial(self, ticket: UploadTicket, held: int | None, md5: Any = None) -> _Steps[int]:
         """A body ended short (cut off, refused, or a whole PATCH piece): its file is pending again.
 
         ``held`` is the bytes now durable in the partial (fdatasync'd before
         this call), recorded in the same step as the state; None when the
         partial could not be kept (it is removed, 0 recorded). ``md5`` is the
         running MD5 of those bytes, remembered for the next piece. Returns
-        the bytes recorded.
+        the bytes recorded. Never fails: a database that cannot be reached
+        leaves the file receiving under this process until it is back
+        (:meth:`release_abandoned`).
         """
         where = (ticket.transfer_key, ticket.file_num)
         self._in_flight.discard(where)
@@ -795,17 +829,17 @@ class TransferEngine:
             held = 0
             remove_partial(ticket.partial_path)
         try:
-            released = self.transfers.release(ticket.transfer_key, ticket.file_num, held, ticket.partial_path)
+            released = yield self.calls.release(ticket.transfer_key, ticket.file_num, held, ticket.partial_path)
+            if not released:
+                # the transfer ended meanwhile (or this file is not receiving any more): its partial goes
+                record = yield self.calls.get(ticket.transfer_key)
+                if record is None:
+                    remove_partial(ticket.partial_path)
+                elif held == 0:
+                    yield self.calls.set_progress(ticket.transfer_key, ticket.file_num, 0, ticket.partial_path)
+                return held
         except StateUnavailable as error:
-            # the file stays receiving under this process until the database is back (release_abandoned)
             _log.warn("file {num} of a transfer stays receiving for now: {reason}", num=ticket.file_num, reason=error)
-            return held
-        if not released:
-            # the transfer ended meanwhile (or this file is not receiving any more): its partial goes
-            if self.transfers.get(ticket.transfer_key) is None:
-                remove_partial(ticket.partial_path)
-            elif held == 0:
-                self.transfers.set_progress(ticket.transfer_key, ticket.file_num, 0, ticket.partial_path)
             return held
         if md5 is not None and held:
             if len(self._held_md5) >= self.held_md5_limit:
@@ -813,56 +847,68 @@ class TransferEngine:
             self._held_md5[where] = (held, md5)
         return held
 
-    def checkpoint(self, ticket: UploadTicket, held: int) -> None:
-        """``held`` bytes of a body still arriving are synced: recorded, so a crash (SIGKILL) keeps them."""
+    @defer.inlineCallbacks
+    def checkpoint(self, ticket: UploadTicket, held: int) -> _Steps[None]:
+        """``held`` bytes of a body still arriving are synced: recorded, so a crash (SIGKILL) keeps them.
+        Never fails (a database away: recorded at the next checkpoint, or when the body ends)."""
         if (ticket.transfer_key, ticket.file_num) not in self._in_flight:
-            return
+            return None
         try:
-            if self.transfers.states(ticket.transfer_key).get(ticket.file_num) is FileState.RECEIVING:
-                self.transfers.set_progress(ticket.transfer_key, ticket.file_num, held, ticket.partial_path)
+            states: dict[int, FileState] = yield self.calls.states(ticket.transfer_key)
+            if states.get(ticket.file_num) is FileState.RECEIVING:
+                yield self.calls.set_progress(ticket.transfer_key, ticket.file_num, held, ticket.partial_path)
         except StateUnavailable:
-            pass  # recorded at the next checkpoint, or when the body ends
+            pass
+        return None
 
     #: running MD5s of kept partials remembered per process (the oldest forgotten first)
     held_md5_limit = 10_000
 
-    def upload_offset(self, prefix: str, transfer_key: str, file_num: str | int, id_token: IdToken) -> UploadOffset:
+    @defer.inlineCallbacks
+    def upload_offset(
+        self, prefix: str, transfer_key: str, file_num: str | int, id_token: IdToken
+    ) -> _Steps[UploadOffset]:
         """The durable bytes held of one file, for its uploader (tus ``HEAD``); a stored file holds its size."""
-        record = self._owned_record(prefix, transfer_key, id_token)
+        record: TransferRecord = yield self._owned_record(prefix, transfer_key, id_token)
         entry = self._entry(record, file_num)
-        state = self.transfers.states(record.key).get(entry.num, FileState.PENDING)
+        states: dict[int, FileState] = yield self.calls.states(record.key)
+        state = states.get(entry.num, FileState.PENDING)
         if state is FileState.CANCELLED:
             raise FileNotFound(f"file {entry.num} of this transfer was taken over by a newer manifest")
-        held = self.transfers.progress(record.key).get(entry.num, (0, ""))[0]
+        progress: dict[int, tuple[int, str]] = yield self.calls.progress(record.key)
+        held = progress.get(entry.num, (0, ""))[0]
         if state is FileState.STORED:
             size = held if entry.size is None else entry.size
             return UploadOffset(size, size, record.expires)
         return UploadOffset(held, entry.size, record.expires)
 
-    def fail_upload(self, ticket: UploadTicket) -> None:
-        """The body did not make it (or failed verification): the file is pending again."""
+    @defer.inlineCallbacks
+    def fail_upload(self, ticket: UploadTicket) -> _Steps[None]:
+        """The body did not make it (or failed verification): the file is pending again. Never fails."""
         self._in_flight.discard((ticket.transfer_key, ticket.file_num))
         self._computed_md5.pop((ticket.transfer_key, ticket.file_num), None)
         try:
-            state = self.transfers.states(ticket.transfer_key).get(ticket.file_num)
+            states: dict[int, FileState] = yield self.calls.states(ticket.transfer_key)
+            state = states.get(ticket.file_num)
             if state is FileState.RECEIVING:
-                self.transfers.set_state(ticket.transfer_key, ticket.file_num, next_state(state, "fail"))
+                yield self.calls.set_state(ticket.transfer_key, ticket.file_num, next_state(state, "fail"))
         except StateUnavailable as error:
             _log.warn("file {num} of a transfer stays receiving for now: {reason}", num=ticket.file_num, reason=error)
+        return None
 
-    def release_abandoned(self) -> int:
+    def release_abandoned(self) -> defer.Deferred[int]:
         """Files this process holds as receiving but receives no more (their release failed while the
         shared database was away) are pending again; how many. Tables without holders: 0."""
-        release = getattr(self.transfers, "release_unreceived", None)
-        return 0 if release is None else int(release(frozenset(self._in_flight)))
+        return self.calls.release_unreceived(frozenset(self._in_flight))
 
+    @defer.inlineCallbacks
     def verify_upload(
         self,
         ticket: UploadTicket,
         md5_hexdigest: str,
         received: int,
         check_digests: Callable[[], None] | None = None,
-    ) -> None:
+    ) -> _Steps[None]:
         """Raise unless the bytes are the manifest's and the file may still be stored.
 
         ChecksumMismatch or LengthMismatch fail the upload (pending again);
@@ -870,14 +916,14 @@ class TransferEngine:
         ``check_digests`` checks the digests the request named (raising
         ChecksumMismatch): a mismatch there is treated as an MD5 mismatch.
         """
-        states = self.transfers.states(ticket.transfer_key)
+        states: dict[int, FileState] = yield self.calls.states(ticket.transfer_key)
         if states.get(ticket.file_num) is not FileState.RECEIVING:
             raise FileNotFound("the transfer was cancelled while the file was arriving")
         if received != ticket.entry.size:
-            self.fail_upload(ticket)
+            yield self.fail_upload(ticket)
             raise LengthMismatch(f"received {received} bytes, expected {ticket.entry.size}")
         if ticket.entry.checksum and md5_hexdigest != ticket.entry.checksum:
-            self._back_to_zero(ticket)
+            yield self._back_to_zero(ticket)
             raise ChecksumMismatch(
                 f"checksum mismatch for {ticket.entry.name}: "
                 f"received {md5_hexdigest}, manifest says {ticket.entry.checksum}"
@@ -886,17 +932,23 @@ class TransferEngine:
             try:
                 check_digests()
             except ChecksumMismatch:
-                self._back_to_zero(ticket)
+                yield self._back_to_zero(ticket)
                 raise
         if not ticket.entry.checksum:
             # announced without an MD5 (tus creation): the one computed is the file's, given to CompleteUpload
             self._computed_md5[(ticket.transfer_key, ticket.file_num)] = md5_hexdigest
+        return None
 
-    def _back_to_zero(self, ticket: UploadTicket) -> None:
+    @defer.inlineCallbacks
+    def _back_to_zero(self, ticket: UploadTicket) -> _Steps[None]:
         """The bytes are wrong: the file is pending at offset 0 (recorded before its partial is removed)."""
-        self.transfers.set_progress(ticket.transfer_key, ticket.file_num, 0, ticket.partial_path)
         self._held_md5.pop((ticket.transfer_key, ticket.file_num), None)
-        self.fail_upload(ticket)
+        try:
+            yield self.calls.set_progress(ticket.transfer_key, ticket.file_num, 0, ticket.partial_path)
+        except StateUnavailable:
+            pass  # the file's offset is recorded again when the database is back and a body comes
+        yield self.fail_upload(ticket)
+        return None
 
     @defer.inlineCallbacks
     def complete_upload(self, ticket: UploadTicket) -> _Steps[None]:
@@ -906,8 +958,8 @@ class TransferEngine:
         propagates (the transport removes the file).
         """
         adapter = self._adapter(ticket.prefix)
-        state = self.transfers.states(ticket.transfer_key).get(ticket.file_num, FileState.PENDING)
-        stored = next_state(state, "complete")
+        states: dict[int, FileState] = yield self.calls.states(ticket.transfer_key)
+        stored = next_state(states.get(ticket.file_num, FileState.PENDING), "complete")
         file_info = ticket.file_info
         computed = self._computed_md5.pop((ticket.transfer_key, ticket.file_num), None)
         if computed is not None:
@@ -915,15 +967,16 @@ class TransferEngine:
         try:
             yield self._timed(adapter.complete_upload(ticket.id_token, file_info), "CompleteUpload")
         except BaseException:
-            self.fail_upload(ticket)
+            yield self.fail_upload(ticket)
             raise
-        self.transfers.set_state(ticket.transfer_key, ticket.file_num, stored)
-        self.transfers.set_progress(ticket.transfer_key, ticket.file_num, ticket.entry.counted_size, "")
+        yield self.calls.set_state(ticket.transfer_key, ticket.file_num, stored)
+        yield self.calls.set_progress(ticket.transfer_key, ticket.file_num, ticket.entry.counted_size, "")
         self._in_flight.discard((ticket.transfer_key, ticket.file_num))
         self._held_md5.pop((ticket.transfer_key, ticket.file_num), None)
         return None
 
-    def hold_verified(self, ticket: UploadTicket, held: int, md5: Any = None) -> bool:
+    @defer.inlineCallbacks
+    def hold_verified(self, ticket: UploadTicket, held: int, md5: Any = None) -> _Steps[bool]:
         """A file of an atomic batch is verified and its ``held`` bytes synced in its partial: it waits.
 
         Recorded in this order (a crash between two steps leaves a file
@@ -938,9 +991,12 @@ class TransferEngine:
         self._held_md5.pop(where, None)
         if md5 is not None and len(self._held_md5) < self.held_md5_limit:
             self._held_md5[where] = (held, md5)
-        self.batches.hold(ticket.transfer_key, ticket.file_num, ticket.partial_path, ticket.final_path)
-        self.transfers.set_progress(ticket.transfer_key, ticket.file_num, held, ticket.partial_path)
-        return self.transfers.transition(ticket.transfer_key, ticket.file_num, FileState.RECEIVING, FileState.VERIFIED)
+        yield self.calls.hold(ticket.transfer_key, ticket.file_num, ticket.partial_path, ticket.final_path)
+        yield self.calls.set_progress(ticket.transfer_key, ticket.file_num, held, ticket.partial_path)
+        verified: bool = yield self.calls.transition(
+            ticket.transfer_key, ticket.file_num, FileState.RECEIVING, FileState.VERIFIED
+        )
+        return verified
 
     def uploads_in_flight(self) -> int:
         """How many file bodies this process has accepted and not yet stored or failed."""
@@ -993,26 +1049,28 @@ class TransferEngine:
 
     # -- transfer state, cancel, expiry ----------------------------------------
 
-    def is_live_transfer(self, transfer_key: str) -> bool:
+    @defer.inlineCallbacks
+    def is_live_transfer(self, transfer_key: str) -> _Steps[bool]:
         """True when ``transfer_key`` names a transfer that has not expired."""
-        record = self.transfers.get(transfer_key)
+        record: TransferRecord | None = yield self.calls.get(transfer_key)
         return record is not None and not record.expired(self.clock())
 
+    @defer.inlineCallbacks
     def transfer_status(
         self,
         prefix: str,
         transfer_key: str,
         id_token: IdToken,
         locate: Callable[[str, str], str | None] | None = None,
-    ) -> dict[str, Any]:
+    ) -> _Steps[dict[str, Any]]:
         """The state of each file of a transfer, for its owner.
 
         With ``locate`` (prefix, file name -> URL or None), each file also
         has its ``url``: the engine knows no URLs, the edge that asks does.
         """
-        record = self._owned_record(prefix, transfer_key, id_token)
-        states = self.transfers.states(record.key)
-        progress = self.transfers.progress(record.key)
+        record: TransferRecord = yield self._owned_record(prefix, transfer_key, id_token)
+        states: dict[int, FileState] = yield self.calls.states(record.key)
+        progress: dict[int, tuple[int, str]] = yield self.calls.progress(record.key)
         files: list[dict[str, object]] = []
         for entry in record.manifest.files:
             state = states.get(entry.num, FileState.PENDING)
@@ -1037,22 +1095,23 @@ class TransferEngine:
             "files": files,
         }
 
-    def cancel_transfer(self, prefix: str, transfer_key: str, id_token: IdToken) -> defer.Deferred[None]:
+    @defer.inlineCallbacks
+    def cancel_transfer(self, prefix: str, transfer_key: str, id_token: IdToken) -> _Steps[None]:
         """Cancel a transfer for its owner: pending files are given up, the key forgotten.
 
         Refused (UploadConflict) while one of its files is arriving.
         """
-        try:
-            record = self._owned_record(prefix, transfer_key, id_token)
-            if self._receiving(record):
-                raise UploadConflict("a file of this transfer is arriving: cancel after it ends")
-        except TransferError:
-            return defer.fail()
-        return self._end_transfer(record)
+        record: TransferRecord = yield self._owned_record(prefix, transfer_key, id_token)
+        receiving = yield self._receiving(record)
+        if receiving:
+            raise UploadConflict("a file of this transfer is arriving: cancel after it ends")
+        yield self._end_transfer(record)
+        return None
 
+    @defer.inlineCallbacks
     def terminate_upload(
         self, prefix: str, transfer_key: str, file_num: str | int, id_token: IdToken
-    ) -> defer.Deferred[None]:
+    ) -> _Steps[None]:
         """Give up one pending file of a transfer for its owner (tus termination).
 
         The file is cancelled (``CancelPendingUpload``, its partial removed);
@@ -1060,30 +1119,33 @@ class TransferEngine:
         (unknown key or file, or cancelled already), NotAuthorized (another
         person) or UploadConflict (its body is arriving, or it is stored).
         """
-        try:
-            record = self._owned_record(prefix, transfer_key, id_token)
-            entry = self._entry(record, file_num)
-            adapter = self._adapter(prefix)
-            state = self.transfers.states(record.key).get(entry.num, FileState.PENDING)
-            if state is FileState.CANCELLED:
-                raise FileNotFound(f"file {entry.num} of this transfer was cancelled")
-            if state is FileState.STORED:
-                raise UploadConflict("file is already stored: it is not removed through its upload URL")
-            if (record.key, entry.num) in self._in_flight or not self.transfers.transition(
-                record.key, entry.num, FileState.PENDING, FileState.CANCELLED
-            ):
-                raise UploadConflict("file is arriving on another connection: terminate it after that ends")
-        except TransferError:
-            return defer.fail()
-        return self._terminated(adapter, record, entry)
+        record: TransferRecord = yield self._owned_record(prefix, transfer_key, id_token)
+        entry = self._entry(record, file_num)
+        adapter = self._adapter(prefix)
+        states: dict[int, FileState] = yield self.calls.states(record.key)
+        state = states.get(entry.num, FileState.PENDING)
+        if state is FileState.CANCELLED:
+            raise FileNotFound(f"file {entry.num} of this transfer was cancelled")
+        if state is FileState.STORED:
+            raise UploadConflict("file is already stored: it is not removed through its upload URL")
+        arriving = (record.key, entry.num) in self._in_flight
+        if not arriving:
+            cancelled = yield self.calls.transition(record.key, entry.num, FileState.PENDING, FileState.CANCELLED)
+            arriving = not cancelled
+        if arriving:
+            raise UploadConflict("file is arriving on another connection: terminate it after that ends")
+        yield self._terminated(adapter, record, entry)
+        return None
 
     @defer.inlineCallbacks
     def _terminated(self, adapter: HandlerAdapter, record: TransferRecord, entry: FileEntry) -> _Steps[None]:
         """A file just cancelled by its owner: its partial goes, the handler is told, an empty key forgotten."""
         self._held_md5.pop((record.key, entry.num), None)
-        remove_partial(self.transfers.progress(record.key).get(entry.num, (0, ""))[1])
-        if all(state in SETTLED for state in self.transfers.states(record.key).values()):
-            self.transfers.remove(record.key)
+        progress: dict[int, tuple[int, str]] = yield self.calls.progress(record.key)
+        remove_partial(progress.get(entry.num, (0, ""))[1])
+        states: dict[int, FileState] = yield self.calls.states(record.key)
+        if all(state in SETTLED for state in states.values()):
+            yield self.calls.remove(record.key)
         yield self._cancel_quietly(adapter, IdToken(dn=record.owner_dn), entry.name)
         return None
 
@@ -1095,10 +1157,15 @@ class TransferEngine:
         body was accepted while the key lived and may still be stored. Fires
         with the number of transfers expired.
         """
-        self.release_abandoned()
-        expired = [r for r in self.transfers.expired(self.clock()) if not self._receiving(r)]
+        yield self.release_abandoned()
+        candidates: list[TransferRecord] = yield self.calls.expired(self.clock())
+        expired: list[TransferRecord] = []
+        for candidate in candidates:
+            receiving = yield self._receiving(candidate)
+            if not receiving:
+                expired.append(candidate)
         for record in expired:
-            states = self.transfers.states(record.key)
+            states: dict[int, FileState] = yield self.calls.states(record.key)
             unsettled = [e.num for e in record.manifest.files if states.get(e.num, FileState.PENDING) not in SETTLED]
             yield self._end_transfer(record)
             if self.events and unsettled:  # a key whose files were all stored ends quietly
@@ -1109,19 +1176,23 @@ class TransferEngine:
                 ))
         return len(expired)
 
-    def _receiving(self, record: TransferRecord) -> bool:
+    @defer.inlineCallbacks
+    def _receiving(self, record: TransferRecord) -> _Steps[bool]:
         """A file of the transfer is arriving, or its atomic batch is being published."""
-        if self.batches.intent(record.key) is not None:
+        intent = yield self.calls.intent(record.key)
+        if intent is not None:
             return True
-        return FileState.RECEIVING in self.transfers.states(record.key).values()
+        states: dict[int, FileState] = yield self.calls.states(record.key)
+        return FileState.RECEIVING in states.values()
 
     @defer.inlineCallbacks
     def _end_transfer(self, record: TransferRecord) -> _Steps[None]:
-        states = self.transfers.states(record.key)
-        progress = self.transfers.progress(record.key)
-        if not self.transfers.remove(record.key):
-            return None  # another worker process ended it first
-        self.batches.forget(record.key)
+        states: dict[int, FileState] = yield self.calls.states(record.key)
+        progress: dict[int, tuple[int, str]] = yield self.calls.progress(record.key)
+        removed = yield self.calls.remove(record.key)
+        if not removed:
+            return None  # another process (a worker, another node) ended it first
+        yield self.calls.forget(record.key)
         for entry in record.manifest.files:
             self._held_md5.pop((record.key, entry.num), None)
             if states.get(entry.num) not in SETTLED:
@@ -1168,14 +1239,16 @@ class TransferEngine:
             raise self._no_such_prefix(prefix)
         return adapter
 
-    def _live_record(self, transfer_key: str) -> TransferRecord:
-        record = self.transfers.get(transfer_key)
+    @defer.inlineCallbacks
+    def _live_record(self, transfer_key: str) -> _Steps[TransferRecord]:
+        record: TransferRecord | None = yield self.calls.get(transfer_key)
         if record is None or record.expired(self.clock()):
             raise FileNotFound("unknown or expired transfer key")
         return record
 
-    def _owned_record(self, prefix: str, transfer_key: str, id_token: IdToken) -> TransferRecord:
-        record = self._live_record(transfer_key)
+    @defer.inlineCallbacks
+    def _owned_record(self, prefix: str, transfer_key: str, id_token: IdToken) -> _Steps[TransferRecord]:
+        record: TransferRecord = yield self._live_record(transfer_key)
         if record.prefix != prefix:
             raise FileNotFound("unknown or expired transfer key")
         if id_token.person != record.owner_dn:

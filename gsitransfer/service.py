@@ -637,8 +637,19 @@ class TransferService(service.MultiService):
         if metrics is None:
             return
         connections = sum(getattr(server, "open_connections", lambda: 0)() for server in self.servers)
-        pending = self._pending() if self.expire_keys else None
-        metrics.sample(connections, pending, self._crl_updates() if pending is not None else ())
+        if not self.expire_keys:
+            metrics.sample(connections, None, ())
+            return
+        table = getattr(self.servers[0], "transfers", None) if self.servers else None
+        summary = getattr(table, "pending_summary", None)
+        deferred_call = getattr(table, "deferred_call", None)
+        if summary is None or deferred_call is None:
+            metrics.sample(connections, self._pending(), self._crl_updates())
+            return
+        # a shared database: one statement, off the reactor
+        counted = deferred_call(summary, time.time())
+        counted.addCallback(lambda pending: metrics.sample(connections, pending, self._crl_updates()))
+        counted.addErrback(lambda _: metrics.sample(connections, None, self._crl_updates()))
 
     def _pending(self) -> tuple[int, int]:
         """Files and bytes announced and not yet stored, over every live transfer."""

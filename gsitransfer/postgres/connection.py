@@ -37,7 +37,10 @@ import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from ..errors import StateUnavailable
 
@@ -209,6 +212,8 @@ class PostgresState:
         except (psycopg.Error, PoolTimeout) as error:
             self.pool.close()
             raise StateConfigError(f"cannot use transfer database {shown_url(url)}: {_one_line(error)}") from None
+        #: the one thread that runs the server's table calls, in order, off the reactor (:meth:`deferred`)
+        self._calls: ThreadPool | None = None
         self._thread: threading.Thread | None = None
         if heartbeat:
             self._thread = threading.Thread(target=self._watch, name="gsitransfer-state", daemon=True)
@@ -234,6 +239,19 @@ class PostgresState:
             _log.warn("{reason}; answering 503 until it is back", reason=reason)
         self._reason = reason
         return reason
+
+    def deferred(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
+        """``function(*args)`` on this process's calls thread; a Deferred firing on the reactor with its result.
+
+        One thread: calls run in the order they were made (the order the
+        reactor would have run them itself), while the reactor serves others.
+        """
+        from twisted.internet import reactor
+
+        if self._calls is None:
+            self._calls = ThreadPool(minthreads=1, maxthreads=1, name="gsitransfer-state-calls")
+            self._calls.start()
+        return deferToThreadPool(reactor, self._calls, function, *args)  # type: ignore[arg-type]
 
     @contextmanager
     def transaction(self, connection: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
@@ -351,6 +369,8 @@ class PostgresState:
     def close(self) -> None:
         """Stop the thread, forget this holder (its files stay receiving until released) and close the pool."""
         self._stopping.set()
+        if self._calls is not None:
+            self._calls.stop()
         if self._thread is not None:
             self._thread.join(timeout=CONNECT_TIMEOUT + 1)
         self.pool.close()

@@ -23,16 +23,22 @@ Each file row also records the bytes it counts against its owner's limits
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
+
+from twisted.internet.defer import Deferred
 
 from ..batchlog import BatchFile, BatchIntent
+from ..errors import StateUnavailable
 from ..keys import FileState, TransferRecord, fits
 from ..transfers_db import manifest_from_json, manifest_to_json
 from .connection import PostgresState
 
 if TYPE_CHECKING:
     import psycopg
+
+T = TypeVar("T")
 
 _RECORD_COLUMNS = "key, prefix, owner_dn, manifest, created, expires, already_stored"
 _LIVE = (FileState.STORED.value, FileState.CANCELLED.value)
@@ -44,20 +50,39 @@ class PostgresTransferTable:
     #: parsed records kept per process, as :class:`~gsitransfer.transfers_db.SQLiteTransferTable` keeps them
     cache_size = 16
 
-    def __init__(self, state: PostgresState) -> None:
+    def __init__(self, state: PostgresState, *, off_reactor: bool = True) -> None:
+        """``off_reactor``: the engine's calls run on the state's thread (the server); False runs them
+        where they are made (tests of the rules without a reactor, the administrator's command)."""
         self.state = state
+        #: TableCalls runs this table's calls through :meth:`deferred_call`
+        self.runs_off_reactor = off_reactor
         self.path = state.url
         self.batches = PostgresBatchLog(state)
         self._cache: OrderedDict[str, TransferRecord] = OrderedDict()
+        #: the calls thread and the reactor thread (the seed's synchronous API, health checks) share the cache
+        self._cache_lock = threading.Lock()
+
+    def deferred_call(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run a call of this table off the reactor (:class:`~gsitransfer.tablecalls.TableCalls` uses it)."""
+        return self.state.deferred(function, *args)
 
     def _holder(self, state: FileState) -> int | None:
         return self.state.holder if state is FileState.RECEIVING else None
 
     def _remember(self, record: TransferRecord) -> None:
-        self._cache[record.key] = record
-        self._cache.move_to_end(record.key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        with self._cache_lock:
+            self._cache[record.key] = record
+            self._cache.move_to_end(record.key)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+
+    def _cached(self, key: str) -> TransferRecord | None:
+        with self._cache_lock:
+            return self._cache.get(key)
+
+    def _forget(self, key: str) -> None:
+        with self._cache_lock:
+            self._cache.pop(key, None)
 
     # -- records ----------------------------------------------------------------------
 
@@ -88,13 +113,12 @@ class PostgresTransferTable:
         return totals
 
     def get(self, key: str) -> TransferRecord | None:
-        cached = self._cache.get(key)
+        cached = self._cached(key)
         if cached is not None:
             # another node may have removed it: one indexed lookup, no JSON
             if self._one("SELECT 1 FROM transfers WHERE key = %s", (key,)) is not None:
-                self._cache.move_to_end(key)
                 return cached
-            del self._cache[key]
+            self._forget(key)
             return None
         row = self._one(f"SELECT {_RECORD_COLUMNS} FROM transfers WHERE key = %s", (key,))
         if row is None:
@@ -103,8 +127,21 @@ class PostgresTransferTable:
         self._remember(record)
         return record
 
+    def peek(self, key: str) -> TransferRecord | None:
+        """The record if this process has it cached (no statement: for hints only)."""
+        return self._cached(key)
+
+    def pending_summary(self, now: float) -> tuple[int, int]:
+        """(files, bytes) announced and not yet stored over every live transfer (the metrics' gauges)."""
+        row = self._one(
+            "SELECT count(*), coalesce(sum(f.counted), 0) FROM transfers t JOIN transfer_files f ON f.key = t.key "
+            "WHERE t.expires > %s AND f.state NOT IN (%s, %s)",
+            (now, *_LIVE),
+        )
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
     def remove(self, key: str) -> bool:
-        self._cache.pop(key, None)
+        self._forget(key)
         # the files go with it (ON DELETE CASCADE); of two nodes, one deletes the row
         return self._count("DELETE FROM transfers WHERE key = %s", (key,)) == 1
 
@@ -130,7 +167,7 @@ class PostgresTransferTable:
 
     def expire_now(self, key: str, now: float) -> bool:
         """End ``key``'s life now (``gsitransfer-admin transfers --cancel``); False when there is no such key."""
-        self._cache.pop(key, None)
+        self._forget(key)
         return self._count("UPDATE transfers SET expires = %s WHERE key = %s AND expires > %s", (now, key, now)) > 0
 
     # -- files ------------------------------------------------------------------------
@@ -201,8 +238,11 @@ class PostgresTransferTable:
     # -- the rest ---------------------------------------------------------------------
 
     def ping(self) -> None:
-        """One trivial question (``/healthz``); raises if the database cannot answer."""
-        self.state.ping()
+        """``/healthz``: raises while the database is away (as the state's thread last found it,
+        at most a few seconds ago): no statement on the reactor."""
+        reason = self.state.unavailable
+        if reason is not None:
+            raise StateUnavailable(reason)
 
     def close(self) -> None:
         """Close the pool (the state is shared: the first close of the process's state closes it)."""

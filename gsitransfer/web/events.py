@@ -98,8 +98,8 @@ def request_event(request: Any, engine: Any) -> TransferEvent | None:
 
 
 def _file_name(engine: Any, route: UploadRoute) -> str | None:
-    """The name of file ``route.file_num`` of the transfer, if the key is still known."""
-    record = engine.transfers.get(route.transfer_key)
+    """The name of file ``route.file_num`` of the transfer, if the key is known here (never a wait)."""
+    record = engine.calls.known(route.transfer_key)
     if record is None or not route.file_num.isdigit():
         return None
     number = int(route.file_num)

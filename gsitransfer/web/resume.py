@@ -28,12 +28,14 @@ Headers are judged before the core is asked: ``Tus-Resumable`` other than
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.python.failure import Failure
 
 from ..digests import BodyHashers, DigestError, Expected, upload_checksum
-from ..engine import UploadTicket
+from ..engine import UploadOffset, UploadTicket
 from ..errors import BeyondLength, ChecksumMismatch, OffsetMismatch, TransferError
 from ..filesink import FileSink, PartialLost
 from .exchange import BodyControl, BodyReceiver, Exchange
@@ -66,12 +68,15 @@ def upload_offset(exchange: Exchange, body: bytes) -> None:
     assert isinstance(route, UploadRoute)
     request = exchange.request
     request.setHeader(b"tus-resumable", TUS_VERSION)
-    try:
-        held = exchange.serving.engine.upload_offset(
-            route.prefix, route.transfer_key, route.file_num, exchange.id_token
-        )
-    except Exception:
-        refuse(request, refusal_for(Failure(), "reading a file's offset"))
+    offset = exchange.serving.engine.upload_offset(route.prefix, route.transfer_key, route.file_num, exchange.id_token)
+    offset.addCallbacks(
+        lambda held: _answer_offset(request, held),
+        lambda failure: refuse(request, refusal_for(failure, "reading a file's offset")),
+    )
+
+
+def _answer_offset(request: Any, held: UploadOffset) -> None:
+    if getattr(request, "_disconnected", False) or getattr(request, "finished", False):
         return
     request.setHeader(b"upload-offset", b"%d" % held.offset)
     if held.length is None:  # a chunked PUT's: not known (tus: a deferred length)
@@ -235,7 +240,11 @@ class ResumeReceiver(UploadReceiver):
         """A piece short of the end is durable: recorded, then ``204`` with the new offset."""
         ticket = self.ticket
         assert ticket is not None
-        held = self._partial_kept(ticket, kept)
+        recorded = self._partial_kept(ticket, kept)
+        recorded.addCallback(lambda held: self._piece_recorded(ticket, kept, held))
+        recorded.addErrback(self._fail, "keeping a piece")
+
+    def _piece_recorded(self, ticket: UploadTicket, kept: Kept, held: int) -> None:
         if kept is None:
             self._refuse(Failure(OffsetMismatch(self.offset, held)), "keeping a piece")
             return
@@ -246,7 +255,11 @@ class ResumeReceiver(UploadReceiver):
         self._answer_piece(ticket.entry.counted_size, ticket)
 
     def _answer_piece(self, offset: int, ticket: UploadTicket) -> None:
-        record = self.engine.transfers.get(ticket.transfer_key)
+        found = self.engine.calls.get(ticket.transfer_key)
+        found.addErrback(lambda _: None)  # the answer is the offset; the expiry is only a hint
+        found.addCallback(lambda record: self._write_piece_answer(offset, record))
+
+    def _write_piece_answer(self, offset: int, record: Any) -> None:
         headers = [(b"upload-offset", b"%d" % offset), (b"tus-resumable", TUS_VERSION)]
         if record is not None:
             headers.append((b"upload-expires", _expires(record.expires)))

@@ -35,6 +35,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..engine import ManifestOutcome, UploadTicket
+from ..keys import TransferRecord
 from ..errors import ManifestError, TransferError
 from ..manifest import one_file_manifest
 from .exchange import BodyControl, Exchange
@@ -179,7 +180,13 @@ def _created(exchange: Exchange, prefix: str, outcome: ManifestOutcome) -> None:
     key = str(outcome.transfer_key)
     location = exchange.locate(prefix, f"{key}/0") or f"/{prefix}/{key}/0"
     request.setHeader(b"location", location.encode("utf-8"))
-    record = exchange.serving.engine.transfers.get(key)
+    found = exchange.serving.engine.calls.get(key)
+    found.addCallback(lambda record: _created_record(exchange, prefix, key, record))
+    found.addErrback(lambda failure: refuse(request, refusal_for(failure, "creating a tus upload")))
+
+
+def _created_record(exchange: Exchange, prefix: str, key: str, record: TransferRecord | None) -> None:
+    request = exchange.request
     if record is not None:
         request.setHeader(b"upload-expires", http_date(int(record.expires)))
     if record is not None and record.manifest.files[0].size == 0 and 0 not in record.already_stored:
@@ -232,11 +239,17 @@ def head_upload(exchange: Exchange, body: bytes) -> None:
     upload was created with (tus 1.0), for its owner only."""
     route = exchange.route
     assert isinstance(route, UploadRoute)
-    engine = exchange.serving.engine
-    record = engine.transfers.get(route.transfer_key)
+    found = exchange.serving.engine.calls.get(route.transfer_key)
+    found.addCallback(lambda record: _head_with_metadata(exchange, body, record))
+    found.addErrback(lambda failure: refuse(exchange.request, refusal_for(failure, "reading a file's offset")))
+
+
+def _head_with_metadata(exchange: Exchange, body: bytes, record: TransferRecord | None) -> None:
+    route = exchange.route
+    assert isinstance(route, UploadRoute)
     if (
         record is not None
-        and engine.is_live_transfer(route.transfer_key)
+        and not record.expired(exchange.serving.engine.clock())
         and record.prefix == route.prefix
         and record.owner_dn == exchange.id_token.person
         and route.file_num.isdigit()

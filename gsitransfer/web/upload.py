@@ -306,13 +306,16 @@ class UploadReceiver:
             return
         ticket, sink, writer = self.ticket, self.sink, self.writer
         assert ticket is not None and sink is not None and writer is not None
-        try:
-            check_digests = self.hashers.check if self.hashers is not None else None
-            self.engine.verify_upload(ticket, sink.hexdigest(), sink.received, check_digests)
-        except TransferError:
-            self._fail(Failure(), "verifying an upload")
-            return
-        if is_atomic(self.engine, ticket.transfer_key):
+        check_digests = self.hashers.check if self.hashers is not None else None
+        verified = self.engine.verify_upload(ticket, sink.hexdigest(), sink.received, check_digests)
+        verified.addCallbacks(self._verified, self._fail, errbackArgs=("verifying an upload",))
+        verified.addErrback(self._fail, "storing an upload")
+
+    def _verified(self, _: object) -> None:
+        """The bytes are the manifest's: published (or, in an atomic batch, held)."""
+        ticket, writer = self.ticket, self.writer
+        assert ticket is not None and writer is not None
+        if is_atomic(ticket):
             writer.keep(self._verified_kept)
             return
         committed = writer.commit()
@@ -440,8 +443,8 @@ class UploadReceiver:
             return
         writer.keep(lambda kept: self._partial_kept(ticket, kept))
 
-    def _partial_kept(self, ticket: UploadTicket, kept: Kept) -> int:
-        """The partial is synced (or could not be kept: None): record its bytes; the bytes recorded."""
+    def _partial_kept(self, ticket: UploadTicket, kept: Kept) -> "defer.Deferred[int]":
+        """The partial is synced (or could not be kept: None): record its bytes; fires with the bytes recorded."""
         held, md5 = kept if kept is not None else (None, None)
         return self.engine.keep_partial(ticket, held, md5)
 

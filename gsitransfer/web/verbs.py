@@ -171,15 +171,20 @@ def get_transfer(exchange: Exchange, body: bytes) -> None:
     route = exchange.route
     assert isinstance(route, TransferRoute)
     engine = exchange.serving.engine
-    if not engine.is_live_transfer(route.name):
-        _serve(exchange, FileRoute(route.prefix, route.name))
-        return
-    try:
+
+    def transfer_or_file(_: Exchange, live: bool) -> None:
+        if not live:
+            _serve(exchange, FileRoute(route.prefix, route.name))
+            return
         status = engine.transfer_status(route.prefix, route.name, exchange.id_token, locate=exchange.locate)
-    except Exception:
-        refuse(exchange.request, refusal_for(Failure(), "reading a transfer's state"))
-        return
-    write_text(exchange.request, 200, _json(status), b"application/json")
+        _answer(
+            exchange,
+            status,
+            lambda ex, state: write_text(ex.request, 200, _json(state), b"application/json"),
+            "reading a transfer's state",
+        )
+
+    _answer(exchange, engine.is_live_transfer(route.name), transfer_or_file, "reading a transfer's state")
 
 
 def delete_transfer(exchange: Exchange, body: bytes) -> None:

@@ -34,7 +34,7 @@ def open_table(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Tra
 
     state = PostgresState(request.getfixturevalue("postgres_url"), heartbeat=False)
     request.addfinalizer(state.close)
-    return PostgresTransferTable(state)
+    return PostgresTransferTable(state, off_reactor=False)  # no reactor runs in these tests
 
 
 def metadata_beside(table: object, root: str | Path) -> MetadataTable | None:

@@ -64,7 +64,7 @@ def upload(engine: TransferEngine, key: str, num: int, data: bytes) -> str:
     ticket = result_of(engine.begin_upload("data", key, num, ALICE, len(data)))
     sink = ResumableSink(ticket.final_path, ticket.entry.size, ticket.partial_path, 0)
     sink.write(data)
-    engine.verify_upload(ticket, sink.hexdigest(), sink.received)
+    result_of(engine.verify_upload(ticket, sink.hexdigest(), sink.received))
     held, _ = sink.keep()
     return str(result_of(hold_file(engine, ticket, held)))
 
@@ -105,11 +105,11 @@ def test_files_are_held_until_the_last_then_published_in_order(engine, store, tm
     key = post(engine, atomic_manifest())
     assert upload(engine, key, 1, FILES["b.bin"]) == VERIFIED
     assert upload(engine, key, 0, FILES["a.bin"]) == VERIFIED
-    status = engine.transfer_status("data", key, ALICE)
+    status = result_of(engine.transfer_status("data", key, ALICE))
     assert [(f["state"], f["offset"]) for f in status["files"]] == [
         ("verified", 3000), ("verified", 5000), ("pending", 0)
     ]
-    assert engine.upload_offset("data", key, 0, ALICE).offset == 3000
+    assert result_of(engine.upload_offset("data", key, 0, ALICE)).offset == 3000
     assert visible(store) == [] and store.names("CompleteUpload") == []
     assert not (tmp_path / "store" / "a.bin").exists()
     assert upload(engine, key, 2, FILES["c.bin"]) == STORED
@@ -117,7 +117,7 @@ def test_files_are_held_until_the_last_then_published_in_order(engine, store, tm
     assert visible(store) == list(FILES)
     for name, data in FILES.items():
         assert (tmp_path / "store" / name).read_bytes() == data
-    assert engine.transfer_status("data", key, ALICE)["complete"]
+    assert result_of(engine.transfer_status("data", key, ALICE))["complete"]
     assert not engine.batches.intents() and not engine.batches.held_files(key)
     assert not [n for n in os.listdir(tmp_path / "store") if n.startswith(".gsitransfer-") and "partial" in n]
 
@@ -140,7 +140,7 @@ def test_a_checksum_mismatch_leaves_the_others_verified(engine, store):
         upload(engine, key, 1, b"x" * 5000)
     states = engine.transfers.states(key)
     assert (states[0], states[1], states[2]) == (FileState.VERIFIED, FileState.PENDING, FileState.PENDING)
-    assert engine.upload_offset("data", key, 1, ALICE).offset == 0
+    assert result_of(engine.upload_offset("data", key, 1, ALICE)).offset == 0
     assert visible(store) == [] and store.names("CompleteUpload") == []
     upload(engine, key, 2, FILES["c.bin"])
     assert visible(store) == []
@@ -198,9 +198,9 @@ def test_only_one_process_claims_a_batch(tmp_path):
     sink = ResumableSink(ticket.final_path, 3000, ticket.partial_path, 0)
     sink.write(FILES["a.bin"])
     held, _ = sink.keep()
-    assert first.hold_verified(ticket, held)
-    assert claim(second, key) is not None
-    assert claim(first, key) is None
+    assert result_of(first.hold_verified(ticket, held))
+    assert result_of(claim(second, key)) is not None
+    assert result_of(claim(first, key)) is None
 
 
 def test_a_crash_between_renames_is_finished_at_start_up(tmp_path, monkeypatch):
@@ -217,8 +217,8 @@ def test_a_crash_between_renames_is_finished_at_start_up(tmp_path, monkeypatch):
     ticket = result_of(engine.begin_upload("data", key, 2, ALICE, 10))
     sink = ResumableSink(ticket.final_path, 10, ticket.partial_path, 0)
     sink.write(FILES["c.bin"])
-    engine.hold_verified(ticket, sink.keep()[0])
-    intent = claim(engine, key)
+    result_of(engine.hold_verified(ticket, sink.keep()[0]))
+    intent = result_of(claim(engine, key))
     assert intent is not None
     first = intent.files[0]
     assert publish_held(first.held, first.final, first.size, first.md5)
@@ -232,7 +232,7 @@ def test_a_crash_between_renames_is_finished_at_start_up(tmp_path, monkeypatch):
     assert result_of(finish_batches(restarted)) == 1
     assert restarted_store.names("CompleteUpload") == ["a.bin", "b.bin", "c.bin"]
     assert visible(restarted_store) == list(FILES)
-    assert restarted.transfer_status("data", key, ALICE)["complete"]
+    assert result_of(restarted.transfer_status("data", key, ALICE))["complete"]
     assert not restarted.batches.intents()
     assert result_of(finish_batches(restarted)) == 0
 
@@ -249,8 +249,8 @@ def test_recovery_skips_completions_already_recorded(tmp_path):
     ticket = result_of(engine.begin_upload("data", key, 1, ALICE, 5000))
     sink = ResumableSink(ticket.final_path, 5000, ticket.partial_path, 0)
     sink.write(FILES["b.bin"])
-    engine.hold_verified(ticket, sink.keep()[0])
-    intent = claim(engine, key)
+    result_of(engine.hold_verified(ticket, sink.keep()[0]))
+    intent = result_of(claim(engine, key))
     assert intent is not None
     for file in intent.files:
         publish_held(file.held, file.final, file.size, file.md5)

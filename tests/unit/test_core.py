@@ -129,7 +129,7 @@ def test_upload_state_machine_happy_path(engine, handler):
     ticket = result_of(engine.begin_upload("data", key, "0", ALICE, 3))
     assert ticket.final_path == "/srv/a.txt"
     assert engine.transfers.states(key)[0] is FileState.RECEIVING
-    engine.verify_upload(ticket, MD5_A, 3)
+    result_of(engine.verify_upload(ticket, MD5_A, 3))
     result_of(engine.complete_upload(ticket))
     assert engine.transfers.states(key)[0] is FileState.STORED
     assert handler.names("CompleteUpload") == ["a.txt"]
@@ -162,7 +162,7 @@ def test_conflicts(engine):
     ticket = result_of(engine.begin_upload("data", key, 0, ALICE, 3))
     with pytest.raises(UploadConflict, match="being uploaded"):
         result_of(engine.begin_upload("data", key, 0, ALICE, 3))
-    engine.verify_upload(ticket, MD5_A, 3)
+    result_of(engine.verify_upload(ticket, MD5_A, 3))
     result_of(engine.complete_upload(ticket))
     with pytest.raises(UploadConflict, match="already stored"):
         result_of(engine.begin_upload("data", key, 0, ALICE, 3))
@@ -173,7 +173,7 @@ def test_checksum_mismatch_leaves_file_pending(engine, handler):
     key = post(engine)
     ticket = result_of(engine.begin_upload("data", key, 0, ALICE, 3))
     with pytest.raises(ChecksumMismatch):
-        engine.verify_upload(ticket, "b" * 32, 3)
+        result_of(engine.verify_upload(ticket, "b" * 32, 3))
     assert engine.transfers.states(key)[0] is FileState.PENDING
     assert handler.names("CompleteUpload") == []
     result_of(engine.begin_upload("data", key, 0, ALICE, 3))
@@ -234,7 +234,7 @@ def test_expiry_cancels_pending_files(engine, handler, clock):
     """An expired key calls CancelPendingUpload for its unstored files, then is gone."""
     key = post(engine)
     ticket = result_of(engine.begin_upload("data", key, 1, ALICE, 0))
-    engine.verify_upload(ticket, "d41d8cd98f00b204e9800998ecf8427e", 0)
+    result_of(engine.verify_upload(ticket, "d41d8cd98f00b204e9800998ecf8427e", 0))
     result_of(engine.complete_upload(ticket))
     assert result_of(engine.expire_transfers()) == 0
     clock.now += 61
@@ -246,17 +246,17 @@ def test_expiry_cancels_pending_files(engine, handler, clock):
 def test_status_and_cancel_are_for_the_owner(engine, facade, handler):
     """Only the uploader reads or cancels a transfer; cancel releases pending files."""
     key = post(engine)
-    status = engine.transfer_status("data", key, ALICE, locate=facade.download_url)
+    status = result_of(engine.transfer_status("data", key, ALICE, locate=facade.download_url))
     assert [f["state"] for f in status["files"]] == ["pending", "pending"]
     assert status["files"][0]["url"] == "https://host:8443/data/a.txt"
     with pytest.raises(NotAuthorized):
-        engine.transfer_status("data", key, BOB)
+        result_of(engine.transfer_status("data", key, BOB))
     with pytest.raises(NotAuthorized):
         result_of(engine.cancel_transfer("data", key, BOB))
     result_of(engine.cancel_transfer("data", key, ALICE))
     assert handler.names("CancelPendingUpload") == ["a.txt", "b.txt"]
     with pytest.raises(FileNotFound):
-        engine.transfer_status("data", key, ALICE)
+        result_of(engine.transfer_status("data", key, ALICE))
 
 
 def test_downloads_ask_the_handler(engine, handler):
@@ -298,7 +298,7 @@ def test_receiving_transfer_outlives_expiry_and_refuses_cancel(engine, handler, 
         result_of(engine.cancel_transfer("data", key, ALICE))
     clock.now += 61
     assert result_of(engine.expire_transfers()) == 0
-    engine.verify_upload(ticket, MD5_A, 3)
+    result_of(engine.verify_upload(ticket, MD5_A, 3))
     result_of(engine.complete_upload(ticket))
     assert result_of(engine.expire_transfers()) == 1
     assert handler.names("CancelPendingUpload") == ["b.txt"]
@@ -310,7 +310,7 @@ def test_verify_refuses_a_cancelled_transfer(engine):
     ticket = result_of(engine.begin_upload("data", key, 0, ALICE, 3))
     engine.transfers.remove(key)
     with pytest.raises(FileNotFound):
-        engine.verify_upload(ticket, MD5_A, 3)
+        result_of(engine.verify_upload(ticket, MD5_A, 3))
 
 
 def test_handler_timeout(handler):
@@ -333,9 +333,9 @@ def test_handler_timeout(handler):
 def test_status_names_urls_only_when_the_edge_locates(engine, clock):
     """Without ``locate`` the engine's status has no URLs; a facade with no public URL locates None."""
     key = post(engine)
-    assert all("url" not in f for f in engine.transfer_status("data", key, ALICE)["files"])
+    assert all("url" not in f for f in result_of(engine.transfer_status("data", key, ALICE))["files"])
     unplaced = TransferServer(engine=engine)
-    status = engine.transfer_status("data", key, ALICE, locate=unplaced.download_url)
+    status = result_of(engine.transfer_status("data", key, ALICE, locate=unplaced.download_url))
     assert [f["url"] for f in status["files"]] == [None, None]
 
 
@@ -345,7 +345,7 @@ def test_facade_delegates_the_seed_api_to_its_engine(engine, facade, handler):
     assert facade.LookupPrefix("more") is handler and engine.handler_for("more") is handler
     assert facade.prefixes() == engine.prefixes() == ["data", "more"]
     key = facade.RegisterManifest(MANIFEST, ALICE, "data")
-    assert engine.is_live_transfer(key) and facade.transfers is engine.transfers
+    assert result_of(engine.is_live_transfer(key)) and facade.transfers is engine.transfers
     assert facade.LookupUploadInformation(key, 1) == engine.upload_information(key, 1)
     assert facade.manifest_limits is engine.manifest_limits
     facade.UnregisterPrefix("more")

@@ -86,7 +86,7 @@ def upload(engine: TransferEngine, files: list[tuple[str, bytes]]) -> str:
             continue
         ticket = result_of(engine.begin_upload("data", outcome.transfer_key, num, ALICE, len(data)))
         Path(ticket.final_path).write_bytes(data)
-        engine.verify_upload(ticket, md5(data), len(data))
+        result_of(engine.verify_upload(ticket, md5(data), len(data)))
         result_of(engine.complete_upload(ticket))
     return str(outcome.transfer_key)
 
@@ -100,7 +100,7 @@ def test_identical_file_is_already_stored(store, table):
     assert store.counted == {"CanUpload": ["new.txt"], "AddPendingUpload": ["new.txt"]}
     states = engine.transfers.states(outcome.transfer_key)
     assert states == {0: FileState.PENDING, 1: FileState.STORED}
-    status = engine.transfer_status("data", outcome.transfer_key, ALICE)
+    status = result_of(engine.transfer_status("data", outcome.transfer_key, ALICE))
     assert [f["state"] for f in status["files"]] == ["pending", "stored"] and not status["complete"]
 
 
@@ -109,7 +109,7 @@ def test_every_file_already_stored_still_gets_a_key(store, table):
     engine = stored_engine(store, table)
     outcome = result_of(engine.post_manifest("data", manifest([("old.txt", OLD)]), ALICE))
     assert outcome.to_text() == f"return_code: 0\ntransfer_key: {outcome.transfer_key}\nalready_stored: 0\n"
-    assert engine.transfer_status("data", outcome.transfer_key, ALICE)["complete"] is True
+    assert result_of(engine.transfer_status("data", outcome.transfer_key, ALICE))["complete"] is True
     assert store.counted == {}
 
 

@@ -115,7 +115,7 @@ def test_callbacks_are_not_probed_after_registration():
     handler.probes.clear()
     key = result_of(engine.post_manifest("data", MANIFEST, ALICE)).transfer_key
     ticket = result_of(engine.begin_upload("data", key, 0, ALICE, 3))
-    engine.verify_upload(ticket, "a" * 32, 3)
+    result_of(engine.verify_upload(ticket, "a" * 32, 3))
     result_of(engine.complete_upload(ticket))
     result_of(engine.cancel_transfer("data", key, ALICE))
     with pytest.raises(FileNotFound):

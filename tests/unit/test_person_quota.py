@@ -56,7 +56,7 @@ def test_independent_proxy_cannot_take_a_dn_extending_its_users(alice: Issued, k
     key = result_of(server.post_manifest("data", manifest(0, stem="x"), other)).transfer_key
     assert key is not None
     with pytest.raises(NotAuthorized):
-        server.transfer_status("data", key, proxy)
+        result_of(server.transfer_status("data", key, proxy))
     mine = result_of(server.post_manifest("data", manifest(0, stem="y"), proxy)).transfer_key
     assert mine is not None
-    assert server.transfer_status("data", mine, IdToken(dn=alice.dn))["owner"] == alice.dn
+    assert result_of(server.transfer_status("data", mine, IdToken(dn=alice.dn)))["owner"] == alice.dn

@@ -59,17 +59,17 @@ def hold(engine: TransferEngine, key: str, data: bytes, num: int = 0, keep_md5: 
     sink = ResumableSink(ticket.final_path, ticket.entry.size, ticket.partial_path, 0)
     sink.write(data)
     held, md5 = sink.keep()
-    return engine.keep_partial(ticket, held, md5 if keep_md5 else None)
+    return result_of(engine.keep_partial(ticket, held, md5 if keep_md5 else None))
 
 
 def test_kept_bytes_are_the_offset(engine):
     """A cut-off body's kept bytes are the offset HEAD reports and the transfer state shows."""
     key = post(engine, manifest(("f.bin", DATA)))
-    assert engine.upload_offset("data", key, 0, ALICE).offset == 0
+    assert result_of(engine.upload_offset("data", key, 0, ALICE)).offset == 0
     assert hold(engine, key, DATA[:1000]) == 1000
-    report = engine.upload_offset("data", key, "0", ALICE)
+    report = result_of(engine.upload_offset("data", key, "0", ALICE))
     assert (report.offset, report.length) == (1000, len(DATA))
-    assert engine.transfer_status("data", key, ALICE)["files"][0]["offset"] == 1000
+    assert result_of(engine.transfer_status("data", key, ALICE))["files"][0]["offset"] == 1000
 
 
 def test_resume_checks_owner_offset_and_size(engine):
@@ -77,7 +77,7 @@ def test_resume_checks_owner_offset_and_size(engine):
     key = post(engine, manifest(("f.bin", DATA)))
     hold(engine, key, DATA[:100])
     with pytest.raises(NotAuthorized):
-        engine.upload_offset("data", key, 0, BOB)
+        result_of(engine.upload_offset("data", key, 0, BOB))
     with pytest.raises(NotAuthorized):
         result_of(engine.resume_upload("data", key, 0, BOB, 100, 10))
     with pytest.raises(OffsetMismatch) as mismatch:
@@ -86,7 +86,7 @@ def test_resume_checks_owner_offset_and_size(engine):
     with pytest.raises(BeyondLength):
         result_of(engine.resume_upload("data", key, 0, ALICE, 100, len(DATA)))
     with pytest.raises(FileNotFound):
-        engine.upload_offset("data", key, 3, ALICE)
+        result_of(engine.upload_offset("data", key, 3, ALICE))
 
 
 @pytest.mark.parametrize("keep_md5", [True, False])
@@ -98,11 +98,11 @@ def test_resumed_pieces_verify_the_whole_md5(engine, tmp_path, keep_md5):
     assert ticket.offset == 3000 and (ticket.resume_md5 is not None) == keep_md5
     sink = ResumableSink(ticket.final_path, ticket.entry.size, ticket.partial_path, 3000, ticket.resume_md5)
     sink.write(DATA[3000:])
-    engine.verify_upload(ticket, sink.hexdigest(), sink.received)
+    result_of(engine.verify_upload(ticket, sink.hexdigest(), sink.received))
     sink.commit()
     result_of(engine.complete_upload(ticket))
     assert (tmp_path / "store" / "f.bin").read_bytes() == DATA
-    assert engine.upload_offset("data", key, 0, ALICE).offset == len(DATA)
+    assert result_of(engine.upload_offset("data", key, 0, ALICE)).offset == len(DATA)
     assert not Path(ticket.partial_path).exists()
 
 
@@ -125,7 +125,7 @@ def test_take_over_carries_the_partial(engine, store):
     assert f"resume_from: 0=4096\n" in outcome.to_text()
     new = str(outcome.transfer_key)
     assert engine.transfers.get(old) is None
-    assert engine.upload_offset("data", new, 0, ALICE).offset == 4096
+    assert result_of(engine.upload_offset("data", new, 0, ALICE)).offset == 4096
     ticket = result_of(engine.resume_upload("data", new, 0, ALICE, 4096, len(DATA) - 4096))
     assert ticket.resume_md5 is not None  # the in-memory MD5 went along
 
@@ -137,7 +137,7 @@ def test_take_over_of_one_file_leaves_the_others(engine):
     new = post(engine, manifest(("f.bin", DATA[:-1])))  # another size: nothing carried
     states = engine.transfers.states(old)
     assert states == {0: FileState.CANCELLED, 1: FileState.PENDING}
-    assert engine.upload_offset("data", new, 0, ALICE).offset == 0
+    assert result_of(engine.upload_offset("data", new, 0, ALICE)).offset == 0
     with pytest.raises(FileNotFound):
         result_of(engine.begin_upload("data", old, 0, ALICE, len(DATA)))
 

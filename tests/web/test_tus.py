@@ -13,6 +13,7 @@ from gsitransfer.manifest import ManifestLimits
 from gsitransfer.testing import SiteConnection
 from gsitransfer.web import HTTPTransferServer
 from gsitransfer.web.tus import MAX_METADATA_PAIRS, metadata_md5, parse_metadata
+from tests.support.deferreds import result_of
 from gsitransfer.web.status import BadRequest
 
 from .wire import Seen, get
@@ -186,7 +187,7 @@ def test_termination_cancels_the_file(server, store, tmp_path):
     assert exchange(server, get(path, method="HEAD"))[0].startswith(b"HTTP/1.1 404")
     assert exchange(server, get(path, method="DELETE"))[0].startswith(b"HTTP/1.1 404")
     key = path.split("/")[2]
-    assert not server.engine.is_live_transfer(key)
+    assert not result_of(server.engine.is_live_transfer(key))
     assert created(server)  # the name is free again
 
 
