@@ -1164,17 +1164,20 @@ class TransferEngine:
             receiving = yield self._receiving(candidate)
             if not receiving:
                 expired.append(candidate)
+        ended = 0
         for record in expired:
             states: dict[int, FileState] = yield self.calls.states(record.key)
             unsettled = [e.num for e in record.manifest.files if states.get(e.num, FileState.PENDING) not in SETTLED]
-            yield self._end_transfer(record)
+            if not (yield self._end_transfer(record)):
+                continue  # another sweep (another server of this process, another node) ended it
+            ended += 1
             if self.events and unsettled:  # a key whose files were all stored ends quietly
                 self.events.emit(TransferEvent(
                     EXPIRY, time.time(), dn=record.owner_dn, prefix=record.prefix, key=key_hash(record.key),
                     size=sum(record.manifest.files[num].counted_size for num in unsettled),
                     reason=f"{len(unsettled)} of {record.manifest.num_files} file(s) never stored", action=EXPIRY,
                 ))
-        return len(expired)
+        return ended
 
     @defer.inlineCallbacks
     def _receiving(self, record: TransferRecord) -> _Steps[bool]:
@@ -1186,12 +1189,13 @@ class TransferEngine:
         return FileState.RECEIVING in states.values()
 
     @defer.inlineCallbacks
-    def _end_transfer(self, record: TransferRecord) -> _Steps[None]:
+    def _end_transfer(self, record: TransferRecord) -> _Steps[bool]:
+        """Forget the transfer, cancelling its unsettled files; False when another sweep ended it first."""
         states: dict[int, FileState] = yield self.calls.states(record.key)
         progress: dict[int, tuple[int, str]] = yield self.calls.progress(record.key)
         removed = yield self.calls.remove(record.key)
         if not removed:
-            return None  # another process (a worker, another node) ended it first
+            return False  # another process (a worker, another node) ended it first
         yield self.calls.forget(record.key)
         for entry in record.manifest.files:
             self._held_md5.pop((record.key, entry.num), None)
@@ -1199,13 +1203,13 @@ class TransferEngine:
                 remove_partial(progress.get(entry.num, (0, ""))[1])
         adapter = self._adapters.get(record.prefix)
         if adapter is None:
-            return None
+            return True
         owner = IdToken(dn=record.owner_dn)
         for entry in record.manifest.files:
             if states.get(entry.num) not in SETTLED:
                 yield self._cancel_quietly(adapter, owner, entry.name)
             yield self._breathe(entry.num)
-        return None
+        return True
 
     @defer.inlineCallbacks
     def _cancel_quietly(self, adapter: HandlerAdapter, id_token: IdToken, name: str) -> _Steps[None]:

@@ -395,20 +395,21 @@ def _open_state(options: Options, recovering: bool) -> tuple[list[tuple[str, obj
 
             metadata = PostgresStoreMetadata(shared, os.path.abspath(directory))
         try:
-            handlers.append(
-                (
-                    prefix,
-                    DirectoryStore(
-                        directory,
-                        pending_ttl=options["manifest-ttl"],
-                        recover=recovering,
-                        listing_owners=options["listing-owners"],
-                        metadata=metadata,
-                    ),
-                )
+            store = DirectoryStore(
+                directory,
+                pending_ttl=options["manifest-ttl"],
+                recover=recovering,
+                listing_owners=options["listing-owners"],
+                metadata=metadata,
             )
         except StoreError as error:
             raise ConfigError(str(error)) from None
+        if shared is None:
+            handlers.append((prefix, store))
+        else:
+            from .postgres import OffReactorStore
+
+            handlers.append((prefix, OffReactorStore(store, shared)))
     for prefix, target in options["handlers"]:
         handlers.append((prefix, load_factory(target)))
     if shared is not None:

@@ -8,10 +8,12 @@ imported only when such a ``--state`` is given.
 
 from ..errors import StateUnavailable
 from .connection import PostgresState, StateConfigError, is_postgres_url, shown_url
+from .offreactor import OffReactorStore
 from .store import PostgresStoreMetadata
 from .transfers import PostgresBatchLog, PostgresTransferTable
 
 __all__ = [
+    "OffReactorStore",
     "PostgresBatchLog",
     "PostgresState",
     "PostgresStoreMetadata",

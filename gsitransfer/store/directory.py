@@ -202,13 +202,11 @@ class DirectoryStore:
         store (symlinks resolved), anything not a regular file, and a file
         still being uploaded.
         """
-        if not url_path or any(_unsafe_segment(s) for s in url_path.split("/")):
-            raise FileNotFound(f"no file {url_path!r}")
+        found = self.cached_download(url_path)
+        if found is not None:
+            return found
         real_path, status, relative = self._resolve_download(url_path)
         key = (relative, status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
-        cached = self._checksums.get(key, _UNKNOWN)
-        if cached is not _UNKNOWN:
-            return DownloadTarget(real_path, cached)  # type: ignore[arg-type]
         record = self.metadata.get(relative)
         if record is not None and record.state is FileState.PENDING:
             raise FileNotFound(f"no file {url_path!r} (it is still being uploaded)")
@@ -217,6 +215,18 @@ class DirectoryStore:
             del self._checksums[next(iter(self._checksums))]
         self._checksums[key] = checksum
         return DownloadTarget(real_path, checksum)
+
+    def cached_download(self, url_path: str) -> DownloadTarget | None:
+        """:meth:`GetDownloadFilename` when this process remembers the file's MD5 for its present
+        state (no metadata asked), else None; raises FileNotFound as it does."""
+        if not url_path or any(_unsafe_segment(s) for s in url_path.split("/")):
+            raise FileNotFound(f"no file {url_path!r}")
+        real_path, status, relative = self._resolve_download(url_path)
+        key = (relative, status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+        cached = self._checksums.get(key, _UNKNOWN)
+        if cached is _UNKNOWN:
+            return None
+        return DownloadTarget(real_path, cached)  # type: ignore[arg-type]
 
     def _resolve_download(self, relative: str) -> tuple[str, os.stat_result, str]:
         """:meth:`_resolve`, with one ``lstat`` for a plain file directly in the store.

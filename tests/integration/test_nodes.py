@@ -268,6 +268,31 @@ def test_200_uploads_through_haproxy_across_two_nodes_over_mutual_tls(postgres_u
         assert sum(served) == 200 and min(served) > 0, served
 
 
+def test_a_database_that_waits_does_not_stop_the_server(postgres_url: str, tmp_path: Path) -> None:
+    """Alice's manifest waits for the database (her quota lock is held elsewhere): meanwhile the node
+    serves a download and its health check at once — the statements run off the reactor."""
+    data = os.urandom(50_000)
+    with nodes(tmp_path, postgres_url, 1, "--metrics", "tcp:0:interface=127.0.0.1") as (node,):
+        base = node.url()
+        metrics = _METRICS.search(node.log_text())
+        assert metrics is not None
+        health = f"http://127.0.0.1:{metrics.group(1)}"
+        assert request(base, "PUT", "/data/kept.dat", data, as_person(BOB)).status == 201
+        assert request(base, "GET", "/data/kept.dat").body == data
+        with psycopg.connect(postgres_url, autocommit=True) as blocker:
+            blocker.execute("SELECT pg_advisory_lock(hashtextextended(%s, 17))", (ALICE,))
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                waiting = pool.submit(post_manifest, base, "data", [("later.dat", b"x")], as_person(ALICE))
+                time.sleep(1.0)
+                assert not waiting.done()
+                started = time.monotonic()
+                assert request(base, "GET", "/data/kept.dat").body == data
+                assert request(health, "GET", "/healthz").status == 200
+                assert time.monotonic() - started < 2.0
+                blocker.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 17))", (ALICE,))
+                assert len(waiting.result(timeout=30)) == 32
+
+
 def test_admin_lists_and_cancels_the_transfers_every_node_shares(postgres_url: str, tmp_path: Path) -> None:
     """``gsitransfer-admin transfers --state postgresql://…`` lists a key announced on node 0 and cancels it:
     node 1 refuses it at once."""
