@@ -57,8 +57,9 @@ BODY = os.urandom(64 * 1024)
 MANIFEST_TEMPLATE = "[manifest]\nnum_files = 1\n\n[0]\nname = {name}\nsize = {size}\nchecksum = {md5}\n"
 
 
-def _client(job: tuple[int, int, int, str, str]) -> int:
-    """One client process: ``count`` manifests + 64 KiB uploads on one keep-alive connection."""
+def _client(job: tuple[int, int, int, str, str]) -> tuple[int, list[str]]:
+    """One client process: ``count`` manifests + 64 KiB uploads on one keep-alive connection; (stored,
+    the answers that were not 200)."""
     port, index, count, ca_file, proxy = job
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.load_verify_locations(cafile=ca_file)
@@ -66,6 +67,7 @@ def _client(job: tuple[int, int, int, str, str]) -> int:
     connection = http.client.HTTPSConnection("localhost", port, context=context, timeout=60)
     md5 = hashlib.md5(BODY).hexdigest()
     done = 0
+    other: list[str] = []
     for number in range(count):
         name = f"c{index}-{number}-{time.monotonic_ns()}.dat"
         connection.request("POST", "/data/manifest", MANIFEST_TEMPLATE.format(name=name, size=len(BODY), md5=md5))
@@ -73,10 +75,12 @@ def _client(job: tuple[int, int, int, str, str]) -> int:
         key = dict(line.split(": ", 1) for line in answer.splitlines() if ": " in line)["transfer_key"]
         connection.request("POST", f"/data/{key}/0", BODY, {"Content-Length": str(len(BODY))})
         response = connection.getresponse()
-        response.read()
+        text = response.read()
         done += response.status == 200
+        if response.status != 200:
+            other.append(f"{response.status} {text[:200]!r}")
     connection.close()
-    return done
+    return done, other
 
 
 def small_files(args: argparse.Namespace, work: Path, pki: Any, database: PrivatePostgres) -> dict[str, Any]:
@@ -97,7 +101,11 @@ def small_files(args: argparse.Namespace, work: Path, pki: Any, database: Privat
                 jobs = [(server.port, i, per_client, str(pki.ca_file), str(pki.users["alice"].proxy))
                         for i in range(args.clients)]
                 with multiprocessing.Pool(args.clients) as pool:
-                    stored = sum(pool.map(_client, jobs))
+                    answers = pool.map(_client, jobs)
+                stored = sum(done for done, _ in answers)
+                for _, other in answers:
+                    for line in other:
+                        print(f"{variant}: {line}", file=sys.stderr)
                 elapsed = time.monotonic() - started
                 cpu, db_cpu = meter.cpu() - cpu0, db_meter.cpu() - db0
             finally:

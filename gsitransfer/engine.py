@@ -733,8 +733,20 @@ class TransferEngine:
     def _receive(
         self, adapter: HandlerAdapter, record: TransferRecord, entry: FileEntry, state: FileState, id_token: IdToken
     ) -> _Steps[tuple[str, str]]:
-        """Win the file for this connection (pending -> receiving), ask where it goes: (final path, partial path)."""
-        won = yield self.calls.transition(record.key, entry.num, state, FileState.RECEIVING)
+        """Win the file for this connection (pending -> receiving), ask where it goes: (final path, partial path).
+
+        The file counts as in flight here from before the table is asked: a sweep of files this process
+        holds but no longer receives (:meth:`release_abandoned`) never takes one being won.
+        """
+        where = (record.key, entry.num)
+        won = False
+        if where not in self._in_flight:  # (else another connection of this process has it)
+            self._in_flight.add(where)
+            try:
+                won = yield self.calls.transition(record.key, entry.num, state, FileState.RECEIVING)
+            finally:
+                if not won:
+                    self._in_flight.discard(where)
         if not won:
             # another connection (or worker process) moved it first, or it was cancelled
             states: dict[int, FileState] = yield self.calls.states(record.key)
@@ -743,7 +755,6 @@ class TransferEngine:
                 raise FileNotFound(f"no transfer {record.key} under /{record.prefix}/")
             next_state(now, "begin")
             raise UploadConflict("file is already being uploaded")
-        self._in_flight.add((record.key, entry.num))
         try:
             final_path = yield self._timed(
                 adapter.get_upload_filename(id_token, _upload_file_info(record.key, entry)),
@@ -822,14 +833,16 @@ class TransferEngine:
         (:meth:`release_abandoned`).
         """
         where = (ticket.transfer_key, ticket.file_num)
-        self._in_flight.discard(where)
         self._held_md5.pop(where, None)
         self._computed_md5.pop(where, None)
         if held is None:
             held = 0
             remove_partial(ticket.partial_path)
         try:
-            released = yield self.calls.release(ticket.transfer_key, ticket.file_num, held, ticket.partial_path)
+            try:
+                released = yield self.calls.release(ticket.transfer_key, ticket.file_num, held, ticket.partial_path)
+            finally:
+                self._in_flight.discard(where)  # after: the sweep of abandoned files never races the release
             if not released:
                 # the transfer ended meanwhile (or this file is not receiving any more): its partial goes
                 record = yield self.calls.get(ticket.transfer_key)
@@ -987,15 +1000,17 @@ class TransferEngine:
         that carries the file on needs not read it again.
         """
         where = (ticket.transfer_key, ticket.file_num)
-        self._in_flight.discard(where)
         self._held_md5.pop(where, None)
         if md5 is not None and len(self._held_md5) < self.held_md5_limit:
             self._held_md5[where] = (held, md5)
-        yield self.calls.hold(ticket.transfer_key, ticket.file_num, ticket.partial_path, ticket.final_path)
-        yield self.calls.set_progress(ticket.transfer_key, ticket.file_num, held, ticket.partial_path)
-        verified: bool = yield self.calls.transition(
-            ticket.transfer_key, ticket.file_num, FileState.RECEIVING, FileState.VERIFIED
-        )
+        try:
+            yield self.calls.hold(ticket.transfer_key, ticket.file_num, ticket.partial_path, ticket.final_path)
+            yield self.calls.set_progress(ticket.transfer_key, ticket.file_num, held, ticket.partial_path)
+            verified: bool = yield self.calls.transition(
+                ticket.transfer_key, ticket.file_num, FileState.RECEIVING, FileState.VERIFIED
+            )
+        finally:
+            self._in_flight.discard(where)  # after: the sweep of abandoned files never races these steps
         return verified
 
     def uploads_in_flight(self) -> int:
