@@ -230,9 +230,9 @@ class PostgresState:
             with self.pool.connection() as connection:
                 return step(connection)
         except self._errors as error:
-            raise StateUnavailable(self._went_away(error)) from None
+            raise StateUnavailable(self.went_away(error)) from None
 
-    def _went_away(self, error: BaseException) -> str:
+    def went_away(self, error: BaseException) -> str:
         """Mark the database away (logged once, when it goes); the reason."""
         reason = f"the transfer database is not reachable: {_one_line(error)}"
         if self._reason is None:
@@ -322,7 +322,7 @@ class PostgresState:
             try:
                 self._beat()
             except self._errors as error:
-                self._went_away(error)
+                self.went_away(error)
                 continue
             except Exception:  # pragma: no cover - a bug must not stop the heartbeats
                 _log.failure("transfer database heartbeat")
