@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -172,11 +172,7 @@ class SQLiteBatchLog:
         self._db.execute("DELETE FROM batch_held WHERE key = ? AND num = ?", (key, num))
 
     def begin(self, intent: BatchIntent) -> bool:
-        files = json.dumps(
-            [[f.num, f.name, f.size, f.md5, f.held, f.final] for f in intent.files],
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
+        files = intent_files_json(intent)
         cursor = self._db.execute(
             "INSERT OR IGNORE INTO batch_intents (key, prefix, owner_dn, files, holder) VALUES (?, ?, ?, ?, ?)",
             (intent.key, intent.prefix, intent.owner_dn, files, intent.holder),
@@ -187,11 +183,11 @@ class SQLiteBatchLog:
         row = self._db.execute(
             "SELECT key, prefix, owner_dn, files, completed, holder FROM batch_intents WHERE key = ?", (key,)
         ).fetchone()
-        return None if row is None else _intent_from_row(row)
+        return None if row is None else intent_from_row(row)
 
     def intents(self) -> list[BatchIntent]:
         rows = self._db.execute("SELECT key, prefix, owner_dn, files, completed, holder FROM batch_intents").fetchall()
-        return [_intent_from_row(row) for row in rows]
+        return [intent_from_row(row) for row in rows]
 
     def completed(self, key: str, num: int) -> None:
         self._db.execute(
@@ -208,7 +204,17 @@ class SQLiteBatchLog:
             self._db.execute("DELETE FROM batch_held WHERE key = ?", (key,))
 
 
-def _intent_from_row(row: tuple[str, str, str | None, str, str, int | None]) -> BatchIntent:
+def intent_files_json(intent: BatchIntent) -> str:
+    """An intent's files as stored (JSON): read back by :func:`intent_from_row`."""
+    return json.dumps(
+        [[f.num, f.name, f.size, f.md5, f.held, f.final] for f in intent.files],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def intent_from_row(row: tuple[Any, ...]) -> BatchIntent:
+    """An intent from its row ``(key, prefix, owner_dn, files, completed, holder)`` (SQLite or PostgreSQL)."""
     key, prefix, owner_dn, files, completed, holder = row
     return BatchIntent(
         key,
@@ -216,8 +222,10 @@ def _intent_from_row(row: tuple[str, str, str | None, str, str, int | None]) -> 
         owner_dn,
         tuple(BatchFile(num, name, size, md5, held, final) for num, name, size, md5, held, final in json.loads(files)),
         frozenset(int(num) for num in completed.split()),
-        holder,
+        None if holder is None else int(holder),
     )
 
 
-__all__ = ["BatchFile", "BatchIntent", "BatchLog", "MemoryBatchLog", "SQLiteBatchLog"]
+__all__ = [
+    "BatchFile", "BatchIntent", "BatchLog", "MemoryBatchLog", "SQLiteBatchLog", "intent_files_json", "intent_from_row",
+]

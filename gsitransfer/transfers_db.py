@@ -19,7 +19,7 @@ import json
 import os
 import sqlite3
 from collections import OrderedDict
-from typing import Iterable
+from typing import Any, Iterable
 
 from .batchlog import SQLiteBatchLog
 from .keys import FileState, TransferRecord, fits
@@ -180,15 +180,7 @@ class SQLiteTransferTable:
         self._db.execute(
             "INSERT INTO transfers (key, prefix, owner_dn, manifest, created, expires, already_stored) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                record.key,
-                record.prefix,
-                record.owner_dn,
-                manifest_to_json(record.manifest),
-                record.created,
-                record.expires,
-                " ".join(str(num) for num in sorted(record.already_stored)),
-            ),
+            record_row(record),
         )
         self._db.executemany(
             "INSERT INTO transfer_files (key, num, state) VALUES (?, ?, ?)",
@@ -210,7 +202,7 @@ class SQLiteTransferTable:
         ).fetchone()
         if row is None:
             return None
-        record = _record_from_row(row)
+        record = record_from_row(row)
         self._remember(record)
         return record
 
@@ -276,7 +268,7 @@ class SQLiteTransferTable:
             "WHERE expires <= ?",
             (now,),
         ).fetchall()
-        return [_record_from_row(row) for row in rows]
+        return [record_from_row(row) for row in rows]
 
     def pending_totals(self, owner_dn: str | None, now: float) -> tuple[int, int]:
         rows = self._db.execute(
@@ -299,7 +291,7 @@ class SQLiteTransferTable:
         rows = self._db.execute(
             "SELECT key, prefix, owner_dn, manifest, created, expires, already_stored FROM transfers"
         ).fetchall()
-        return [_record_from_row(row) for row in rows]
+        return [record_from_row(row) for row in rows]
 
     def live_owned(self, owner_dn: str | None, prefix: str, now: float) -> list[TransferRecord]:
         keys = self._db.execute(
@@ -331,14 +323,28 @@ def _holder(state: FileState) -> int | None:
     return os.getpid() if state is FileState.RECEIVING else None
 
 
-def _record_from_row(row: tuple[str, str, str | None, str, float, float, str]) -> TransferRecord:
+def record_row(record: TransferRecord) -> tuple[Any, ...]:
+    """A record as its ``transfers`` row: key, prefix, owner_dn, manifest (JSON), created, expires, already_stored."""
+    return (
+        record.key,
+        record.prefix,
+        record.owner_dn,
+        manifest_to_json(record.manifest),
+        record.created,
+        record.expires,
+        " ".join(str(num) for num in sorted(record.already_stored)),
+    )
+
+
+def record_from_row(row: tuple[Any, ...]) -> TransferRecord:
+    """Inverse of :func:`record_row` (SQLite or PostgreSQL)."""
     key, prefix, owner_dn, manifest_text, created, expires, already_stored = row
     return TransferRecord(
         key=key,
         prefix=prefix,
         owner_dn=owner_dn,
         manifest=manifest_from_json(manifest_text),
-        created=created,
-        expires=expires,
+        created=float(created),
+        expires=float(expires),
         already_stored=frozenset(int(num) for num in already_stored.split()),
     )

@@ -22,17 +22,16 @@ Each file row also records the bytes it counts against its owner's limits
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from twisted.internet.defer import Deferred
 
-from ..batchlog import BatchFile, BatchIntent
+from ..batchlog import BatchIntent, intent_files_json, intent_from_row
 from ..errors import StateUnavailable
 from ..keys import FileState, TransferRecord, fits
-from ..transfers_db import manifest_from_json, manifest_to_json
+from ..transfers_db import record_from_row, record_row
 from .connection import PostgresState
 
 if TYPE_CHECKING:
@@ -123,7 +122,7 @@ class PostgresTransferTable:
         row = self._one(f"SELECT {_RECORD_COLUMNS} FROM transfers WHERE key = %s", (key,))
         if row is None:
             return None
-        record = _record_from_row(row)
+        record = record_from_row(row)
         self._remember(record)
         return record
 
@@ -147,10 +146,10 @@ class PostgresTransferTable:
 
     def expired(self, now: float) -> list[TransferRecord]:
         rows = self._all(f"SELECT {_RECORD_COLUMNS} FROM transfers WHERE expires <= %s", (now,))
-        return [_record_from_row(row) for row in rows]
+        return [record_from_row(row) for row in rows]
 
     def records(self) -> Iterable[TransferRecord]:
-        return [_record_from_row(row) for row in self._all(f"SELECT {_RECORD_COLUMNS} FROM transfers", ())]
+        return [record_from_row(row) for row in self._all(f"SELECT {_RECORD_COLUMNS} FROM transfers", ())]
 
     def live_owned(self, owner_dn: str | None, prefix: str, now: float) -> list[TransferRecord]:
         keys = self._all(
@@ -259,18 +258,7 @@ class PostgresTransferTable:
 
 
 def _insert(connection: psycopg.Connection[Any], record: TransferRecord) -> None:
-    connection.execute(
-        f"INSERT INTO transfers ({_RECORD_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (
-            record.key,
-            record.prefix,
-            record.owner_dn,
-            manifest_to_json(record.manifest),
-            record.created,
-            record.expires,
-            " ".join(str(num) for num in sorted(record.already_stored)),
-        ),
-    )
+    connection.execute(f"INSERT INTO transfers ({_RECORD_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)", record_row(record))
     with connection.cursor() as cursor:
         cursor.executemany(
             "INSERT INTO transfer_files (key, num, state, counted) VALUES (%s, %s, %s, %s)",
@@ -288,19 +276,6 @@ def _pending_totals(connection: psycopg.Connection[Any], owner_dn: str | None, n
         (owner_dn, now, *_LIVE),
     ).fetchone()
     return (0, 0) if row is None else (int(row[0]), int(row[1]))
-
-
-def _record_from_row(row: tuple[Any, ...]) -> TransferRecord:
-    key, prefix, owner_dn, manifest_text, created, expires, already_stored = row
-    return TransferRecord(
-        key=key,
-        prefix=prefix,
-        owner_dn=owner_dn,
-        manifest=manifest_from_json(manifest_text),
-        created=float(created),
-        expires=float(expires),
-        already_stored=frozenset(int(num) for num in already_stored.split()),
-    )
 
 
 class PostgresBatchLog:
@@ -338,11 +313,7 @@ class PostgresBatchLog:
         )
 
     def begin(self, intent: BatchIntent) -> bool:
-        files = json.dumps(
-            [[f.num, f.name, f.size, f.md5, f.held, f.final] for f in intent.files],
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
+        files = intent_files_json(intent)
         cursor = self.state.run(
             lambda connection: connection.execute(
                 "INSERT INTO batch_intents (key, prefix, owner_dn, files, holder) VALUES (%s, %s, %s, %s, %s) "
@@ -358,7 +329,7 @@ class PostgresBatchLog:
                 "SELECT key, prefix, owner_dn, files, completed, holder FROM batch_intents WHERE key = %s", (key,)
             ).fetchone()
         )
-        return None if row is None else _intent_from_row(row)
+        return None if row is None else intent_from_row(row)
 
     def intents(self) -> list[BatchIntent]:
         rows = self.state.run(
@@ -366,7 +337,7 @@ class PostgresBatchLog:
                 "SELECT key, prefix, owner_dn, files, completed, holder FROM batch_intents"
             ).fetchall()
         )
-        return [_intent_from_row(row) for row in rows]
+        return [intent_from_row(row) for row in rows]
 
     def completed(self, key: str, num: int) -> None:
         self.state.run(
@@ -385,15 +356,3 @@ class PostgresBatchLog:
                 connection.execute("DELETE FROM batch_held WHERE key = %s", (key,))
 
         self.state.run(forget_both)
-
-
-def _intent_from_row(row: tuple[Any, ...]) -> BatchIntent:
-    key, prefix, owner_dn, files, completed, holder = row
-    return BatchIntent(
-        key,
-        prefix,
-        owner_dn,
-        tuple(BatchFile(num, name, size, md5, held, final) for num, name, size, md5, held, final in json.loads(files)),
-        frozenset(int(num) for num in completed.split()),
-        None if holder is None else int(holder),
-    )
