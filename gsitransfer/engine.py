@@ -556,7 +556,10 @@ class TransferEngine:
             if refusal is not None:
                 raise refusal
         except BaseException as failure:
-            yield self.calls.remove(key)
+            try:
+                yield self.calls.remove(key)
+            except StateUnavailable:
+                pass  # the key expires unused (the database is away: the failure is a 503)
             for num, name in enumerate(added):
                 yield self._cancel_quietly(adapter, id_token, name)
                 yield self._breathe(num)
@@ -588,8 +591,8 @@ class TransferEngine:
         for entry in manifest.files:
             try:
                 target: DownloadTarget = yield self.resolve_download(prefix, entry.name, id_token)
-            except HandlerTimeout:
-                raise  # a handler that does not answer fails the manifest (503), as CanUpload's would
+            except (HandlerTimeout, StateUnavailable):
+                raise  # a handler (or the state) that does not answer fails the manifest (503), as CanUpload's would
             except TransferError:
                 target = DownloadTarget("")
             except Exception:
@@ -672,8 +675,8 @@ class TransferEngine:
             file_info = entry.file_info()
             file_info["transfer_size"] = transfer_size
             allowed = yield self._timed(adapter.can_upload(id_token, file_info), "CanUpload")
-        except HandlerTimeout:
-            raise
+        except (HandlerTimeout, StateUnavailable):
+            raise  # 503: not a refusal of the file
         except TransferError as error:
             return _refusal(error, refusal)
         return None if allowed else NotAuthorized(refusal)
