@@ -251,6 +251,8 @@ class PostgresState:
         if self._calls is None:
             self._calls = ThreadPool(minthreads=1, maxthreads=1, name="gsitransfer-state-calls")
             self._calls.start()
+            # at shutdown the calls made so far run (the thread drains its queue) before the process ends
+            reactor.addSystemEventTrigger("after", "shutdown", self._calls.stop)
         return deferToThreadPool(reactor, self._calls, function, *args)  # type: ignore[arg-type]
 
     @contextmanager
@@ -369,7 +371,7 @@ class PostgresState:
     def close(self) -> None:
         """Stop the thread, forget this holder (its files stay receiving until released) and close the pool."""
         self._stopping.set()
-        if self._calls is not None:
+        if self._calls is not None and self._calls.started:
             self._calls.stop()
         if self._thread is not None:
             self._thread.join(timeout=CONNECT_TIMEOUT + 1)
