@@ -101,7 +101,9 @@ def run_explain(args: argparse.Namespace) -> int:
 
 def _open_table(state: str) -> Any:
     """The server's transfer table: its SQLite file, or its PostgreSQL (``postgresql://…``)."""
-    if "://" in state:
+    from .postgres.connection import is_postgres_url
+
+    if is_postgres_url(state):
         from .postgres import PostgresState, PostgresTransferTable, StateConfigError
 
         try:

@@ -21,6 +21,7 @@ from twisted.python import usage
 
 from .core import DEFAULT_MANIFEST_TTL
 from .fastpaths import FastPaths
+from .postgres.connection import is_postgres_url
 
 PROGRAM = "accessgrid-transfer"
 
@@ -360,7 +361,7 @@ class Options(usage.Options):
         if self["max-connection-age"] < 0:
             raise usage.UsageError("--max-connection-age must not be negative")
         state = self["state"]
-        if state is not None and "://" in state and not state.startswith(("postgresql://", "postgres://")):
+        if state is not None and "://" in state and not is_postgres_url(state):
             scheme = state.split("://", 1)[0]
             raise usage.UsageError(
                 f"--state {scheme}://… is not supported: give an SQLite file path or a postgresql:// URI"

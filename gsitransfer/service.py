@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from .fastpaths import FastPaths
 from .manifest import ManifestLimits
 from .options import PROGRAM, ConfigError, Options, Role, ServiceAccount, report
+from .postgres.connection import is_postgres_url
 
 if TYPE_CHECKING:
     from .events import EventFanout, EventSink
@@ -162,7 +163,7 @@ def _directories(options: Options) -> list[tuple[str, str]]:
     """Each directory the server writes in, with how an error line names it."""
     named = [(os.path.abspath(directory), f"store directory {os.path.abspath(directory)}")
              for _, directory in options["stores"]]
-    if options["state"] is not None and "://" not in options["state"]:
+    if options["state"] is not None and not is_postgres_url(options["state"]):
         state_dir = os.path.dirname(os.path.abspath(options["state"]))
         named.append((state_dir, f"directory {state_dir} of --state"))
     elif not options["stores"]:
@@ -376,7 +377,7 @@ def _open_state(options: Options, recovering: bool) -> tuple[list[tuple[str, obj
     state_url = options["state"]
     shared = None
     transfers: TransferTable
-    if state_url is not None and "://" in state_url:
+    if is_postgres_url(state_url):
         from .postgres import PostgresState, PostgresTransferTable, StateConfigError
 
         try:

@@ -17,7 +17,7 @@ straight-line code — the memory and SQLite tables behave as before.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from twisted.internet import defer
 
@@ -83,9 +83,6 @@ class TableCalls:
         self, record: TransferRecord, max_files: int | None, max_bytes: int | None, now: float
     ) -> Deferred[tuple[int, int] | None]:
         return self._call(self.table.add_within, record, max_files, max_bytes, now)
-
-    def records(self) -> Deferred[Iterable[TransferRecord]]:
-        return self._call(self.table.records)
 
     def release_unreceived(self, receiving: frozenset[tuple[str, int]]) -> Deferred[int]:
         """Files this process holds but no longer receives are pending again (tables with holders; else 0)."""

@@ -34,8 +34,7 @@ import os
 import secrets
 import socket
 import threading
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
@@ -152,7 +151,7 @@ class StateConfigError(ValueError):
 
 def is_postgres_url(state: str | None) -> bool:
     """True for a libpq URI (``postgresql://`` or ``postgres://``)."""
-    return state is not None and state.split("://", 1)[0] in ("postgresql", "postgres") and "://" in state
+    return state is not None and state.startswith(("postgresql://", "postgres://"))
 
 
 def shown_url(url: str) -> str:
@@ -255,20 +254,10 @@ class PostgresState:
             reactor.addSystemEventTrigger("after", "shutdown", self._calls.stop)
         return deferToThreadPool(reactor, self._calls, function, *args)  # type: ignore[arg-type]
 
-    @contextmanager
-    def transaction(self, connection: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
-        """One transaction on ``connection`` (committed when the block ends, rolled back on an exception)."""
-        with connection.transaction():
-            yield connection
-
     @property
     def unavailable(self) -> str | None:
         """Why the database is away, or None when it answers."""
         return self._reason
-
-    def ping(self) -> None:
-        """One trivial question (``/healthz``); raises :class:`StateUnavailable` if it cannot be answered."""
-        self.run(lambda connection: connection.execute("SELECT 1").fetchone())
 
     # -- schema -------------------------------------------------------------------
 
