@@ -10,32 +10,29 @@ Every field is always present (``null`` when unknown); ``key`` is a short hash
 of the transfer key, never the key. JSON escapes every control character, so
 a line is one line whatever a client named its file.
 
-Lines are written by one thread per process (:class:`AuditLog`), so a slow
-disk never stalls the reactor: it writes what gathered in one ``write`` on a
-file opened with ``O_APPEND``, which the kernel appends whole, then waits
-:data:`GATHER_SECONDS` (one wake-up per batch, not per line): the processes
-of ``--workers`` all append to the same file and lines never interleave.
-If the thread falls more than :data:`QUEUE_LINES` lines behind, the reactor
-writes the line itself (nothing is dropped). ``SIGUSR1`` reopens the file
-(after logrotate has moved it away).
+Lines are made and written by the event fanout's thread
+(:class:`~gsitransfer.events.EventFanout`, one per process), so a slow disk
+never stalls the reactor: each batch of records (what gathered in
+:data:`~gsitransfer.events.GATHER_SECONDS`) is one ``write`` on a file
+opened with ``O_APPEND``, which the kernel appends whole: the processes of
+``--workers`` all append to the same file and lines never interleave. If the
+thread falls more than :data:`~gsitransfer.events.QUEUE_RECORDS` records
+behind, the reactor writes them itself (nothing is dropped). ``SIGUSR1``
+reopens the file (after logrotate has moved it away).
 """
 
 from __future__ import annotations
 
-import collections
 import datetime
 import functools
 import json
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from .events import TransferEvent
 
-#: lines waiting for the writer thread before the reactor writes them itself
-QUEUE_LINES = 10_000
-#: the writer thread writes what gathered every this many seconds: one wake-up and one write per batch
-GATHER_SECONDS = 0.05
 _FIELDS = ("event", "dn", "peer", "prefix", "name", "size", "md5", "bytes", "duration_s", "status", "reason", "key",
            "method", "action")
 
@@ -80,24 +77,40 @@ _REST = ('"size": %s, "md5": %s, "bytes": %s, "duration_s": %s, "status": %s, "r
          '"method": %s, "action": %s}\n')
 
 
+def _rest(size: int | None, md5: str | None, sent: int | None, duration_s: float | None, status: int | None,
+          reason: str | None, key: str | None, method: str | None, action: str | None) -> str:
+    return _REST % (
+        _json(size), _json(md5), _json(sent), _json(duration_s), _json(status), _json(reason), _json(key),
+        _json(method), _json(action),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _after_time(fields: tuple[object, ...]) -> bytes:
+    """Everything after the time, encoded: of records that repeat but for their time (GETs of one file)."""
+    event, dn, peer, prefix, name, *rest = fields
+    return (_who_what(event, dn, peer, prefix, name) + ", " + _rest(*rest)).encode("utf-8", "replace")  # type: ignore[arg-type]
+
+
 def audit_line(event: TransferEvent) -> bytes:
     """The event's line (UTF-8, ending in a newline): ``json.dumps`` of :func:`audit_record`, made faster.
 
-    What repeats (the second of the time; who asked for what) is encoded once
-    and remembered; the line is the same text (an equivalence test holds it to
-    the reference).
+    What repeats is encoded once and remembered: the second of the time, and
+    everything after the time of a record without a duration (the same
+    client fetching the same file); the line is the same text (an
+    equivalence test holds it to the reference).
     """
     seconds = int(event.time)
     micros = round((event.time - seconds) * 1_000_000)  # as datetime rounds a timestamp
     if micros >= 1_000_000:
         seconds, micros = seconds + 1, micros - 1_000_000
-    head = f'{{"time": "{_second(seconds)}{micros // 1000:03d}Z", '
+    head = f'{{"time": "{_second(seconds)}{micros // 1000:03d}Z", '.encode("ascii")
+    if event.duration_s is None:
+        return head + _after_time((event.event, *event[2:]))
     who = _who_what(event.event, event.dn, event.peer, event.prefix, event.name)
-    rest = _REST % (
-        _json(event.size), _json(event.md5), _json(event.bytes), _json(event.duration_s), _json(event.status),
-        _json(event.reason), _json(event.key), _json(event.method), _json(event.action),
-    )
-    return (head + who + ", " + rest).encode("utf-8", "replace")
+    rest = _rest(event.size, event.md5, event.bytes, event.duration_s, event.status, event.reason, event.key,
+                 event.method, event.action)
+    return head + (who + ", " + rest).encode("utf-8", "replace")
 
 
 class AuditError(OSError):
@@ -112,61 +125,33 @@ def _open(path: str) -> int:
 
 
 class AuditLog:
-    """The audit log of one process: an :class:`~gsitransfer.events.EventSink` writing through a thread.
+    """The audit log of one process: an :class:`~gsitransfer.events.EventSink`.
 
-    The reactor appends each record to a deque (one C call, no lock of ours);
-    the writer thread takes what gathered every :data:`GATHER_SECONDS`, makes
-    the lines (in one tight loop, off the reactor's path) and writes them in
-    one ``write``. Past :data:`QUEUE_LINES` waiting records the reactor writes
-    them itself (nothing is dropped).
+    It takes the records in batches on the event fanout's thread
+    (``gsitransfer.events``), makes their lines in one tight loop, off the
+    reactor, and writes each batch in one ``write``.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd = _open(path)
         self._lock = threading.Lock()
-        self._events: collections.deque[TransferEvent] = collections.deque()
         self._reopen = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gsitransfer-audit", daemon=True)
-        self._thread.start()
 
-    def emit(self, event: TransferEvent) -> None:
-        """Queue the record (its line is made and written at once, here, if the writer is far behind)."""
-        events = self._events
-        events.append(event)
-        if len(events) > QUEUE_LINES:
-            self._flush()
+    def take(self, events: Sequence[TransferEvent]) -> None:
+        """Write the records' lines, in one ``write``."""
+        self._write(b"".join([audit_line(event) for event in events]))
 
     def reopen(self) -> None:
         """Open the file again by its name before the next lines (``SIGUSR1``, after logrotate moved it)."""
         self._reopen.set()
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued, then stop the thread and close the file."""
-        self._stop.set()
-        self._thread.join(timeout)
-        self._flush()
+    def close(self) -> None:
+        """Close the file (the fanout has handed over every record)."""
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
-
-    def _run(self) -> None:
-        """Every :data:`GATHER_SECONDS`: write what gathered (no wake-up per line)."""
-        while not self._stop.wait(GATHER_SECONDS):
-            self._flush()
-
-    def _flush(self) -> None:
-        """Take every waiting record (deque.popleft is atomic), write their lines in one ``write``."""
-        events = self._events
-        batch = []
-        try:
-            for _ in range(len(events)):
-                batch.append(audit_line(events.popleft()))
-        except IndexError:
-            pass
-        self._write(b"".join(batch))
 
     def _write(self, data: bytes) -> None:
         with self._lock:
@@ -183,4 +168,4 @@ class AuditLog:
                 os.write(self._fd, data)
 
 
-__all__ = ["GATHER_SECONDS", "QUEUE_LINES", "AuditError", "AuditLog", "audit_line", "audit_record"]
+__all__ = ["AuditError", "AuditLog", "audit_line", "audit_record"]

@@ -2,7 +2,7 @@
 
 :class:`Metrics` is an :class:`~gsitransfer.events.EventSink`: the records of
 finished requests and expiries (``gsitransfer.events``) become counters and
-histograms — counted by a thread within :data:`COUNT_SECONDS` (and before
+histograms — counted in batches on the event fanout's thread (and before
 every exposition), so no request path carries metric code of its own; a few gauges
 (open connections, pending files and bytes, CRL next updates) are sampled
 every :data:`SAMPLE_SECONDS`. The exposition is ``prometheus_client``'s.
@@ -22,11 +22,9 @@ listener stays up through the drain).
 
 from __future__ import annotations
 
-import collections
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -37,8 +35,6 @@ from .events import CANCEL, DELETE, DOWNLOAD, EXPIRY, MANIFEST, REFUSAL, UPLOAD,
 
 #: seconds between samples of the gauges
 SAMPLE_SECONDS = 5.0
-#: the records of finished requests are counted by a thread at most this long after they are taken
-COUNT_SECONDS = 0.25
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
@@ -77,11 +73,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         #: the labelled children already made, by (family, label values): bounded by the label values there are
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        #: records taken and not yet counted (appended by the reactor, counted by a thread: no counting per request)
-        self._events: collections.deque[TransferEvent] = collections.deque()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gsitransfer-metrics", daemon=True)
-        self._thread.start()
+        #: called before each exposition: hands over the records not yet counted (the event fanout's ``flush``)
+        self.before_exposition: Callable[[], None] = lambda: None
         into: dict[str, Any] = {"registry": None if self.multiprocess else self.registry}
         self.uploads = Counter("gsitransfer_uploads", "File uploads (POST, PUT, PATCH) answered, by prefix and result.",
                                ["prefix", "result"], **into)
@@ -117,50 +110,43 @@ class Metrics:
             child = self._children[key] = family.labels(*labels)
         return child
 
-    def emit(self, event: TransferEvent) -> None:
-        """Take one record (``EventSink``): counted by the counting thread within :data:`COUNT_SECONDS`."""
-        self._events.append(event)
-
-    def count_now(self) -> None:
-        """Count every record taken so far (the counting thread; before each exposition)."""
-        events = self._events
-        try:
-            for _ in range(len(events)):
-                self._count(events.popleft())
-        except IndexError:
-            pass
-
-    def _run(self) -> None:
-        while not self._stop.wait(COUNT_SECONDS):
-            self.count_now()
+    def take(self, events: Sequence[TransferEvent]) -> None:
+        """Count a batch of records (``EventSink``, on the event fanout's thread): each kind of record
+        (what, where, how it ended) once per batch, each duration one by one."""
+        totals: dict[tuple[str, str, str, int | None], list[int]] = {}
+        for event in events:
+            action = event.action or event.event
+            key = (event.event, action, event.prefix or "", event.status)
+            total = totals.get(key)
+            if total is None:
+                total = totals[key] = [0, 0]
+            total[0] += 1
+            total[1] += event.bytes or 0
+            if event.duration_s is not None:
+                self._child(self.durations, action).observe(event.duration_s)
+        for (kind, action, prefix, status), (count, size) in totals.items():
+            self._count(kind, action, prefix, status, count, size)
 
     def close(self) -> None:
-        """Count what is left and stop the counting thread."""
-        self._stop.set()
-        self._thread.join(10)
-        self.count_now()
+        """Nothing to release (``EventSink``): the families live as long as the process."""
 
-    def _count(self, event: TransferEvent) -> None:
-        """Count one record."""
-        prefix = event.prefix or ""
-        result = _result(event.status)
-        action = event.action or event.event
-        if event.event == REFUSAL:
-            self._child(self.refusals, prefix, action, str(event.status)).inc()
+    def _count(self, kind: str, action: str, prefix: str, status: int | None, count: int, size: int) -> None:
+        """Count ``count`` records of one kind that moved ``size`` file bytes in all."""
+        result = _result(status)
+        if kind == REFUSAL:
+            self._child(self.refusals, prefix, action, str(status)).inc(count)
         if action == DOWNLOAD:
-            self._child(self.downloads, prefix, result).inc()
-            if result == "ok" and event.bytes:
-                self.sent_bytes.inc(event.bytes)
+            self._child(self.downloads, prefix, result).inc(count)
+            if result == "ok" and size:
+                self.sent_bytes.inc(size)
         elif action == UPLOAD:
-            self._child(self.uploads, prefix, result).inc()
-            if result == "ok" and event.bytes:
-                self.received_bytes.inc(event.bytes)
+            self._child(self.uploads, prefix, result).inc(count)
+            if result == "ok" and size:
+                self.received_bytes.inc(size)
         elif action == MANIFEST:
-            self._child(self.manifests, prefix, result).inc()
+            self._child(self.manifests, prefix, result).inc(count)
         elif action in (CANCEL, DELETE, EXPIRY) and result == "ok":
-            self._child(self.ends, prefix, action).inc()
-        if event.duration_s is not None:
-            self._child(self.durations, action).observe(event.duration_s)
+            self._child(self.ends, prefix, action).inc(count)
 
     def handshake_failed(self, reason: str) -> None:
         """A TLS handshake was refused for ``reason`` (OpenSSL's verify text, or the alert sent)."""
@@ -184,7 +170,7 @@ class Metrics:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
         from prometheus_client.multiprocess import MultiProcessCollector
 
-        self.count_now()
+        self.before_exposition()
         if not self.multiprocess:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
         registry = CollectorRegistry()
@@ -275,6 +261,6 @@ def crl_problems(crls: Iterable[tuple[str, float]], now: float | None = None) ->
 
 
 __all__ = [
-    "COUNT_SECONDS", "MULTIPROC_VARIABLE", "SAMPLE_SECONDS", "HealthCheck", "Metrics", "MetricsSite",
+    "MULTIPROC_VARIABLE", "SAMPLE_SECONDS", "HealthCheck", "Metrics", "MetricsSite",
     "crl_problems", "end_multiprocess", "start_multiprocess", "store_problems",
 ]

@@ -323,6 +323,7 @@ def _observe(options: Options, servers: list[Server], account: ServiceAccount | 
     from .events import EventFanout
 
     sinks: list[EventSink] = []
+    counting: "Metrics | None" = None
     path = options["audit-log"]
     if path:
         from .audit import AuditError, AuditLog
@@ -335,7 +336,7 @@ def _observe(options: Options, servers: list[Server], account: ServiceAccount | 
     if options["metrics"]:
         from .metrics import Metrics
 
-        metrics = Metrics()
+        metrics = counting = Metrics()
         sinks.append(metrics)
         for server in servers:
             tls = getattr(server, "tls", None)
@@ -343,6 +344,8 @@ def _observe(options: Options, servers: list[Server], account: ServiceAccount | 
                 tls.on_refusal = metrics.handshake_failed
     if sinks:
         events = EventFanout(tuple(sinks))
+        if counting is not None:
+            counting.before_exposition = events.flush
         for server in servers:
             server.observe(events)
 
@@ -354,14 +357,21 @@ def metrics_of(servers: list[Server]) -> "Metrics | None":
     return next((sink for sink in event_sinks(servers) if isinstance(sink, Metrics)), None)
 
 
-def event_sinks(servers: list[Server]) -> list[object]:
-    """The distinct sinks the servers send their records to (to reopen on SIGUSR1, to close at the end)."""
-    sinks: list[object] = []
+def event_fanouts(servers: list[Server]) -> list["EventFanout"]:
+    """The distinct fanouts the servers send their records to (to close at the end)."""
+    from .events import EventFanout
+
+    fanouts: list[EventFanout] = []
     for server in servers:
-        for sink in getattr(getattr(server, "events", None), "sinks", ()):
-            if all(sink is not known for known in sinks):
-                sinks.append(sink)
-    return sinks
+        fanout = getattr(server, "events", None)
+        if isinstance(fanout, EventFanout) and fanout.sinks and all(fanout is not known for known in fanouts):
+            fanouts.append(fanout)
+    return fanouts
+
+
+def event_sinks(servers: list[Server]) -> list[object]:
+    """The distinct sinks the servers send their records to (to reopen on SIGUSR1)."""
+    return [sink for fanout in event_fanouts(servers) for sink in fanout.sinks]
 
 
 def _open_state(options: Options, recovering: bool) -> tuple[list[tuple[str, object]], TransferTable]:
@@ -757,10 +767,8 @@ class TransferService(service.MultiService):
 
     async def stop_observing(self) -> None:
         """After the drain: close the event sinks, stop sampling, close the metrics listener."""
-        for sink in event_sinks(self.servers):
-            close = getattr(sink, "close", None)
-            if close is not None:
-                close()
+        for fanout in event_fanouts(self.servers):
+            fanout.close()
         if self._sampler is not None and self._sampler.running:
             self._sampler.stop()
         if self._metrics_port is not None:  # up through the drain: /readyz said 503 meanwhile

@@ -248,7 +248,9 @@ def answer_plain_get(channel: KeepAliveChannel, data: bytes) -> bool:
     channel.transport.write(response)
     site.log_plain_get(channel, head.target, sent, head.header(b"referer"), head.header(b"user-agent"))
     if site.events.sinks:  # the record the plain path's Site.log makes of the same answer
-        site.events.emit(plain_get_event(channel.peer_address(), route.prefix, route.url_path, sent, id_token.dn))
+        site.events.emit_later(
+            plain_get_event, channel.peer_address(), route.prefix, route.url_path, sent, id_token.dn, time.time()
+        )
     if head.close:
         channel.persistent = False
         channel.loseConnection()

@@ -107,11 +107,13 @@ def _file_name(engine: Any, route: UploadRoute) -> str | None:
     return files[number].name if number < len(files) else None
 
 
-def plain_get_event(client: Any, prefix: str, name: str, sent: int, dn: str | None) -> TransferEvent:
-    """The record of a ``GET`` answered ``200`` by the keep-alive shortcut."""
+def plain_get_event(client: Any, prefix: str, name: str, sent: int, dn: str | None, when: float) -> TransferEvent:
+    """The record of a ``GET`` answered ``200`` by the keep-alive shortcut at ``when`` (made on the event
+    fanout's thread: ``EventFanout.emit_later``)."""
+    # positional (event, time, dn, peer, prefix, name, size, md5, bytes, duration_s, status, reason, key, method,
+    # action): made once per keep-alive GET, it skips matching fifteen keywords
     return TransferEvent(
-        event=DOWNLOAD, time=time.time(), dn=dn, peer=_peer(client), prefix=prefix, name=name, bytes=sent,
-        status=200, method="GET", action=DOWNLOAD,
+        DOWNLOAD, when, dn, _peer(client), prefix, name, None, None, sent, None, 200, None, None, "GET", DOWNLOAD
     )
 
 

@@ -49,7 +49,7 @@ def test_lines_are_appended_and_reopened_after_a_rename(tmp_path: Path):
     audit.reopen()
     fanout.emit(TransferEvent("download", time.time(), name="c"))
     assert [r["name"] for r in wait_for_lines(path, 1)] == ["c"]
-    audit.close()
+    fanout.close()
     assert oct(path.stat().st_mode & 0o777) == "0o640"
 
 

@@ -1,0 +1,123 @@
+"""The event fanout (one thread per process feeding every sink in batches) and the metrics' batch counting."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Sequence
+
+from gsitransfer import events as events_module
+from gsitransfer.events import EventFanout, TransferEvent
+
+
+class Recording:
+    """A sink that keeps what it takes (and on which thread)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.batches: list[list[TransferEvent]] = []
+        self.threads: set[str] = set()
+        self.closed = False
+        self.fail = fail
+
+    def take(self, events: Sequence[TransferEvent]) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.batches.append(list(events))
+        if self.fail:
+            raise OSError("disk full")
+
+    def close(self) -> None:
+        self.closed = True
+
+    def names(self) -> list[str | None]:
+        return [event.name for batch in self.batches for event in batch]
+
+
+def wait_for(condition, seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition not met")
+
+
+def test_records_reach_every_sink_in_order_in_batches_on_the_fanouts_thread():
+    first, second = Recording(), Recording()
+    fanout = EventFanout((first, second))
+    for number in range(500):
+        fanout.emit(TransferEvent("download", time.time(), name=str(number)))
+    wait_for(lambda: len(first.names()) == 500 and len(second.names()) == 500)
+    assert first.names() == second.names() == [str(number) for number in range(500)]
+    assert len(first.batches) < 500  # gathered, not one hand-over per record
+    assert first.threads == {"gsitransfer-events"}
+    fanout.close()
+    assert first.closed and second.closed
+
+
+def test_flush_hands_over_at_once_and_close_hands_over_what_is_left():
+    sink = Recording()
+    fanout = EventFanout((sink,))
+    fanout.emit(TransferEvent("upload", time.time(), name="a"))
+    fanout.flush()
+    assert sink.names() == ["a"]
+    fanout.emit(TransferEvent("upload", time.time(), name="b"))
+    fanout.close()
+    assert sink.names() == ["a", "b"] and sink.closed
+
+
+def test_past_the_queue_limit_the_caller_hands_over_itself(monkeypatch):
+    monkeypatch.setattr(events_module, "QUEUE_RECORDS", 3)
+    monkeypatch.setattr(events_module, "GATHER_SECONDS", 3600.0)  # the thread never wakes in this test
+    sink = Recording()
+    fanout = EventFanout((sink,))
+    for number in range(4):
+        fanout.emit(TransferEvent("download", time.time(), name=str(number)))
+    assert sink.names() == ["0", "1", "2", "3"] and sink.threads == {threading.current_thread().name}
+    fanout.close()
+
+
+def test_a_failing_sink_does_not_stop_the_others_or_the_thread():
+    failing, healthy = Recording(fail=True), Recording()
+    fanout = EventFanout((failing, healthy))
+    fanout.emit(TransferEvent("download", time.time(), name="a"))
+    wait_for(lambda: healthy.names() == ["a"])
+    fanout.emit(TransferEvent("download", time.time(), name="b"))
+    wait_for(lambda: healthy.names() == ["a", "b"])
+    assert failing.names() == ["a", "b"]
+    fanout.close()
+
+
+def test_no_sink_no_thread():
+    before = threading.active_count()
+    fanout = EventFanout()
+    assert not fanout and threading.active_count() == before
+    fanout.close()
+
+
+def test_counting_a_batch_gives_what_counting_each_record_gives():
+    """Metrics.take counts each kind of record once per batch: the exposition equals one record at a time."""
+    from prometheus_client import generate_latest
+
+    from gsitransfer.metrics import Metrics
+
+    chooser = random.Random(11)
+    records = [
+        TransferEvent(
+            chooser.choice(["upload", "download", "manifest", "refusal", "cancel", "expiry", "delete"]), time.time(),
+            prefix=chooser.choice(["data", "raw", None]), bytes=chooser.choice([None, 0, 5, 1 << 30]),
+            status=chooser.choice([None, 200, 201, 204, 403, 404, 409, 503]),
+            duration_s=chooser.choice([None, 0.003, 0.2, 7.5]),
+            action=chooser.choice([None, "upload", "download", "manifest", "cancel", "delete", "expiry", "other"]),
+        )
+        for _ in range(3000)
+    ]
+    batched, single = Metrics(), Metrics()
+    for start in range(0, len(records), 700):
+        batched.take(records[start:start + 700])
+    for record in records:
+        single.take([record])
+    def exposition(metrics: Metrics) -> list[bytes]:  # without the families' creation times
+        return [line for line in generate_latest(metrics.registry).splitlines() if b"_created" not in line]
+
+    assert exposition(batched) == exposition(single)
+    assert any(line.startswith(b"gsitransfer_downloads_total") for line in exposition(batched))
