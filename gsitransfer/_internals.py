@@ -14,6 +14,8 @@ is there.
   dispatch, for :mod:`gsitransfer.eventloop`;
 * :func:`tcp_send_queue_empty` -- whether a Twisted TCP transport holds no
   unsent bytes;
+* :func:`classic_text_log` -- the file twistd's default log observer writes
+  to, for access lines written without a log event each;
 * OpenSSL through pyOpenSSL's own cffi binding: :class:`OpenSSLBuffer` (one
   reusable buffer that memory BIOs are read and records decrypted into),
   :func:`clear_partial_write`, :func:`verified_chain_der_from_openssl`,
@@ -156,6 +158,59 @@ def log_unavailable(report: InternalsReport, fast_path: str, instead: str) -> No
         "fast path {fast_path} unavailable ({why}): using {instead}",
         fast_path=fast_path, why=report.why_unavailable(fast_path), instead=instead,
     )
+
+
+# ---------------------------------------------------------------------------
+# Twisted: the global log's one text file (twistd's default observer)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassicTextLog:
+    """twistd's default log, found by :func:`classic_text_log`: the global publisher's observers (a live
+    list, to check before each direct write), its one observer and the file it writes to."""
+
+    observers: list[Any]
+    observer: Any
+    out_file: Any
+    #: None: the file takes text; else the encoding the observer writes bytes in
+    encoding: str | None
+
+    def unchanged(self) -> bool:
+        """True while the observer is still the publisher's only one (a direct write is what it would write)."""
+        observers = self.observers
+        return len(observers) == 1 and observers[0] is self.observer
+
+
+def classic_text_log(publisher: Any = None) -> ClassicTextLog | None:
+    """``publisher`` (default: the global log) when it is exactly twistd's default: one ``textFileLogObserver`` with the
+    RFC 3339 time format (``twistd -n``'s stdout, ``--logfile``'s ``LogFile``); else None.
+
+    Reaches ``LogPublisher._observers`` and ``FileLogObserver._outFile`` /
+    ``_encoding``, and the time format in ``textFileLogObserver``'s closure;
+    None outside the tested Twisted versions or when any is missing.
+    """
+    from twisted.logger import FileLogObserver, globalLogPublisher, timeFormatRFC3339
+
+    if not 0 <= _major(str(getattr(twisted, "__version__", ""))) < TWISTED_UNTESTED_FROM:
+        return None
+    observers = getattr(globalLogPublisher if publisher is None else publisher, "_observers", None)
+    if not isinstance(observers, list) or len(observers) != 1:
+        return None
+    observer = observers[0]
+    if not isinstance(observer, FileLogObserver) or not hasattr(observer, "_outFile"):
+        return None
+    format_event = getattr(observer, "formatEvent", None)
+    code = getattr(format_event, "__code__", None)
+    closure: tuple[Any, ...] = getattr(format_event, "__closure__", None) or ()
+    if (
+        getattr(format_event, "__qualname__", "") != "textFileLogObserver.<locals>.formatEvent"
+        or getattr(format_event, "__module__", "") != "twisted.logger._file"
+        or code is None or code.co_freevars != ("timeFormat",) or len(closure) != 1
+        or closure[0].cell_contents != timeFormatRFC3339
+    ):
+        return None
+    return ClassicTextLog(observers, observer, observer._outFile, getattr(observer, "_encoding", None))
 
 
 # ---------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from ..errors import StateUnavailable
 from ..fastpaths import FastPaths
 from ..tls.factory import server_protocol_factory
 from ..events import EventFanout
-from .accesslog import AccessLineWriter, access_line, emit_access_line, plain_get_line
+from .accesslog import AccessLineWriter, ClassicLogWriter, access_line, emit_access_line, plain_get_line
 from .events import request_event
 from .channel import (
     DEFAULT_FIRST_REQUEST_TIMEOUT,
@@ -101,7 +101,9 @@ class TransferSite(web_server.Site):
         super().__init__(RouteTable(), timeout=timeout, reactor=serving.reactor)
         self.identity = identity
         self.fast_paths = fast_paths
-        self.access_line_writer = access_line_writer if fast_paths.access_log_writer else None
+        self.access_line_writer: AccessLineWriter | None = None
+        if fast_paths.access_log_writer:
+            self.access_line_writer = access_line_writer or ClassicLogWriter()
         #: never longer than the idle timeout
         self.head_timeout = min(head_timeout, timeout)
         self.handshake_timeout = None if handshake_timeout is None else min(handshake_timeout, timeout)
