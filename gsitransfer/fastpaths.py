@@ -11,7 +11,10 @@ reference (and that an equivalence test keeps byte-identical on the wire):
 * ``access_log_writer`` -- access lines formatted once and written as text,
   instead of ``Site.log``'s event per line;
 * ``event_loop`` -- the workers' epoll reactor without a log context per
-  event (:mod:`gsitransfer.eventloop`), instead of Twisted's own.
+  event (:mod:`gsitransfer.eventloop`), instead of Twisted's own;
+* ``small_file_cache`` -- the keep-alive GET path keeps the bodies and header
+  blocks of small files it answered lately, checked by one ``stat`` each time
+  (:mod:`gsitransfer.web.smallfiles`), instead of reading the file again.
 
 The paths that reach into private Twisted or pyOpenSSL internals are also
 turned off, one log line each, when :mod:`gsitransfer._internals` finds the
@@ -41,6 +44,7 @@ class FastPaths:
     bulk_tls: bool = True
     access_log_writer: bool = True
     event_loop: bool = True
+    small_file_cache: bool = True
 
     @classmethod
     def none(cls) -> "FastPaths":

@@ -44,6 +44,7 @@ from .download import entity_tag, file_headers
 from .events import plain_get_event
 from .exchange import HandlerAnswer, ServingSite
 from .filebody import SMALL_BODY
+from .smallfiles import SmallFiles
 from .heads import SERVER_HEADER, answer_with_head, http_date
 from .routes import FileRoute
 from .table import FILE_VERB, select
@@ -240,7 +241,7 @@ def answer_plain_get(channel: KeepAliveChannel, data: bytes) -> bool:
     except TransferError:
         return False  # refused on twisted.web's path, with its answer
     target = resolve_file(site.serving, route, id_token)
-    answer = _small_file_answer(target, head.close) if isinstance(target, DownloadTarget) else None
+    answer = _small_file_answer(target, head.close, site.small_files) if isinstance(target, DownloadTarget) else None
     if answer is None:
         channel.hand_over(HandlerAnswer(route.prefix, route.url_path, target))
         return False
@@ -257,8 +258,34 @@ def answer_plain_get(channel: KeepAliveChannel, data: bytes) -> bool:
     return True
 
 
-def _small_file_answer(target: DownloadTarget, close: bool) -> tuple[bytes, int] | None:
-    """The whole 200 answer for ``target`` if it is a regular file of 1 to SMALL_BODY bytes."""
+def _small_file_answer(target: DownloadTarget, close: bool, kept: SmallFiles | None) -> tuple[bytes, int] | None:
+    """The whole 200 answer for ``target`` if it is a regular file of 1 to SMALL_BODY bytes.
+
+    ``kept``: the site's small files (the ``small_file_cache`` fast path), or None to read the file each time.
+    """
+    found = kept.get(target.path, target.checksum) if kept is not None else None
+    if found is not None:
+        block, data = found
+    else:
+        read = _read_small_file(target)
+        if read is None:
+            return None
+        file_stat, data = read
+        block = file_headers(
+            os.path.basename(target.path), len(data), file_stat.st_mtime, entity_tag(file_stat), target.checksum
+        )
+        if kept is not None:
+            kept.keep(target.path, file_stat, target.checksum, block, data)
+    # the head Request.write makes: Connection (from checkPersistence), Server and Date (process)
+    headers: tuple[tuple[bytes, bytes], ...] = ((b"Server", SERVER_HEADER), (b"Date", http_date(int(time.time()))))
+    if close:
+        headers = ((b"Connection", b"close"),) + headers
+    size = len(data)
+    return answer_with_head(b"HTTP/1.1 200 OK\r\n", headers, block, data), size
+
+
+def _read_small_file(target: DownloadTarget) -> tuple[os.stat_result, bytes] | None:
+    """The file's ``fstat`` and whole content if it is a regular file of 1 to SMALL_BODY bytes."""
     try:
         fd = os.open(target.path, _OPEN_FLAGS)
     except OSError:
@@ -275,11 +302,4 @@ def _small_file_answer(target: DownloadTarget, close: bool) -> tuple[bytes, int]
         os.close(fd)
     if len(data) != size:
         return None
-    block = file_headers(
-        os.path.basename(target.path), size, file_stat.st_mtime, entity_tag(file_stat), target.checksum
-    )
-    # the head Request.write makes: Connection (from checkPersistence), Server and Date (process)
-    headers: tuple[tuple[bytes, bytes], ...] = ((b"Server", SERVER_HEADER), (b"Date", http_date(int(time.time()))))
-    if close:
-        headers = ((b"Connection", b"close"),) + headers
-    return answer_with_head(b"HTTP/1.1 200 OK\r\n", headers, block, data), size
+    return file_stat, data

@@ -29,6 +29,7 @@ from .urls import request_origin
 if TYPE_CHECKING:
     from ..engine import TransferEngine
     from ..events import EventFanout
+    from .smallfiles import SmallFiles
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,8 @@ class ServingSite(Protocol):
 
     #: where finished requests' records go (``gsitransfer.events``); empty (False): none is made
     events: "EventFanout"
+    #: small files the keep-alive fast path answered lately (``small_file_cache``), or None: read each time
+    small_files: "SmallFiles | None"
 
 
 class BodyControl(Protocol):

@@ -51,6 +51,7 @@ from .exchange import Serving
 from .identity_sources import CertificateIdentity, GridMapAuthorizer, IdentitySource, TrustedProxyIdentity
 from .offload import OFFLOAD_THRESHOLD, UploadDiscards
 from .request import TransferRequest
+from .smallfiles import SmallFiles
 from .table import RouteTable
 
 _log = Logger()
@@ -101,6 +102,7 @@ class TransferSite(web_server.Site):
         super().__init__(RouteTable(), timeout=timeout, reactor=serving.reactor)
         self.identity = identity
         self.fast_paths = fast_paths
+        self.small_files = SmallFiles() if fast_paths.keepalive_get and fast_paths.small_file_cache else None
         self.access_line_writer: AccessLineWriter | None = None
         if fast_paths.access_log_writer:
             self.access_line_writer = access_line_writer or ClassicLogWriter()
