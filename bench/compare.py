@@ -19,7 +19,9 @@ missing). What it does:
 Workloads: ``download`` (1 GiB GET with curl), ``upload`` (1 GiB with curl:
 gsitransfer manifest + ``POST -T``, MD5-verified and fsync'd; nginx ``PUT
 -T``, neither), ``handshake`` (64 KiB GETs, N clients, a new TLS handshake
-for each), ``keepalive`` (64 KiB GETs, N keep-alive connections), ``idle``
+for each), ``keepalive`` (64 KiB GETs, N keep-alive connections, the load
+generator), ``curl-keepalive`` (the referee's ``ka``: 10,000 GETs of 64 KiB with
+``curl --http1.1 -Z --parallel-max 32``), ``idle``
 (server RSS per open idle TLS connection). Units: MB = 10^6 bytes, GB = 10^9.
 """
 
@@ -54,7 +56,9 @@ import loadgen  # noqa: E402
 from benchservers import GsiTransferServer, NginxServer, nginx_version, stop_all  # noqa: E402
 from procstat import OtherLoad, PeakSampler  # noqa: E402
 
-WORKLOADS = ("download", "upload", "handshake", "keepalive", "idle")
+WORKLOADS = ("download", "upload", "handshake", "keepalive", "curl-keepalive", "idle")
+#: GETs of the small file in one curl-keepalive measurement (the referee's ka: 10,000, 32 at a time)
+CURL_KEEPALIVE_REQUESTS = 10_000
 MiB = 1024 * 1024
 CURL_TIMEOUT = 600
 
@@ -317,6 +321,29 @@ def keepalive(ctx: Context, server: Any) -> dict[str, float]:
     return _load(ctx, server, "keepalive")
 
 
+def curl_keepalive(ctx: Context, server: Any) -> dict[str, float]:
+    """The referee's ``ka``: 10,000 GETs of the small file by one ``curl --http1.1 -Z --parallel-max 32``
+    over keep-alive connections (curl's own headers, its own pace), server CPU per request."""
+    fx = ctx.fx
+    urls = fx.work / f"curl-keepalive-{server.name}.txt"
+    if not urls.exists():
+        url = server.url("/data/small.bin")
+        urls.write_text(f'url = "{url}"\noutput = "/dev/null"\n' * CURL_KEEPALIVE_REQUESTS)
+    meter = server.meter()
+    rss_before = meter.rss()
+    before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0, start = meter.cpu(), time.monotonic()
+    subprocess.run(["curl", "-sS", "--fail", "--http1.1", "-Z", "--parallel-max", "32", "--cert",
+                    str(fx.client_cert), "--key", str(fx.client_key), "--cacert", str(fx.ca_file), "-K", str(urls)],
+                   check=True, capture_output=True, timeout=CURL_TIMEOUT)
+    seconds, cpu = time.monotonic() - start, meter.cpu() - cpu0
+    after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client = (after_children.ru_utime + after_children.ru_stime) - (before_children.ru_utime + before_children.ru_stime)
+    return dict(value=CURL_KEEPALIVE_REQUESTS / seconds, cpu=cpu * 1000 / CURL_KEEPALIVE_REQUESTS,
+                client_cpu=client * 1000 / CURL_KEEPALIVE_REQUESTS, server_util=cpu / seconds,
+                client_util=client / seconds, rss_before=rss_before, rss_peak=max(rss_before, meter.rss()))
+
+
 def idle(ctx: Context, server: Any) -> dict[str, float]:
     """RSS growth per idle connection, on a freshly started server.
 
@@ -348,7 +375,8 @@ def idle(ctx: Context, server: Any) -> dict[str, float]:
 
 
 RUNNERS: dict[str, Callable[[Context, Any], dict[str, float]]] = {
-    "download": download, "upload": upload, "handshake": handshake, "keepalive": keepalive, "idle": idle,
+    "download": download, "upload": upload, "handshake": handshake, "keepalive": keepalive,
+    "curl-keepalive": curl_keepalive, "idle": idle,
 }
 
 
@@ -390,6 +418,9 @@ SPECS = {
                       lambda g, n: [(f"≥ 0.9× nginx ({_ratio(g, n):.2f}×)", _ratio(g, n) >= 0.9)]),
     "keepalive": Spec("{small} GETs, keep-alive, {clients} connections", "req/s", "CPU-ms/req",
                       lambda g, n: [(f"≥ 0.8× nginx ({_ratio(g, n):.2f}×)", _ratio(g, n) >= 0.8)]),
+    "curl-keepalive": Spec(f"{{small}} GETs ×{CURL_KEEPALIVE_REQUESTS:,}, keep-alive, curl -Z (32 at a time)", "req/s",
+                           "CPU-ms/req",
+                           lambda g, n: [(f"≥ 0.8× nginx ({_ratio(g, n):.2f}×)", _ratio(g, n) >= 0.8)]),
     "idle": Spec("{idle} idle TLS connections (fresh server)", "KiB/conn", "",
                  lambda g, n: [(f"server RSS ≤ 32 KiB per connection ({g['value']:.1f})", g["value"] <= 32)]),
 }
@@ -523,8 +554,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gsitransfer-args", default="",
                         help="extra options for twistd accessgrid-transfer (one string)")
     parser.add_argument("--nginx-workers", default="auto", help="nginx worker_processes (auto)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="gsitransfer --workers (default: the CPU count, like nginx's auto; 1: one process)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="gsitransfer --workers (default 1: one process, the server's default, as the referee "
+                             "runs it)")
     parser.add_argument("--venv", type=Path, default=Path(sys.prefix), help="venv with twistd")
     parser.add_argument("--workdir", type=Path, default=None, help="where the files go (a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
