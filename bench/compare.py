@@ -325,10 +325,9 @@ def curl_keepalive(ctx: Context, server: Any) -> dict[str, float]:
     """The referee's ``ka``: 10,000 GETs of the small file by one ``curl --http1.1 -Z --parallel-max 32``
     over keep-alive connections (curl's own headers, its own pace), server CPU per request."""
     fx = ctx.fx
-    urls = fx.work / f"curl-keepalive-{server.name}.txt"
-    if not urls.exists():
-        url = server.url("/data/small.bin")
-        urls.write_text(f'url = "{url}"\noutput = "/dev/null"\n' * CURL_KEEPALIVE_REQUESTS)
+    urls = fx.work / f"curl-keepalive-{server.name}.txt"  # written each time: the idle workload restarts servers
+    url = server.url("/data/small.bin")
+    urls.write_text(f'url = "{url}"\noutput = "/dev/null"\n' * CURL_KEEPALIVE_REQUESTS)
     meter = server.meter()
     rss_before = meter.rss()
     before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
