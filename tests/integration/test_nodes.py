@@ -33,6 +33,17 @@ BOB = "/C=US/O=Grid Test/OU=People/CN=Bob Example"
 _METRICS = re.compile(r"metrics listening: http://[^:]+:(\d+)/metrics")
 
 
+def metrics_port(node: ServerProcess) -> int:
+    """The node's metrics listener port, from its log (logged just after the transfer listener: bounded wait)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        found = _METRICS.search(node.log_text())
+        if found:
+            return int(found.group(1))
+        time.sleep(0.05)
+    raise AssertionError(f"no metrics listener in the log:\n{node.log_text()[-2000:]}")
+
+
 @contextlib.contextmanager
 def nodes(tmp_path: Path, url: str, count: int, *extra: str, recording: Path | None = None) -> Iterator[list[ServerProcess]]:
     """``count`` nodes on ``url`` and the store ``tmp_path/shared``, each in its own work directory."""
@@ -245,9 +256,7 @@ def test_200_uploads_through_haproxy_across_two_nodes_over_mutual_tls(postgres_u
     with nodes(tmp_path, postgres_url, 2, *tls_args) as started:
         ports = []
         for node in started:
-            metrics = _METRICS.search(node.log_text())
-            assert metrics is not None
-            ports.append((int(node.url("https").rsplit(":", 1)[1]), int(metrics.group(1))))
+            ports.append((int(node.url("https").rsplit(":", 1)[1]), metrics_port(node)))
         with PrivateHAProxy(ports) as balancer:
             base = f"https://localhost:{balancer.port}"
             proxy = str(pki.users["alice"].proxy)
@@ -274,9 +283,7 @@ def test_a_database_that_waits_does_not_stop_the_server(postgres_url: str, tmp_p
     data = os.urandom(50_000)
     with nodes(tmp_path, postgres_url, 1, "--metrics", "tcp:0:interface=127.0.0.1") as (node,):
         base = node.url()
-        metrics = _METRICS.search(node.log_text())
-        assert metrics is not None
-        health = f"http://127.0.0.1:{metrics.group(1)}"
+        health = f"http://127.0.0.1:{metrics_port(node)}"
         assert request(base, "PUT", "/data/kept.dat", data, as_person(BOB)).status == 201
         assert request(base, "GET", "/data/kept.dat").body == data
         with psycopg.connect(postgres_url, autocommit=True) as blocker:
