@@ -281,7 +281,11 @@ def test_a_database_that_waits_does_not_stop_the_server(postgres_url: str, tmp_p
     """Alice's manifest waits for the database (her quota lock is held elsewhere): meanwhile the node
     serves a download and its health check at once — the statements run off the reactor."""
     data = os.urandom(50_000)
-    with nodes(tmp_path, postgres_url, 1, "--metrics", "tcp:0:interface=127.0.0.1") as (node,):
+    # one process: its download of a file whose MD5 it remembers needs no statement (with --workers, the GET
+    # may reach a worker that must ask the database, whose one calls thread waits behind the manifest:
+    # docs/deploy.md §9)
+    one_process = ("--workers", "1")
+    with nodes(tmp_path, postgres_url, 1, "--metrics", "tcp:0:interface=127.0.0.1", *one_process) as (node,):
         base = node.url()
         health = f"http://127.0.0.1:{metrics_port(node)}"
         assert request(base, "PUT", "/data/kept.dat", data, as_person(BOB)).status == 201
