@@ -26,7 +26,6 @@ from twisted.logger import Logger
 _log = Logger()
 
 #: the fanout's thread hands the records gathered to the sinks every this many seconds
-
 GATHER_SECONDS = 0.05
 #: records waiting for the fanout's thread before the caller hands them over itself
 QUEUE_RECORDS = 10_000

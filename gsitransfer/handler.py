@@ -144,6 +144,13 @@ class DownloadTarget:
 DownloadAnswer = Union[str, "os.PathLike[str]", DownloadTarget]
 
 
+def file_state(status: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What a remembered answer about a file (its MD5, its bytes) holds for: device, inode, size, and
+    modification and change times in nanoseconds. A file renamed into place (a new inode) or written
+    changes it; the times are the kernel's clock (a few milliseconds)."""
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+
+
 def as_download_target(answer: Any) -> DownloadTarget:
     """Normalise what ``GetDownloadFilename`` returned to a :class:`DownloadTarget`."""
     if isinstance(answer, DownloadTarget):

@@ -47,6 +47,7 @@ from ..handler import (
     IDigestKeeper,
     IListingHandler,
     ITransferHandler,
+    file_state,
 )
 from ..identity import IdToken
 from .metadata import DB_NAME, FileRecord, FileState, MetadataTable, StoreError, StoreMetadata
@@ -183,7 +184,7 @@ class DirectoryStore:
         #: the metadata is shared with other nodes (kept in PostgreSQL), not this directory's own
         self.shared = metadata is not None
         self.metadata: MetadataTable = metadata if metadata is not None else StoreMetadata(os.path.join(self.root, DB_NAME))
-        #: (name, st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) -> MD5 or None, for downloads:
+        #: (name, file_state) -> MD5 or None, for downloads:
         #: a file replaced, touched or renamed has another key, so its checksum is looked up again
         self._checksums: dict[tuple[Any, ...], str | None] = {}
         if recover:
@@ -206,7 +207,7 @@ class DirectoryStore:
         if found is not None:
             return found
         real_path, status, relative = self._resolve_download(url_path)
-        key = (relative, status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+        key = (relative, file_state(status))
         record = self.metadata.get(relative)
         if record is not None and record.state is FileState.PENDING:
             raise FileNotFound(f"no file {url_path!r} (it is still being uploaded)")
@@ -222,7 +223,7 @@ class DirectoryStore:
         if not url_path or any(_unsafe_segment(s) for s in url_path.split("/")):
             raise FileNotFound(f"no file {url_path!r}")
         real_path, status, relative = self._resolve_download(url_path)
-        key = (relative, status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+        key = (relative, file_state(status))
         cached = self._checksums.get(key, _UNKNOWN)
         if cached is _UNKNOWN:
             return None

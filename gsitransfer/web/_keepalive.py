@@ -44,9 +44,9 @@ from .download import entity_tag, file_headers
 from .events import plain_get_event
 from .exchange import HandlerAnswer, ServingSite
 from .filebody import SMALL_BODY
-from .smallfiles import SmallFiles
 from .heads import SERVER_HEADER, answer_with_head, http_date
 from .routes import FileRoute
+from .smallfiles import SmallFiles
 from .table import FILE_VERB, select
 from .verbs import resolve_file
 

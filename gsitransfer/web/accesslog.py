@@ -183,17 +183,17 @@ class ClassicLogWriter:
         if not self._looked:
             self._looked = True
             self._log = classic_text_log(self.publisher)
+        line = text[:-1]
         classic = self._log
         if classic is None or not classic.unchanged():
-            emit_log_event(text[:-1], self.publisher)
+            emit_log_event(line, self.publisher)
             return
-        if "\n" in text[:-1]:
-            text = text[:-1].replace("\n", "\n\t") + "\n"
-        entry = f"{_log_time(int(time.time()))} [{_LEGACY.namespace}#info] {text}"
+        # as formatEventAsClassicLogText: a line break continues on a tab-indented line
+        entry = f"{_log_time(int(time.time()))} [{_LEGACY.namespace}#info] {line.replace(chr(10), chr(10) + chr(9))}\n"
         try:
             out = classic.out_file
             out.write(entry if classic.encoding is None else entry.encode(classic.encoding))
             out.flush()
         except (OSError, ValueError):
             self._log = None  # the observer's own path from now on: it reports the failure its way
-            emit_log_event(text[:-1], self.publisher)
+            emit_log_event(line, self.publisher)

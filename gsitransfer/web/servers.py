@@ -96,7 +96,8 @@ class TransferSite(web_server.Site):
         requests (never during one).
 
         ``access_line_writer``: where access lines meant for the global log go
-        as text instead (a worker's stdout), used when ``fast_paths.access_log_writer``.
+        as text instead (a worker's stdout); by default twistd's own log file
+        (``ClassicLogWriter``). Used when ``fast_paths.access_log_writer``.
         """
         self.serving = serving
         super().__init__(RouteTable(), timeout=timeout, reactor=serving.reactor)

@@ -7,7 +7,7 @@ block (type, length, Last-Modified, ETag, digest) — every time. With the
 answered lately, within a byte budget (least recently used out first), and
 serves the same bytes again after one ``stat`` of the path shows the file in
 the same state: same device, inode, size and modification and change times
-(nanoseconds) — and the same digest from the handler. The store publishes a
+(nanoseconds: ``handler.file_state``) — and the same digest from the handler. The store publishes a
 file by renaming a new one into place (a new inode), so any upload,
 overwrite or deletion misses; the change times are the kernel's clock (a few
 milliseconds), as for the digests the store remembers
@@ -22,6 +22,8 @@ import collections
 import os
 from typing import NamedTuple
 
+from ..handler import file_state
+
 #: the bytes of bodies a site keeps by default (128 files of 64 KiB)
 DEFAULT_BUDGET = 8 << 20
 
@@ -31,11 +33,6 @@ class _Kept(NamedTuple):
     checksum: str | None
     block: bytes
     body: bytes
-
-
-def file_state(status: os.stat_result) -> tuple[int, int, int, int, int]:
-    """What identifies a file's present content: device, inode, size, mtime and ctime in nanoseconds."""
-    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
 
 
 class SmallFiles:
@@ -82,4 +79,4 @@ class SmallFiles:
             self._size -= len(kept.body)
 
 
-__all__ = ["DEFAULT_BUDGET", "SmallFiles", "file_state"]
+__all__ = ["DEFAULT_BUDGET", "SmallFiles"]
