@@ -31,7 +31,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from .events import TransferEvent
+from .events import Run, TransferEvent
 
 _FIELDS = ("event", "dn", "peer", "prefix", "name", "size", "md5", "bytes", "duration_s", "status", "reason", "key",
            "method", "action")
@@ -92,6 +92,33 @@ def _after_time(fields: tuple[object, ...]) -> bytes:
     return (_who_what(event, dn, peer, prefix, name) + ", " + _rest(*rest)).encode("utf-8", "replace")  # type: ignore[arg-type]
 
 
+def _time_head(when: float) -> bytes:
+    """The line's start, up to and with its time (to the millisecond, as datetime rounds a timestamp)."""
+    return _time_head_and_span(when)[0]
+
+
+def _time_head_and_span(when: float) -> tuple[bytes, float, float]:
+    """:func:`_time_head` of ``when``, and times ``low <= t < high`` that surely have the same (inside the
+    millisecond, two microseconds clear of where rounding could carry ``t`` into the next or the last)."""
+    seconds = int(when)
+    micros = round((when - seconds) * 1_000_000)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    millisecond = micros // 1000
+    head = f'{{"time": "{_second(seconds)}{millisecond:03d}Z", '.encode("ascii")
+    return head, seconds + (millisecond * 1000 + 2) / 1e6, seconds + (millisecond * 1000 + 998) / 1e6
+
+
+def _after(event: TransferEvent) -> bytes:
+    """Everything after the time, encoded (remembered for records without a duration: GETs of one file)."""
+    if event.duration_s is None:
+        return _after_time((event.event, *event[2:]))
+    who = _who_what(event.event, event.dn, event.peer, event.prefix, event.name)
+    rest = _rest(event.size, event.md5, event.bytes, event.duration_s, event.status, event.reason, event.key,
+                 event.method, event.action)
+    return (who + ", " + rest).encode("utf-8", "replace")
+
+
 def audit_line(event: TransferEvent) -> bytes:
     """The event's line (UTF-8, ending in a newline): ``json.dumps`` of :func:`audit_record`, made faster.
 
@@ -100,17 +127,26 @@ def audit_line(event: TransferEvent) -> bytes:
     client fetching the same file); the line is the same text (an
     equivalence test holds it to the reference).
     """
-    seconds = int(event.time)
-    micros = round((event.time - seconds) * 1_000_000)  # as datetime rounds a timestamp
-    if micros >= 1_000_000:
-        seconds, micros = seconds + 1, micros - 1_000_000
-    head = f'{{"time": "{_second(seconds)}{micros // 1000:03d}Z", '.encode("ascii")
-    if event.duration_s is None:
-        return head + _after_time((event.event, *event[2:]))
-    who = _who_what(event.event, event.dn, event.peer, event.prefix, event.name)
-    rest = _rest(event.size, event.md5, event.bytes, event.duration_s, event.status, event.reason, event.key,
-                 event.method, event.action)
-    return head + (who + ", " + rest).encode("utf-8", "replace")
+    return _time_head(event.time) + _after(event)
+
+
+def audit_lines(runs: Sequence[Run]) -> list[bytes]:
+    """The lines of every record of ``runs``, in order: :func:`audit_line` of each record at each of its times.
+
+    A run's fields after the time are encoded once; a time's text once for
+    every record in the same millisecond.
+    """
+    lines: list[bytes] = []
+    head, low, high = b"", 0.0, 0.0
+    for event, times in runs:
+        after = _after(event)
+        line = head + after
+        for when in times:
+            if not low <= when < high:
+                head, low, high = _time_head_and_span(when)
+                line = head + after
+            lines.append(line)
+    return lines
 
 
 class AuditError(OSError):
@@ -138,9 +174,9 @@ class AuditLog:
         self._lock = threading.Lock()
         self._reopen = threading.Event()
 
-    def take(self, events: Sequence[TransferEvent]) -> None:
+    def take(self, runs: Sequence[Run]) -> None:
         """Write the records' lines, in one ``write``."""
-        self._write(b"".join([audit_line(event) for event in events]))
+        self._write(b"".join(audit_lines(runs)))
 
     def reopen(self) -> None:
         """Open the file again by its name before the next lines (``SIGUSR1``, after logrotate moved it)."""
@@ -168,4 +204,4 @@ class AuditLog:
                 os.write(self._fd, data)
 
 
-__all__ = ["AuditError", "AuditLog", "audit_line", "audit_record"]
+__all__ = ["AuditError", "AuditLog", "audit_line", "audit_lines", "audit_record"]

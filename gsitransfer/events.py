@@ -9,6 +9,13 @@ expiries (no request); :class:`EventFanout` gives them to every sink in
 batches. No sink, no record: a server without ``--audit-log`` and
 ``--metrics`` builds nothing per request.
 
+Records that differ only in their time (a client fetching one file again
+and again over keep-alive connections: the GETs the shortcut answers) are
+given to the sinks as one :class:`Run`: the record once and each time it
+happened. A sink does its per-record work (a metrics label, an audit line's
+fields) once per run and only the per-time work (the line's time) per
+record.
+
 A transfer key is never recorded whole: :func:`key_hash` gives a short hash
 that is the same for every record of one transfer.
 """
@@ -66,15 +73,25 @@ class TransferEvent(NamedTuple):
     action: str | None = None
 
 
-#: a record to make on the fanout's thread: what makes it and its arguments
-_Later = tuple[Callable[..., TransferEvent], tuple[object, ...]]
+class Run(NamedTuple):
+    """A record and every time it happened, in order: ``event.time`` is ``times[0]``.
+
+    A record emitted with :meth:`EventFanout.emit` is a run of one time.
+    """
+
+    event: TransferEvent
+    times: Sequence[float]
+
+
+#: a record to make on the fanout's thread: what makes it, its arguments but the time, the time
+_Later = tuple[Callable[..., TransferEvent], tuple[object, ...], float]
 
 
 class EventSink(Protocol):
     """Takes records in batches, in the order they happened (on the fanout's thread; it may write a file)."""
 
-    def take(self, events: Sequence[TransferEvent]) -> None:
-        """The records gathered since the last batch."""
+    def take(self, runs: Sequence[Run]) -> None:
+        """The records gathered since the last batch, as runs (each record once, with every time it happened)."""
 
     def close(self) -> None:
         """No more records: write what is left, release files and threads."""
@@ -118,29 +135,23 @@ class EventFanout:
         if len(records) > QUEUE_RECORDS:
             self.flush()
 
-    def emit_later(self, make: Callable[..., TransferEvent], *arguments: object) -> None:
-        """Take a record to be made on the fanout's thread, as ``make(*arguments)``.
+    def emit_later(self, make: Callable[..., TransferEvent], arguments: tuple[object, ...], when: float) -> None:
+        """Take a record that happened at ``when``, to be made on the fanout's thread as ``make(*arguments, when)``.
 
         For the keep-alive shortcut (a record per GET): the reactor only keeps
-        the arguments; building the record happens with the batch, off the
-        request's path.
+        the arguments. Records taken one after the other with the same
+        ``make`` and equal ``arguments`` are made once, off the request's
+        path, and handed over as one :class:`Run`.
         """
         records = self._records
-        records.append((make, arguments))
+        records.append((make, arguments, when))
         if len(records) > QUEUE_RECORDS:
             self.flush()
 
     def flush(self) -> None:
         """Hand every record taken so far to every sink, now, on this thread."""
         with self._lock:
-            records = self._records
-            batch = []
-            try:
-                for _ in range(len(records)):
-                    record = records.popleft()  # atomic: emit may append meanwhile
-                    batch.append(record if isinstance(record, TransferEvent) else record[0](*record[1]))
-            except IndexError:
-                pass
+            batch = _runs(self._records)
             if not batch:
                 return
             for sink in self.sinks:
@@ -163,7 +174,33 @@ class EventFanout:
             self.flush()
 
 
+def _runs(records: collections.deque[TransferEvent | _Later]) -> list[Run]:
+    """The records in ``records`` now, taken out as runs (``emit_later``'s made once per run of equal arguments)."""
+    runs: list[Run] = []
+    last_make: object = None
+    last_arguments: tuple[object, ...] = ()
+    times: list[float] = []
+    try:
+        for _ in range(len(records)):
+            record = records.popleft()  # atomic: emit may append meanwhile
+            if type(record) is TransferEvent:
+                runs.append(Run(record, (record.time,)))
+                last_make = None
+                continue
+            make, arguments, when = record  # type: ignore[misc]
+            if make is last_make and arguments == last_arguments:
+                times.append(when)
+                continue
+            times = [when]
+            runs.append(Run(make(*arguments, when), times))
+            last_make, last_arguments = make, arguments
+    except IndexError:
+        pass
+    return runs
+
+
 __all__ = [
     "CANCEL", "DELETE", "DOWNLOAD", "EXPIRY", "MANIFEST", "REFUSAL", "UPLOAD",
-    "GATHER_SECONDS", "QUEUE_RECORDS", "EventFanout", "EventSink", "TransferEvent", "key_hash",
+    "GATHER_SECONDS", "QUEUE_RECORDS", "EventFanout", "EventSink", "Run", "TransferEvent",
+    "key_hash",
 ]

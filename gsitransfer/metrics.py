@@ -31,7 +31,7 @@ from typing import Any
 
 from twisted.web import resource, server
 
-from .events import CANCEL, DELETE, DOWNLOAD, EXPIRY, MANIFEST, REFUSAL, UPLOAD, TransferEvent
+from .events import CANCEL, DELETE, DOWNLOAD, EXPIRY, MANIFEST, REFUSAL, UPLOAD, Run
 
 #: seconds between samples of the gauges
 SAMPLE_SECONDS = 5.0
@@ -110,20 +110,23 @@ class Metrics:
             child = self._children[key] = family.labels(*labels)
         return child
 
-    def take(self, events: Sequence[TransferEvent]) -> None:
+    def take(self, runs: Sequence[Run]) -> None:
         """Count a batch of records (``EventSink``, on the event fanout's thread): each kind of record
         (what, where, how it ended) once per batch, each duration one by one."""
         totals: dict[tuple[str, str, str, int | None], list[int]] = {}
-        for event in events:
+        for event, times in runs:
             action = event.action or event.event
             key = (event.event, action, event.prefix or "", event.status)
             total = totals.get(key)
             if total is None:
                 total = totals[key] = [0, 0]
-            total[0] += 1
-            total[1] += event.bytes or 0
+            count = len(times)
+            total[0] += count
+            total[1] += (event.bytes or 0) * count
             if event.duration_s is not None:
-                self._child(self.durations, action).observe(event.duration_s)
+                observe = self._child(self.durations, action).observe
+                for _ in range(count):
+                    observe(event.duration_s)
         for (kind, action, prefix, status), (count, size) in totals.items():
             self._count(kind, action, prefix, status, count, size)
 

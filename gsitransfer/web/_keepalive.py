@@ -41,7 +41,7 @@ from twisted.web.http_headers import Headers
 from ..errors import TransferError
 from ..handler import DownloadTarget
 from .download import entity_tag, file_headers
-from .events import plain_get_event
+from .events import peer_host, plain_get_event
 from .exchange import HandlerAnswer, ServingSite
 from .filebody import SMALL_BODY
 from .heads import SERVER_HEADER, answer_with_head, http_date
@@ -250,7 +250,8 @@ def answer_plain_get(channel: KeepAliveChannel, data: bytes) -> bool:
     site.log_plain_get(channel, head.target, sent, head.header(b"referer"), head.header(b"user-agent"))
     if site.events.sinks:  # the record the plain path's Site.log makes of the same answer
         site.events.emit_later(
-            plain_get_event, channel.peer_address(), route.prefix, route.url_path, sent, id_token.dn, time.time()
+            plain_get_event, (peer_host(channel.peer_address()), route.prefix, route.url_path, sent, id_token.dn),
+            time.time(),
         )
     if head.close:
         channel.persistent = False

@@ -28,7 +28,8 @@ from .routes import FileRoute, ListingRoute, ManifestRoute, TransferRoute, Uploa
 _ADDRESSES = (address.IPv4Address, address.IPv6Address)
 
 
-def _peer(client: Any) -> str | None:
+def peer_host(client: Any) -> str | None:
+    """The client's IP address as text (None for a UNIX socket or an unknown peer)."""
     return client.host if isinstance(client, _ADDRESSES) else None
 
 
@@ -82,7 +83,7 @@ def request_event(request: Any, engine: Any) -> TransferEvent | None:
         event=kind,
         time=time.time(),
         dn=None if id_token is None else id_token.dn,
-        peer=_peer(request.getClientAddress()),
+        peer=peer_host(request.getClientAddress()),
         prefix=prefix,
         name=name,
         size=size,
@@ -107,14 +108,12 @@ def _file_name(engine: Any, route: UploadRoute) -> str | None:
     return files[number].name if number < len(files) else None
 
 
-def plain_get_event(client: Any, prefix: str, name: str, sent: int, dn: str | None, when: float) -> TransferEvent:
+def plain_get_event(peer: str | None, prefix: str, name: str, sent: int, dn: str | None, when: float) -> TransferEvent:
     """The record of a ``GET`` answered ``200`` by the keep-alive shortcut at ``when`` (made on the event
-    fanout's thread: ``EventFanout.emit_later``)."""
-    # positional (event, time, dn, peer, prefix, name, size, md5, bytes, duration_s, status, reason, key, method,
-    # action): made once per keep-alive GET, it skips matching fifteen keywords
+    fanout's thread, once per run of equal records: ``EventFanout.emit_later``)."""
     return TransferEvent(
-        DOWNLOAD, when, dn, _peer(client), prefix, name, None, None, sent, None, 200, None, None, "GET", DOWNLOAD
+        DOWNLOAD, when, dn, peer, prefix, name, bytes=sent, status=200, method="GET", action=DOWNLOAD
     )
 
 
-__all__ = ["plain_get_event", "request_event"]
+__all__ = ["peer_host", "plain_get_event", "request_event"]

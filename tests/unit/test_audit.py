@@ -7,8 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from gsitransfer.audit import AuditLog, audit_line
-from gsitransfer.events import EventFanout, TransferEvent, key_hash
+from gsitransfer.audit import AuditLog, audit_line, audit_lines
+from gsitransfer.events import EventFanout, Run, TransferEvent, key_hash
 
 FIELDS = {"time", "event", "dn", "peer", "prefix", "name", "size", "md5", "bytes", "duration_s", "status", "reason",
           "key", "method", "action"}
@@ -81,3 +81,27 @@ def test_the_fast_line_is_the_json_of_the_record():
         )
         reference = json.dumps(audit_record(event), ensure_ascii=False, separators=(", ", ": ")) + "\n"
         assert audit_line(event) == reference.encode("utf-8")
+
+
+def test_the_lines_of_runs_are_the_lines_of_each_record():
+    """audit_lines (a run's fields once, a millisecond's time once) gives audit_line of each record at each time,
+    for times in the same millisecond, across seconds and at the rounding edges."""
+    import random
+
+    chooser = random.Random(3)
+    edges = [1_764_900_000.9995, 1_764_900_000.9994999, 1_764_900_001.0, 1_764_900_001.0004999, 1_764_900_001.0005]
+    edges += [1_764_900_001 + millisecond / 1000 + offset / 1e6  # around each millisecond's edges and the spans' ends
+              for millisecond in (0, 1, 2, 998, 999) for offset in (-3, -2.5, -2, -1.5, -0.5, 0, 0.5, 1.5, 2, 2.5, 3)]
+    runs = []
+    when = 1_764_900_000.0
+    for _ in range(2000):
+        event = TransferEvent("download", 0.0, dn="/CN=alice", peer=chooser.choice(["127.0.0.1", "::1"]),
+                              prefix="data", name=chooser.choice(["a", "b"]), bytes=65536, status=200,
+                              duration_s=chooser.choice([None, None, 0.25]))
+        times = []
+        for _ in range(chooser.randint(1, 30)):
+            when += chooser.choice([0.0, 0.00004, 0.0003, 0.002, 1.1])
+            times.append(chooser.choice(edges) if chooser.random() < 0.3 else when)
+        runs.append(Run(event._replace(time=times[0]), times))
+    expected = [audit_line(event._replace(time=when)) for event, times in runs for when in times]
+    assert audit_lines(runs) == expected

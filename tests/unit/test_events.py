@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 
 from gsitransfer import events as events_module
-from gsitransfer.events import EventFanout, TransferEvent
+from gsitransfer.events import EventFanout, Run, TransferEvent
 
 
 class Recording:
@@ -16,13 +16,15 @@ class Recording:
 
     def __init__(self, fail: bool = False) -> None:
         self.batches: list[list[TransferEvent]] = []
+        self.runs: list[Run] = []
         self.threads: set[str] = set()
         self.closed = False
         self.fail = fail
 
-    def take(self, events: Sequence[TransferEvent]) -> None:
+    def take(self, runs: Sequence[Run]) -> None:
         self.threads.add(threading.current_thread().name)
-        self.batches.append(list(events))
+        self.runs.extend(runs)
+        self.batches.append(records_of(runs))
         if self.fail:
             raise OSError("disk full")
 
@@ -31,6 +33,11 @@ class Recording:
 
     def names(self) -> list[str | None]:
         return [event.name for batch in self.batches for event in batch]
+
+
+def records_of(runs: Sequence[Run]) -> list[TransferEvent]:
+    """Every record of ``runs``, one per time, in order."""
+    return [event._replace(time=when) for event, times in runs for when in times]
 
 
 def wait_for(condition, seconds: float = 5.0) -> None:
@@ -113,11 +120,69 @@ def test_counting_a_batch_gives_what_counting_each_record_gives():
     ]
     batched, single = Metrics(), Metrics()
     for start in range(0, len(records), 700):
-        batched.take(records[start:start + 700])
+        batched.take([Run(record, (record.time,)) for record in records[start:start + 700]])
     for record in records:
-        single.take([record])
+        single.take([Run(record, (record.time,))])
     def exposition(metrics: Metrics) -> list[bytes]:  # without the families' creation times
         return [line for line in generate_latest(metrics.registry).splitlines() if b"_created" not in line]
 
     assert exposition(batched) == exposition(single)
     assert any(line.startswith(b"gsitransfer_downloads_total") for line in exposition(batched))
+
+
+def get_record(peer: str, name: str, sent: int, when: float) -> TransferEvent:
+    return TransferEvent("download", when, dn="/CN=alice", peer=peer, prefix="data", name=name, bytes=sent, status=200)
+
+
+def test_records_emitted_later_with_equal_arguments_are_one_run_in_order(monkeypatch):
+    """emit_later: consecutive equal arguments make one record with every time; anything between ends the run."""
+    monkeypatch.setattr(events_module, "GATHER_SECONDS", 3600.0)  # the thread never wakes in this test
+    sink = Recording()
+    fanout = EventFanout((sink,))
+    made: list[tuple[object, ...]] = []
+
+    def make(*arguments: object) -> TransferEvent:
+        made.append(arguments)
+        return get_record(*arguments)  # type: ignore[arg-type]
+
+    plan = [("10.0.0.1", "a", 5)] * 3 + [("10.0.0.2", "a", 5)] + [("10.0.0.2", "a", 5)] + [None] + [("10.0.0.2", "a", 5)]
+    expected = []
+    for number, arguments in enumerate(plan):
+        if arguments is None:
+            record = TransferEvent("upload", 1000.0 + number, name="u")
+            fanout.emit(record)
+        else:
+            record = get_record(*arguments, 1000.0 + number)
+            fanout.emit_later(make, arguments, 1000.0 + number)
+        expected.append(record)
+    fanout.flush()
+    assert [len(run.times) for run in sink.runs] == [3, 2, 1, 1]
+    assert all(run.event.time == run.times[0] for run in sink.runs)
+    assert sink.batches == [expected]
+    assert len(made) == 3  # made once per run
+    fanout.close()
+
+
+def test_counting_runs_gives_what_counting_each_record_gives():
+    """Metrics.take of runs (a record once, many times) equals taking each record alone."""
+    from prometheus_client import generate_latest
+
+    from gsitransfer.metrics import Metrics
+
+    chooser = random.Random(5)
+    runs = [
+        Run(TransferEvent(chooser.choice(["download", "upload", "refusal"]), 1.0, prefix=chooser.choice(["data", "raw"]),
+                          bytes=chooser.choice([None, 7, 65536]), status=chooser.choice([200, 201, 404]),
+                          duration_s=chooser.choice([None, 0.01, 3.0])),
+            [1.0 + step for step in range(chooser.randint(1, 40))])
+        for _ in range(300)
+    ]
+    together, alone = Metrics(), Metrics()
+    together.take(runs)
+    for record in records_of(runs):
+        alone.take([Run(record, (record.time,))])
+
+    def exposition(metrics: Metrics) -> list[bytes]:
+        return [line for line in generate_latest(metrics.registry).splitlines() if b"_created" not in line]
+
+    assert exposition(together) == exposition(alone)
