@@ -133,13 +133,16 @@ def audit_line(event: TransferEvent) -> bytes:
 def audit_lines(runs: Sequence[Run]) -> list[bytes]:
     """The lines of every record of ``runs``, in order: :func:`audit_line` of each record at each of its times.
 
-    A run's fields after the time are encoded once; a time's text once for
-    every record in the same millisecond.
+    A record's fields after the time are encoded once per batch; a time's
+    text once for every record in the same millisecond.
     """
     lines: list[bytes] = []
     head, low, high = b"", 0.0, 0.0
+    afters: dict[int, bytes] = {}  # by the record's identity: alike records share one in a batch
     for event, times in runs:
-        after = _after(event)
+        after = afters.get(id(event))
+        if after is None:
+            after = afters[id(event)] = _after(event)
         line = head + after
         for when in times:
             if not low <= when < high:

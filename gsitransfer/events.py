@@ -74,9 +74,11 @@ class TransferEvent(NamedTuple):
 
 
 class Run(NamedTuple):
-    """A record and every time it happened, in order: ``event.time`` is ``times[0]``.
+    """A record and every time it happened in a row, in order: sinks take the times from ``times``.
 
-    A record emitted with :meth:`EventFanout.emit` is a run of one time.
+    A record emitted with :meth:`EventFanout.emit` is a run of one time (its
+    own). Records emitted later (:meth:`EventFanout.emit_later`) that are
+    alike share one ``event`` object in a batch, whose ``time`` is the first.
     """
 
     event: TransferEvent
@@ -175,8 +177,14 @@ class EventFanout:
 
 
 def _runs(records: collections.deque[TransferEvent | _Later]) -> list[Run]:
-    """The records in ``records`` now, taken out as runs (``emit_later``'s made once per run of equal arguments)."""
+    """The records in ``records`` now, taken out as runs, in order.
+
+    ``emit_later``'s records are made once per batch for equal ``make`` and
+    arguments: runs of one record share one :class:`TransferEvent` (sinks
+    may remember what they derive from it by its identity, for the batch).
+    """
     runs: list[Run] = []
+    made: dict[tuple[object, ...], tuple[object, TransferEvent]] = {}
     last_make: object = None
     last_arguments: tuple[object, ...] = ()
     times: list[float] = []
@@ -191,8 +199,14 @@ def _runs(records: collections.deque[TransferEvent | _Later]) -> list[Run]:
             if make is last_make and arguments == last_arguments:
                 times.append(when)
                 continue
+            known = made.get(arguments)
+            if known is not None and known[0] is make:
+                event = known[1]
+            else:
+                event = make(*arguments, when)
+                made[arguments] = (make, event)
             times = [when]
-            runs.append(Run(make(*arguments, when), times))
+            runs.append(Run(event, times))
             last_make, last_arguments = make, arguments
     except IndexError:
         pass

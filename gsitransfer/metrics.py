@@ -114,19 +114,22 @@ class Metrics:
         """Count a batch of records (``EventSink``, on the event fanout's thread): each kind of record
         (what, where, how it ended) once per batch, each duration one by one."""
         totals: dict[tuple[str, str, str, int | None], list[int]] = {}
+        #: by the record's identity (alike records share one in a batch): its total, bytes, duration's histogram
+        counted: dict[int, tuple[list[int], int, Callable[[float], None] | None]] = {}
         for event, times in runs:
-            action = event.action or event.event
-            key = (event.event, action, event.prefix or "", event.status)
-            total = totals.get(key)
-            if total is None:
-                total = totals[key] = [0, 0]
+            known = counted.get(id(event))
+            if known is None:
+                action = event.action or event.event
+                total = totals.setdefault((event.event, action, event.prefix or "", event.status), [0, 0])
+                observe = None if event.duration_s is None else self._child(self.durations, action).observe
+                known = counted[id(event)] = (total, event.bytes or 0, observe)
+            total, size, observe = known
             count = len(times)
             total[0] += count
-            total[1] += (event.bytes or 0) * count
-            if event.duration_s is not None:
-                observe = self._child(self.durations, action).observe
+            total[1] += size * count
+            if observe is not None:
                 for _ in range(count):
-                    observe(event.duration_s)
+                    observe(event.duration_s)  # type: ignore[arg-type]
         for (kind, action, prefix, status), (count, size) in totals.items():
             self._count(kind, action, prefix, status, count, size)
 

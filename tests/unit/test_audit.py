@@ -94,14 +94,19 @@ def test_the_lines_of_runs_are_the_lines_of_each_record():
               for millisecond in (0, 1, 2, 998, 999) for offset in (-3, -2.5, -2, -1.5, -0.5, 0, 0.5, 1.5, 2, 2.5, 3)]
     runs = []
     when = 1_764_900_000.0
+    shared = [  # alike records share one object in a batch (the fanout makes them once)
+        TransferEvent("download", 0.0, dn="/CN=alice", peer=peer, prefix="data", name=name, bytes=65536, status=200)
+        for peer in ("127.0.0.1", "::1") for name in ("a", "b")
+    ]
     for _ in range(2000):
         event = TransferEvent("download", 0.0, dn="/CN=alice", peer=chooser.choice(["127.0.0.1", "::1"]),
                               prefix="data", name=chooser.choice(["a", "b"]), bytes=65536, status=200,
                               duration_s=chooser.choice([None, None, 0.25]))
+        event = chooser.choice(shared) if chooser.random() < 0.5 else event
         times = []
         for _ in range(chooser.randint(1, 30)):
             when += chooser.choice([0.0, 0.00004, 0.0003, 0.002, 1.1])
             times.append(chooser.choice(edges) if chooser.random() < 0.3 else when)
-        runs.append(Run(event._replace(time=times[0]), times))
+        runs.append(Run(event, times))
     expected = [audit_line(event._replace(time=when)) for event, times in runs for when in times]
     assert audit_lines(runs) == expected
