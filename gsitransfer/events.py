@@ -12,8 +12,9 @@ batches. No sink, no record: a server without ``--audit-log`` and
 Records that differ only in their time (a client fetching one file again
 and again over keep-alive connections: the GETs the shortcut answers) are
 given to the sinks as one :class:`Run`: the record once and each time it
-happened. A sink does its per-record work (a metrics label, an audit line's
-fields) once per run and only the per-time work (the line's time) per
+happened; alike records a batch holds in several runs share one object. A
+sink does its per-record work (a metrics label, an audit line's fields) once
+per record and batch, and only the per-time work (the line's time) per
 record.
 
 A transfer key is never recorded whole: :func:`key_hash` gives a short hash
@@ -32,10 +33,13 @@ from twisted.logger import Logger
 
 _log = Logger()
 
-#: the fanout's thread hands the records gathered to the sinks every this many seconds
-GATHER_SECONDS = 0.05
-#: records waiting for the fanout's thread before the caller hands them over itself
-QUEUE_RECORDS = 10_000
+#: the fanout's thread hands the records gathered to the sinks every this many seconds: an audit line is
+#: written within it; fewer, larger batches cost the request path less (0.05 s cost twice as much:
+#: docs/benchmarks.md, issue 16)
+GATHER_SECONDS = 0.5
+#: records waiting for the fanout's thread before the caller hands them over itself (~200 bytes each
+#: waiting: at most ~10 MB; reached above 100,000 records a second)
+QUEUE_RECORDS = 50_000
 
 #: the kinds of record
 MANIFEST, UPLOAD, DOWNLOAD, CANCEL, DELETE, EXPIRY, REFUSAL = (

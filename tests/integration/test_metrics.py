@@ -40,7 +40,7 @@ def get(url: str) -> tuple[int, str]:
 
 
 def scrape_until(base: str, sample: str, expected: float, *more: tuple[str, float]) -> str:
-    """/metrics once each sample has its expected value (workers count their records within a quarter second)."""
+    """/metrics once each sample has its expected value (workers count their records within GATHER_SECONDS)."""
     wanted = [(sample, expected), *more]
     deadline = time.monotonic() + 20
     text = ""

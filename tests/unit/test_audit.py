@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from gsitransfer.audit import AuditLog, audit_line, audit_lines
+from gsitransfer.audit import AuditLog, audit_line, audit_pieces
 from gsitransfer.events import EventFanout, Run, TransferEvent, key_hash
 
 FIELDS = {"time", "event", "dn", "peer", "prefix", "name", "size", "md5", "bytes", "duration_s", "status", "reason",
@@ -83,8 +83,9 @@ def test_the_fast_line_is_the_json_of_the_record():
         assert audit_line(event) == reference.encode("utf-8")
 
 
-def test_the_lines_of_runs_are_the_lines_of_each_record():
-    """audit_lines (a run's fields once, a millisecond's time once) gives audit_line of each record at each time,
+def test_the_pieces_of_runs_are_the_lines_of_each_record():
+    """audit_pieces (a record's fields once, a millisecond's time once), two joined, give audit_line of each record
+    at each time,
     for times in the same millisecond, across seconds and at the rounding edges."""
     import random
 
@@ -109,4 +110,20 @@ def test_the_lines_of_runs_are_the_lines_of_each_record():
             times.append(chooser.choice(edges) if chooser.random() < 0.3 else when)
         runs.append(Run(event, times))
     expected = [audit_line(event._replace(time=when)) for event, times in runs for when in times]
-    assert audit_lines(runs) == expected
+    pieces = audit_pieces(runs)
+    assert [pieces[number] + pieces[number + 1] for number in range(0, len(pieces), 2)] == expected
+
+
+def test_a_batch_of_many_lines_is_written_whole_in_order(tmp_path: Path):
+    """More lines than one writev takes (512): every line, whole, in order."""
+    path = tmp_path / "audit.log"
+    audit = AuditLog(str(path))
+    times = [1_764_900_000 + step / 997 for step in range(1500)]
+    audit.take([Run(TransferEvent("download", times[0], name="a", bytes=65536, status=200), times[:700]),
+                Run(TransferEvent("upload", times[700], name="b", duration_s=0.5, status=201), (times[700],)),
+                Run(TransferEvent("download", times[701], name="c", bytes=1, status=200), times[701:])])
+    audit.close()
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 1500
+    assert [json.loads(line)["name"] for line in lines] == ["a"] * 700 + ["b"] + ["c"] * 799
+    assert lines[1000] == audit_line(TransferEvent("download", times[1000], name="c", bytes=1, status=200))
