@@ -145,9 +145,9 @@ class EventFanout:
         """Take a record that happened at ``when``, to be made on the fanout's thread as ``make(*arguments, when)``.
 
         For the keep-alive shortcut (a record per GET): the reactor only keeps
-        the arguments. Records taken one after the other with the same
-        ``make`` and equal ``arguments`` are made once, off the request's
-        path, and handed over as one :class:`Run`.
+        the arguments (hashable). Records with the same ``make`` and equal
+        ``arguments`` are made once per batch, off the request's path; those
+        taken one after the other are handed over as one :class:`Run`.
         """
         records = self._records
         records.append((make, arguments, when))
