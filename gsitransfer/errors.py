@@ -167,6 +167,15 @@ class StateUnavailable(TransferError):
     default_reason = "the transfer database is not reachable"
 
 
+class TableBusy(Exception):
+    """A table call found a lock held by another process (a person's quota lock) and did nothing.
+
+    Not an answer: the caller makes the call again after a pause
+    (:class:`~gsitransfer.tablecalls.TableCalls`), so the one thread that runs
+    a process's statements never waits for another node.
+    """
+
+
 __all__ = [
     "TransferError",
     "FileNotFound",
@@ -188,4 +197,5 @@ __all__ = [
     "DownloadFailed",
     "HandlerTimeout",
     "StateUnavailable",
+    "TableBusy",
 ]

@@ -13,36 +13,80 @@ the reactor serves other connections meanwhile.
 A table that answers at once gives Deferreds that have already fired: the
 engine's ``inlineCallbacks`` steps then run without a pause, exactly as
 straight-line code — the memory and SQLite tables behave as before.
+
+A call through the thread never waits there for another node: where it would
+(a person's quota lock, held while another node registers a manifest of the
+same person) the table raises :class:`~gsitransfer.errors.TableBusy`, and
+the call is made again after a pause on the reactor (:data:`FIRST_PAUSE`,
+doubling to :data:`LONGEST_PAUSE`) — the thread runs the other requests'
+statements meanwhile — until :data:`BUSY_SECONDS` have passed: then
+:class:`~gsitransfer.errors.StateUnavailable` (``503``).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
-from twisted.internet import defer
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from .batchlog import BatchIntent, BatchLog
+from .errors import StateUnavailable, TableBusy
 from .keys import FileState, TransferRecord, TransferTable
 
 T = TypeVar("T")
 
 Deferred = defer.Deferred
 
+#: seconds before a call that found a lock held elsewhere is made again; each further pause doubles, up to
+FIRST_PAUSE = 0.01
+LONGEST_PAUSE = 0.25
+#: seconds a call keeps finding a lock held before the request is answered 503 (the statements' own timeout)
+BUSY_SECONDS = 10.0
+
+
+def _reactor() -> IReactorTime:
+    from twisted.internet import reactor
+
+    return reactor
+
 
 class TableCalls:
     """Every TransferTable and BatchLog method the engine uses, returning a Deferred."""
 
-    def __init__(self, table: TransferTable, batches: BatchLog) -> None:
+    def __init__(self, table: TransferTable, batches: BatchLog, scheduler: IReactorTime | None = None) -> None:
         self.table = table
         self.batches = batches
         self._deferred_call: Callable[..., Deferred[Any]] | None = (
             getattr(table, "deferred_call", None) if getattr(table, "runs_off_reactor", False) else None
         )
+        #: the pauses' clock (the global reactor unless given: tests give a task.Clock)
+        self._scheduler = scheduler
 
     def _call(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
-        if self._deferred_call is None:
+        deferred_call = self._deferred_call
+        if deferred_call is None:
             return defer.execute(function, *args)
-        return self._deferred_call(function, *args)
+        scheduler = self._scheduler or _reactor()
+        deadline = scheduler.seconds() + BUSY_SECONDS
+        pause = FIRST_PAUSE
+
+        def again_if_busy(failure: Failure) -> Deferred[T]:
+            nonlocal pause
+            failure.trap(TableBusy)
+            if scheduler.seconds() + pause > deadline:
+                raise StateUnavailable(
+                    f"the transfer database is busy: {failure.value} has been held elsewhere for "
+                    f"{BUSY_SECONDS:g} s; try again later"
+                )
+            waited: Deferred[T] = task.deferLater(
+                scheduler, pause, deferred_call, function, *args  # type: ignore[arg-type]
+            )
+            pause = min(pause * 2, LONGEST_PAUSE)
+            return waited.addErrback(again_if_busy)
+
+        return deferred_call(function, *args).addErrback(again_if_busy)
 
     # -- the transfer table ---------------------------------------------------------------
 

@@ -11,7 +11,9 @@ SQLite writer gave some of them for free:
   cancelled exactly once (its ``remove`` is the claim);
 * ``add_within`` (quota check + insert) is one transaction holding an
   advisory lock on the owner's DN, so two nodes cannot both fit a manifest in
-  the same room;
+  the same room; on the calls thread a lock held elsewhere raises
+  ``TableBusy`` at once (``TableCalls`` makes the call again after a pause)
+  instead of holding up the process's later statements;
 * the file a node receives carries the node process's *holder* number
   (:class:`~.connection.PostgresState`): a node that dies leaves its files to
   be made pending again by the others, not by its own restart.
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 from twisted.internet.defer import Deferred
 
 from ..batchlog import BatchIntent, intent_files_json, intent_from_row
-from ..errors import StateUnavailable
+from ..errors import StateUnavailable, TableBusy
 from ..keys import FileState, TransferRecord, fits
 from ..transfers_db import record_from_row, record_row
 from .connection import PostgresState
@@ -96,10 +98,17 @@ class PostgresTransferTable:
     def add_within(
         self, record: TransferRecord, max_files: int | None, max_bytes: int | None, now: float
     ) -> tuple[int, int] | None:
+        lock = "pg_try_advisory_xact_lock" if self.runs_off_reactor else "pg_advisory_xact_lock"
+
         def insert_if_it_fits(connection: psycopg.Connection[Any]) -> tuple[int, int] | None:
             with connection.transaction():
-                # the owner's registrations one at a time, on every node: totals then insert
-                connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 17))", (record.owner_dn or "",))
+                # the owner's registrations one at a time, on every node: totals then insert; on the calls
+                # thread a lock held elsewhere is not waited for (it would hold up every later call): TableBusy
+                locked = connection.execute(
+                    f"SELECT {lock}(hashtextextended(%s, 17))", (record.owner_dn or "",)
+                ).fetchone()
+                if locked is None or locked[0] is False:
+                    raise TableBusy(f"the pending-files lock of {record.owner_dn or 'anonymous clients'}")
                 totals = _pending_totals(connection, record.owner_dn, now)
                 if not fits(totals, record, max_files, max_bytes):
                     return totals
