@@ -93,14 +93,10 @@ def _after_time(fields: tuple[object, ...]) -> bytes:
     return (_who_what(event, dn, peer, prefix, name) + ", " + _rest(*rest)).encode("utf-8", "replace")  # type: ignore[arg-type]
 
 
-def _time_head(when: float) -> bytes:
-    """The line's start, up to and with its time (to the millisecond, as datetime rounds a timestamp)."""
-    return _time_head_and_span(when)[0]
-
-
 def _time_head_and_span(when: float) -> tuple[bytes, float, float]:
-    """:func:`_time_head` of ``when``, and times ``low <= t < high`` that surely have the same (inside the
-    millisecond, two microseconds clear of where rounding could carry ``t`` into the next or the last)."""
+    """The line's start, up to and with its time (to the millisecond, as datetime rounds a timestamp), and
+    times ``low <= t < high`` that surely have the same (inside the millisecond, two microseconds clear of
+    where rounding could carry ``t`` into the next or the last)."""
     seconds = int(when)
     micros = round((when - seconds) * 1_000_000)
     if micros >= 1_000_000:
@@ -128,7 +124,7 @@ def audit_line(event: TransferEvent) -> bytes:
     client fetching the same file); the line is the same text (an
     equivalence test holds it to the reference).
     """
-    return _time_head(event.time) + _after(event)
+    return _time_head_and_span(event.time)[0] + _after(event)
 
 
 def audit_pieces(runs: Sequence[Run]) -> list[bytes]:
@@ -167,8 +163,11 @@ def _write_pieces(fd: int, pieces: list[bytes]) -> None:
         written, size = os.writev(fd, chunk), sum(map(len, chunk))
         if written < size:
             rest = b"".join(chunk)
-            while written < size:
-                written += os.write(fd, rest[written:])
+            while written < size:  # each pass writes at least one byte or raises
+                more = os.write(fd, rest[written:])
+                if more <= 0:
+                    raise OSError(f"the audit log took no bytes ({size - written} left of a batch)")
+                written += more
 
 
 class AuditError(OSError):

@@ -110,7 +110,7 @@ def _file_name(engine: Any, route: UploadRoute) -> str | None:
 
 def plain_get_event(peer: str | None, prefix: str, name: str, sent: int, dn: str | None, when: float) -> TransferEvent:
     """The record of a ``GET`` answered ``200`` by the keep-alive shortcut at ``when`` (made on the event
-    fanout's thread, once per run of equal records: ``EventFanout.emit_later``)."""
+    fanout's thread, once per batch for alike records: ``EventFanout.emit_later``)."""
     return TransferEvent(
         DOWNLOAD, when, dn, peer, prefix, name, bytes=sent, status=200, method="GET", action=DOWNLOAD
     )
