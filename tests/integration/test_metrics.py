@@ -114,7 +114,9 @@ def test_workers_add_up(tmp_path: Path) -> None:
             subprocess.run([*CURL, "-o", "/dev/null", url], check=True, timeout=60)
         log = server.log_text()
         assert "worker 1:" in log and "worker 2:" in log  # each worker answered some
-        text = scrape_until(base, 'gsitransfer_downloads_total{prefix="data",result="ok"}', 60)
+        # each family is its own counter: a scrape may land between a batch's count and its bytes, so wait for both
+        text = scrape_until(base, 'gsitransfer_downloads_total{prefix="data",result="ok"}', 60,
+                            ("gsitransfer_sent_bytes_total", 300_000))
         assert value(text, 'gsitransfer_downloads_total{prefix="data",result="ok"}') == 60
         assert value(text, "gsitransfer_sent_bytes_total") == 300_000
 
