@@ -9,6 +9,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from gsitransfer.testca import make_test_pki
@@ -39,14 +40,14 @@ def get(url: str) -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
-def scrape_until(base: str, sample: str, expected: float, *more: tuple[str, float]) -> str:
-    """/metrics once each sample has its expected value (workers count their records within GATHER_SECONDS)."""
-    wanted = [(sample, expected), *more]
+def scrape_until(base: str, expected: Mapping[str, float]) -> str:
+    """/metrics once every sample has its expected value: workers count their records within GATHER_SECONDS,
+    and a scrape can land between one family's count and the next's."""
     deadline = time.monotonic() + 20
     text = ""
     while time.monotonic() < deadline:
         status, text = get(base + "/metrics")
-        if status == 200 and all(value(text, name) == number for name, number in wanted):
+        if status == 200 and all(value(text, name) == number for name, number in expected.items()):
             break
         time.sleep(0.1)
     return text
@@ -82,20 +83,19 @@ def test_counts_after_real_transfers_and_health(tmp_path: Path) -> None:
         subprocess.run([*CURL, *tls, "-o", "/dev/null", https + "missing.bin"], check=True, timeout=90)
         no_cert = subprocess.run([*CURL, "--cacert", str(pki.ca_file), https], capture_output=True, timeout=90)
         assert no_cert.returncode != 0
-        text = scrape_until(
-            base, 'gsitransfer_uploads_total{prefix="data",result="ok"}', 3,
-            ('gsitransfer_downloads_total{prefix="data",result="ok"}', 2),
-            ('gsitransfer_downloads_total{prefix="data",result="refused"}', 1),
-        )
-        assert value(text, 'gsitransfer_uploads_total{prefix="data",result="ok"}') == 3
-        assert value(text, 'gsitransfer_downloads_total{prefix="data",result="ok"}') == 2
-        assert value(text, 'gsitransfer_downloads_total{prefix="data",result="refused"}') == 1
-        assert value(text, 'gsitransfer_refusals_total{action="download",prefix="data",status="404"}') == 1
-        assert value(text, "gsitransfer_received_bytes_total") == 900_000
-        assert value(text, "gsitransfer_sent_bytes_total") == 600_000
+        expected = {
+            'gsitransfer_uploads_total{prefix="data",result="ok"}': 3,
+            'gsitransfer_downloads_total{prefix="data",result="ok"}': 2,
+            'gsitransfer_downloads_total{prefix="data",result="refused"}': 1,
+            'gsitransfer_refusals_total{action="download",prefix="data",status="404"}': 1,
+            "gsitransfer_received_bytes_total": 900_000,
+            "gsitransfer_sent_bytes_total": 600_000,
+            'gsitransfer_request_duration_seconds_count{event="upload"}': 3,
+        }
+        text = scrape_until(base, expected)
+        assert {sample: value(text, sample) for sample in expected} == expected
         assert sum(value(text, line.split(" ")[0]) for line in text.splitlines()
                    if line.startswith("gsitransfer_tls_handshake_failures_total{")) >= 1
-        assert value(text, 'gsitransfer_request_duration_seconds_count{event="upload"}') == 3
         assert "gsitransfer_open_connections" in text and "gsitransfer_crl_next_update_seconds" in text
         assert get(base + "/healthz") == (200, "ok\n")
         assert get(base + "/readyz") == (200, "ready\n")
@@ -114,11 +114,9 @@ def test_workers_add_up(tmp_path: Path) -> None:
             subprocess.run([*CURL, "-o", "/dev/null", url], check=True, timeout=60)
         log = server.log_text()
         assert "worker 1:" in log and "worker 2:" in log  # each worker answered some
-        # each family is its own counter: a scrape may land between a batch's count and its bytes, so wait for both
-        text = scrape_until(base, 'gsitransfer_downloads_total{prefix="data",result="ok"}', 60,
-                            ("gsitransfer_sent_bytes_total", 300_000))
-        assert value(text, 'gsitransfer_downloads_total{prefix="data",result="ok"}') == 60
-        assert value(text, "gsitransfer_sent_bytes_total") == 300_000
+        expected = {'gsitransfer_downloads_total{prefix="data",result="ok"}': 60, "gsitransfer_sent_bytes_total": 300_000}
+        text = scrape_until(base, expected)
+        assert {sample: value(text, sample) for sample in expected} == expected
 
 
 def test_health_503_when_the_store_goes_and_ready_503_while_draining(tmp_path: Path) -> None:
