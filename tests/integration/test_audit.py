@@ -29,7 +29,8 @@ def records(path: Path, until: int, timeout: float = 20.0) -> list[dict[str, obj
     deadline = time.monotonic() + timeout
     lines: list[str] = []
     while time.monotonic() < deadline:
-        lines = path.read_text().splitlines() if path.exists() else []
+        text = path.read_text() if path.exists() else ""
+        lines = text[: text.rfind("\n") + 1].splitlines()  # whole lines only: a write may be under way
         if len(lines) >= until:
             break
         time.sleep(0.05)
