@@ -52,7 +52,8 @@ def request(
     timeout: float = 15.0,
     tls: ssl.SSLContext | None = None,
 ) -> Response:
-    """One request on a fresh connection (HTTPS with ``tls``, a client context)."""
+    """One request on a fresh connection (HTTPS with ``tls``, a client context); the answer is read even
+    when the server cut the body off."""
     parts = urlsplit(base)
     connection: http.client.HTTPConnection
     if tls is not None:
@@ -60,7 +61,12 @@ def request(
     else:
         connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
-        connection.request(method, path, body=body, headers=headers or {})
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+        except (BrokenPipeError, ConnectionResetError):
+            # a body refused from its headers is cut off after the answer (docs/client.md): read the
+            # answer anyway, as curl and urllib3 do
+            pass
         answer = connection.getresponse()
         return Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read())
     finally:
