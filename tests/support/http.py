@@ -55,11 +55,12 @@ def request(
     """One request on a fresh connection (HTTPS with ``tls``, a client context); the answer is read even
     when the server cut the body off."""
     parts = urlsplit(base)
+    host = parts.hostname or "127.0.0.1"
     connection: http.client.HTTPConnection
     if tls is not None:
-        connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=tls)
+        connection = http.client.HTTPSConnection(host, parts.port, timeout=timeout, context=tls)
     else:
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        connection = http.client.HTTPConnection(host, parts.port, timeout=timeout)
     try:
         try:
             connection.request(method, path, body=body, headers=headers or {})
