@@ -316,13 +316,13 @@ class TransferEngine:
         self.events = EventFanout()
         #: atomic batches' held files and publishing intents: the table's own (shared by --workers)
         self.batches: BatchLog = getattr(self.transfers, "batches", None) or MemoryBatchLog()
-        self._calls = TableCalls(self.transfers, self.batches)
+        self._calls = TableCalls(self.transfers, self.batches, self.timer)
 
     @property
     def calls(self) -> TableCalls:
         """The table and batch log, each call a Deferred (off the reactor for PostgreSQL: ``tablecalls.py``)."""
         if self._calls.table is not self.transfers:  # a table given after construction
-            self._calls = TableCalls(self.transfers, self.batches)
+            self._calls = TableCalls(self.transfers, self.batches, self.timer)
         return self._calls
 
     # -- the prefix registry ----------------------------------------------------

@@ -61,7 +61,7 @@ class TableCalls:
         self._deferred_call: Callable[..., Deferred[Any]] | None = (
             getattr(table, "deferred_call", None) if getattr(table, "runs_off_reactor", False) else None
         )
-        #: the pauses' clock (the global reactor unless given: tests give a task.Clock)
+        #: the pauses' clock: the engine's timer (the reactor; tests give a task.Clock), else the global reactor
         self._scheduler = scheduler
 
     def _call(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
